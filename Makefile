@@ -1,0 +1,27 @@
+# One consistent environment in .venv, installed from pyproject.toml (pinned, CPU torch).
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup demo test notebooks lab clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -e '.[test]'
+	touch $@
+
+demo: setup  ## the main job: compare quantization variants of the default model, print the table
+	$(PY) -m edgekit compare --model default --json edgekit-results/compare.json
+
+test: setup  ## unit tests, then every notebook under nbval
+	$(PY) -m pytest tests notebooks --nbval-lax -q
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean:
+	rm -rf $(VENV) edgekit-results

@@ -1,0 +1,163 @@
+"""The ``edgekit`` command line: argument parsing only; every command calls the library."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from edgekit.errors import EdgekitError
+
+
+def _name_list(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgekit", description="Quantize a causal LM, measure what it costs, ship it.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compare", help="measure quantization variants side by side")
+    c.add_argument("--model", default="default", help='"default", a local model folder or a hub id')
+    c.add_argument("--variants", type=_name_list, default=None, help="comma-separated variant names")
+    c.add_argument("--eval-text", default="eval", help="a corpus split (eval, eval_milton) or a text file")
+    c.add_argument("--context", type=int, default=256)
+    c.add_argument("--stride", type=int, default=128)
+    c.add_argument("--max-tokens", type=int, default=16384, help="evaluate the first N tokens (0: all)")
+    c.add_argument("--new-tokens", type=int, default=32, help="tokens generated per latency run")
+    c.add_argument("--runs", type=int, default=5, help="timed latency runs after one warm-up")
+    c.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    c.add_argument("--store", type=Path, default=None, help="SQLite results file (default: ./edgekit-results/results.sqlite)")
+    c.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
+    c.add_argument("--report", type=Path, default=None, help="write an HTML and Markdown report into this folder")
+
+    p = sub.add_parser("plan", help="memory plan for a model config, variant, context and device")
+    p.add_argument("--config", required=True, help="known model short name, config.json path, model folder or hub id")
+    p.add_argument("--variant", default="fp16")
+    p.add_argument("--context", type=int, default=4096)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--device", default="laptop-16gb", help="device profile name or JSON file")
+    p.add_argument("--json", type=Path, default=None)
+
+    e = sub.add_parser("export", help="export, quantize and compile a variant into a verifiable artifact")
+    e.add_argument("--model", default="default")
+    e.add_argument("--variant", required=True, help="onnx-fp32, onnx-int8, onnx-int4-g32, gguf-q4_0, ov-int4-g128...")
+    e.add_argument("--out", type=Path, required=True)
+
+    v = sub.add_parser("verify", help="check an artifact's files, schema and runtime compatibility")
+    v.add_argument("artifact", type=Path)
+
+    r = sub.add_parser("run", help="generate text with an artifact")
+    r.add_argument("artifact", type=Path)
+    r.add_argument("--prompt", required=True)
+    r.add_argument("--max-new-tokens", type=int, default=40)
+
+    s = sub.add_parser("serve", help="serve a verified artifact over HTTP (POST /generate, GET /health)")
+    s.add_argument("artifact", type=Path)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--max-batch", type=int, default=8, help="largest batch the dynamic batcher forms")
+    s.add_argument("--max-wait-ms", type=float, default=10.0, help="longest a request waits for a batch to fill")
+    return parser
+
+
+def run_compare(args) -> None:
+    from edgekit.compare import DEFAULT_VARIANTS, LatencySettings, compare, results_json, summary_frame
+    from edgekit.measure import EvalSettings
+    from edgekit.results import ResultStore
+
+    settings = EvalSettings(context=args.context, stride=args.stride, max_tokens=args.max_tokens or None)
+    latency = None if args.no_latency else LatencySettings(new_tokens=args.new_tokens, runs=args.runs)
+    store = ResultStore(args.store)
+
+    def show(result) -> None:
+        status = result.error or f"ppl {result.metrics['perplexity']:.3f}"
+        print(f"  {result.variant}: {status}", file=sys.stderr, flush=True)
+
+    results = compare(args.model, args.variants or DEFAULT_VARIANTS, args.eval_text, settings, latency,
+                      store=store, on_result=show)
+    with _pandas_wide():
+        print(summary_frame(results).to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    print(f"results stored in {store.path} (run {results[0].run_id})", file=sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps(results_json(results), indent=1))
+    if args.report:
+        from edgekit.report import write_report
+
+        print(f"report: {write_report(results, args.report)}", file=sys.stderr)
+
+
+def run_plan(args) -> None:
+    from edgekit.plan import plan_memory
+
+    plan = plan_memory(args.config, args.variant, context=args.context, batch=args.batch, device=args.device)
+    print(plan.summary())
+    if args.json:
+        args.json.write_text(json.dumps(plan.to_dict(), indent=1))
+
+
+def run_export(args) -> None:
+    from edgekit.variants import export_artifact
+
+    manifest = export_artifact(args.variant, args.model, args.out)
+    print(f"wrote {args.variant} artifact to {manifest.path} ({len(manifest.data['files'])} files, "
+          f"checksum {manifest.checksum[:16]})")
+
+
+def run_verify(args) -> None:
+    from edgekit.artifact import LOADERS, LOADER_MODULES, read_manifest, verify_artifact
+    import importlib
+
+    runtime = read_manifest(args.artifact).runtime
+    if runtime in LOADER_MODULES and runtime not in LOADERS:
+        importlib.import_module(LOADER_MODULES[runtime])
+    max_opset = LOADERS[runtime][1]() if runtime in LOADERS else None
+    manifest = verify_artifact(args.artifact, supported_opset=max_opset)
+    print(f"ok: {manifest.variant} for {runtime}, {len(manifest.data['files'])} files intact, "
+          f"checksum {manifest.checksum[:16]}")
+
+
+def run_run(args) -> None:
+    from edgekit.artifact import load_artifact
+    from edgekit.runners import generate_text
+
+    runner = load_artifact(args.artifact)
+    print(args.prompt + generate_text(runner, args.prompt, args.max_new_tokens))
+
+
+def run_serve(args) -> None:
+    from edgekit.serve import serve
+
+    serve(args.artifact, host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+
+
+class _pandas_wide:
+    def __enter__(self):
+        import pandas as pd
+
+        self._ctx = pd.option_context("display.width", 250, "display.max_columns", 40)
+        self._ctx.__enter__()
+
+    def __exit__(self, *exc):
+        self._ctx.__exit__(*exc)
+
+
+COMMANDS = {"compare": run_compare, "plan": run_plan, "export": run_export, "verify": run_verify,
+            "run": run_run, "serve": run_serve}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except EdgekitError as exc:
+        print(f"edgekit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edgekit: interrupted; results measured so far are in the store", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

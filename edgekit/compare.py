@@ -1,0 +1,163 @@
+"""The comparison: every variant of one model measured the same way, side by side.
+
+The baseline (fp32 unless told otherwise) runs first and keeps its log-probabilities, so
+each variant after it gets KL divergence and top-1 agreement on exactly the same tokens
+beside its perplexity delta. Each variant's result is written to the store the moment it
+finishes; a variant that fails records its reason in its row and the sweep goes on.
+"""
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import pandas as pd
+import torch
+
+from edgekit.data import SPLITS, read_split
+from edgekit.errors import EdgekitError, InputError
+from edgekit.loading import load_tokenizer, resolve_source
+from edgekit.measure import EvalSettings, Scores, measure_latency, score
+from edgekit.memory import PeakMemory, release_memory
+from edgekit.results import Result, ResultStore
+from edgekit.variants import Variant, build_runner
+
+DEFAULT_VARIANTS = ("fp32", "int8", "nf4", "fp4", "int4-g32", "int4-g128", "int2-g64")
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    prompt_tokens: int = 32
+    new_tokens: int = 32
+    runs: int = 5
+    warmup: int = 1
+
+
+def eval_token_ids(tokenizer, eval_text: str = "eval") -> torch.Tensor:
+    """Token ids of a corpus split name (``eval``, ``eval_milton``...), a text file path, or raw text."""
+    if eval_text in SPLITS:
+        text = read_split(eval_text)
+    elif len(eval_text) < 4096 and "\n" not in eval_text and Path(eval_text).expanduser().is_file():
+        text = Path(eval_text).expanduser().read_text(encoding="utf-8")
+    elif len(eval_text) < 4096 and "\n" not in eval_text and ("/" in eval_text or eval_text.endswith(".txt")):
+        raise InputError(f"no text file at {eval_text!r}; pass an existing file, a split ({', '.join(SPLITS)}) or the text itself")
+    else:
+        text = eval_text
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False, verbose=False)["input_ids"][0]
+    return ids
+
+
+def compare(model: str = "default", variants: Iterable[str] = DEFAULT_VARIANTS, eval_text: str = "eval",
+            settings: EvalSettings = EvalSettings(), latency: LatencySettings | None = LatencySettings(),
+            baseline: str = "fp32", store: ResultStore | None = None,
+            on_result: Callable[[Result], None] | None = None, progress: bool = True) -> list[Result]:
+    """Measure ``baseline`` then every variant; returns the results in order (errors included)."""
+    parsed = [Variant.parse(v) for v in variants]  # fail on a bad name before any work
+    names = [str(Variant.parse(baseline))] + [str(v) for v in parsed if str(v) != str(Variant.parse(baseline))]
+    source = resolve_source(model)
+    tokenizer = load_tokenizer(model)
+    ids = eval_token_ids(tokenizer, eval_text)
+    if settings.max_tokens and len(ids) < min(settings.max_tokens, settings.context):
+        raise InputError(f"the eval text has {len(ids)} tokens, fewer than the context ({settings.context}); "
+                         "give a longer text or a shorter context")
+    prompt = ids[: latency.prompt_tokens] if latency else None
+    run_settings = {**asdict(settings), **({f"latency_{k}": v for k, v in asdict(latency).items()} if latency else {}),
+                    "eval_text": eval_text if len(eval_text) < 200 else f"<{len(eval_text)} characters>",
+                    "baseline": names[0]}
+    run_id = Result(model, "").run_id
+    base: Scores | None = None
+    results = []
+    for name in names:
+        is_baseline = name == names[0]
+        result = Result(model=str(model), variant=name, settings=run_settings, run_id=run_id)
+        try:
+            metrics, scores = _measure_one(name, source, tokenizer, ids, settings, latency, prompt,
+                                           base, is_baseline, progress)
+            result.metrics = metrics
+            if is_baseline:
+                base = scores
+        except EdgekitError as exc:
+            result.status, result.error = "error", str(exc)
+        except Exception as exc:  # one variant's failure must not end the sweep
+            result.status, result.error = "error", f"{type(exc).__name__}: {exc}"
+            result.metrics = {"traceback": traceback.format_exc(limit=4)}
+        if store is not None:
+            store.add(result)
+        results.append(result)
+        if on_result:
+            on_result(result)
+    return results
+
+
+def _measure_one(name, source, tokenizer, ids, settings, latency, prompt, base, is_baseline, progress):
+    release_memory()
+    with PeakMemory() as peak:
+        start = time.perf_counter()
+        runner = build_runner(name, source, tokenizer)
+        load_s = time.perf_counter() - start
+        try:
+            start = time.perf_counter()
+            scores = score(runner, ids, settings, baseline=None if is_baseline else base,
+                           keep_logprobs=is_baseline, progress=progress)
+            eval_s = time.perf_counter() - start
+            metrics = {**scores.perplexity(), "load_s": load_s, "eval_s": eval_s,
+                       "weight_bytes": runner.weight_bytes()}
+            if is_baseline:
+                metrics.update(delta_ppl_pct=0.0, delta_ppl_pct_ci95=[0.0, 0.0], kl_divergence=0.0,
+                               kl_divergence_se=0.0, top1_agreement=1.0, top1_agreement_se=0.0)
+            elif base is not None:
+                metrics.update(scores.against(base))
+            if latency:
+                metrics.update(measure_latency(runner, prompt, latency.new_tokens, latency.runs,
+                                               latency.warmup, progress))
+        finally:
+            runner.close()
+            del runner
+    metrics.update(peak.result)
+    return metrics, scores
+
+
+SUMMARY_COLUMNS = {
+    "variant": "variant", "perplexity": "ppl", "delta_ppl_pct": "Δppl %", "delta_ppl_pct_ci95": "Δppl 95% CI",
+    "kl_divergence": "KL", "kl_divergence_se": "KL ±se", "top1_agreement": "top-1", "top1_agreement_se": "top-1 ±se",
+    "weight_bytes": "weights MB", "peak_rss_bytes": "peak RSS MB", "ttft_ms": "TTFT ms",
+    "decode_tokens_per_s": "tok/s", "latency_ms_p50": "p50 ms", "latency_ms_p95": "p95 ms",
+    "latency_ms_p99": "p99 ms", "error": "error",
+}
+
+
+def summary_frame(results: list[Result]) -> pd.DataFrame:
+    """The comparison table: quality with its uncertainty beside bytes and latency."""
+    rows = []
+    for r in results:
+        row = {"variant": r.variant, **{k: v for k, v in r.metrics.items() if k in SUMMARY_COLUMNS}, "error": r.error}
+        for key in ("weight_bytes", "peak_rss_bytes"):
+            if row.get(key) is not None:
+                row[key] = row[key] / 1e6
+        if row.get("delta_ppl_pct_ci95"):
+            lo, hi = row["delta_ppl_pct_ci95"]
+            row["delta_ppl_pct_ci95"] = f"[{lo:+.2f}, {hi:+.2f}]"
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    frame = frame[[c for c in SUMMARY_COLUMNS if c in frame.columns]].rename(columns=SUMMARY_COLUMNS)
+    if "error" in frame and frame["error"].isna().all():
+        frame = frame.drop(columns="error")
+    return frame
+
+
+COMPARE_JSON_KEYS = ("variant", "status", "error", "perplexity", "perplexity_ci95", "delta_ppl_pct",
+                     "delta_ppl_pct_ci95", "kl_divergence", "kl_divergence_se", "top1_agreement",
+                     "top1_agreement_se", "weight_bytes", "peak_rss_bytes", "peak_rss_anon_bytes",
+                     "peak_rss_file_bytes", "ttft_ms", "decode_tokens_per_s", "latency_ms_p50", "latency_ms_p95",
+                     "latency_ms_p99", "scored_tokens", "windows", "load_s", "eval_s")
+
+
+def results_json(results: list[Result]) -> list[dict]:
+    """One object per variant with the comparison's public keys (missing values are null)."""
+    out = []
+    for r in results:
+        flat = {"variant": r.variant, "status": r.status, "error": r.error, **r.metrics}
+        out.append({k: flat.get(k) for k in COMPARE_JSON_KEYS} | {"settings": r.settings, "run_id": r.run_id})
+    return out

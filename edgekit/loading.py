@@ -1,0 +1,114 @@
+"""Load a causal LM and its tokenizer from ``"default"``, a local folder or a hub id, safely.
+
+Safe by default: ``trust_remote_code`` stays off unless the caller asks, weights load
+from safetensors only (``use_safetensors=True``: no pickle is ever unpickled), and a hub
+id respects offline mode (``HF_HUB_OFFLINE=1``). Every way a source can be wrong raises a
+:class:`~edgekit.errors.ModelSourceError` that names the problem and the fix.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from edgekit.data import default_model_path
+from edgekit.errors import ModelSourceError
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def resolve_source(source: str | os.PathLike) -> str:
+    """Map ``"default"`` to the shipped model, check a local folder, or pass a hub id through."""
+    text = str(source).strip()
+    if text in ("", "default"):
+        path = default_model_path()
+        if not (path / "config.json").exists():
+            raise ModelSourceError(
+                f"the default model is missing from {path}; train it with "
+                "`python -m edgekit.tinymodel` or set EDGEKIT_DATA to a data folder that has it")
+        return str(path)
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelSourceError(f"{path} is a file; pass the folder that holds config.json and the weights")
+        config = path / "config.json"
+        if not config.exists():
+            raise ModelSourceError(f"{path} has no config.json, so it is not a Hugging Face model folder; "
+                                   "save the model with save_pretrained() or pass a hub id")
+        if not any(path.glob("*.safetensors")):
+            raise ModelSourceError(f"{path} has no .safetensors weights; edgekit never unpickles .bin files. "
+                                   "Convert them with `model.save_pretrained(dir, safe_serialization=True)`")
+        return str(path.resolve())
+    if text.startswith((".", "/", "~")) or text.count("/") > 1 or not _HUB_ID.match(text):
+        raise ModelSourceError(f"no model folder at {text!r}; check the path, or pass \"default\" or a hub id like org/name")
+    return text
+
+
+def model_config(source: str, trust_remote_code: bool = False):
+    from transformers import AutoConfig
+
+    resolved = resolve_source(source)
+    try:
+        config = AutoConfig.from_pretrained(resolved, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise _hub_error(resolved, exc) from None
+    except ValueError as exc:
+        raise ModelSourceError(f"{resolved}: {exc}. If the model needs its own code, pass trust_remote_code=True "
+                               "only if you trust its authors") from None
+    if not any(a.endswith("ForCausalLM") for a in (config.architectures or [])):
+        raise ModelSourceError(f"{resolved} is a {config.model_type!r} model without a causal-LM head "
+                               f"(architectures: {config.architectures}); pick a causal language model")
+    return config
+
+
+def load_tokenizer(source: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    resolved = resolve_source(source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise _hub_error(resolved, exc) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(source: str, *, trust_remote_code: bool = False, **from_pretrained_kwargs: Any):
+    """``AutoModelForCausalLM.from_pretrained`` with edgekit's safety rules and errors.
+
+    Extra keyword arguments (``dtype``, ``quantization_config``, ``device_map``,
+    ``max_memory``...) pass straight to transformers.
+    """
+    from transformers import AutoModelForCausalLM
+
+    config = model_config(source, trust_remote_code)
+    resolved = resolve_source(source)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            resolved, config=config, trust_remote_code=trust_remote_code, use_safetensors=True,
+            **from_pretrained_kwargs)
+    except OSError as exc:
+        raise _hub_error(resolved, exc) from None
+    return model.eval()
+
+
+def _hub_error(resolved: str, exc: Exception) -> ModelSourceError:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    return ModelSourceError(
+        f"could not load {resolved!r} from the Hugging Face hub"
+        + (" (HF_HUB_OFFLINE=1 is set, so only the local cache is used)" if offline else "")
+        + f": {str(exc).splitlines()[0]}. Check the id and your network, or download the model "
+          "and pass its local folder")
+
+
+def describe_model(source: str) -> dict:
+    """Architecture facts read from config.json alone (no weights loaded)."""
+    config = model_config(source)
+    return {"source": resolve_source(source), "model_type": config.model_type,
+            "hidden_size": getattr(config, "hidden_size", None),
+            "layers": getattr(config, "num_hidden_layers", None),
+            "vocab_size": config.vocab_size,
+            "config": json.loads(config.to_json_string())}

@@ -1,0 +1,220 @@
+"""Quality and latency, written once against the Runner interface.
+
+Perplexity follows the Hugging Face guide "Perplexity of fixed-length models": windows of
+``context`` tokens advance by ``stride``; each window scores only the tokens the previous
+window did not (the first window scores all but its first token), so every scored token
+sees at least ``context - stride`` tokens of history; the loss is token-weighted.
+
+Against a baseline on the same windows and the same scored tokens, a variant also gets
+the KL divergence KL(baseline || variant) of the next-token distributions and the top-1
+agreement (the same most likely token), as llama.cpp's ``perplexity --kl-divergence``
+reports them. Every quality figure carries its uncertainty: scored tokens within a window
+are correlated, so the standard errors treat each window as one sample of a ratio
+estimator (sum over window / tokens in window). The perplexity delta is paired: both
+models' losses on the same window are differenced before the error is taken.
+
+Latency times :meth:`Runner.generate_stream` from outside: time to first token (prefill),
+then the gap between successive tokens (decode), over repeated runs after warm-up.
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from edgekit.errors import InputError
+
+Z95 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    context: int = 256
+    stride: int = 128
+    max_tokens: int | None = 16384  # evaluate the first N tokens of the text (None: all)
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.context < 2:
+            raise InputError(f"context={self.context}; use at least 2 tokens")
+        if not 0 < self.stride <= self.context:
+            raise InputError(f"stride={self.stride} must be between 1 and the context ({self.context})")
+
+
+@dataclass(frozen=True)
+class Window:
+    begin: int
+    end: int
+    target_len: int  # the last target_len positions of the window are scored targets
+
+
+def sliding_windows(n_tokens: int, context: int, stride: int) -> list[Window]:
+    """The HF perplexity-guide windows over a sequence of ``n_tokens`` tokens."""
+    if n_tokens < 2:
+        raise InputError(f"the text has {n_tokens} token(s); perplexity needs at least 2, give a longer text")
+    windows, prev_end = [], 0
+    for begin in range(0, n_tokens, stride):
+        end = min(begin + context, n_tokens)
+        windows.append(Window(begin, end, end - prev_end))
+        prev_end = end
+        if end == n_tokens:
+            break
+    return windows
+
+
+def scored_positions(window: Window) -> np.ndarray:
+    """Positions inside the window whose logits predict a scored target (target = position + 1)."""
+    length = window.end - window.begin
+    first_target = max(1, length - window.target_len)
+    return np.arange(first_target - 1, length - 1)
+
+
+def ratio_stat(numerators: np.ndarray, denominators: np.ndarray) -> tuple[float, float]:
+    """Mean sum(num)/sum(den) and its standard error, each window one sample (ratio estimator)."""
+    num, den = np.asarray(numerators, float), np.asarray(denominators, float)
+    mean = num.sum() / den.sum()
+    k = len(num)
+    if k < 2:
+        return float(mean), float("nan")
+    resid = num - mean * den
+    se = math.sqrt(k / (k - 1) * (resid ** 2).sum()) / den.sum()
+    return float(mean), float(se)
+
+
+@dataclass
+class Scores:
+    """Per-window sums of one runner on a token sequence; enough to rebuild every statistic."""
+
+    tokens: int
+    nll: np.ndarray          # per-window summed negative log-likelihood (nats)
+    counts: np.ndarray       # per-window scored tokens
+    logprobs: np.ndarray | None = None   # [scored, vocab] float32, kept for a baseline
+    top1: np.ndarray | None = None       # [scored] argmax ids, kept for a baseline
+    kl: np.ndarray | None = None         # per-window summed KL vs the baseline
+    agree: np.ndarray | None = None      # per-window top-1 agreements with the baseline
+
+    @property
+    def scored_tokens(self) -> int:
+        return int(self.counts.sum())
+
+    def perplexity(self) -> dict:
+        mean, se = ratio_stat(self.nll, self.counts)
+        return {"perplexity": math.exp(mean), "log_ppl_se": se,
+                "perplexity_ci95": [math.exp(mean - Z95 * se), math.exp(mean + Z95 * se)],
+                "scored_tokens": self.scored_tokens, "windows": len(self.counts)}
+
+    def against(self, baseline: "Scores") -> dict:
+        """Delta perplexity (paired), KL and top-1 agreement against ``baseline``."""
+        delta, se = ratio_stat(self.nll - baseline.nll, self.counts)
+        out = {"delta_ppl_pct": 100 * math.expm1(delta),
+               "delta_ppl_pct_ci95": [100 * math.expm1(delta - Z95 * se), 100 * math.expm1(delta + Z95 * se)]}
+        if self.kl is not None:
+            kl, kl_se = ratio_stat(self.kl, self.counts)
+            top1, top1_se = ratio_stat(self.agree, self.counts)
+            out.update(kl_divergence=kl, kl_divergence_se=kl_se, top1_agreement=top1, top1_agreement_se=top1_se)
+        return out
+
+
+def score(runner, token_ids: torch.Tensor, settings: EvalSettings = EvalSettings(),
+          baseline: Scores | None = None, keep_logprobs: bool = False, progress: bool = True) -> Scores:
+    """Run ``runner`` over the sliding windows of ``token_ids`` (1-D) and collect per-window sums.
+
+    With ``baseline`` (from a run with ``keep_logprobs=True`` on the same ids and
+    settings), KL divergence and top-1 agreement are computed on exactly its scored tokens.
+    ``keep_logprobs`` stores this runner's log-probabilities in a temporary memory-mapped
+    file, so a large vocabulary does not have to fit in RAM.
+    """
+    ids = token_ids.reshape(-1)
+    if settings.max_tokens:
+        ids = ids[: settings.max_tokens]
+    windows = sliding_windows(len(ids), settings.context, settings.stride)
+    n_scored = sum(len(scored_positions(w)) for w in windows)
+    if baseline is not None and baseline.scored_tokens != n_scored:
+        raise InputError("the baseline was scored on other tokens or settings; score both on the same text and settings")
+    nll, counts = np.zeros(len(windows)), np.zeros(len(windows), dtype=np.int64)
+    kl = np.zeros(len(windows)) if baseline is not None else None
+    agree = np.zeros(len(windows)) if baseline is not None else None
+    logprobs = top1 = None
+    offset = 0
+    bar = tqdm(total=len(windows), desc=f"score {runner.name}", unit="win", disable=not progress, leave=False)
+    for batch in _batches_of_equal_length(windows, settings.batch_size):
+        input_ids = torch.stack([ids[windows[i].begin : windows[i].end] for i in batch])
+        logits = runner.logits(input_ids)
+        logp_all = torch.log_softmax(logits.float(), dim=-1)
+        for row, i in enumerate(batch):
+            pos = torch.from_numpy(scored_positions(windows[i]))
+            targets = input_ids[row, pos + 1]
+            logp = logp_all[row, pos]
+            nll[i] = float(-logp.gather(1, targets[:, None]).sum())
+            counts[i] = len(pos)
+            if keep_logprobs:
+                if logprobs is None:
+                    logprobs = _scratch_array((n_scored, logp.shape[-1]))
+                    top1 = np.zeros(n_scored, dtype=np.int64)
+                logprobs[offset : offset + len(pos)] = logp.numpy()
+                top1[offset : offset + len(pos)] = logp.argmax(-1).numpy()
+            if baseline is not None:
+                base = torch.from_numpy(np.asarray(baseline.logprobs[offset : offset + len(pos)]))
+                kl[i] = float((base.exp() * (base - logp)).sum())
+                agree[i] = float((logp.argmax(-1).numpy() == baseline.top1[offset : offset + len(pos)]).sum())
+            offset += len(pos)
+        bar.update(len(batch))
+    bar.close()
+    return Scores(len(ids), nll, counts, logprobs, top1, kl, agree)
+
+
+def _batches_of_equal_length(windows: list[Window], size: int):
+    """Indices of consecutive windows, grouped so that each batch has one length."""
+    batch: list[int] = []
+    for i, w in enumerate(windows):
+        first = windows[batch[0]] if batch else None
+        if batch and (len(batch) == size or first.end - first.begin != w.end - w.begin):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
+def _scratch_array(shape: tuple[int, int]) -> np.ndarray:
+    tmp = tempfile.NamedTemporaryFile(prefix="edgekit-logprobs-", suffix=".f32")
+    array = np.memmap(tmp.name, dtype=np.float32, mode="w+", shape=shape)
+    array._edgekit_tmpfile = tmp  # the file is deleted when the array is garbage-collected
+    return array
+
+
+def measure_latency(runner, prompt_ids: torch.Tensor, new_tokens: int = 32, runs: int = 5,
+                    warmup: int = 1, progress: bool = True) -> dict:
+    """Time to first token and per-token decode latency over ``runs`` timed generations.
+
+    TTFT is the median over runs; decode tokens/s is the median of each run's
+    (tokens - 1) / (time of last token - time of first token); P50/P95/P99 are taken over
+    every decode-step gap of every run pooled.
+    """
+    if new_tokens < 2:
+        raise InputError("new_tokens must be at least 2 to time decoding")
+    prompt = prompt_ids.reshape(1, -1)
+    ttfts, rates, gaps = [], [], []
+    for run in tqdm(range(warmup + runs), desc=f"latency {runner.name}", disable=not progress, leave=False):
+        stamps = []
+        start = time.perf_counter()
+        for _ in runner.generate_stream(prompt, new_tokens):
+            stamps.append(time.perf_counter())
+        if len(stamps) != new_tokens:
+            raise InputError(f"{runner.name} produced {len(stamps)} tokens instead of {new_tokens}")
+        if run < warmup:
+            continue
+        ttfts.append(stamps[0] - start)
+        steps = np.diff(stamps)
+        gaps.extend(steps)
+        rates.append((new_tokens - 1) / (stamps[-1] - stamps[0]))
+    gaps_ms = np.asarray(gaps) * 1000
+    return {"ttft_ms": float(np.median(ttfts) * 1000), "decode_tokens_per_s": float(np.median(rates)),
+            "latency_ms_p50": float(np.percentile(gaps_ms, 50)), "latency_ms_p95": float(np.percentile(gaps_ms, 95)),
+            "latency_ms_p99": float(np.percentile(gaps_ms, 99)), "prompt_tokens": int(prompt.shape[1]),
+            "new_tokens": new_tokens, "latency_runs": runs}

@@ -1,0 +1,110 @@
+"""The Runner: one interface for every loaded thing, PyTorch, ONNX Runtime or another runtime.
+
+Every metric in :mod:`edgekit.measure` is written once against this interface, so a
+PyTorch model and a compiled ONNX artifact are measured by the same code and land in the
+same table. A runner offers three things:
+
+- ``logits(input_ids)``: next-token logits for a batch of token ids (float32, on the CPU),
+- ``generate_stream(input_ids, max_new_tokens)``: greedy decoding with a KV cache that
+  yields each new token id as soon as it exists (so latency is timed from outside, the
+  same way for every runtime),
+- ``weight_bytes()``: the bytes its weights occupy (packed weights plus their scales).
+"""
+from __future__ import annotations
+
+from typing import Iterator, Protocol, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class Runner(Protocol):
+    name: str
+    tokenizer: object
+
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[batch, seq] int64 -> [batch, seq, vocab] float32 logits on the CPU."""
+
+    def generate_stream(self, input_ids: torch.Tensor, max_new_tokens: int) -> Iterator[int]:
+        """Greedy decoding of one prompt ([1, seq] int64); yields each new token id."""
+
+    def weight_bytes(self) -> int:
+        """Bytes of the weights as held in memory (quantized data, scales and zeros)."""
+
+    def close(self) -> None:
+        """Release the model's memory."""
+
+
+def _tensor_bytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def module_weight_bytes(model: torch.nn.Module) -> int:
+    """Parameters and buffers, counting bitsandbytes 4-bit quantization state (absmax, code).
+
+    Shared tensors (tied embeddings) count once. Non-persistent buffers such as rotary
+    frequency tables are left out: they are not weights.
+    """
+    seen: set[int] = set()
+    total = 0
+    persistent = set(model.state_dict(keep_vars=True).keys())
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if name not in persistent or t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        total += _tensor_bytes(t)
+        quant_state = getattr(t, "quant_state", None)
+        if quant_state is not None:  # bitsandbytes Params4bit: absmax (+ nested state2)
+            total += _tensor_bytes(quant_state.absmax)
+            if getattr(quant_state, "state2", None) is not None:
+                total += _tensor_bytes(quant_state.state2.absmax) + _tensor_bytes(quant_state.state2.code)
+        scb = getattr(t, "SCB", None)
+        if scb is not None and name + ".SCB" not in persistent:  # bitsandbytes Int8Params row scales
+            total += _tensor_bytes(scb)
+    return total
+
+
+class TorchRunner:
+    """A transformers causal LM (any dtype or quantization) behind the Runner interface."""
+
+    def __init__(self, name: str, model: torch.nn.Module, tokenizer) -> None:
+        self.name = name
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device
+
+    @torch.inference_mode()
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        out = self.model(input_ids=input_ids.to(self.device), use_cache=False)
+        return out.logits.float().cpu()
+
+    @torch.inference_mode()
+    def generate_stream(self, input_ids: torch.Tensor, max_new_tokens: int) -> Iterator[int]:
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        ids = input_ids.to(self.device)
+        for _ in range(max_new_tokens):
+            out = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            token = int(out.logits[0, -1].argmax())  # .item() synchronises CUDA
+            yield token
+            ids = torch.tensor([[token]], device=self.device)
+
+    def weight_bytes(self) -> int:
+        return module_weight_bytes(self.model)
+
+    def close(self) -> None:
+        self.model = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def generate_text(runner: Runner, prompt: str, max_new_tokens: int = 40) -> str:
+    """Greedy continuation of ``prompt`` as text, through any Runner."""
+    ids = runner.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    if ids.shape[1] == 0:
+        from edgekit.errors import InputError
+        raise InputError("the prompt is empty; give some text to continue")
+    tokens = list(runner.generate_stream(ids, max_new_tokens))
+    return runner.tokenizer.decode(tokens, skip_special_tokens=True)
