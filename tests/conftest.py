@@ -1,0 +1,40 @@
+"""Shared test settings: offline, a private work folder, the shipped default model."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _work_folder(tmp_path_factory):
+    """Results, artifacts and reports of the tests go to a temporary folder, never the user's."""
+    path = tmp_path_factory.mktemp("edgekit-home")
+    os.environ["EDGEKIT_HOME"] = str(path)
+    torch.manual_seed(0)
+    yield path
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    from edgekit.loading import resolve_source
+
+    return resolve_source("default")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(default_model):
+    from edgekit.loading import load_tokenizer
+
+    return load_tokenizer(default_model)
+
+
+@pytest.fixture(scope="session")
+def eval_ids(tokenizer):
+    """The first 1,024 tokens of the eval split: enough windows for statistics, fast on a CPU."""
+    from edgekit.compare import eval_token_ids
+
+    return eval_token_ids(tokenizer, "eval")[:1024]
