@@ -91,6 +91,30 @@ class TorchRunner:
             yield token
             ids = torch.tensor([[token]], device=self.device)
 
+    @torch.inference_mode()
+    def generate_batch(self, prompts: list[torch.Tensor], max_new_tokens: int) -> list[list[int]]:
+        """Greedy decoding of several prompts at once (1-D or [1, seq] each): left-padded, masked,
+        positions counted from each prompt's first real token, so each row decodes as it would alone."""
+        from transformers import DynamicCache
+
+        rows = [p.reshape(-1) for p in prompts]
+        width = max(len(r) for r in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):], mask[i, width - len(r):] = r, 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        cache, out_tokens = DynamicCache(), []
+        for _ in range(max_new_tokens):
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                             use_cache=True, logits_to_keep=1)
+            cache = out.past_key_values
+            ids = out.logits[:, -1].argmax(-1, keepdim=True)
+            out_tokens.append(ids.cpu())
+            mask = torch.cat([mask, torch.ones_like(ids)], dim=1)
+        return torch.cat(out_tokens, dim=1).tolist() if out_tokens else [[] for _ in rows]
+
     def weight_bytes(self) -> int:
         return module_weight_bytes(self.model)
 
