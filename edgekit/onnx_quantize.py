@@ -1,0 +1,114 @@
+"""Quantize an exported ONNX causal LM with ONNX Runtime's own quantization tools.
+
+Follows the ONNX Runtime guide "Quantize ONNX models"
+(onnxruntime.ai/docs/performance/model-optimizations/quantization.html):
+
+- **dynamic int8** (``quantize_dynamic``): weights of every MatMul/Gather with a constant
+  weight stored as int8 (per output channel, or one scale per tensor); activations are
+  quantized on the fly at run time (``MatMulInteger`` / ``DynamicQuantizeMatMul``).
+- **static int8 QDQ** (``quantize_static``): activation ranges calibrated (MinMax) on
+  windows of the ``calibration`` corpus split, written as QuantizeLinear/DequantizeLinear
+  pairs around each MatMul, which ONNX Runtime fuses into integer kernels.
+- **4-bit weight-only** (``MatMulNBitsQuantizer``): each MatMul weight packed into
+  ``MatMulNBits`` blocks of 32/64/128 weights with one scale (and a zero point unless
+  symmetric). ``accuracy_level`` picks the compute type of the CPU kernel: 0 (unset) and
+  1 dequantize to fp32; 4 quantizes activations to int8 and runs int8 dot products, which
+  is what makes it fast on CPUs.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+from tqdm.auto import tqdm
+
+from edgekit.errors import VariantError
+from edgekit.ort_runner import EXTERNAL_DATA_THRESHOLD
+
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # unset, fp32, fp16, bf16, int8 compute
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+
+
+def _is_large(model_path: Path) -> bool:
+    return sum(p.stat().st_size for p in model_path.parent.glob(model_path.name + "*")) > EXTERNAL_DATA_THRESHOLD
+
+
+def quantize_int8_dynamic(source: str | Path, target: str | Path, per_channel: bool = True) -> Path:
+    """Dynamic int8: int8 weights (per output channel by default), activations quantized at run time."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source, target = Path(source), Path(target)
+    quantize_dynamic(source, target, per_channel=per_channel, weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["MatMul", "Gather"], use_external_data_format=_is_large(source),
+                     extra_options={"MatMulConstBOnly": True})
+    return target
+
+
+def quantize_int4(source: str | Path, target: str | Path, block_size: int = 32, symmetric: bool = False,
+                  accuracy_level: int = 0) -> Path:
+    """4-bit weight-only MatMulNBits: ``block_size`` weights share a scale (and a zero point unless symmetric)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    if block_size not in BLOCK_SIZES:
+        raise VariantError(f"block size {block_size} is not supported by MatMulNBits; use one of {BLOCK_SIZES}")
+    if accuracy_level not in ACCURACY_LEVELS:
+        raise VariantError(f"accuracy_level={accuracy_level}; choose one of {ACCURACY_LEVELS} "
+                           "(0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute)")
+    source, target = Path(source), Path(target)
+    config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric,
+                                          accuracy_level=accuracy_level or None, op_types_to_quantize=("MatMul",))
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), block_size=block_size, is_symmetric=symmetric,
+                                     accuracy_level=accuracy_level or None, algo_config=config)
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(target), use_external_data_format=_is_large(source))
+    return target
+
+
+class CalibrationWindows:
+    """An ONNX Runtime ``CalibrationDataReader`` feeding windows of the calibration split (empty KV cache)."""
+
+    def __init__(self, model_path: Path, token_ids, windows: int = 16, length: int = 128) -> None:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+        inputs = {i.name: i for i in session.get_inputs()}
+        del session
+        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+        count = min(windows, len(ids) // length)
+        if count == 0:
+            raise VariantError(f"the calibration text has {len(ids)} tokens, fewer than one window of {length}")
+        past = [n for n in inputs if n.startswith("past_key_values.")]
+        shape = inputs[past[0]].shape
+        empty = np.zeros((1, int(shape[1]), 0, int(shape[3])), dtype=np.float32)
+        self.feeds = []
+        for w in range(count):
+            chunk = ids[w * length:(w + 1) * length][None, :]
+            feed = {"input_ids": chunk, "attention_mask": np.ones_like(chunk)}
+            if "position_ids" in inputs:
+                feed["position_ids"] = np.arange(length, dtype=np.int64)[None, :]
+            feed.update({n: empty for n in past})
+            self.feeds.append(feed)
+        self._iter = iter(tqdm(self.feeds, desc="calibrate", unit="win", leave=False))
+
+    def get_next(self):
+        return next(self._iter, None)
+
+    def rewind(self) -> None:
+        self._iter = iter(self.feeds)
+
+
+def quantize_int8_static(source: str | Path, target: str | Path, calibration_ids, per_channel: bool = True,
+                         windows: int = 16, length: int = 128) -> Path:
+    """Static int8 QDQ: MinMax activation ranges from ``calibration_ids``; uint8 activations, int8 weights."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    source, target = Path(source), Path(target)
+    reader = CalibrationWindows(source, calibration_ids, windows, length)
+    quantize_static(source, target, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
+                    per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax, use_external_data_format=_is_large(source),
+                    extra_options={"MatMulConstBOnly": True})
+    return target

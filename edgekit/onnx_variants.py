@@ -1,0 +1,208 @@
+"""The ONNX variants: export, quantize, compile into a verified artifact, run on ONNX Runtime.
+
+``onnx-fp32``, ``onnx-int8`` (dynamic, per-channel), ``onnx-int8-static`` (QDQ calibrated
+on the ``calibration`` split) and ``onnx-int4-g32|g64|g128`` (MatMulNBits) join the same
+registry as the PyTorch variants, so ``edgekit compare --variants fp32,onnx-int8`` measures
+them with the same code into the same table. Each is built along the path the deployment
+guides describe — PyTorch → ONNX (:mod:`edgekit.onnx_export`) → quantized ONNX
+(:mod:`edgekit.onnx_quantize`) → compiled for the target (:func:`edgekit.ort_runner.compile_model`)
+→ artifact with a manifest (:mod:`edgekit.artifact`) — and loaded back through
+:func:`~edgekit.artifact.load_artifact`, which verifies every file first.
+
+Options (after a colon): ``per_channel`` (int8), ``symmetric`` and ``accuracy_level`` (int4,
+default 4 = int8 compute), ``opt_level`` (graph optimisation: disable|basic|extended|all)
+and ``provider`` (execution provider to compile for, e.g. ``OpenVINOExecutionProvider``).
+The plain fp32 export of a model is cached once under ``work_dir()/onnx-exports``; each
+variant's artifact under ``work_dir()/artifacts/<model key>/<variant>``.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnxruntime as ort
+
+from edgekit.artifact import Manifest, load_artifact, verify_artifact, write_manifest
+from edgekit.errors import ArtifactError, EdgekitError, VariantError
+from edgekit.loading import resolve_source
+from edgekit.results import work_dir
+from edgekit.variants import Variant, register, register_exporter
+
+COMMON_OPTIONS = {"opt_level", "provider"}
+OPTIONS = {"fp32": set(), "int8": {"per_channel"}, "int8-static": {"per_channel"},
+           "int4": {"symmetric", "accuracy_level"}}
+PARITY_TOKENS = 512
+
+
+def _scheme(variant: Variant) -> str:
+    return "int4" if variant.name.startswith("onnx-int4") else variant.name[len("onnx-"):]
+
+
+def quantization_settings(variant: Variant) -> dict:
+    """The quantization recipe a variant stands for, with its defaults filled in (goes into the manifest)."""
+    scheme = _scheme(variant)
+    unknown = {k for k, _ in variant.options} - OPTIONS[scheme] - COMMON_OPTIONS
+    if unknown:
+        raise VariantError(f"option(s) {', '.join(sorted(unknown))} do not apply to {variant.name}; "
+                           f"it takes {', '.join(sorted(OPTIONS[scheme] | COMMON_OPTIONS))}")
+    if scheme == "fp32":
+        return {"scheme": "none", "weight_dtype": "float32"}
+    if scheme == "int8":
+        return {"scheme": "dynamic int8 (onnxruntime quantize_dynamic)", "weight_dtype": "int8",
+                "per_channel": bool(variant.option("per_channel", True)), "op_types": ["MatMul", "Gather"]}
+    if scheme == "int8-static":
+        return {"scheme": "static int8 QDQ (onnxruntime quantize_static, MinMax)", "weight_dtype": "int8",
+                "activation_dtype": "uint8", "per_channel": bool(variant.option("per_channel", True)),
+                "calibration": {"split": "calibration", "windows": 16, "tokens_per_window": 128}}
+    return {"scheme": "4-bit weight-only MatMulNBits", "weight_dtype": "int4", "block_size": variant.group_size,
+            "symmetric": bool(variant.option("symmetric", False)),
+            "accuracy_level": int(variant.option("accuracy_level", 4))}
+
+
+def model_key(source: str) -> str:
+    """A folder name for a model that changes when its weight files change (name + short fingerprint)."""
+    resolved = resolve_source(source)
+    path = Path(resolved)
+    stamp = resolved
+    if path.is_dir():
+        stamp += "".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(path.glob("*.safetensors")))
+    name = re.sub(r"[^\w.-]+", "_", path.name if path.is_dir() else resolved)
+    return f"{name}-{hashlib.sha256(stamp.encode()).hexdigest()[:10]}"
+
+
+def cached_export(source: str) -> Path:
+    """The plain fp32 ONNX export of ``source``, made once per model version and reused by every variant."""
+    from edgekit.onnx_export import export_onnx
+
+    folder = work_dir() / "onnx-exports" / model_key(source)
+    if (folder / "model.onnx").is_file():
+        return folder / "model.onnx"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=folder.parent))
+    try:
+        export_onnx(source, staging)
+        if not folder.exists():  # another process may have finished the same export first
+            staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder / "model.onnx"
+
+
+def _quantize(variant: Variant, settings: dict, source: str, raw: Path, work: Path) -> Path:
+    from edgekit import onnx_quantize as q
+
+    scheme = _scheme(variant)
+    target = work / "quantized.onnx"
+    if scheme == "fp32":
+        return raw
+    if scheme == "int8":
+        return q.quantize_int8_dynamic(raw, target, per_channel=settings["per_channel"])
+    if scheme == "int4":
+        return q.quantize_int4(raw, target, settings["block_size"], settings["symmetric"], settings["accuracy_level"])
+    from edgekit.compare import eval_token_ids
+    from edgekit.loading import load_tokenizer
+
+    calibration = eval_token_ids(load_tokenizer(source), "calibration")
+    cal = settings["calibration"]
+    return q.quantize_int8_static(raw, target, calibration.numpy(), settings["per_channel"],
+                                  cal["windows"], cal["tokens_per_window"])
+
+
+def _signature(session: ort.InferenceSession) -> dict:
+    describe = lambda args: [{"name": a.name, "type": a.type, "shape": a.shape} for a in args]  # noqa: E731
+    return {"inputs": describe(session.get_inputs()), "outputs": describe(session.get_outputs())}
+
+
+def _parity_against_pytorch(source: str, folder: Path) -> dict:
+    """Max |Δlogit| and top-1 agreement of the compiled model against PyTorch fp32 on eval tokens."""
+    from edgekit.compare import eval_token_ids
+    from edgekit.onnx_export import parity
+    from edgekit.ort_runner import ORTRunner
+    from edgekit.variants import build_runner
+
+    reference = build_runner("fp32", source)
+    candidate = ORTRunner(folder)
+    try:
+        ids = eval_token_ids(reference.tokenizer, "eval")[:PARITY_TOKENS]
+        return parity(reference, candidate, ids)
+    finally:
+        reference.close()
+        candidate.close()
+
+
+@register_exporter(r"onnx-.*")
+def export_onnx_artifact(variant: Variant, source: str, out_dir: str | Path) -> Manifest:
+    """Export, quantize and compile ``variant`` of ``source`` into the artifact folder ``out_dir``.
+
+    The artifact is assembled in a staging folder and moved into place only when complete,
+    so an interrupted export never leaves a half-written artifact behind.
+    """
+    from edgekit.onnx_export import copy_side_files
+    from edgekit.ort_runner import MODEL_FILE, compile_model, model_opset, resolve_providers, session_options
+
+    variant = Variant.parse(variant)
+    settings = quantization_settings(variant)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ArtifactError(f"{out_dir} already exists and is not empty; choose a new folder or delete it first")
+    level = str(variant.option("opt_level", "all"))
+    providers = [variant.option("provider")] if variant.option("provider") else None
+    session_options(level)  # refuse a bad level before any work
+    raw = cached_export(source)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgekit-quantize-", dir=work_dir()) as work:
+            quantized = _quantize(variant, settings, source, raw, Path(work))
+            compile_model(quantized, staging / MODEL_FILE, level, providers)
+        copy_side_files(source, staging)
+        session = ort.InferenceSession(str(staging / MODEL_FILE), providers=["CPUExecutionProvider"])
+        signature = _signature(session)
+        del session
+        evaluation = _parity_against_pytorch(source, staging)
+
+        write_manifest(staging, variant=str(variant), runtime="onnxruntime", runtime_version=ort.__version__,
+                       model=resolve_source(source), quantization=settings, signature=signature,
+                       opset=model_opset(staging / MODEL_FILE), evaluation=evaluation,
+                       runtime_settings={"graph_optimization_level": level,
+                                         "providers": resolve_providers(providers)},
+                       extra={"compile": {"graph_optimization_level": level,
+                                          "providers": resolve_providers(providers),
+                                          "onnxruntime": ort.__version__}})
+        if out_dir.exists():
+            out_dir.rmdir()
+        staging.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return verify_artifact(out_dir)
+
+
+def cached_artifact(variant: "str | Variant", source: str) -> Path:
+    """The artifact folder of ``variant`` for ``source``, exported on first use and re-exported if damaged."""
+    variant = Variant.parse(variant)
+    folder = work_dir() / "artifacts" / model_key(source) / str(variant).replace(":", "_")
+    if folder.exists():
+        try:
+            verify_artifact(folder)
+            return folder
+        except EdgekitError:
+            shutil.rmtree(folder)
+    export_onnx_artifact(variant, source, folder)
+    return folder
+
+
+def _build(variant: Variant, source: str, tokenizer):
+    quantization_settings(variant)  # refuse unknown options before exporting anything
+    return load_artifact(cached_artifact(variant, source))
+
+
+register(r"onnx-fp32", "onnx", "ONNX Runtime, optimum export, graph-optimised fp32", ("onnx-fp32",))(_build)
+register(r"onnx-int8", "onnx", "ONNX Runtime dynamic int8 (option per_channel=true)", ("onnx-int8",))(_build)
+register(r"onnx-int8-static", "onnx", "ONNX Runtime static int8 QDQ calibrated on the calibration split",
+         ("onnx-int8-static",))(_build)
+register(r"onnx-int4-g(?P<group_size>\d+)", "onnx",
+         "ONNX Runtime MatMulNBits 4-bit (options symmetric=false, accuracy_level=4)",
+         ("onnx-int4-g32", "onnx-int4-g64", "onnx-int4-g128"))(_build)
