@@ -1,0 +1,189 @@
+"""matplotlib figures of a comparison: quality against size with the Pareto front, latency
+percentiles, memory against a device's budget. Plotting only, no measurement.
+
+Every function takes the DataFrame of :func:`edgekit.compare.summary_frame` (display labels,
+megabytes) or of :func:`edgekit.results.results_frame` / ``ResultStore.dataframe()`` (raw
+metric keys, bytes) and an optional ``ax``; it returns the Axes it drew on. Rows with an
+error or without the needed metric are left out. When the frame has a ``run`` column with
+several values (earlier runs laid beside the new one), each run gets its own marker.
+
+Pareto front as in multi-objective model selection (a variant is on the front when no other
+variant is both smaller and at least as good); error bars are the 95% interval of the
+perplexity delta or ±1 standard error of the KL divergence, as llama.cpp's
+``perplexity --kl-divergence`` reports them.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+
+# raw metric key -> the label summary_frame gives it
+LABELS = {"variant": "variant", "delta_ppl_pct": "Δppl %", "delta_ppl_pct_ci95": "Δppl 95% CI",
+          "kl_divergence": "KL", "kl_divergence_se": "KL ±se", "top1_agreement": "top-1",
+          "weight_bytes": "weights MB", "peak_rss_bytes": "peak RSS MB", "ttft_ms": "TTFT ms",
+          "latency_ms_p50": "p50 ms", "latency_ms_p95": "p95 ms", "latency_ms_p99": "p99 ms", "error": "error"}
+MEGABYTE_KEYS = ("weight_bytes", "peak_rss_bytes")
+QUALITY_METRICS = {"delta_ppl_pct": "perplexity change vs baseline (%)",
+                   "kl_divergence": "KL divergence vs baseline (nats/token)"}
+MARKERS = "os^Dv<>Pp*"
+
+
+def normalize(frame: pd.DataFrame) -> pd.DataFrame:
+    """One shape for both kinds of frame: raw metric keys, sizes in MB, failed rows dropped."""
+    by_label = {label: key for key, label in LABELS.items()}
+    out = frame.rename(columns={c: by_label[c] for c in frame.columns if c in by_label and c not in LABELS})
+    out = out.loc[:, ~out.columns.duplicated()].copy()
+    raw_bytes = not any(label in frame.columns for label in ("weights MB", "peak RSS MB"))
+    for key in MEGABYTE_KEYS:
+        if key in out and raw_bytes:
+            out[key] = pd.to_numeric(out[key], errors="coerce") / 1e6
+    if "error" in out:
+        out = out[out["error"].isna()]
+    if "status" in out:
+        out = out[out["status"] == "ok"]
+    if "delta_ppl_pct_ci95" in out:
+        out["delta_ppl_pct_ci95"] = out["delta_ppl_pct_ci95"].map(_interval)
+    if "run" not in out:
+        out["run"] = ""
+    return out.reset_index(drop=True)
+
+
+def _interval(value) -> tuple[float, float] | None:
+    """A 95% interval from a [lo, hi] list (results frame) or "[+lo, +hi]" text (summary frame)."""
+    if isinstance(value, str):
+        lo, hi = value.strip("[]").split(",")
+        return float(lo), float(hi)
+    if isinstance(value, (list, tuple, np.ndarray)) and len(value) == 2:
+        return float(value[0]), float(value[1])
+    return None
+
+
+def pareto_front(sizes, losses) -> np.ndarray:
+    """Boolean mask of the points no other point beats: smaller-or-equal size and
+    smaller-or-equal loss, strictly better in one."""
+    sizes, losses = np.asarray(sizes, float), np.asarray(losses, float)
+    on_front = np.ones(len(sizes), bool)
+    for i in range(len(sizes)):
+        beaten = (sizes <= sizes[i]) & (losses <= losses[i]) & ((sizes < sizes[i]) | (losses < losses[i]))
+        on_front[i] = not beaten.any()
+    return on_front
+
+
+def _runs(frame: pd.DataFrame):
+    for i, (run, rows) in enumerate(frame.groupby("run", sort=False)):
+        yield MARKERS[i % len(MARKERS)], run, rows
+
+
+def plot_quality_vs_size(frame: pd.DataFrame, metric: str = "delta_ppl_pct", ax: Axes | None = None) -> Axes:
+    """Quality loss (``delta_ppl_pct`` or ``kl_divergence``) against weight megabytes; the
+    Pareto front is drawn as a dashed step line through the circled variants."""
+    metric = {label: key for key, label in LABELS.items()}.get(metric, metric)
+    if metric not in QUALITY_METRICS:
+        raise ValueError(f"metric {metric!r}; choose one of {', '.join(QUALITY_METRICS)}")
+    ax = ax or plt.subplots(figsize=(6.4, 4.2))[1]
+    data = normalize(frame)
+    if metric not in data or "weight_bytes" not in data:
+        return _empty(ax, "no quality results to plot")
+    data = data.dropna(subset=[metric, "weight_bytes"])
+    if data.empty:
+        return _empty(ax, "no quality results to plot")
+    several_runs = data["run"].nunique() > 1
+    for marker, run, rows in _runs(data):
+        errors = _error_bars(rows, metric)
+        ax.errorbar(rows["weight_bytes"], rows[metric], yerr=errors, fmt=marker, capsize=3,
+                    label=str(run) if several_runs else None)
+        for _, row in rows.iterrows():
+            ax.annotate(row["variant"], (row["weight_bytes"], row[metric]), textcoords="offset points",
+                        xytext=(5, 4), fontsize=8)
+    front = data[pareto_front(data["weight_bytes"], data[metric])].sort_values("weight_bytes")
+    ax.step(front["weight_bytes"], front[metric], where="post", linestyle="--", color="tab:red", alpha=0.7,
+            label="Pareto front")
+    ax.scatter(front["weight_bytes"], front[metric], s=140, facecolors="none", edgecolors="tab:red")
+    ax.axhline(0, color="grey", linewidth=0.6)
+    ax.set_xlabel("weight memory (MB)")
+    ax.set_ylabel(QUALITY_METRICS[metric])
+    ax.set_title("quality lost vs bytes kept")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def _error_bars(rows: pd.DataFrame, metric: str):
+    if metric == "delta_ppl_pct" and "delta_ppl_pct_ci95" in rows:
+        lows, highs = [], []
+        for value, ci in zip(rows[metric], rows["delta_ppl_pct_ci95"]):
+            lows.append(value - ci[0] if ci else 0.0)
+            highs.append(ci[1] - value if ci else 0.0)
+        return np.clip(np.array([lows, highs]), 0, None)
+    if metric == "kl_divergence" and "kl_divergence_se" in rows:
+        return rows["kl_divergence_se"].fillna(0).to_numpy(float)
+    return None
+
+
+def plot_latency_percentiles(frame: pd.DataFrame, ax: Axes | None = None) -> Axes:
+    """Per-token decode latency P50/P95/P99 of every variant as grouped bars (log scale
+    when they span more than a decade)."""
+    ax = ax or plt.subplots(figsize=(6.4, 4.2))[1]
+    data = normalize(frame)
+    keys = [k for k in ("latency_ms_p50", "latency_ms_p95", "latency_ms_p99") if k in data]
+    data = data.dropna(subset=keys) if keys else data.iloc[0:0]
+    if data.empty:
+        return _empty(ax, "no latency measured")
+    labels = _point_labels(data)
+    x = np.arange(len(data))
+    width = 0.8 / len(keys)
+    for i, key in enumerate(keys):
+        ax.bar(x + (i - (len(keys) - 1) / 2) * width, data[key], width, label=key.rsplit("_", 1)[1].upper())
+    ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("decode latency per token (ms)")
+    ax.set_title("latency percentiles")
+    values = data[keys].to_numpy(float)
+    if values.min() > 0 and values.max() / values.min() > 10:
+        ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return ax
+
+
+def plot_memory_vs_device(frame: pd.DataFrame, budget_bytes: float | None = None, device: str = "device",
+                          ax: Axes | None = None) -> Axes:
+    """Weight megabytes and peak resident memory of every variant beside a device's memory
+    budget (a horizontal line); bars over the budget are hatched."""
+    ax = ax or plt.subplots(figsize=(6.4, 4.2))[1]
+    data = normalize(frame)
+    keys = [k for k in ("weight_bytes", "peak_rss_bytes") if k in data]
+    data = data.dropna(subset=keys[:1]) if keys else data.iloc[0:0]
+    if data.empty:
+        return _empty(ax, "no memory measured")
+    x = np.arange(len(data))
+    width = 0.8 / len(keys)
+    budget_mb = budget_bytes / 1e6 if budget_bytes else None
+    for i, key in enumerate(keys):
+        values = data[key].to_numpy(float)
+        bars = ax.bar(x + (i - (len(keys) - 1) / 2) * width, values, width,
+                      label={"weight_bytes": "weights", "peak_rss_bytes": "peak RSS"}[key])
+        for bar, value in zip(bars, values):
+            if budget_mb and value > budget_mb:
+                bar.set_hatch("//")
+    if budget_mb:
+        ax.axhline(budget_mb, color="tab:red", linestyle="--", label=f"{device} budget")
+    ax.set_xticks(x, _point_labels(data), rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("MB")
+    ax.set_title(f"memory vs {device}" if budget_mb else "memory")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return ax
+
+
+def _point_labels(data: pd.DataFrame) -> list[str]:
+    if data["run"].nunique() > 1:
+        return [f"{v} ({r})" for v, r in zip(data["variant"], data["run"])]
+    return list(data["variant"])
+
+
+def _empty(ax: Axes, message: str) -> Axes:
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="grey")
+    ax.set_axis_off()
+    return ax
