@@ -59,7 +59,7 @@ def compare(model: str = "default", variants: Iterable[str] = DEFAULT_VARIANTS, 
     source = resolve_source(model)
     tokenizer = load_tokenizer(model)
     ids = eval_token_ids(tokenizer, eval_text)
-    if settings.max_tokens and len(ids) < min(settings.max_tokens, settings.context):
+    if len(ids) < min(settings.max_tokens or settings.context, settings.context):
         raise InputError(f"the eval text has {len(ids)} tokens, fewer than the context ({settings.context}); "
                          "give a longer text or a shorter context")
     prompt = ids[: latency.prompt_tokens] if latency else None

@@ -63,6 +63,8 @@ def rtn_quantize(weight: torch.Tensor, bits: int, group_size: int):
 
 
 def check_group(in_features: int, group_size: int) -> None:
+    if group_size < 1:
+        raise VariantError(f"group size {group_size} must be a positive number of input columns (e.g. 32, 64, 128)")
     if in_features % group_size:
         raise VariantError(f"a layer has {in_features} input features, which group size {group_size} does not "
                            f"divide; pick a group size that divides every layer width (e.g. 32)")
