@@ -178,11 +178,11 @@ def _compute_dtype(variant: Variant, default: str) -> torch.dtype:
 
 
 def _torch_runner(variant: Variant, source: str, tokenizer, **kwargs):
-    from edgekit.loading import load_model
+    from edgekit.plan import guarded_load
     from edgekit.runners import TorchRunner
 
-    device = _device(variant)
-    model = load_model(source, device_map={"": device}, **kwargs)
+    # the memory plan is checked first; offload=true / low_memory=true choose how it loads
+    model = guarded_load(variant, source, _device(variant), **kwargs)
     return TorchRunner(str(variant), model, tokenizer)
 
 
