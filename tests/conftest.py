@@ -38,3 +38,11 @@ def eval_ids(tokenizer):
     from edgekit.compare import eval_token_ids
 
     return eval_token_ids(tokenizer, "eval")[:1024]
+
+
+@pytest.fixture(scope="session")
+def onnx_artifact(default_model):
+    """``onnx_artifact("onnx-int8")`` -> the artifact folder of that variant, exported once per session."""
+    from edgekit.onnx_variants import cached_artifact
+
+    return lambda variant: cached_artifact(variant, default_model)

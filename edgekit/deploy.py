@@ -1,0 +1,132 @@
+"""A canary check between two artifacts: should the candidate replace the one in service?
+
+Modelled on a canary rollout (Google SRE Workbook, "Canarying Releases"): the candidate
+is measured beside the current artifact on the same input, by the same code, and is
+promoted only if it stays within limits the user sets. Quality is judged as the
+comparison table judges variants (:mod:`edgekit.measure`): the current artifact is the
+baseline, the candidate gets a paired perplexity delta, the KL divergence from the
+current artifact's next-token distribution and the top-1 agreement, each with its
+uncertainty; speed by decode tokens/s and P99 decode-step latency from
+:func:`~edgekit.measure.measure_latency`, the two artifacts timed alternately so that a
+change in machine load falls on both. Both artifacts are verified before anything runs.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from edgekit.artifact import load_artifact, verify_artifact
+from edgekit.errors import ArtifactError
+from edgekit.measure import EvalSettings, measure_latency, score
+
+
+@dataclass(frozen=True)
+class CanaryThresholds:
+    """Limits the candidate must stay within, relative to the current artifact."""
+
+    max_delta_ppl_pct: float = 1.0           # perplexity may rise at most this many percent
+    max_kl_divergence: float = 0.02          # mean KL(current || candidate), nats per token
+    min_top1_agreement: float = 0.95         # share of tokens where both pick the same next token
+    max_slowdown_pct: float = 10.0           # decode tokens/s may drop at most this many percent
+    max_p99_increase_pct: float = 25.0       # P99 decode-step latency may rise at most this much
+
+
+@dataclass
+class CanaryReport:
+    candidate: str
+    current: str
+    metrics: dict
+    checks: list[dict] = field(default_factory=list)
+
+    @property
+    def promote(self) -> bool:
+        return all(c["passed"] for c in self.checks)
+
+    @property
+    def verdict(self) -> str:
+        failed = [c["check"] for c in self.checks if not c["passed"]]
+        return "promote" if not failed else "hold back: " + ", ".join(failed)
+
+    def frame(self) -> pd.DataFrame:
+        """One row per check: the measured value, its limit and whether it passed."""
+        return pd.DataFrame(self.checks)
+
+
+def _check(name: str, value: float, limit: float, passed: bool, unit: str) -> dict:
+    return {"check": name, "value": round(value, 4), "limit": limit, "unit": unit, "passed": bool(passed)}
+
+
+def canary(candidate: str | Path, current: str | Path, token_ids, thresholds: CanaryThresholds = CanaryThresholds(),
+           settings: EvalSettings = EvalSettings(context=128, stride=64, max_tokens=2048),
+           prompt_tokens: int = 32, new_tokens: int = 32, runs: int = 5, progress: bool = True) -> CanaryReport:
+    """Measure ``candidate`` against ``current`` (artifact folders) on ``token_ids`` and give a verdict."""
+    manifests = {role: verify_artifact(path) for role, path in (("candidate", candidate), ("current", current))}
+    tokenizers = {role: m.data["files"].get("tokenizer.json", {}).get("sha256") for role, m in manifests.items()}
+    if tokenizers["candidate"] != tokenizers["current"]:
+        raise ArtifactError("the two artifacts ship different tokenizers, so their token-level quality cannot be "
+                            "compared; canary artifacts of the same model")
+    runners = {role: load_artifact(path) for role, path in (("current", current), ("candidate", candidate))}
+    try:
+        base = score(runners["current"], token_ids, settings, keep_logprobs=True, progress=progress)
+        cand = score(runners["candidate"], token_ids, settings, baseline=base, progress=progress)
+        quality = cand.against(base)
+        prompt = token_ids.reshape(-1)[:prompt_tokens]
+        timings = {"current": [], "candidate": []}
+        for _ in range(2):  # alternate so that load changes on a shared machine fall on both
+            for role in ("current", "candidate"):
+                timings[role].append(measure_latency(runners[role], prompt, new_tokens, runs, warmup=1,
+                                                     progress=progress))
+    finally:
+        for runner in runners.values():
+            runner.close()
+    speed = {role: max(t["decode_tokens_per_s"] for t in ts) for role, ts in timings.items()}
+    p99 = {role: min(t["latency_ms_p99"] for t in ts) for role, ts in timings.items()}
+    slowdown = 100 * (1 - speed["candidate"] / speed["current"])
+    p99_increase = 100 * (p99["candidate"] / p99["current"] - 1)
+    metrics = {**quality, "perplexity_current": base.perplexity()["perplexity"],
+               "perplexity_candidate": cand.perplexity()["perplexity"],
+               "tokens_per_s_current": speed["current"], "tokens_per_s_candidate": speed["candidate"],
+               "p99_ms_current": p99["current"], "p99_ms_candidate": p99["candidate"],
+               "weight_bytes_current": _model_bytes(manifests["current"]),
+               "weight_bytes_candidate": _model_bytes(manifests["candidate"]),
+               "thresholds": asdict(thresholds)}
+    t = thresholds
+    checks = [
+        # quality limits are judged on the pessimistic end of the 95% interval
+        _check("perplexity delta", quality["delta_ppl_pct"], t.max_delta_ppl_pct,
+               quality["delta_ppl_pct_ci95"][1] <= t.max_delta_ppl_pct, "% (upper 95% bound must pass)"),
+        _check("KL divergence", quality["kl_divergence"], t.max_kl_divergence,
+               quality["kl_divergence"] + 1.96 * quality["kl_divergence_se"] <= t.max_kl_divergence, "nats/token"),
+        _check("top-1 agreement", quality["top1_agreement"], t.min_top1_agreement,
+               quality["top1_agreement"] - 1.96 * quality["top1_agreement_se"] >= t.min_top1_agreement, "share"),
+        _check("decode slowdown", slowdown, t.max_slowdown_pct, slowdown <= t.max_slowdown_pct, "%"),
+        _check("P99 latency increase", p99_increase, t.max_p99_increase_pct,
+               p99_increase <= t.max_p99_increase_pct, "%"),
+    ]
+    return CanaryReport(manifests["candidate"].variant, manifests["current"].variant, metrics, checks)
+
+
+def _model_bytes(manifest) -> int:
+    """Bytes of the model files an artifact ships (graph and external weights)."""
+    return sum(info["bytes"] for name, info in manifest.data["files"].items() if name.startswith("model."))
+
+
+def manifest_frame(folder: str | Path) -> pd.DataFrame:
+    """An artifact's manifest as a two-column table (nested fields flattened) for reading in a notebook."""
+    data = verify_artifact(folder).data
+    rows = []
+    for key, value in data.items():
+        if key == "files":
+            for name, info in value.items():
+                rows.append((f"files.{name}", f"{info['bytes']:,} bytes, sha256 {info['sha256'][:16]}…"))
+        elif key == "signature":
+            for direction, items in value.items():
+                rows.append((f"signature.{direction}", ", ".join(i["name"] for i in items[:4])
+                             + (f" … ({len(items)} in all)" if len(items) > 4 else "")))
+        elif isinstance(value, dict):
+            rows.extend((f"{key}.{k}", str(v)) for k, v in value.items())
+        else:
+            rows.append((key, str(value)))
+    return pd.DataFrame(rows, columns=["field", "value"])
