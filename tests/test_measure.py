@@ -1,0 +1,186 @@
+"""edgekit.measure: each metric against a hand-computed case.
+
+The runner here is a fixed bigram table (logits of a position depend only on its token),
+so every figure can be computed independently in a few lines: the thing under test is the
+metric, not a model.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from edgekit.errors import InputError
+from edgekit.measure import (EvalSettings, measure_latency, ratio_stat, score, scored_positions,
+                             sliding_windows)
+
+VOCAB = 11
+
+
+class BigramRunner:
+    """Logits of each position = table[token]; greedy generation follows the table's argmax."""
+
+    def __init__(self, table: torch.Tensor, name: str = "bigram", tokens: int | None = None) -> None:
+        self.name, self.table, self.tokenizer, self._tokens = name, table, None, tokens
+
+    def logits(self, input_ids):
+        return self.table[input_ids].float()
+
+    def generate_stream(self, input_ids, max_new_tokens):
+        token = int(input_ids[0, -1])
+        for _ in range(self._tokens if self._tokens is not None else max_new_tokens):
+            token = int(self.table[token].argmax())
+            yield token
+
+    def weight_bytes(self):
+        return self.table.numel() * 4
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def table():
+    return torch.randn(VOCAB, VOCAB, generator=torch.Generator().manual_seed(0)) * 2
+
+
+@pytest.fixture
+def ids():
+    return torch.randint(0, VOCAB, (203,), generator=torch.Generator().manual_seed(1))
+
+
+def hf_guide_perplexity(runner, ids, context, stride):
+    """The loop of the Hugging Face guide "Perplexity of fixed-length models", written out."""
+    encodings = ids[None]
+    seq_len = encodings.size(1)
+    nll_sum, n_tokens, prev_end_loc = 0.0, 0, 0
+    for begin_loc in range(0, seq_len, stride):
+        end_loc = min(begin_loc + context, seq_len)
+        trg_len = end_loc - prev_end_loc
+        input_ids = encodings[:, begin_loc:end_loc]
+        target_ids = input_ids.clone()
+        target_ids[:, :-trg_len] = -100
+        logits = runner.logits(input_ids)
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), target_ids[:, 1:].reshape(-1), ignore_index=-100)
+        num_loss_tokens = int((target_ids[:, 1:] != -100).sum())
+        nll_sum += float(loss) * num_loss_tokens
+        n_tokens += num_loss_tokens
+        prev_end_loc = end_loc
+        if end_loc == seq_len:
+            break
+    return math.exp(nll_sum / n_tokens), n_tokens
+
+
+def test_windows_match_the_guide():
+    windows = sliding_windows(10, context=4, stride=2)
+    assert [(w.begin, w.end, w.target_len) for w in windows] == [(0, 4, 4), (2, 6, 2), (4, 8, 2), (6, 10, 2)]
+    assert scored_positions(windows[0]).tolist() == [0, 1, 2]  # position t predicts token t+1
+    assert scored_positions(windows[1]).tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("n,context,stride", [(10, 4, 2), (203, 32, 16), (203, 32, 31), (203, 50, 7), (5, 64, 32)])
+def test_every_token_but_the_first_is_scored_once(n, context, stride):
+    targets = [w.begin + p + 1 for w in sliding_windows(n, context, stride) for p in scored_positions(w)]
+    assert sorted(targets) == list(range(1, n))
+
+
+def test_stride_equal_to_context_leaves_each_window_start_unscored():
+    # the guide's disjoint windows: the first token of each window has no history to be predicted from
+    targets = [w.begin + p + 1 for w in sliding_windows(100, 32, 32) for p in scored_positions(w)]
+    assert sorted(targets) == [t for t in range(100) if t % 32]
+
+
+@pytest.mark.parametrize("context,stride,batch", [(32, 16, 4), (32, 32, 1), (50, 7, 3), (64, 64, 8)])
+def test_perplexity_equals_the_guide_loop(table, ids, context, stride, batch):
+    runner = BigramRunner(table)
+    result = score(runner, ids, EvalSettings(context, stride, None, batch), progress=False).perplexity()
+    expected, n_tokens = hf_guide_perplexity(runner, ids, context, stride)
+    assert result["scored_tokens"] == n_tokens
+    assert result["perplexity"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_uniform_model_has_perplexity_equal_to_vocabulary(ids):
+    result = score(BigramRunner(torch.zeros(VOCAB, VOCAB)), ids, EvalSettings(32, 16, None), progress=False)
+    assert result.perplexity()["perplexity"] == pytest.approx(VOCAB, rel=1e-6)
+    assert result.perplexity()["log_ppl_se"] == pytest.approx(0, abs=1e-6)  # every token costs log V
+
+
+def test_bigram_perplexity_by_hand(table, ids):
+    logp = torch.log_softmax(table.double(), -1)
+    by_hand = math.exp(-float(sum(logp[ids[t - 1], ids[t]] for t in range(1, len(ids)))) / (len(ids) - 1))
+    result = score(BigramRunner(table), ids, EvalSettings(40, 20, None), progress=False).perplexity()
+    assert result["perplexity"] == pytest.approx(by_hand, rel=1e-5)  # float32 logits against a float64 sum
+    lo, hi = result["perplexity_ci95"]
+    assert lo < result["perplexity"] < hi
+
+
+def test_max_tokens_truncates(table, ids):
+    scores = score(BigramRunner(table), ids, EvalSettings(32, 16, 100), progress=False)
+    assert scores.tokens == 100 and scores.scored_tokens == 99
+
+
+def test_ratio_standard_errors_by_hand():
+    assert ratio_stat([2, 4, 6], [1, 2, 3]) == (2.0, 0.0)
+    mean, se = ratio_stat([1, 3], [1, 1])  # equal weights: the standard error of the mean
+    assert (mean, se) == (2.0, pytest.approx(np.std([1, 3], ddof=1) / math.sqrt(2)))
+    mean, se = ratio_stat([1, 4], [1, 3])  # residuals -0.25, +0.25: sqrt(2/1 * 0.125) / 4
+    assert (mean, se) == (1.25, pytest.approx(0.125))
+    assert math.isnan(ratio_stat([1], [2])[1])
+
+
+def test_identical_model_has_zero_kl_full_agreement_and_zero_delta(table, ids):
+    settings = EvalSettings(32, 16, None)
+    base = score(BigramRunner(table), ids, settings, keep_logprobs=True, progress=False)
+    same = score(BigramRunner(table), ids, settings, baseline=base, progress=False).against(base)
+    assert same["kl_divergence"] == pytest.approx(0, abs=1e-9)
+    assert same["top1_agreement"] == 1.0
+    assert same["delta_ppl_pct"] == pytest.approx(0, abs=1e-9)
+    assert same["delta_ppl_pct_ci95"] == [pytest.approx(0, abs=1e-9)] * 2
+
+
+def test_kl_and_top1_by_hand(table, ids):
+    other = table.clone()
+    other[:, 0] += 3.0  # token 0 becomes likelier everywhere: changes some argmaxes
+    settings = EvalSettings(32, 16, None, 2)
+    base = score(BigramRunner(table), ids, settings, keep_logprobs=True, progress=False)
+    result = score(BigramRunner(other), ids, settings, baseline=base, progress=False).against(base)
+    p, q = torch.log_softmax(table, -1), torch.log_softmax(other, -1)
+    prev = ids[:-1]  # every position but the last predicts a scored token
+    kl = float((p[prev].exp() * (p[prev] - q[prev])).sum(-1).mean())
+    agree = float((p[prev].argmax(-1) == q[prev].argmax(-1)).float().mean())
+    assert result["kl_divergence"] == pytest.approx(kl, rel=1e-5)
+    assert result["top1_agreement"] == pytest.approx(agree)
+    assert 0 < agree < 1 and result["kl_divergence_se"] > 0 and result["top1_agreement_se"] > 0
+    ppl_b, ppl_v = base.perplexity()["perplexity"], math.exp(-float(q[prev].gather(1, ids[1:, None]).mean()))
+    assert result["delta_ppl_pct"] == pytest.approx(100 * (ppl_v / ppl_b - 1), rel=1e-5)
+
+
+def test_baseline_on_other_tokens_is_refused(table, ids):
+    base = score(BigramRunner(table), ids, EvalSettings(32, 16, None), keep_logprobs=True, progress=False)
+    with pytest.raises(InputError, match="same text"):
+        score(BigramRunner(table), ids, EvalSettings(32, 16, 100), baseline=base, progress=False)
+
+
+def test_bad_settings_and_short_text():
+    with pytest.raises(InputError, match="stride"):
+        EvalSettings(32, 64)
+    with pytest.raises(InputError, match="at least 2"):
+        EvalSettings(1, 1)
+    with pytest.raises(InputError, match="longer text"):
+        sliding_windows(1, 32, 16)
+
+
+def test_latency_keys_and_order(table):
+    stats = measure_latency(BigramRunner(table), torch.tensor([1, 2, 3]), new_tokens=8, runs=3, progress=False)
+    assert set(stats) >= {"ttft_ms", "decode_tokens_per_s", "latency_ms_p50", "latency_ms_p95", "latency_ms_p99"}
+    assert stats["ttft_ms"] >= 0 and stats["decode_tokens_per_s"] > 0
+    assert stats["latency_ms_p50"] <= stats["latency_ms_p95"] <= stats["latency_ms_p99"]
+    assert (stats["prompt_tokens"], stats["new_tokens"], stats["latency_runs"]) == (3, 8, 3)
+
+
+def test_latency_refuses_bad_input(table):
+    with pytest.raises(InputError, match="at least 2"):
+        measure_latency(BigramRunner(table), torch.tensor([1]), new_tokens=1, progress=False)
+    with pytest.raises(InputError, match="instead of 8"):
+        measure_latency(BigramRunner(table, tokens=5), torch.tensor([1]), new_tokens=8, progress=False)
