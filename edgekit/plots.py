@@ -1,11 +1,12 @@
 """matplotlib figures of a comparison: quality against size with the Pareto front, latency
 percentiles, memory against a device's budget. Plotting only, no measurement.
 
-Every function takes the DataFrame of :func:`edgekit.compare.summary_frame` (display labels,
-megabytes) or of :func:`edgekit.results.results_frame` / ``ResultStore.dataframe()`` (raw
+The quality and latency plots take the DataFrame of :func:`edgekit.compare.summary_frame`
+(display labels, megabytes) or of :func:`edgekit.results.results_frame` / ``ResultStore.dataframe()`` (raw
 metric keys, bytes) and an optional ``ax``; it returns the Axes it drew on. Rows with an
 error or without the needed metric are left out. When the frame has a ``run`` column with
-several values (earlier runs laid beside the new one), each run gets its own marker.
+several values (earlier runs laid beside the new one), each run gets its own marker. The
+memory plot takes :func:`edgekit.report.device_memory_frame` (a plan per variant).
 
 Pareto front as in multi-objective model selection (a variant is on the front when no other
 variant is both smaller and at least as good); error bars are the 95% interval of the
@@ -14,10 +15,13 @@ perplexity delta or ±1 standard error of the KL divergence, as llama.cpp's
 """
 from __future__ import annotations
 
+import io
+
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 # raw metric key -> the label summary_frame gives it
 LABELS = {"variant": "variant", "delta_ppl_pct": "Δppl %", "delta_ppl_pct_ci95": "Δppl 95% CI",
@@ -147,32 +151,35 @@ def plot_latency_percentiles(frame: pd.DataFrame, ax: Axes | None = None) -> Axe
     return ax
 
 
-def plot_memory_vs_device(frame: pd.DataFrame, budget_bytes: float | None = None, device: str = "device",
-                          ax: Axes | None = None) -> Axes:
-    """Weight megabytes and peak resident memory of every variant beside a device's memory
-    budget (a horizontal line); bars over the budget are hatched."""
+def plot_memory_vs_device(frame: pd.DataFrame, ax: Axes | None = None) -> Axes:
+    """Planned memory of every variant on one device, stacked (weights, KV cache, activations,
+    runtime), against the device's usable budget (dashed line); a measured peak RSS, where
+    the frame has one, is marked beside its bar. ``frame`` comes from
+    :func:`edgekit.report.device_memory_frame`."""
     ax = ax or plt.subplots(figsize=(6.4, 4.2))[1]
-    data = normalize(frame)
-    keys = [k for k in ("weight_bytes", "peak_rss_bytes") if k in data]
-    data = data.dropna(subset=keys[:1]) if keys else data.iloc[0:0]
+    data = frame.dropna(subset=["total_bytes"]).reset_index(drop=True) if "total_bytes" in frame else frame.iloc[0:0]
     if data.empty:
-        return _empty(ax, "no memory measured")
+        return _empty(ax, "no memory plan for this device")
+    gib = 1024 ** 3
     x = np.arange(len(data))
-    width = 0.8 / len(keys)
-    budget_mb = budget_bytes / 1e6 if budget_bytes else None
-    for i, key in enumerate(keys):
-        values = data[key].to_numpy(float)
-        bars = ax.bar(x + (i - (len(keys) - 1) / 2) * width, values, width,
-                      label={"weight_bytes": "weights", "peak_rss_bytes": "peak RSS"}[key])
-        for bar, value in zip(bars, values):
-            if budget_mb and value > budget_mb:
-                bar.set_hatch("//")
-    if budget_mb:
-        ax.axhline(budget_mb, color="tab:red", linestyle="--", label=f"{device} budget")
-    ax.set_xticks(x, _point_labels(data), rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("MB")
-    ax.set_title(f"memory vs {device}" if budget_mb else "memory")
-    ax.legend(fontsize=8)
+    bottom = np.zeros(len(data))
+    for key, label in (("weight_bytes", "weights"), ("kv_cache_bytes", "KV cache"),
+                       ("activation_bytes", "activations"), ("runtime_overhead_bytes", "runtime")):
+        values = data[key].to_numpy(float) / gib
+        ax.bar(x, values, 0.6, bottom=bottom, label=label)
+        bottom += values
+    for i, fits in enumerate(data["fits"]):
+        if not fits:
+            ax.annotate("✗", (x[i], bottom[i]), ha="center", va="bottom", color="tab:red", fontsize=12)
+    if "peak_rss_bytes" in data and data["peak_rss_bytes"].notna().any():
+        ax.scatter(x + 0.38, data["peak_rss_bytes"].to_numpy(float) / gib, marker="_", s=200, color="black",
+                   label="measured peak RSS", zorder=3)
+    device = data["device"].iloc[0]
+    ax.axhline(data["budget_bytes"].iloc[0] / gib, color="tab:red", linestyle="--", label=f"{device} budget")
+    ax.set_xticks(x, data["variant"], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("GiB")
+    ax.set_title(f"{data['model'].iloc[0]} on {device} (context {data['context'].iloc[0]})", fontsize=10)
+    ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     return ax
 
@@ -187,3 +194,23 @@ def _empty(ax: Axes, message: str) -> Axes:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="grey")
     ax.set_axis_off()
     return ax
+
+
+def comparison_figure(frame: pd.DataFrame, memory: pd.DataFrame | None = None) -> Figure:
+    """The dashboard's and the report's figure: Δppl and KL vs size, latency, memory on a device."""
+    panels = 4 if memory is not None else 3
+    fig = Figure(figsize=(5.2 * panels, 4.4), layout="constrained")
+    axes = fig.subplots(1, panels)
+    plot_quality_vs_size(frame, "delta_ppl_pct", axes[0])
+    plot_quality_vs_size(frame, "kl_divergence", axes[1])
+    plot_latency_percentiles(frame, axes[2])
+    if memory is not None:
+        plot_memory_vs_device(memory, axes[3])
+    return fig
+
+
+def figure_png(fig: Figure, dpi: int = 96) -> bytes:
+    """A figure as PNG bytes (for embedding in a report)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()

@@ -30,3 +30,183 @@ def model_source_picker(value: str = "default") -> w.Combobox:
     """Pick the model: the shipped default, a local folder or a hub id (free text)."""
     return w.Combobox(value=value, options=["default"], placeholder="default, ./path or org/name",
                       description="model", ensure_option=False, layout=w.Layout(width="420px"))
+
+
+# ---------------------------------------------------------------- comparison dashboard
+class Dashboard:
+    """The comparison dashboard: pick the model, variants (PyTorch and ONNX alike), eval text,
+    context and stride, press run; per-variant progress, the table filling in as results
+    arrive, the plots of :mod:`edgekit.plots`, earlier runs from the store laid beside, and a
+    report button. ``Dashboard(...).run()`` does the same without a click (headless use).
+    """
+
+    def __init__(self, model: str = "default", variants=("fp32", "int8", "nf4", "int4-g128"),
+                 eval_text: str = "eval", context: int = 256, stride: int = 128, max_tokens: int = 2048,
+                 latency_runs: int = 3, new_tokens: int = 16, device: str = "laptop-16gb",
+                 plan_model: str = "compared model", store=None) -> None:
+        from edgekit.plan import device_profiles, known_models
+        from edgekit.results import ResultStore
+        from edgekit.variants import known_variants
+
+        self.store = store or ResultStore()
+        self.results: list = []
+        self.report_path = None
+        names = known_variants()
+        self.model = model_source_picker(model)
+        self.variants = w.SelectMultiple(options=names + [v for v in variants if v not in names], value=tuple(variants),
+                                         rows=10, description="variants")
+        self.eval_text = w.Combobox(value=eval_text, options=["eval", "eval_milton"], ensure_option=False,
+                                    description="eval text", placeholder="split, text file or text")
+        self.context = w.BoundedIntText(context, min=2, max=1 << 20, description="context")
+        self.stride = w.BoundedIntText(stride, min=1, max=1 << 20, description="stride")
+        self.max_tokens = w.BoundedIntText(max_tokens, min=0, max=1 << 30, description="max tokens")
+        self.latency_runs = w.BoundedIntText(latency_runs, min=0, max=1000, description="latency runs")
+        self.new_tokens = w.BoundedIntText(new_tokens, min=1, max=4096, description="new tokens")
+        self.device = w.Dropdown(options=device_profiles(), value=device, description="device")
+        self.plan_model = w.Dropdown(options=["compared model"] + known_models(), value=plan_model,
+                                     description="plan for")
+        self.earlier = w.SelectMultiple(options=[], rows=4, description="earlier runs",
+                                        layout=w.Layout(width="420px"))
+        self.run_button = w.Button(description="Run comparison", button_style="primary", icon="play")
+        self.report_button = w.Button(description="Write report", icon="file")
+        self.progress = w.IntProgress(value=0, min=0, max=1, description="variants")
+        self.status = w.HTML()
+        self.log, self.table, self.plots, self.messages = w.Output(), w.Output(), w.Output(), w.Output()
+        self.run_button.on_click(lambda _: self.run())
+        self.report_button.on_click(lambda _: self.write_report())
+        for control in (self.earlier, self.device, self.plan_model):
+            control.observe(lambda _: self.refresh(), names="value")
+        self.refresh_runs()
+        settings = w.VBox([self.context, self.stride, self.max_tokens, self.latency_runs, self.new_tokens])
+        compare_to = w.VBox([self.device, self.plan_model, self.earlier])
+        self.widget = w.VBox([
+            w.HBox([w.VBox([self.model, self.eval_text, self.variants]), settings, compare_to]),
+            w.HBox([self.run_button, self.report_button, self.progress]), self.status, self.messages,
+            self.table, self.plots, self.log], layout=w.Layout(border="1px solid #ddd", padding="6px"))
+        self.widget.add_class("edgekit-dashboard")
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+    def refresh_runs(self) -> None:
+        """Offer the store's earlier comparison runs to lay beside the current one."""
+        from edgekit.report import run_label
+
+        runs = self.store.runs()
+        runs = runs[runs["kind"] == "compare"] if not runs.empty else runs
+        current = self.results[0].run_id if self.results else None
+        options = []
+        for run_id in runs["run_id"] if not runs.empty else []:
+            if run_id != current:
+                options.append((f"{run_label(self.store.results(run_id=run_id))}", run_id))
+        self.earlier.options = options[::-1]
+
+    def _earlier_results(self) -> dict:
+        from edgekit.report import run_label
+
+        runs = {}
+        for run_id in self.earlier.value:
+            results = self.store.results(run_id=run_id)
+            runs[run_label(results)] = results
+        return runs
+
+    def run(self) -> list:
+        """Run the comparison with the current settings; the table and plots fill in as it goes."""
+        from edgekit.compare import LatencySettings, compare
+        from edgekit.measure import EvalSettings
+
+        self.results = []
+        self.messages.clear_output()
+        self.table.clear_output()
+        self.run_button.disabled = True
+        try:
+            with errors_shown_in(self.messages):
+                settings = EvalSettings(context=self.context.value, stride=self.stride.value,
+                                        max_tokens=self.max_tokens.value or None)
+                latency = (LatencySettings(new_tokens=self.new_tokens.value, runs=self.latency_runs.value)
+                           if self.latency_runs.value else None)
+                self.progress.max = len(set(self.variants.value) | {"fp32"})
+                self.progress.value = 0
+                self.status.value = f"measuring {self.progress.max} variants of {html.escape(self.model.value)}…"
+                with self.log:
+                    compare(self.model.value, self.variants.value, self.eval_text.value, settings, latency,
+                            store=self.store, on_result=self._on_result)
+                self.log.clear_output()
+                self.status.value = self._status_html(done=True)
+                self.refresh_runs()
+        finally:
+            self.run_button.disabled = False
+        return self.results
+
+    def _on_result(self, result) -> None:
+        self.results.append(result)
+        self.progress.value = len(self.results)
+        self.status.value = self._status_html(done=False)
+        self.log.clear_output(wait=True)
+        self.refresh()
+
+    def _status_html(self, done: bool) -> str:
+        marks = " ".join(f'<span style="color:{"#b00020" if r.status != "ok" else "#137333"}">'
+                         f'{"✗" if r.status != "ok" else "✓"} {html.escape(r.variant)}</span>' for r in self.results)
+        head = "done" if done else f"measured {len(self.results)}/{self.progress.max}"
+        return f"<b>{head}</b>: {marks}"
+
+    def frame(self):
+        """The table shown: this run's summary, with the chosen earlier runs' rows after it."""
+        from edgekit.report import comparison_frame
+
+        return comparison_frame(self.results, self._earlier_results())
+
+    def memory_frame(self):
+        """The memory plan of this run's variants on the chosen device."""
+        from edgekit.report import device_memory_frame
+
+        if not self.results:
+            return None
+        model = self.results[0].model if self.plan_model.value == "compared model" else self.plan_model.value
+        context = self.context.value if self.plan_model.value == "compared model" else 4096
+        measured = self.results if model == self.results[0].model else None
+        return device_memory_frame(model, [r.variant for r in self.results], self.device.value, context,
+                                   measured=measured)
+
+    def figure(self):
+        from edgekit.plots import comparison_figure
+
+        frame = self.frame()
+        return comparison_figure(frame if "run" in frame else frame.assign(run=""), self.memory_frame())
+
+    def refresh(self) -> None:
+        """Redraw the table and plots from the results so far."""
+        from IPython.display import Image, display
+
+        from edgekit.plots import figure_png
+
+        if not self.results and not self.earlier.value:
+            return
+        with errors_shown_in(self.messages):
+            frame = self.frame()
+            figure = figure_png(self.figure())
+            self.table.clear_output(wait=True)
+            with self.table:
+                display(frame.style.format(precision=4, na_rep="").hide(axis="index"))
+            self.plots.clear_output(wait=True)
+            with self.plots:
+                display(Image(figure))
+
+    def write_report(self, out_dir=None):
+        """Write the HTML and Markdown report of what the dashboard shows; returns the HTML path."""
+        from edgekit.report import write_report
+        from edgekit.results import work_dir
+
+        with errors_shown_in(self.messages):
+            model = None if self.plan_model.value == "compared model" else self.plan_model.value
+            out = out_dir or work_dir() / "reports" / (self.results[0].run_id if self.results else "empty")
+            self.report_path = write_report(self.results, out, self._earlier_results(), device=self.device.value,
+                                            plan_model=model, context=None if model is None else 4096)
+            with self.messages:
+                from IPython.display import HTML, display
+
+                display(HTML(f"report written: <code>{html.escape(str(self.report_path))}</code>"))
+        return self.report_path
