@@ -67,18 +67,20 @@ def copy_side_files(source: str, out_dir: str | Path) -> list[str]:
     return copied
 
 
-@torch.inference_mode()
-def parity(reference, candidate, token_ids: torch.Tensor, window: int = 128) -> dict:
-    """Logit agreement of two Runners on the same tokens: max |Δlogit| and top-1 agreement.
-
-    ``token_ids`` (1-D) is cut into windows of ``window`` tokens scored as one batch.
-    """
+def parity_batch(token_ids: torch.Tensor, window: int = 128) -> torch.Tensor:
+    """Cut 1-D ``token_ids`` into a batch of ``window``-token rows (one row if shorter)."""
     ids = token_ids.reshape(-1)
     rows = len(ids) // window
-    if rows == 0:
-        ids, rows, window = ids[None, :], 1, len(ids)
-    else:
-        ids = ids[: rows * window].reshape(rows, window)
+    return ids[None, :] if rows == 0 else ids[: rows * window].reshape(rows, window)
+
+
+@torch.inference_mode()
+def parity(reference, candidate, token_ids: torch.Tensor) -> dict:
+    """Logit agreement of two Runners on the same tokens: max |Δlogit| and top-1 agreement.
+
+    ``token_ids`` is a [batch, seq] batch (see :func:`parity_batch`) or a 1-D sequence.
+    """
+    ids = token_ids if token_ids.dim() == 2 else parity_batch(token_ids)
     a, b = reference.logits(ids), candidate.logits(ids)
     return {"max_abs_logit_diff": float((a - b).abs().max()),
             "mean_abs_logit_diff": float((a - b).abs().mean()),

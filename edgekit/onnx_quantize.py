@@ -18,6 +18,7 @@ Follows the ONNX Runtime guide "Quantize ONNX models"
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,18 @@ ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # unset, fp32, fp16, bf16, int8 compute
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 
 
+@contextmanager
+def _quiet_quantizer_logs():
+    """ONNX Runtime's quantizers log every tensor at INFO on the root logger; keep warnings only."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def _is_large(model_path: Path) -> bool:
     return sum(p.stat().st_size for p in model_path.parent.glob(model_path.name + "*")) > EXTERNAL_DATA_THRESHOLD
 
@@ -40,9 +53,10 @@ def quantize_int8_dynamic(source: str | Path, target: str | Path, per_channel: b
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     source, target = Path(source), Path(target)
-    quantize_dynamic(source, target, per_channel=per_channel, weight_type=QuantType.QInt8,
-                     op_types_to_quantize=["MatMul", "Gather"], use_external_data_format=_is_large(source),
-                     extra_options={"MatMulConstBOnly": True})
+    with _quiet_quantizer_logs():
+        quantize_dynamic(source, target, per_channel=per_channel, weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul", "Gather"], use_external_data_format=_is_large(source),
+                         extra_options={"MatMulConstBOnly": True})
     return target
 
 
@@ -61,9 +75,9 @@ def quantize_int4(source: str | Path, target: str | Path, block_size: int = 32, 
                                           accuracy_level=accuracy_level or None, op_types_to_quantize=("MatMul",))
     quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), block_size=block_size, is_symmetric=symmetric,
                                      accuracy_level=accuracy_level or None, algo_config=config)
-    logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
-    quantizer.process()
-    quantizer.model.save_model_to_file(str(target), use_external_data_format=_is_large(source))
+    with _quiet_quantizer_logs():
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(target), use_external_data_format=_is_large(source))
     return target
 
 
@@ -107,8 +121,9 @@ def quantize_int8_static(source: str | Path, target: str | Path, calibration_ids
 
     source, target = Path(source), Path(target)
     reader = CalibrationWindows(source, calibration_ids, windows, length)
-    quantize_static(source, target, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
-                    per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax, use_external_data_format=_is_large(source),
-                    extra_options={"MatMulConstBOnly": True})
+    with _quiet_quantizer_logs():
+        quantize_static(source, target, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
+                        per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, use_external_data_format=_is_large(source),
+                        extra_options={"MatMulConstBOnly": True})
     return target

@@ -21,6 +21,7 @@ import hashlib
 import re
 import shutil
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 
 import onnxruntime as ort
@@ -116,20 +117,41 @@ def _signature(session: ort.InferenceSession) -> dict:
     return {"inputs": describe(session.get_inputs()), "outputs": describe(session.get_outputs())}
 
 
-def _parity_against_pytorch(source: str, folder: Path) -> dict:
-    """Max |Δlogit| and top-1 agreement of the compiled model against PyTorch fp32 on eval tokens."""
+class _LogitsOf:
+    """A Runner stand-in that replays logits computed once (the PyTorch reference of a model)."""
+
+    def __init__(self, name: str, logits):
+        self.name, self._logits = name, logits
+
+    def logits(self, input_ids):
+        return self._logits
+
+
+@lru_cache(maxsize=2)
+def _pytorch_reference(key: str, source: str):
+    """Eval token ids and PyTorch fp32 logits on them, computed once per model version and process."""
     from edgekit.compare import eval_token_ids
-    from edgekit.onnx_export import parity
-    from edgekit.ort_runner import ORTRunner
+    from edgekit.onnx_export import parity_batch
     from edgekit.variants import build_runner
 
     reference = build_runner("fp32", source)
-    candidate = ORTRunner(folder)
     try:
-        ids = eval_token_ids(reference.tokenizer, "eval")[:PARITY_TOKENS]
-        return parity(reference, candidate, ids)
+        ids = parity_batch(eval_token_ids(reference.tokenizer, "eval")[:PARITY_TOKENS])
+        return ids, reference.logits(ids)
     finally:
         reference.close()
+
+
+def _parity_against_pytorch(source: str, folder: Path) -> dict:
+    """Max |Δlogit| and top-1 agreement of the compiled model against PyTorch fp32 on eval tokens."""
+    from edgekit.onnx_export import parity
+    from edgekit.ort_runner import ORTRunner
+
+    ids, logits = _pytorch_reference(model_key(source), source)
+    candidate = ORTRunner(folder)
+    try:
+        return parity(_LogitsOf("fp32", logits), candidate, ids)
+    finally:
         candidate.close()
 
 
