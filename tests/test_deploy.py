@@ -42,6 +42,9 @@ def test_latency_limits_are_applied(onnx_artifact, eval_ids):
     report = _canary(onnx_artifact("onnx-int8"), onnx_artifact("onnx-fp32"), eval_ids,
                      max_slowdown_pct=-1e6, max_kl_divergence=10, min_top1_agreement=0, max_delta_ppl_pct=1e6)
     assert [c["check"] for c in report.checks if not c["passed"]] == ["decode slowdown"]
+    relaxed = report.judged(CanaryThresholds(max_slowdown_pct=1e9, max_p99_increase_pct=1e9, max_kl_divergence=10,
+                                             min_top1_agreement=0, max_delta_ppl_pct=1e6))
+    assert relaxed.promote and relaxed.metrics is report.metrics  # judged again, not measured again
 
 
 def test_artifacts_with_different_tokenizers_are_refused(onnx_artifact, eval_ids, tmp_path):
