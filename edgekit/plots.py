@@ -184,6 +184,32 @@ def plot_memory_vs_device(frame: pd.DataFrame, ax: Axes | None = None) -> Axes:
     return ax
 
 
+def plot_throughput_vs_p99(sweep: pd.DataFrame, p99_target_ms: float | None = None, load: pd.DataFrame | None = None,
+                           ax: Axes | None = None) -> Axes:
+    """Batch-size sweep (:func:`edgekit.batching.batch_sweep`): throughput against P99 latency, one
+    point per batch size, with the P99 target as a vertical line; dynamic-batcher load runs
+    (rows with ``requests_per_s`` and ``latency_ms_p99``), where given, as crosses."""
+    ax = ax or plt.subplots(figsize=(6.4, 4.2))[1]
+    if sweep.empty:
+        return _empty(ax, "no batch sweep")
+    ax.plot(sweep["latency_ms_p99"], sweep["tokens_per_s"], "o-", label="batch sweep")
+    for _, row in sweep.iterrows():
+        ax.annotate(f"b={int(row['batch_size'])}", (row["latency_ms_p99"], row["tokens_per_s"]),
+                    textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if load is not None and not load.empty:
+        tokens = load["requests_per_s"] * load["new_tokens"] if "new_tokens" in load else load["requests_per_s"]
+        ax.scatter(load["latency_ms_p99"], tokens, marker="x", s=60, color="tab:green",
+                   label="dynamic batcher under Poisson load", zorder=3)
+    if p99_target_ms is not None:
+        ax.axvline(p99_target_ms, color="tab:red", linestyle="--", label=f"P99 target {p99_target_ms:g} ms")
+    ax.set_xlabel("P99 request latency (ms)")
+    ax.set_ylabel("throughput (generated tokens/s)")
+    ax.set_title("throughput against tail latency")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax
+
+
 def _point_labels(data: pd.DataFrame) -> list[str]:
     if data["run"].nunique() > 1:
         return [f"{v} ({r})" for v, r in zip(data["variant"], data["run"])]
