@@ -53,7 +53,7 @@ def build_model(vocab_size: int, hidden: int, layers: int, heads: int, kv_heads:
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
         max_position_embeddings=context, rope_theta=10000.0, rms_norm_eps=1e-5,
         tie_word_embeddings=False, bos_token_id=0, eos_token_id=0, pad_token_id=0,
-        torch_dtype="float32")
+        dtype="float32")
     return LlamaForCausalLM(config)
 
 

@@ -9,6 +9,7 @@ OpenVINO and calibrated variants register themselves from their own modules.
 from __future__ import annotations
 
 import importlib
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -191,9 +192,25 @@ def build_dense(variant: Variant, source: str, tokenizer):
     return _torch_runner(variant, source, tokenizer, dtype=DTYPES[variant.name])
 
 
+class _DropMessage(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+_INT8_CAST_NOTICE = _DropMessage("MatMul8bitLt: inputs will be cast")
+
+
 @register(r"int8", "pytorch", "bitsandbytes LLM.int8 (option threshold=6.0)", ("int8",))
 def build_bnb_int8(variant: Variant, source: str, tokenizer):
     from transformers import BitsAndBytesConfig
+
+    # LLM.int8 quantizes activations from fp16; bitsandbytes logs that cast on every matmul
+    # of an fp32 model, thousands of times a run. It is expected, so that one message is dropped.
+    logging.getLogger("bitsandbytes.autograd._functions").addFilter(_INT8_CAST_NOTICE)
 
     config = BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=float(variant.option("threshold", 6.0)))
     return _torch_runner(variant, source, tokenizer, quantization_config=config, dtype=torch.float32)
