@@ -9,14 +9,16 @@ the safetensors shards one at a time and, for each tensor, either quantize it st
 into its bitsandbytes parameter (``Params4bit`` / ``Int8Params``, exactly the
 quantization ``from_pretrained`` applies) or place it as is with
 ``accelerate.utils.set_module_tensor_to_device``. At any moment the process holds the
-quantized model built so far plus one full-precision tensor, and the pages of the shard
-being read (file-backed, the kernel can drop them).
+quantized model built so far plus one full-precision tensor (freed heap is handed back
+to the OS after each one), and the pages of the shard being read (file-backed, released
+when the shard is closed; unquantized tensors are copied out so no view pins a shard).
 
 Embeddings, norms and the LM head stay in the checkpoint's dtype, as bitsandbytes leaves
 them; :func:`edgekit.plan.weight_bytes` prices the model the same way.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 from pathlib import Path
 
@@ -85,15 +87,26 @@ def load_bnb_quantized(source: str, quantization_config, device: str = "cpu"):
                 layer = quantized.get(module_name)
                 if layer is not None and param == "weight":
                     layer.weight = _quantized_weight(layer, value, quantization_config, device)
-                else:
-                    set_module_tensor_to_device(model, key, device, value=value, dtype=dtype)
+                else:  # a copy: a view would keep the whole memory-mapped shard resident
+                    set_module_tensor_to_device(model, key, device, value=value.to(dtype, copy=True))
                 del value
+                _return_freed_heap()
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
     missing = [n for n, p in model.named_parameters() if p.device.type == "meta"]
     if missing:
         raise ModelSourceError(f"{folder} lacks weights for {missing[:3]}...; the checkpoint does not match its config.json")
     return model.eval()
+
+
+def _return_freed_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc ``malloc_trim``) after each tensor: glibc
+    keeps freed large blocks for reuse, so without this the full-precision tensors already
+    quantized would still count in RSS, shard after shard."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc: nothing to hand back this way
+        pass
 
 
 def _quantized_weight(layer, value: torch.Tensor, quantization_config, device: str):
