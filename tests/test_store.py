@@ -1,0 +1,60 @@
+"""edgekit.results: the SQLite store keeps every finished result, exports CSV and JSON."""
+import json
+
+import pandas as pd
+import pytest
+
+from edgekit.compare import compare
+from edgekit.measure import EvalSettings
+from edgekit.results import Result, ResultStore
+
+
+def test_write_and_read_back(tmp_path):
+    store = ResultStore(tmp_path / "r.sqlite")
+    first = Result("default", "fp32", metrics={"perplexity": 12.5, "ci": [1.0, 2.0]}, settings={"context": 256})
+    store.add(first)
+    store.add(Result("default", "int8", metrics={"perplexity": 12.7}, run_id=first.run_id))
+    store.add(Result("other", "nf4", status="error", error="boom"))
+    back = store.results(model="default")
+    assert [r.variant for r in back] == ["fp32", "int8"]
+    assert back[0].metrics == {"perplexity": 12.5, "ci": [1.0, 2.0]} and back[0].settings == {"context": 256}
+    assert back[0].environment["python"] and "torch" in back[0].environment["versions"]
+    assert store.results(run_id=first.run_id)[1].variant == "int8"
+    runs = store.runs()
+    assert list(runs["variants"]) == [2, 1]
+    reopened = ResultStore(tmp_path / "r.sqlite")  # a later session sees the same rows
+    assert reopened.results(model="other")[0].error == "boom"
+
+
+def test_export_csv_and_json(tmp_path):
+    store = ResultStore(tmp_path / "r.sqlite")
+    store.add(Result("default", "fp32", metrics={"perplexity": 12.5}, settings={"context": 256}))
+    frame = pd.read_csv(store.export(tmp_path / "out.csv"))
+    assert frame.loc[0, "variant"] == "fp32" and frame.loc[0, "perplexity"] == 12.5
+    assert frame.loc[0, "setting_context"] == 256
+    rows = json.loads(store.export(tmp_path / "out.json").read_text())
+    assert rows[0]["metrics"]["perplexity"] == 12.5 and rows[0]["model"] == "default"
+
+
+def test_interrupted_sweep_keeps_earlier_rows(tmp_path, default_model):
+    """A sweep stopped after its first variant keeps that variant's row in the store."""
+    store = ResultStore(tmp_path / "r.sqlite")
+
+    def stop_after_first(result):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        compare(default_model, ["fp32", "int4-g32"], settings=EvalSettings(64, 32, 256), latency=None,
+                store=store, on_result=stop_after_first, progress=False)
+    rows = store.results()
+    assert [r.variant for r in rows] == ["fp32"] and rows[0].status == "ok"
+    assert rows[0].metrics["scored_tokens"] == 255
+
+
+def test_failing_variant_is_recorded_and_the_sweep_goes_on(tmp_path, default_model):
+    store = ResultStore(tmp_path / "r.sqlite")
+    results = compare(default_model, ["fp32", "int4-g96", "int4-g64"], settings=EvalSettings(64, 32, 256),
+                      latency=None, store=store, progress=False)
+    assert [r.status for r in results] == ["ok", "error", "ok"]
+    assert "does not divide" in results[1].error
+    assert [r.variant for r in store.results()] == ["fp32", "int4-g96", "int4-g64"]
