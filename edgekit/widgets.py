@@ -210,3 +210,60 @@ class Dashboard:
 
                 display(HTML(f"report written: <code>{html.escape(str(self.report_path))}</code>"))
         return self.report_path
+
+
+class MemoryPlanner:
+    """Pick a known model (or paste a config.json), a variant, a context and a device; see
+    :func:`edgekit.plan.plan_memory`'s verdict and offload plan, and every variant of the
+    model stacked against the device's memory (:func:`edgekit.plots.plot_memory_vs_device`)."""
+
+    VARIANTS = ("fp32", "fp16", "int8", "nf4", "nf4:double_quant=true", "int4-g128", "int3-g128", "int2-g64",
+                "onnx-int8", "onnx-int4-g128", "gguf-q8_0", "gguf-q4_k_m", "ov-int4-g128")
+
+    def __init__(self, model: str = "llama-2-7b", variant: str = "nf4", context: int = 4096,
+                 device: str = "laptop-16gb") -> None:
+        from edgekit.plan import device_profiles, known_models
+
+        self.model = w.Combobox(value=model, options=known_models() + ["default"], ensure_option=False,
+                                description="model", placeholder="short name, folder, config.json or hub id")
+        self.pasted = w.Textarea(placeholder="…or paste a config.json here (used when not empty)",
+                                 layout=w.Layout(width="420px", height="70px"))
+        self.variant = w.Dropdown(options=self.VARIANTS, value=variant, description="variant")
+        self.context = w.Dropdown(options=[512, 1024, 2048, 4096, 8192, 16384, 32768], value=context,
+                                  description="context")
+        self.device = w.Dropdown(options=device_profiles(), value=device, description="device")
+        self.verdict, self.plot = w.Output(), w.Output()
+        for control in (self.model, self.pasted, self.variant, self.context, self.device):
+            control.observe(lambda _: self.update(), names="value")
+        self.widget = w.VBox([w.HBox([w.VBox([self.model, self.variant, self.context, self.device]), self.pasted]),
+                              self.verdict, self.plot])
+        self.update()
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+    def update(self) -> None:
+        import matplotlib.pyplot as plt
+        from IPython.display import Image, display
+
+        from edgekit.plan import plan_memory
+        from edgekit.plots import figure_png, plot_memory_vs_device
+        from edgekit.report import device_memory_frame
+
+        config = self.pasted.value.strip() or self.model.value
+        self.verdict.clear_output(wait=True)
+        self.plot.clear_output(wait=True)
+        with errors_shown_in(self.verdict):
+            self.plan = plan_memory(config, self.variant.value, context=self.context.value, device=self.device.value)
+            with self.verdict:
+                print(self.plan.summary())
+            frame = device_memory_frame(config, list(self.VARIANTS), self.device.value, self.context.value)
+            frame["model"] = self.plan.model
+            fig, ax = plt.subplots(figsize=(8, 4))
+            plot_memory_vs_device(frame, ax)
+            png = figure_png(fig)
+            plt.close(fig)
+            with self.plot:
+                display(Image(png))
