@@ -1,0 +1,348 @@
+"""llama.cpp as a backend: Hugging Face Llama -> GGUF -> Q8_0 / Q4_0 / Q4_K_M -> a Runner.
+
+Follows llama.cpp's own path ("Prepare and Quantize" in its README): the converter that
+ships in llama.cpp's sources (``convert_hf_to_gguf.py``) writes an f32 GGUF, then
+``llama_model_quantize`` (the library behind ``llama-quantize``, called through
+llama-cpp-python) writes the quantized file. Unlike the PyTorch schemes, llama.cpp also
+quantizes the token embeddings and, for the K-quants, keeps the output head at a higher
+type (Q6_K): its bytes are the bytes of the whole file, not of the linear layers alone.
+
+The converter is not in the llama-cpp-python wheel; :func:`ensure_converter` fetches the
+sdist of the installed llama-cpp-python version once (``pip download --no-binary``) and
+extracts ``convert_hf_to_gguf.py`` with its ``conversion`` package and its own ``gguf-py`` into
+``<venv>/share/edgekit/llama.cpp-<version>`` (``make setup`` does this up front).
+
+Pre-tokenizer mapping: llama.cpp recognises a BPE tokenizer's pre-tokenizer by the hash
+of the ids it gives a fixed check text; a tokenizer trained here (such as the default
+model's) has its own hash. When ``tokenizer.json`` declares exactly GPT-2's byte-level
+pre-tokenizer (``ByteLevel`` with GPT-2's regex, no prefix space, no normalizer), edgekit
+tells the converter to use llama.cpp's ``gpt2`` pre-tokenizer; any other unknown
+tokenizer is refused with a message. Every export then checks that llama.cpp tokenizes a
+sample of the eval text to the same ids as the Hugging Face tokenizer, so a wrong
+vocabulary can never pass silently.
+
+Variants: ``gguf-f32``, ``gguf-f16``, ``gguf-q8_0``, ``gguf-q4_0``, ``gguf-q4_k_m``;
+options ``threads=N`` (default: PyTorch's thread count) and ``n_ctx=N`` (default 1024).
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from edgekit.artifact import Manifest, artifact_loader, load_artifact, verify_artifact, write_manifest
+from edgekit.errors import EdgekitError, ModelSourceError, VariantError
+from edgekit.results import work_dir
+from edgekit.variants import Variant, register, register_exporter
+
+MODEL_FILE = "model.gguf"
+# llama.cpp file types (enum llama_ftype in llama.h) for each variant's quantization
+FTYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q4_k_m": 15}
+OPTIONS = {"threads", "n_ctx"}
+CONVERTER = "convert_hf_to_gguf.py"
+# the converter imports its ``conversion`` package and the gguf-py of the same source tree
+# (newer than the gguf release on PyPI), which it finds next to itself
+CONVERTER_PACKAGES = ("conversion/", "gguf-py/gguf/")
+
+
+def llama_cpp_version() -> str:
+    try:
+        return importlib.metadata.version("llama-cpp-python")
+    except importlib.metadata.PackageNotFoundError:
+        raise VariantError("gguf variants need llama-cpp-python; install the project's pinned dependencies "
+                           "(`make setup`, or `pip install llama-cpp-python==0.3.36`)") from None
+
+
+def converter_dir() -> Path:
+    """Where llama.cpp's converter of the installed llama-cpp-python version lives."""
+    override = os.environ.get("EDGEKIT_LLAMA_CPP_CONVERTER")
+    if override:
+        return Path(override)
+    return Path(sys.prefix) / "share" / "edgekit" / f"llama.cpp-{llama_cpp_version()}"
+
+
+def ensure_converter() -> Path:
+    """llama.cpp's ``convert_hf_to_gguf.py``, fetched from the llama-cpp-python sdist on first use."""
+    folder = converter_dir()
+    if all((folder / p).exists() for p in (CONVERTER, *CONVERTER_PACKAGES)):
+        return folder
+    version = llama_cpp_version()
+    with tempfile.TemporaryDirectory(prefix="edgekit-llamacpp-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q",
+               f"llama-cpp-python=={version}", "-d", tmp]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        sdists = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
+        if done.returncode != 0 or not sdists:
+            raise VariantError(f"cannot fetch llama.cpp's converter (the llama-cpp-python {version} sdist): "
+                               f"{done.stderr.strip()[-300:]}; run `make setup` where PyPI is reachable, or "
+                               "set EDGEKIT_LLAMA_CPP_CONVERTER to a llama.cpp checkout")
+        prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
+        packages = tuple(prefix + p for p in CONVERTER_PACKAGES)
+        staging = Path(tmp) / "converter"
+        with tarfile.open(sdists[0]) as tar:
+            members = [m for m in tar.getmembers() if m.isfile() and m.name.startswith(prefix)
+                       and (m.name == prefix + CONVERTER or m.name.startswith(packages))]
+            for m in members:
+                m.name = m.name[len(prefix):]
+            tar.extractall(staging, members=members, filter="data")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(staging, folder)
+    return folder
+
+
+def pre_tokenizer_mapping(model_dir: Path) -> str | None:
+    """``gpt2`` when ``tokenizer.json`` is exactly a GPT-2-style byte-level BPE, else None."""
+    path = model_dir / "tokenizer.json"
+    if not path.is_file():
+        return None
+    spec = json.loads(path.read_text())
+    pre = spec.get("pre_tokenizer") or {}
+    if (spec.get("model", {}).get("type") == "BPE" and spec.get("normalizer") is None
+            and pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space")):
+        return "gpt2"
+    return None
+
+
+def _local_model_dir(source: str) -> Path:
+    from edgekit.loading import resolve_source
+
+    resolved = resolve_source(source)
+    if Path(resolved).is_dir():
+        return Path(resolved)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(resolved, allow_patterns=["*.json", "*.safetensors", "tokenizer.model"]))
+    except Exception as exc:
+        raise ModelSourceError(f"cannot download {resolved} for GGUF conversion ({type(exc).__name__}); "
+                               "pass a local model folder or make the hub reachable") from None
+
+
+def convert_to_gguf(source: str, out_path: Path, outtype: str = "f32") -> Path:
+    """Run llama.cpp's converter on ``source`` (with the documented pre-tokenizer mapping)."""
+    model_dir = _local_model_dir(source)
+    folder = ensure_converter()
+    env = {**os.environ, "EDGEKIT_GGUF_PRE": pre_tokenizer_mapping(model_dir) or ""}
+    cmd = [sys.executable, "-m", "edgekit.gguf", str(folder), str(model_dir), "--outfile", str(out_path),
+           "--outtype", outtype]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
+        if "pre-tokenizer was not recognized" in done.stderr:
+            raise VariantError(f"llama.cpp's converter does not recognise the tokenizer of {source} and it is not "
+                               "a GPT-2 byte-level BPE edgekit can map; add its hash to llama.cpp's "
+                               "convert_hf_to_gguf_update.py or pick another runtime")
+        raise VariantError(f"llama.cpp's converter failed on {source}: {tail[0]}")
+    return out_path
+
+
+def quantize_gguf(f32_path: Path, out_path: Path, quant: str, threads: int | None = None) -> Path:
+    """``llama-quantize`` through llama-cpp-python: ``f32_path`` -> ``out_path`` at ``quant``."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = FTYPES[quant]
+    params.nthread = threads or torch.get_num_threads()
+    rc = llama_cpp.llama_model_quantize(str(f32_path).encode(), str(out_path).encode(), ctypes.byref(params))
+    if rc != 0:
+        raise VariantError(f"llama.cpp could not quantize to {quant} (error {rc}); its tensor shapes may not fit "
+                           "the format's block size, try gguf-q8_0 or gguf-q4_0")
+    return out_path
+
+
+def check_tokenizer(gguf_path: Path, hf_tokenizer, text: str) -> None:
+    """Refuse a GGUF whose vocabulary tokenizes ``text`` differently from the Hugging Face tokenizer."""
+    from llama_cpp import Llama
+
+    vocab = Llama(str(gguf_path), vocab_only=True, verbose=False)
+    ours = vocab.tokenize(text.encode(), add_bos=False, special=False)
+    theirs = hf_tokenizer(text, add_special_tokens=False)["input_ids"]
+    if ours != theirs:
+        first = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+        raise VariantError(f"the GGUF vocabulary tokenizes text differently from the model's tokenizer (first "
+                           f"difference at token {first}); llama.cpp's pre-tokenizer does not match this model, "
+                           "so its results would be wrong")
+
+
+def gguf_weight_bytes(path: Path) -> int:
+    """Bytes of all tensors in a GGUF file (quantized blocks with their scales)."""
+    from gguf import GGUFReader
+
+    return int(sum(t.n_bytes for t in GGUFReader(str(path)).tensors))
+
+
+def export_gguf_artifact(variant: "str | Variant", source: str, out_dir) -> Manifest:
+    """Convert, quantize and check ``source`` into an artifact folder with ``model.gguf`` and a manifest."""
+    import llama_cpp
+
+    from edgekit.data import read_split
+    from edgekit.loading import load_tokenizer
+    from edgekit.onnx_export import copy_side_files
+
+    variant = Variant.parse(variant)
+    quant = _quant(variant)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="edgekit-gguf-") as tmp:
+        f32 = convert_to_gguf(source, Path(tmp) / "model-f32.gguf", "f32")
+        if quant == "f32":
+            shutil.move(f32, out_dir / MODEL_FILE)
+        else:
+            quantize_gguf(f32, out_dir / MODEL_FILE, quant, variant.option("threads"))
+    tokenizer = load_tokenizer(source)
+    check_tokenizer(out_dir / MODEL_FILE, tokenizer, read_split("eval")[:4000])
+    copy_side_files(source, out_dir)
+    model_dir = _local_model_dir(source)
+    return write_manifest(
+        out_dir, variant=variant.name, runtime="llama.cpp", runtime_version=llama_cpp.__version__, model=str(source),
+        quantization={"scheme": "llama.cpp GGUF", "type": quant.upper(), "ftype": FTYPES[quant],
+                      "converter": f"convert_hf_to_gguf.py from llama-cpp-python {llama_cpp_version()}",
+                      "pre_tokenizer_mapping": pre_tokenizer_mapping(model_dir),
+                      "weight_bytes": gguf_weight_bytes(out_dir / MODEL_FILE)},
+        signature={"file": MODEL_FILE, "n_vocab": len(tokenizer)},
+        runtime_settings={"threads": torch.get_num_threads()})
+
+
+class LlamaCppRunner:
+    """A GGUF model in llama.cpp (through llama-cpp-python) behind the Runner interface."""
+
+    def __init__(self, name: str, path: Path, tokenizer, threads: int | None = None, n_ctx: int = 1024) -> None:
+        from llama_cpp import Llama
+
+        self.name = name
+        self.tokenizer = tokenizer
+        self.path = Path(path)
+        threads = int(threads or torch.get_num_threads())
+        self.llm = Llama(str(self.path), n_ctx=n_ctx, n_batch=n_ctx, n_threads=threads, n_threads_batch=threads,
+                         logits_all=True, verbose=False)
+
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[1] > self.llm.n_ctx():
+            raise VariantError(f"{self.name}: windows of {input_ids.shape[1]} tokens exceed n_ctx={self.llm.n_ctx()}; "
+                               f"pass the option n_ctx={input_ids.shape[1]} or a shorter context")
+        rows = []
+        for row in input_ids.tolist():  # llama.cpp scores one sequence at a time here
+            self.llm.reset()
+            self.llm.eval(row)
+            rows.append(torch.from_numpy(self.llm.scores[: len(row)].copy()))
+        return torch.stack(rows)
+
+    def generate_stream(self, input_ids: torch.Tensor, max_new_tokens: int) -> Iterator[int]:
+        import llama_cpp
+
+        vocab = self.llm.n_vocab()
+        self.llm.reset()
+        tokens = input_ids.reshape(-1).tolist()
+        for _ in range(max_new_tokens):
+            self.llm.eval(tokens)  # appends to the KV cache
+            last = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.llm.ctx, -1), shape=(vocab,))
+            token = int(last.argmax())
+            yield token
+            tokens = [token]
+
+    def weight_bytes(self) -> int:
+        return gguf_weight_bytes(self.path)
+
+    def close(self) -> None:
+        if self.llm is not None:
+            self.llm.close()
+            self.llm = None
+
+
+@artifact_loader("llama.cpp")
+def load_gguf_artifact(manifest: Manifest, threads: int | None = None, n_ctx: int = 1024, tokenizer=None):
+    from edgekit.loading import load_tokenizer
+
+    return LlamaCppRunner(manifest.variant, manifest.path / MODEL_FILE, tokenizer or load_tokenizer(str(manifest.path)),
+                          threads=threads or manifest.data.get("runtime_settings", {}).get("threads"), n_ctx=n_ctx)
+
+
+def _quant(variant: Variant) -> str:
+    unknown = {k for k, _ in variant.options} - OPTIONS
+    if unknown:
+        raise VariantError(f"unknown option(s) {', '.join(sorted(unknown))} for {variant.name}; "
+                           f"valid: {', '.join(sorted(OPTIONS))}")
+    return variant.field("quant")
+
+
+def cached_artifact(variant: Variant, source: str) -> Path:
+    """The GGUF artifact of ``variant`` for ``source`` under the work folder, exported on first use."""
+    from edgekit.onnx_variants import model_key
+
+    folder = work_dir() / "artifacts" / model_key(source) / variant.name
+    if folder.exists():
+        try:
+            verify_artifact(folder)
+            return folder
+        except EdgekitError:
+            shutil.rmtree(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".gguf-", dir=folder.parent))
+    try:
+        export_gguf_artifact(variant, source, staging)
+        if not folder.exists():
+            staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+@register(r"gguf-(?P<quant>f32|f16|q8_0|q4_0|q4_k_m)", "llama.cpp",
+          "llama.cpp GGUF via llama-cpp-python (options threads, n_ctx)",
+          ("gguf-f16", "gguf-q8_0", "gguf-q4_0", "gguf-q4_k_m"))
+def build_gguf(variant: Variant, source: str, tokenizer) -> LlamaCppRunner:
+    _quant(variant)  # refuse unknown options before converting anything
+    return load_artifact(cached_artifact(variant, source), threads=variant.option("threads"),
+                         n_ctx=int(variant.option("n_ctx", 1024)), tokenizer=tokenizer)
+
+
+@register_exporter(r"gguf-.*")
+def export_gguf(variant: Variant, source: str, out_dir) -> Manifest:
+    return export_gguf_artifact(variant, source, out_dir)
+
+
+def _run_converter(folder: str, argv: list[str]) -> None:
+    """Run llama.cpp's converter in this process, with edgekit's pre-tokenizer mapping installed."""
+    import logging
+    import runpy
+
+    sys.path[:0] = [folder, str(Path(folder) / "gguf-py")]  # the converter's own gguf, before PyPI's
+    from conversion import base
+
+    mapped = os.environ.get("EDGEKIT_GGUF_PRE") or None
+    recognise = base.TextModel.get_vocab_base_pre
+
+    def get_vocab_base_pre(self, tokenizer) -> str:
+        try:
+            return recognise(self, tokenizer)
+        except NotImplementedError:
+            if mapped is None:
+                raise
+            logging.getLogger("edgekit.gguf").warning(
+                "pre-tokenizer hash unknown to llama.cpp; tokenizer.json is a GPT-2 byte-level BPE, using %r", mapped)
+            return mapped
+
+    base.TextModel.get_vocab_base_pre = get_vocab_base_pre
+    sys.argv = [CONVERTER, *argv]
+    runpy.run_path(str(Path(folder) / CONVERTER), run_name="__main__")
+
+
+if __name__ == "__main__":
+    # python -m edgekit.gguf --fetch-converter          (set-up: fetch llama.cpp's converter)
+    # python -m edgekit.gguf CONVERTER_DIR MODEL_DIR ... (internal: convert with the mapping)
+    if sys.argv[1:] == ["--fetch-converter"]:
+        print(ensure_converter())
+    else:
+        _run_converter(sys.argv[1], sys.argv[2:])

@@ -1,0 +1,221 @@
+"""OpenVINO as a compile target: the exported ONNX model, NNCF weight compression, a Runner.
+
+Follows OpenVINO's "Weight Compression" guide (NNCF ``compress_weights``, data-free): the
+plain fp32 ONNX export of the model (the same one the ONNX variants start from,
+:func:`edgekit.onnx_variants.cached_export`) is read with ``openvino.Core.read_model``,
+its weights compressed to int8 (per output channel) or int4 (per group of ``group_size``
+input channels; NNCF keeps the embeddings and the head at int8, as its default backup mode
+does) and saved as OpenVINO IR (``openvino_model.xml`` + ``.bin``) in an artifact folder
+with the edgekit manifest. The artifact is compiled for a device at load time: ``CPU``, or
+``GPU`` / ``NPU`` where OpenVINO sees one; a device that is not present falls back to the
+CPU with a :class:`DeviceFallbackWarning`, never silently.
+
+Variants: ``ov-int8``, ``ov-int4-g32``, ``ov-int4-g128`` (any ``ov-int4-g<N>``). Options:
+``sym=true|false`` (int4 defaults to symmetric, int8 to asymmetric, as NNCF's modes do),
+``device=CPU|GPU|NPU|AUTO``, ``threads=N`` (default: PyTorch's thread count, so runtimes
+compare on the same cores).
+
+Decoding keeps the KV cache as explicit model inputs and outputs (the ONNX export's
+``past_key_values.*`` / ``present.*``), alternating two infer requests so that one
+request's ``present`` tensors feed the other's ``past`` inputs without a copy.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from edgekit.artifact import Manifest, artifact_loader, load_artifact, verify_artifact, write_manifest
+from edgekit.errors import EdgekitError, VariantError
+from edgekit.results import work_dir
+from edgekit.variants import Variant, register, register_exporter
+
+MODEL_XML = "openvino_model.xml"
+MODEL_BIN = "openvino_model.bin"
+OPTIONS = {"sym", "device", "threads"}
+
+
+class DeviceFallbackWarning(UserWarning):
+    """The requested OpenVINO device is not present; the model runs on the CPU instead."""
+
+
+def _core():
+    import openvino as ov
+
+    return ov.Core()
+
+
+def select_device(requested: str, available: list[str] | None = None) -> str:
+    """``requested`` if OpenVINO sees it (``GPU`` matches ``GPU.0``...), else ``CPU`` with a warning."""
+    requested = str(requested).upper()
+    available = _core().available_devices if available is None else available
+    if requested == "AUTO" or any(d == requested or d.split(".")[0] == requested for d in available):
+        return requested
+    warnings.warn(f"OpenVINO device {requested} is not present here (available: {', '.join(available)}); "
+                  "running on CPU instead", DeviceFallbackWarning, stacklevel=2)
+    return "CPU"
+
+
+def compression_settings(variant: Variant) -> dict:
+    """The NNCF settings a variant stands for (mode, group size, symmetry)."""
+    unknown = {k for k, _ in variant.options} - OPTIONS
+    if unknown:
+        raise VariantError(f"unknown option(s) {', '.join(sorted(unknown))} for {variant.name}; "
+                           f"valid: {', '.join(sorted(OPTIONS))}")
+    bits = variant.bits
+    if (bits == 4) != (variant.group_size is not None):
+        raise VariantError(f"{variant.name}: int4 needs a group size and int8 takes none; "
+                           "write ov-int8, ov-int4-g32 or ov-int4-g128")
+    sym = bool(variant.option("sym", bits == 4))
+    return {"scheme": "NNCF data-free weight compression", "bits": bits,
+            "mode": f"int{bits}_{'sym' if sym else 'asym'}",
+            "group_size": variant.group_size if bits == 4 else -1, "symmetric": sym,
+            "embeddings_and_head": "int8 (NNCF backup mode)" if bits == 4 else "int8"}
+
+
+def artifact_name(variant: Variant) -> str:
+    """The variant as its artifact knows it: name plus the options that change the weights."""
+    sym = variant.option("sym")
+    return variant.name + ("" if sym is None else f":sym={str(sym).lower()}")
+
+
+def compress(model, settings: dict):
+    """Compress an ``openvino.Model``'s weights in place with NNCF; returns the model."""
+    import nncf
+
+    mode = getattr(nncf.CompressWeightsMode, settings["mode"].upper())
+    if settings["bits"] == 8:
+        return nncf.compress_weights(model, mode=mode)
+    return nncf.compress_weights(model, mode=mode, group_size=settings["group_size"], ratio=1.0)
+
+
+def export_openvino_artifact(variant: "str | Variant", source: str, out_dir) -> Manifest:
+    """ONNX export -> NNCF compression -> OpenVINO IR in ``out_dir`` with a manifest."""
+    import openvino as ov
+
+    from edgekit.onnx_export import copy_side_files
+    from edgekit.onnx_variants import cached_export
+
+    variant = Variant.parse(variant)
+    settings = compression_settings(variant)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = compress(_core().read_model(str(cached_export(source))), settings)
+    ov.save_model(model, str(out_dir / MODEL_XML), compress_to_fp16=False)
+    copy_side_files(source, out_dir)
+    signature = {"inputs": {i.get_any_name(): str(i.get_partial_shape()) for i in model.inputs},
+                 "outputs": {o.get_any_name(): str(o.get_partial_shape()) for o in model.outputs[:1]}}
+    return write_manifest(out_dir, variant=artifact_name(variant), runtime="openvino", runtime_version=ov.__version__,
+                          model=str(source), quantization=settings, signature=signature,
+                          runtime_settings={"device": "CPU", "threads": torch.get_num_threads()})
+
+
+class OpenVINORunner:
+    """A compiled OpenVINO IR decoder (KV cache as inputs/outputs) behind the Runner interface."""
+
+    def __init__(self, name: str, folder: Path, tokenizer, device: str = "CPU", threads: int | None = None) -> None:
+        self.name = name
+        self.tokenizer = tokenizer
+        self.folder = Path(folder)
+        self.device = select_device(device)
+        config = {"PERFORMANCE_HINT": "LATENCY"}
+        if threads and self.device == "CPU":
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.compiled = _core().compile_model(str(self.folder / MODEL_XML), self.device, config)
+        names = [i.get_any_name() for i in self.compiled.inputs]
+        self.past_names = [n for n in names if n.startswith("past_key_values.")]
+        self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
+        self.has_position_ids = "position_ids" in names
+        kv = self.compiled.input(self.past_names[0]).get_partial_shape()
+        self.kv_heads, self.head_dim = kv[1].get_length(), kv[3].get_length()
+        self.requests = [self.compiled.create_infer_request(), self.compiled.create_infer_request()]
+
+    def _inputs(self, ids: np.ndarray, past_len: int) -> dict:
+        batch, length = ids.shape
+        inputs = {"input_ids": ids, "attention_mask": np.ones((batch, past_len + length), dtype=np.int64)}
+        if self.has_position_ids:
+            inputs["position_ids"] = np.broadcast_to(np.arange(past_len, past_len + length, dtype=np.int64),
+                                                     (batch, length)).copy()
+        return inputs
+
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        ids = input_ids.numpy().astype(np.int64)
+        empty = np.zeros((ids.shape[0], self.kv_heads, 0, self.head_dim), dtype=np.float32)
+        inputs = {**self._inputs(ids, 0), **{n: empty for n in self.past_names}}
+        request = self.requests[0]
+        request.infer(inputs)
+        return torch.from_numpy(request.get_tensor("logits").data.copy())
+
+    def generate_stream(self, input_ids: torch.Tensor, max_new_tokens: int) -> Iterator[int]:
+        ids = input_ids.reshape(1, -1).numpy().astype(np.int64)
+        empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=np.float32)
+        past = {n: empty for n in self.past_names}
+        past_len = 0
+        for step in range(max_new_tokens):
+            request = self.requests[step % 2]  # the other request still holds this step's past tensors
+            request.infer({**self._inputs(ids, past_len), **past}, share_inputs=True)
+            token = int(request.get_tensor("logits").data[0, -1].argmax())
+            yield token
+            past_len += ids.shape[1]
+            past = {p: request.get_tensor(o) for p, o in zip(self.past_names, self.present_names)}
+            ids = np.array([[token]], dtype=np.int64)
+
+    def weight_bytes(self) -> int:
+        """Bytes of the IR's weights file (compressed weights with their scales and zero points)."""
+        return (self.folder / MODEL_BIN).stat().st_size
+
+    def close(self) -> None:
+        self.requests = []
+        self.compiled = None
+
+
+@artifact_loader("openvino")
+def load_openvino_artifact(manifest: Manifest, device: str | None = None, threads: int | None = None,
+                           tokenizer=None) -> OpenVINORunner:
+    from edgekit.loading import load_tokenizer
+
+    settings = manifest.data.get("runtime_settings", {})
+    return OpenVINORunner(manifest.variant, manifest.path, tokenizer or load_tokenizer(str(manifest.path)),
+                          device=device or settings.get("device", "CPU"),
+                          threads=threads or settings.get("threads"))
+
+
+def cached_artifact(variant: Variant, source: str) -> Path:
+    """The artifact of ``variant`` for ``source`` under the work folder, exported on first use."""
+    from edgekit.onnx_variants import model_key
+
+    folder = work_dir() / "artifacts" / model_key(source) / artifact_name(variant).replace(":", "_")
+    if folder.exists():
+        try:
+            verify_artifact(folder)
+            return folder
+        except EdgekitError:
+            shutil.rmtree(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".ov-", dir=folder.parent))
+    try:
+        export_openvino_artifact(variant, source, staging)
+        if not folder.exists():
+            staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+@register(r"ov-int(?P<bits>8|4)(?:-g(?P<group_size>\d+))?", "openvino",
+          "OpenVINO IR with NNCF weight compression (options sym, device=CPU|GPU|NPU, threads)",
+          ("ov-int8", "ov-int4-g32", "ov-int4-g128"))
+def build_openvino(variant: Variant, source: str, tokenizer) -> OpenVINORunner:
+    compression_settings(variant)  # refuse unknown options before exporting anything
+    return load_artifact(cached_artifact(variant, source), device=variant.option("device"),
+                         threads=variant.option("threads", torch.get_num_threads()), tokenizer=tokenizer)
+
+
+@register_exporter(r"ov-.*")
+def export_openvino(variant: Variant, source: str, out_dir) -> Manifest:
+    return export_openvino_artifact(variant, source, out_dir)
