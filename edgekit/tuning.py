@@ -141,6 +141,20 @@ def ort_factory(artifact_dir: str | Path) -> Factory:
     return build
 
 
+def onnx_variant_factory(variant: str, source: str = "default") -> Factory:
+    """Like :func:`ort_factory`, plus ``accuracy_level``: each level is its own artifact of ``variant``
+    (``onnx-int4-g32:accuracy_level=1``...), exported once and cached; the other settings are runtime options."""
+    from edgekit.artifact import load_artifact
+    from edgekit.onnx_variants import cached_artifact
+
+    def build(settings: dict):
+        runtime = {k: v for k, v in settings.items() if k != "accuracy_level"}
+        level = settings.get("accuracy_level")
+        name = f"{variant}:accuracy_level={level}" if level is not None else variant
+        return load_artifact(cached_artifact(name, source), **runtime)
+    return build
+
+
 def torch_factory(variant: str, source: str = "default") -> Factory:
     """Settings ``threads`` (intra-op threads) and ``compile`` (``torch.compile`` the model) -> a PyTorch runner.
 
