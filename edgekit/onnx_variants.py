@@ -212,7 +212,12 @@ def cached_artifact(variant: "str | Variant", source: str) -> Path:
             return folder
         except EdgekitError:
             shutil.rmtree(folder)
-    export_onnx_artifact(variant, source, folder)
+    try:
+        export_onnx_artifact(variant, source, folder)
+    except (ArtifactError, OSError):
+        if not folder.is_dir():  # not a concurrent export of the same artifact that finished first
+            raise
+        verify_artifact(folder)
     return folder
 
 
