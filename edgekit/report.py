@@ -44,17 +44,18 @@ def comparison_frame(results: list[Result], earlier: dict[str, list[Result]] | N
     return frame[["run"] + [c for c in frame.columns if c != "run"]]
 
 
-def device_memory_frame(model: str, variants: list[str], device: str, context: int = 4096, batch: int = 1,
+def device_memory_frame(model: str, variants: list[str], device, context: int = 4096, batch: int = 1,
                         measured: list[Result] | None = None) -> pd.DataFrame:
     """The memory plan (:func:`edgekit.plan.plan_memory`) of each variant of ``model`` (the
     compared model or a 7B config such as ``llama-2-7b``) on ``device``; a variant the plan
     cannot price gets its reason. ``measured`` results of the same model add their peak RSS."""
-    from edgekit.plan import plan_memory
+    from edgekit.plan import load_profile, plan_memory
 
+    device = load_profile(device)  # an unknown device is the user's error, not one variant's
     peaks = {r.variant: r.metrics.get("peak_rss_bytes") for r in measured or [] if r.status == "ok"}
     rows = []
     for variant in variants:
-        row = {"model": model, "variant": variant, "device": device, "context": context}
+        row = {"model": model, "variant": variant, "device": device.name, "context": context}
         try:
             plan = plan_memory(model, variant, context=context, batch=batch, device=device)
             row.update({k: getattr(plan, k) for k in ("weight_bytes", "kv_cache_bytes", "activation_bytes",
