@@ -7,8 +7,9 @@ measures PyTorch fp32 first and then each ONNX variant through the same
 P50/P95/P99 of single decode steps, with the ratio to PyTorch fp32 from the same run.
 
 Then it checks that :class:`edgekit.ort_runner.ORTRunner` loses nothing against the
-runtime's own generation loop: optimum's ``ORTModelForCausalLM.generate`` (greedy, same
-files, same thread count), both timed end to end (prompt in, N tokens out), alternating.
+runtimes' own generation loops on the same files and thread count: optimum's
+``ORTModelForCausalLM.generate`` and, where installed, onnxruntime-genai's ``Generator``
+(greedy), all timed end to end (prompt in, N tokens out), alternating.
 It also prints the theoretical decode ceiling: bytes of weights read per token divided by
 the time per token gives the memory bandwidth each variant achieves.
 
@@ -18,8 +19,12 @@ Run it alone (figures are noisy on a shared machine):
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -60,6 +65,53 @@ def optimum_loop(folder: Path, threads: int):
                                                provider="CPUExecutionProvider")
 
 
+def genai_loop(folder: Path, threads: int, workspace: Path):
+    """onnxruntime-genai's own generation loop on the same model file (None if it is not installed).
+
+    genai reads a ``genai_config.json`` beside the model; it is written into a folder of hard
+    links to the artifact's files (the artifact itself stays as verified).
+    """
+    try:
+        import onnxruntime_genai as og
+    except ImportError:
+        return None
+    config = json.loads((folder / "config.json").read_text())
+    linked = Path(tempfile.mkdtemp(prefix="genai-", dir=workspace))
+    for name in os.listdir(folder):
+        if name != "manifest.json":
+            os.link(folder / name, linked / name)
+    decoder = {"session_options": {"log_id": "onnxruntime-genai", "intra_op_num_threads": threads, "provider_options": []},
+               "filename": "model.onnx", "head_size": config["hidden_size"] // config["num_attention_heads"],
+               "hidden_size": config["hidden_size"], "num_attention_heads": config["num_attention_heads"],
+               "num_hidden_layers": config["num_hidden_layers"], "num_key_value_heads": config["num_key_value_heads"],
+               "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask", "position_ids": "position_ids",
+                          "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"},
+               "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                           "present_value_names": "present.%d.value"}}
+    genai_config = {"model": {"type": "llama", "bos_token_id": config.get("bos_token_id"),
+                              "eos_token_id": config.get("eos_token_id"),
+                              "pad_token_id": config.get("pad_token_id") or config.get("eos_token_id"),
+                              "vocab_size": config["vocab_size"], "context_length": config["max_position_embeddings"],
+                              "decoder": decoder},
+                    "search": {"do_sample": False, "num_beams": 1, "max_length": 4096,
+                               "past_present_share_buffer": False}}
+    (linked / "genai_config.json").write_text(json.dumps(genai_config))
+    model = og.Model(str(linked))
+
+    def generate(prompt: list[int], new_tokens: int) -> list[int]:
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=len(prompt) + new_tokens, do_sample=False)
+        generator = og.Generator(model, params)
+        generator.append_tokens(prompt)
+        out = []
+        while not generator.is_done() and len(out) < new_tokens:
+            generator.generate_next_token()
+            out.append(int(generator.get_next_tokens()[0]))
+        return out
+
+    return generate
+
+
 def end_to_end(fn, runs: int) -> float:
     """Median seconds of ``fn()`` over ``runs`` calls after one warm-up."""
     fn()
@@ -90,26 +142,34 @@ def bench_model(source: str, args) -> None:
         print(row(variant, lat, base, runner.weight_bytes()), flush=True)
         runner.close()
 
-    print(f"  ORTRunner vs optimum ORTModelForCausalLM.generate, end to end ({args.new_tokens} tokens, greedy):")
-    for variant in [v for v in LOOP_VARIANTS if v in folders]:
-        runner = load_artifact(folders[variant], intra_op_threads=args.threads)
-        loop = optimum_loop(folders[variant], args.threads)
-        batch = prompt[None, :]
-        mask = torch.ones_like(batch)
-        ours_tokens = list(runner.generate_stream(batch, args.new_tokens))
-        theirs_tokens = loop.generate(batch, attention_mask=mask, max_new_tokens=args.new_tokens,
-                                      min_new_tokens=args.new_tokens, do_sample=False)[0, batch.shape[1]:].tolist()
-        ours, theirs = [], []
-        for _ in range(2):  # alternate so that load changes fall on both
-            ours.append(end_to_end(lambda: list(runner.generate_stream(batch, args.new_tokens)), args.runs))
-            theirs.append(end_to_end(lambda: loop.generate(batch, attention_mask=mask, max_new_tokens=args.new_tokens,
-                                                           min_new_tokens=args.new_tokens, do_sample=False),
-                                     args.runs))
-        ours_rate, theirs_rate = args.new_tokens / min(ours), args.new_tokens / min(theirs)
-        print(f"  {variant:34s} ORTRunner {ours_rate:7.1f} tok/s   optimum {theirs_rate:7.1f} tok/s   "
-              f"ratio {ours_rate / theirs_rate:5.2f}   same tokens: {ours_tokens == theirs_tokens}", flush=True)
-        runner.close()
-        del loop
+    print(f"  ORTRunner vs the runtimes' own loops, end to end ({args.new_tokens} tokens, greedy; "
+          "ratio > 1: ORTRunner faster):")
+    workspace = Path(tempfile.mkdtemp(prefix="bench-onnx-", dir=folders[args.variants[0]].parent))
+    try:
+        for variant in [v for v in LOOP_VARIANTS if v in folders]:
+            runner = load_artifact(folders[variant], intra_op_threads=args.threads)
+            batch, n = prompt[None, :], args.new_tokens
+            mask = torch.ones_like(batch)
+            optimum = optimum_loop(folders[variant], args.threads)
+            genai = genai_loop(folders[variant], args.threads, workspace)
+            loops = {"ORTRunner": lambda: list(runner.generate_stream(batch, n)),
+                     "optimum": lambda: optimum.generate(batch, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+                                                         do_sample=False)[0, batch.shape[1]:].tolist()}
+            if genai is not None:
+                loops["genai"] = lambda: genai(prompt.tolist(), n)
+            same = {name: loop() == loops["ORTRunner"]() for name, loop in loops.items() if name != "ORTRunner"}
+            seconds = {name: [] for name in loops}
+            for _ in range(2):  # alternate so that load changes fall on all of them
+                for name, loop in loops.items():
+                    seconds[name].append(end_to_end(loop, args.runs))
+            rate = {name: n / min(s) for name, s in seconds.items()}
+            others = "   ".join(f"{name} {rate[name]:6.1f} tok/s (ratio {rate['ORTRunner'] / rate[name]:4.2f}, "
+                               f"same tokens {same[name]})" for name in loops if name != "ORTRunner")
+            print(f"  {variant:20s} ORTRunner {rate['ORTRunner']:6.1f} tok/s   {others}", flush=True)
+            runner.close()
+            del optimum, genai
+    finally:
+        shutil.rmtree(workspace, ignore_errors=True)
 
 
 def main() -> None:
