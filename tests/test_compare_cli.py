@@ -1,0 +1,53 @@
+"""`edgekit compare` end to end on the default model, and its answers to bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from edgekit.cli import main
+from edgekit.compare import COMPARE_JSON_KEYS
+
+ISSUE_KEYS = {"variant", "perplexity", "delta_ppl_pct", "kl_divergence", "top1_agreement", "weight_bytes",
+              "peak_rss_bytes", "ttft_ms", "decode_tokens_per_s", "latency_ms_p50", "latency_ms_p95",
+              "latency_ms_p99", "scored_tokens"}
+
+
+def edgekit(*args, tmp_path):
+    env = {**os.environ, "EDGEKIT_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "edgekit", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def test_compare_end_to_end(tmp_path):
+    out = tmp_path / "compare.json"
+    proc = edgekit("compare", "--model", "default", "--variants", "fp32,int8,int4-g32", "--max-tokens", "384",
+                   "--context", "128", "--stride", "64", "--new-tokens", "3", "--runs", "1", "--json", str(out),
+                   tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())
+    assert [r["variant"] for r in rows] == ["fp32", "int8", "int4-g32"]
+    assert ISSUE_KEYS <= set(rows[0]) and set(COMPARE_JSON_KEYS) <= set(rows[0])
+    for row in rows:
+        assert row["status"] == "ok" and row["error"] is None
+        assert row["scored_tokens"] == 383 and row["perplexity"] > 1
+        assert all(row[k] is not None for k in ISSUE_KEYS)
+        assert row["latency_ms_p50"] <= row["latency_ms_p95"] <= row["latency_ms_p99"]
+    assert rows[0]["delta_ppl_pct"] == 0 and rows[0]["kl_divergence"] == 0 and rows[0]["top1_agreement"] == 1
+    assert rows[2]["kl_divergence"] > 0 and rows[2]["weight_bytes"] < rows[1]["weight_bytes"] < rows[0]["weight_bytes"]
+    assert "int4-g32" in proc.stdout and "Δppl %" in proc.stdout  # the table is printed
+    assert (tmp_path / "results.sqlite").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--variants", "fp32,int5-g7x"], "unknown variant 'int5-g7x'; valid variants: fp32"),
+    (["--eval-text", "no/such/file.txt"], "no text file at 'no/such/file.txt'"),
+    (["--eval-text", "To be, or not to be."], "fewer than the context"),
+])
+def test_bad_input_exits_2_with_one_line(args, message, tmp_path, capsys):
+    assert main(["compare", "--no-latency", "--store", str(tmp_path / "r.sqlite"), *args]) == 2
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if line.startswith("edgekit: error:")]
+    assert len(errors) == 1 and message in errors[0], stderr
+    assert "Traceback" not in stderr
