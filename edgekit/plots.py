@@ -235,6 +235,56 @@ def comparison_figure(frame: pd.DataFrame, memory: pd.DataFrame | None = None) -
     return fig
 
 
+def plot_error_histograms(histograms: dict, ax: Axes | None = None) -> Axes:
+    """Quantization error histograms, one step line per scheme, from
+    ``{label: edgekit.reference_quant.error_histogram(...)}`` (share of weights per bin, log scale)."""
+    ax = ax or plt.subplots(figsize=(6.4, 4.2))[1]
+    for label, (counts, edges) in histograms.items():
+        counts = np.asarray(counts, float)
+        ax.stairs(counts / counts.sum(), np.asarray(edges, float), label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("error of a weight (dequantized − original)")
+    ax.set_ylabel("share of weights")
+    ax.set_title("where the rounding error falls")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def plot_weight_histogram(weight, k_sigma: float = 3.0, bins: int = 200, ax: Axes | None = None) -> Axes:
+    """A weight matrix's value distribution with ±k·σ marked: what lies beyond is an outlier."""
+    ax = ax or plt.subplots(figsize=(6.4, 4.2))[1]
+    values = np.asarray(weight, float).reshape(-1)
+    mean, sigma = values.mean(), values.std()
+    ax.hist(values, bins=bins, log=True, color="tab:blue", alpha=0.8)
+    for sign in (-1, 1):
+        ax.axvline(mean + sign * k_sigma * sigma, color="tab:red", linestyle="--",
+                   label=f"±{k_sigma:g}σ" if sign > 0 else None)
+    ax.set_xlabel("weight value")
+    ax.set_ylabel("count")
+    ax.set_title("weight distribution and outliers")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_layer_errors(frame: pd.DataFrame, metric: str = "relative_error", ax: Axes | None = None) -> Axes:
+    """Error of every decoder-block linear layer (x, in model order) under each scheme (one line
+    each), from :func:`edgekit.reference_quant.layer_errors`; log scale."""
+    ax = ax or plt.subplots(figsize=(9, 4.2))[1]
+    layers = list(dict.fromkeys(frame["layer"]))
+    for scheme, rows in frame.groupby("scheme", sort=False):
+        values = rows.set_index("layer").loc[layers, metric]
+        ax.plot(range(len(layers)), values, marker=".", label=scheme)
+    ax.set_xticks(range(len(layers)), [name.split(".", 2)[-1].replace("layers.", "") for name in layers],
+                  rotation=90, fontsize=6)
+    ax.set_yscale("log")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.set_title("error per layer across the model")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    return ax
+
+
 def figure_png(fig: Figure, dpi: int = 96) -> bytes:
     """A figure as PNG bytes (for embedding in a report)."""
     buffer = io.BytesIO()

@@ -32,6 +32,17 @@ def model_source_picker(value: str = "default") -> w.Combobox:
                       description="model", ensure_option=False, layout=w.Layout(width="420px"))
 
 
+def variant_picker(value=None, rows: int = 12) -> w.SelectMultiple:
+    """Pick the variants to compare among every registered one (ctrl/shift-click for several)."""
+    from edgekit.compare import DEFAULT_VARIANTS
+    from edgekit.variants import known_variants
+
+    value = tuple(value or DEFAULT_VARIANTS)
+    names = known_variants()
+    return w.SelectMultiple(options=names + [v for v in value if v not in names], value=value, rows=rows,
+                            description="variants")
+
+
 # ---------------------------------------------------------------- comparison dashboard
 class Dashboard:
     """The comparison dashboard: pick the model, variants (PyTorch and ONNX alike), eval text,
