@@ -20,10 +20,9 @@ def errors_shown_in(output: w.Output):
     try:
         yield
     except EdgekitError as exc:
-        with output:
-            from IPython.display import HTML, display
+        from IPython.display import HTML
 
-            display(HTML(error_html(exc)))
+        output.append_display_data(HTML(error_html(exc)))  # works with or without a frontend
 
 
 def model_source_picker(value: str = "default") -> w.Combobox:
@@ -132,8 +131,10 @@ class Dashboard:
         self.messages.clear_output()
         self.table.clear_output()
         self.run_button.disabled = True
+        finished = False
         try:
-            with errors_shown_in(self.messages):
+            # progress bars land in the log, an EdgekitError in messages as one red line
+            with self.log, errors_shown_in(self.messages):
                 settings = EvalSettings(context=self.context.value, stride=self.stride.value,
                                         max_tokens=self.max_tokens.value or None)
                 latency = (LatencySettings(new_tokens=self.new_tokens.value, runs=self.latency_runs.value)
@@ -141,14 +142,15 @@ class Dashboard:
                 self.progress.max = len(set(self.variants.value) | {"fp32"})
                 self.progress.value = 0
                 self.status.value = f"measuring {self.progress.max} variants of {html.escape(self.model.value)}…"
-                with self.log:
-                    compare(self.model.value, self.variants.value, self.eval_text.value, settings, latency,
-                            store=self.store, on_result=self._on_result)
-                self.log.clear_output()
-                self.status.value = self._status_html(done=True)
-                self.refresh_runs()
+                compare(self.model.value, self.variants.value, self.eval_text.value, settings, latency,
+                        store=self.store, on_result=self._on_result)
+                finished = True
         finally:
             self.run_button.disabled = False
+        if finished:
+            self.log.clear_output()
+            self.status.value = self._status_html(done=True)
+            self.refresh_runs()
         return self.results
 
     def _on_result(self, result) -> None:
@@ -190,7 +192,7 @@ class Dashboard:
 
     def refresh(self) -> None:
         """Redraw the table and plots from the results so far."""
-        from IPython.display import Image, display
+        from IPython.display import HTML, Image
 
         from edgekit.plots import figure_png
 
@@ -199,12 +201,10 @@ class Dashboard:
         with errors_shown_in(self.messages):
             frame = self.frame()
             figure = figure_png(self.figure())
-            self.table.clear_output(wait=True)
-            with self.table:
-                display(frame.style.format(precision=4, na_rep="").hide(axis="index"))
-            self.plots.clear_output(wait=True)
-            with self.plots:
-                display(Image(figure))
+            self.table.outputs = ()
+            self.table.append_display_data(HTML(frame.style.format(precision=4, na_rep="").hide(axis="index").to_html()))
+            self.plots.outputs = ()
+            self.plots.append_display_data(Image(figure))
 
     def write_report(self, out_dir=None):
         """Write the HTML and Markdown report of what the dashboard shows; returns the HTML path."""
@@ -216,10 +216,9 @@ class Dashboard:
             out = out_dir or work_dir() / "reports" / (self.results[0].run_id if self.results else "empty")
             self.report_path = write_report(self.results, out, self._earlier_results(), device=self.device.value,
                                             plan_model=model, context=None if model is None else 4096)
-            with self.messages:
-                from IPython.display import HTML, display
+            from IPython.display import HTML
 
-                display(HTML(f"report written: <code>{html.escape(str(self.report_path))}</code>"))
+            self.messages.append_display_data(HTML(f"report written: <code>{html.escape(str(self.report_path))}</code>"))
         return self.report_path
 
 
