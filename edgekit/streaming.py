@@ -16,9 +16,9 @@ Where the weights wait:
   compute stream waits on an event, not on the host.
 
 Which modules stay resident and which stream comes from an offload map (module name ->
-``"cpu"``/``"cuda:0"``/``"disk"``), the layer-wise plan :func:`edgekit.plan.plan_memory`
-makes (accelerate ``infer_auto_device_map`` under ``max_memory``); :func:`stream_device_map`
-asks for one with the budget left after the two in-flight layer buffers.
+``"cpu"``/``"cuda:0"``/``"disk"``, accelerate's ``device_map`` format), the layer-wise plan
+:func:`edgekit.plan.plan_memory` makes; :func:`stream_device_map` asks for one with the
+budget left after the two in-flight layer buffers.
 
 Every forward pass (one prefill or one decoded token) records its wall time, the time the
 compute spent waiting for weights (stall) and the bytes streamed, in ``runner.steps``.
@@ -78,28 +78,33 @@ def _skeleton(folder: Path, dtype: torch.dtype):
     return model.eval()
 
 
-def stream_device_map(source: str, budget_bytes: int, dtype: torch.dtype = torch.bfloat16) -> dict[str, str]:
-    """An offload map under ``budget_bytes`` of host memory: the first layers that fit stay on ``"cpu"``, the rest ``"disk"``.
+def stream_device_map(source: str, budget_bytes: int, dtype: torch.dtype = torch.bfloat16,
+                      context: int = 256) -> dict[str, str]:
+    """The memory plan's offload map under ``budget_bytes`` of host memory: layers that fit stay on ``"cpu"``, the rest ``"disk"``.
 
-    Embeddings, final norm and head are always resident; two streamed layers are in memory
-    at once (the one computing and the one prefetched), so their size is reserved too.
+    :func:`edgekit.plan.plan_memory` places modules in load order under the budget left after
+    the KV cache and activations for ``context`` tokens. Two streamed layers are in memory at
+    once (the one computing and the one prefetched) and the final norm and head always stay
+    resident, so their bytes are taken off the budget before the plan is made.
     """
     from edgekit.loading import resolve_source
+    from edgekit.plan import DeviceProfile, load_config, module_bytes, plan_memory
 
-    model = _skeleton(Path(resolve_source(source)), dtype)
-    layers = model.model.layers
-    layer_bytes = _param_bytes(layers[0])
-    others = _param_bytes(model) - len(layers) * layer_bytes
-    spare = budget_bytes - others - 2 * layer_bytes
-    if spare < 0:
-        raise InputError(f"a budget of {budget_bytes / 2**30:.2f} GiB cannot hold the embeddings and head "
-                         f"({others / 2**30:.2f} GiB) plus two streamed layers ({2 * layer_bytes / 2**30:.2f} GiB); "
+    variant = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
+    folder = resolve_source(source)
+    sizes = module_bytes(load_config(folder), variant)
+    layers = [m for m in sizes if m.startswith("model.layers.")]
+    last_layer = list(sizes).index(layers[-1])
+    tail = sum(size for m, size in list(sizes.items())[last_layer + 1:])   # final norm and head
+    reserved = 2 * max(sizes[m] for m in layers) + tail
+    if budget_bytes - reserved < sizes.get("model.embed_tokens", 0):
+        raise InputError(f"a budget of {budget_bytes / 2**30:.2f} GiB cannot hold the embeddings and head plus two "
+                         f"streamed layers ({(reserved + sizes.get('model.embed_tokens', 0)) / 2**30:.2f} GiB); "
                          "raise the budget")
-    resident = min(len(layers), spare // layer_bytes)
-    device_map = {name: "cpu" for name, _ in model.named_children() if name != "model"}
-    device_map.update({f"model.{name}": "cpu" for name, _ in model.model.named_children() if name != "layers"})
-    device_map.update({f"model.layers.{i}": "cpu" if i < resident else "disk" for i in range(len(layers))})
-    return device_map
+    profile = DeviceProfile("streaming budget", "cpu", budget_bytes - reserved, runtime_overhead_bytes=0)
+    plan = plan_memory(folder, variant, context=context, batch=1, device=profile)
+    placed = plan.offload["device_map"]
+    return {m: ("disk" if m in layers and _placement(placed, m) == "disk" else "cpu") for m in sizes}
 
 
 class StreamingRunner:
@@ -277,11 +282,6 @@ class StreamingRunner:
         self._pending.clear()
         self.model = None
         self._pinned = None
-
-
-def _param_bytes(module: torch.nn.Module) -> int:
-    """Bytes of a module's parameters from shapes alone (works on the meta device)."""
-    return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
 def _placement(device_map: dict[str, str], module: str) -> str | None:
