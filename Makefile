@@ -6,7 +6,14 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: setup demo test notebooks lab clean
 
-setup: $(VENV)/.installed
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell test "$$(id -u)" -eq 0 || echo sudo)
+
+setup: $(VENV)/.installed $(CHROMIUM)
+
+$(CHROMIUM):  ## Debian's headless Chromium for tests/test_browser.py (Playwright drives it; no download)
+	$(SUDO) apt-get update -q
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
