@@ -118,7 +118,11 @@ def _meta_layout(config_json: str, model_type: str) -> tuple:
             model = AutoModelForCausalLM.from_config(config)
     except (ValueError, KeyError) as exc:
         raise ModelSourceError(f"transformers cannot build a causal LM from this {model_type!r} config: {exc}") from None
-    linears = [(name, m.out_features, m.in_features, m.bias is not None) for name, m in block_linears(model).items()]
+    try:
+        blocks = block_linears(model)
+    except VariantError:  # no nn.Linear in its blocks (GPT-2's Conv1D): everything is priced as dense
+        blocks = {}
+    linears = [(name, m.out_features, m.in_features, m.bias is not None) for name, m in blocks.items()]
     in_linears = {f"{name}.{p}" for name, *_ in linears for p in ("weight", "bias")}
     others: dict[str, int] = {}
     for name, p in model.named_parameters():  # shared (tied) parameters are listed once
@@ -257,7 +261,8 @@ def activation_bytes(config, context: int, batch: int = 1, dtype: str = "fp16") 
     h, heads = config.hidden_size, config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or h // heads
     kv = 2 * (getattr(config, "num_key_value_heads", None) or heads) * head_dim
-    per_token = 4 * h + heads * head_dim + kv + 3 * config.intermediate_size + heads * context
+    intermediate = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * h
+    per_token = 4 * h + heads * head_dim + kv + 3 * intermediate + heads * context
     return batch * context * (per_token * DTYPE_BYTES[dtype] + 4 * config.vocab_size)
 
 
