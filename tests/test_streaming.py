@@ -26,9 +26,15 @@ def test_device_map_streams_what_the_budget_cannot_hold(model_copy):
         stream_device_map(model_copy, 2**20, torch.float32)
 
 
+@pytest.fixture(scope="module")
+def reference(model_copy):
+    runner = build_runner("fp32", model_copy)
+    yield runner
+    runner.close()
+
+
 @pytest.mark.parametrize("prefetch", [True, False])
-def test_same_logits_and_tokens_as_in_memory(model_copy, prefetch):
-    reference = build_runner("fp32", model_copy)
+def test_same_logits_and_tokens_as_in_memory(model_copy, reference, prefetch):
     device_map = stream_device_map(model_copy, 20 * 2**20, torch.float32)
     runner = StreamingRunner(model_copy, device_map, prefetch=prefetch)
     assert len(runner.streamed) >= 3
@@ -42,7 +48,6 @@ def test_same_logits_and_tokens_as_in_memory(model_copy, prefetch):
     assert 0 <= summary["stall_fraction"] <= 1
     assert runner.weight_bytes() == reference.weight_bytes()
     runner.close()
-    reference.close()
 
 
 def test_map_without_streamed_layers_refused(model_copy):
