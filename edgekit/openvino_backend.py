@@ -148,7 +148,7 @@ class OpenVINORunner:
         empty = np.zeros((ids.shape[0], self.kv_heads, 0, self.head_dim), dtype=np.float32)
         inputs = {**self._inputs(ids, 0), **{n: empty for n in self.past_names}}
         request = self.requests[0]
-        request.infer(inputs)
+        request.infer(inputs, share_inputs=True)  # always fresh tensors over numpy: any shape, no copy
         return torch.from_numpy(request.get_tensor("logits").data.copy())
 
     def generate_stream(self, input_ids: torch.Tensor, max_new_tokens: int) -> Iterator[int]:
