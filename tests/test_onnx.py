@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from edgekit.errors import InputError, VariantError
+from edgekit.errors import InputError
 from edgekit.measure import EvalSettings, score
 from edgekit.onnx_export import parity
 from edgekit.ort_runner import ORTRunner, compile_model, max_supported_opset, model_opset
