@@ -86,3 +86,10 @@ def test_agrees_with_the_hub_metric_where_reachable(metric, default_model):
     theirs = hub.compute(predictions=texts, model_id=default_model, add_start_token=False, batch_size=1,
                          device="cpu")
     assert ours["perplexities"] == pytest.approx(theirs["perplexities"], rel=1e-4)
+
+
+def test_loads_from_the_file_path_too():
+    import os
+
+    metric = evaluate.load(os.path.join(perplexity_metric_path(), "perplexity.py"))
+    assert metric.name == "perplexity" and "predictions" in metric.features
