@@ -19,6 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -e '.[test]'
+	$(PY) -m edgekit.gguf --fetch-converter  # llama.cpp's HF->GGUF converter, from the llama-cpp-python sdist
 	touch $@
 
 demo: setup  ## the main job: compare quantization variants of the default model, print the table

@@ -148,6 +148,19 @@ def convert_to_gguf(source: str, out_path: Path, outtype: str = "f32") -> Path:
     return out_path
 
 
+def cached_f32_gguf(source: str) -> Path:
+    """The converter's f32 GGUF of ``source``, made once per model version; every quantization starts from it."""
+    from edgekit.onnx_variants import model_key
+
+    path = work_dir() / "gguf-exports" / model_key(source) / "model-f32.gguf"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_suffix(".partial")
+        convert_to_gguf(source, staging, "f32")
+        staging.rename(path)
+    return path
+
+
 def quantize_gguf(f32_path: Path, out_path: Path, quant: str, threads: int | None = None) -> Path:
     """``llama-quantize`` through llama-cpp-python: ``f32_path`` -> ``out_path`` at ``quant``."""
     import llama_cpp
@@ -195,12 +208,11 @@ def export_gguf_artifact(variant: "str | Variant", source: str, out_dir) -> Mani
     quant = _quant(variant)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="edgekit-gguf-") as tmp:
-        f32 = convert_to_gguf(source, Path(tmp) / "model-f32.gguf", "f32")
-        if quant == "f32":
-            shutil.move(f32, out_dir / MODEL_FILE)
-        else:
-            quantize_gguf(f32, out_dir / MODEL_FILE, quant, variant.option("threads"))
+    f32 = cached_f32_gguf(source)
+    if quant == "f32":
+        shutil.copyfile(f32, out_dir / MODEL_FILE)
+    else:
+        quantize_gguf(f32, out_dir / MODEL_FILE, quant, variant.option("threads"))
     tokenizer = load_tokenizer(source)
     check_tokenizer(out_dir / MODEL_FILE, tokenizer, read_split("eval")[:4000])
     copy_side_files(source, out_dir)
