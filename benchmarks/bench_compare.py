@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -77,12 +78,13 @@ def evaluation_overhead(max_tokens: int, repeats: int) -> None:
     runner.close()
 
 
-def default_comparison(quick: bool) -> None:
+def default_comparison(quick: bool, extra: list[str]) -> None:
     with tempfile.TemporaryDirectory() as home:
         out = Path(home) / "compare.json"
         cmd = [sys.executable, "-m", "edgekit", "compare", "--json", str(out)]
         if quick:
             cmd += ["--variants", "fp32,int4-g32", "--max-tokens", "1024", "--runs", "1", "--new-tokens", "8"]
+        cmd += extra
         env = {**os.environ, "EDGEKIT_HOME": home, "HF_HUB_OFFLINE": "1"}
         start = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -91,7 +93,8 @@ def default_comparison(quick: bool) -> None:
             print(proc.stderr[-2000:])
             raise SystemExit(proc.returncode)
         rows = json.loads(out.read_text())
-    print(f"\n== `{' '.join(['edgekit', 'compare'] + cmd[6:])}` (defaults{', --quick' if quick else ''}) ==")
+    changed = " except " + " ".join(cmd[6:]) if cmd[6:] else ""
+    print(f"\n== `edgekit compare` (defaults{changed}) ==")
     print(f"  wall time {wall:.1f} s for {len(rows)} variants, {rows[0]['scored_tokens']} scored tokens each")
     base = rows[0]
     for r in rows:
@@ -109,12 +112,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="a short smoke run of both parts")
     parser.add_argument("--skip-compare", action="store_true", help="only the evaluation overhead")
+    parser.add_argument("--compare-args", default="", help='options changed from the defaults of `edgekit compare`, '
+                        'e.g. "--max-tokens 4096 --runs 2" on a busy machine')
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.1f} at start")
     evaluation_overhead(1024 if args.quick else args.max_tokens, 1 if args.quick else args.repeats)
     if not args.skip_compare:
-        default_comparison(args.quick)
+        default_comparison(args.quick, shlex.split(args.compare_args))
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end (a shared machine: figures are indicative)")
 
 
