@@ -209,8 +209,11 @@ class StreamingRunner:
             t0 = time.perf_counter()
             self._start(i)
             tensors, done = self._pending.pop(i).result()
-            if done is not None:
-                torch.cuda.current_stream(self.device).wait_event(done)
+            if done is not None:  # CUDA: the compute stream waits for the copy, and owns the copied tensors
+                compute_stream = torch.cuda.current_stream(self.device)
+                compute_stream.wait_event(done)
+                for tensor in tensors.values():
+                    tensor.record_stream(compute_stream)
             self._stall += time.perf_counter() - t0
             prefix = f"model.layers.{i}."
             for name, tensor in tensors.items():
