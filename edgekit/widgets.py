@@ -88,6 +88,8 @@ class Dashboard:
             control.observe(lambda _: self.refresh(), names="value")
         self.refresh_runs()
         settings = w.VBox([self.context, self.stride, self.max_tokens, self.latency_runs, self.new_tokens])
+        for control in settings.children:
+            control.style.description_width = "90px"
         compare_to = w.VBox([self.device, self.plan_model, self.earlier])
         self.widget = w.VBox([
             w.HBox([w.VBox([self.model, self.eval_text, self.variants]), settings, compare_to]),
