@@ -4,12 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test notebooks lab clean
+.PHONY: setup demo test lab clean
 
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell test "$$(id -u)" -eq 0 || echo sudo)
 
-setup: $(VENV)/.installed $(CHROMIUM)
+setup: $(VENV)/.installed
 
 $(CHROMIUM):  ## Debian's headless Chromium for tests/test_browser.py (Playwright drives it; no download)
 	$(SUDO) apt-get update -q
@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 demo: setup  ## the main job: compare quantization variants of the default model, print the table
 	$(PY) -m edgekit compare --model default --json edgekit-results/compare.json
 
-test: setup  ## unit tests, then every notebook under nbval
+test: setup $(CHROMIUM)  ## unit tests, the browser test, then every notebook under nbval
 	$(PY) -m pytest tests notebooks --nbval-lax -q
 
 lab: setup
