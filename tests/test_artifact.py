@@ -81,16 +81,16 @@ def test_only_exportable_variants_export(default_model, tmp_path):
 
 
 def test_cli_export_verify_run(default_model, tmp_path, capsys, onnx_artifact):
-    onnx_artifact("onnx-fp32")  # the plain export is cached, so this export only quantizes and compiles
+    onnx_artifact("onnx-fp32")  # the plain export is cached, so this export only compiles and checks parity
     out = tmp_path / "cli-artifact"
-    assert main(["export", "--model", default_model, "--variant", "onnx-int8", "--out", str(out)]) == 0
-    assert "wrote onnx-int8 artifact" in capsys.readouterr().out
+    assert main(["export", "--model", default_model, "--variant", "onnx-fp32:opt_level=extended", "--out", str(out)]) == 0
+    assert "wrote onnx-fp32:opt_level=extended artifact" in capsys.readouterr().out
     assert main(["verify", str(out)]) == 0
-    assert capsys.readouterr().out.startswith("ok: onnx-int8 for onnxruntime")
+    assert capsys.readouterr().out.startswith("ok: onnx-fp32:opt_level=extended for onnxruntime")
     assert main(["run", str(out), "--prompt", "HAMLET:", "--max-new-tokens", "5"]) == 0
     assert capsys.readouterr().out.startswith("HAMLET:")
     # exporting over a non-empty folder, an unknown variant, a tampered artifact: one line, exit 2
-    assert main(["export", "--model", default_model, "--variant", "onnx-int8", "--out", str(out)]) == 2
+    assert main(["export", "--model", default_model, "--variant", "onnx-fp32", "--out", str(out)]) == 2
     assert "not empty" in capsys.readouterr().err
     assert main(["export", "--model", default_model, "--variant", "onnx-int5", "--out", str(tmp_path / "y")]) == 2
     assert "unknown variant" in capsys.readouterr().err
