@@ -1,0 +1,180 @@
+"""A short quantization-aware fine-tune (QAT) at a low bit width, exported as packed weights.
+
+Where post-training quantization loses too much (2-bit), the guide's next step is QAT:
+train with the quantizer in the forward pass so the weights learn to sit where rounding
+hurts least. Each decoder-block linear gets a fake-quantized weight — the exact RTN round
+trip :class:`~edgekit.packed.PackedLinear` will store (min-max groups, fp16 scales) — and a
+straight-through estimator (Bengio et al. 2013, "Estimating or Propagating Gradients
+Through Stochastic Neurons"; Jacob et al. 2018) passes the gradient to the fp32 weight as
+if rounding were the identity. The loss is distillation from the fp32 model
+(KL(teacher || student) of next-token distributions, as LLM-QAT, Liu et al. 2023, does),
+on windows of the train split, so it targets exactly the KL that edgekit measures on the
+eval split. Only the block linears and norms train; embeddings and the LM head stay frozen.
+
+The run is seeded and short; :func:`qat_finetune` records KL and Δppl against fp32 on an
+eval slice as training goes (with the training seconds spent), and :func:`qat_checkpoint`
+saves the tuned weights under the work folder, where the ``qat-intB-gG`` variant loads and
+packs them like any RTN variant.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from edgekit.calibrated import rtn_dequantized, split_block
+from edgekit.data import read_split
+from edgekit.errors import InputError
+from edgekit.loading import load_model, load_tokenizer, resolve_source
+from edgekit.measure import EvalSettings, score
+from edgekit.packed import block_linears, check_group, replace_module
+from edgekit.results import work_dir
+from edgekit.runners import TorchRunner
+
+
+@dataclass(frozen=True)
+class QATSettings:
+    bits: int = 2
+    group_size: int = 64
+    steps: int = 120
+    lr: float = 5e-4
+    batch_size: int = 8
+    seq_len: int = 128
+    seed: int = 0
+    eval_every: int = 40       # steps between progress evaluations (0: only before and after)
+    eval_tokens: int = 1024    # first tokens of the eval split used for the progress KL
+    train_chars: int = 400_000  # QAT draws its windows from the first characters of the train split
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.lr <= 0:
+            raise InputError(f"QAT needs steps >= 1 and lr > 0 (got steps={self.steps}, lr={self.lr})")
+
+
+class _RoundTrip(torch.autograd.Function):
+    """RTN quantize-dequantize forward, identity backward: the straight-through estimator."""
+
+    @staticmethod
+    def forward(ctx, weight, bits, group_size):
+        return rtn_dequantized(weight, bits, group_size)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None, None
+
+
+class FakeQuantLinear(nn.Module):
+    """A linear layer whose forward sees its weight after the packed RTN round trip."""
+
+    def __init__(self, linear: nn.Linear, bits: int, group_size: int) -> None:
+        super().__init__()
+        check_group(linear.in_features, group_size)
+        self.linear, self.bits, self.group_size = linear, bits, group_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, _RoundTrip.apply(self.linear.weight, self.bits, self.group_size), self.linear.bias)
+
+
+def text_ids(tokenizer, split: str, chars: int) -> torch.Tensor:
+    """Token ids of the first ``chars`` characters of a corpus split."""
+    return tokenizer(read_split(split)[:chars], return_tensors="pt", add_special_tokens=False,
+                     verbose=False)["input_ids"][0]
+
+
+def qat_finetune(model: str = "default", settings: QATSettings = QATSettings(), tokenizer=None,
+                 progress: bool = True) -> tuple[nn.Module, pd.DataFrame]:
+    """Fine-tune a copy of the model with fake quantization; returns the fp32 model (weights
+    ready for RTN packing) and the history: step, training seconds, KL (± se) and Δppl vs fp32."""
+    source = resolve_source(model)
+    tokenizer = tokenizer or load_tokenizer(source)
+    torch.manual_seed(settings.seed)
+    teacher = load_model(source, dtype=torch.float32)
+    student = load_model(source, dtype=torch.float32)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    for p in student.parameters():
+        p.requires_grad_(False)
+    names = list(block_linears(student))
+    blocks = {split_block(n)[0] for n in names}
+    for name in names:
+        replace_module(student, name, FakeQuantLinear(student.get_submodule(name), settings.bits, settings.group_size))
+    trainable = [p for n, p in student.named_parameters() if any(n.startswith(b + ".") for b in blocks)]
+    for p in trainable:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.steps)
+    eval_ids = text_ids(tokenizer, "eval", 8 * settings.eval_tokens)[: settings.eval_tokens]
+    eval_settings = EvalSettings(context=256, stride=128, max_tokens=settings.eval_tokens)
+    base = score(TorchRunner("fp32", teacher, tokenizer), eval_ids, eval_settings, keep_logprobs=True, progress=False)
+    history = []
+
+    def evaluate(step: int, seconds: float) -> None:
+        student.eval()
+        found = score(TorchRunner("qat", student, tokenizer), eval_ids, eval_settings, baseline=base, progress=False)
+        metrics = found.against(base)
+        history.append({"step": step, "train_s": seconds, "kl_divergence": metrics["kl_divergence"],
+                        "kl_divergence_se": metrics["kl_divergence_se"],
+                        "top1_agreement": metrics["top1_agreement"], "delta_ppl_pct": metrics["delta_ppl_pct"]})
+        student.train()
+
+    stream = text_ids(tokenizer, "train", settings.train_chars)
+    rng = np.random.default_rng(settings.seed)
+    seconds = 0.0
+    evaluate(0, 0.0)
+    for step in tqdm(range(1, settings.steps + 1), desc=f"QAT int{settings.bits}-g{settings.group_size}",
+                     disable=not progress):
+        start = time.perf_counter()
+        offsets = rng.integers(0, len(stream) - settings.seq_len, size=settings.batch_size)
+        batch = torch.stack([stream[o : o + settings.seq_len] for o in offsets])
+        with torch.no_grad():
+            target = F.log_softmax(teacher(input_ids=batch, use_cache=False).logits.float(), -1)
+        logp = F.log_softmax(student(input_ids=batch, use_cache=False).logits.float(), -1)
+        loss = F.kl_div(logp.flatten(0, 1), target.flatten(0, 1), log_target=True, reduction="batchmean")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        seconds += time.perf_counter() - start
+        if step == settings.steps or (settings.eval_every and step % settings.eval_every == 0):
+            evaluate(step, seconds)
+    for name in names:  # back to plain linears holding the tuned fp32 weights
+        replace_module(student, name, student.get_submodule(name).linear)
+    for p in student.parameters():
+        p.requires_grad_(False)
+    return student.eval(), pd.DataFrame(history)
+
+
+def _checkpoint_dir(source: str, settings: QATSettings) -> Path:
+    from edgekit.sensitivity import _weights_key
+
+    key = hashlib.sha256(json.dumps([_weights_key(source), asdict(settings)]).encode()).hexdigest()[:16]
+    return work_dir() / "qat" / key
+
+
+def qat_checkpoint(model: str, settings: QATSettings = QATSettings(), tokenizer=None, progress: bool = True) -> Path:
+    """The folder of the QAT-tuned weights for ``model`` and ``settings``, training them on first use."""
+    source = resolve_source(model)
+    folder = _checkpoint_dir(source, settings)
+    if (folder / "qat_history.json").exists():
+        return folder
+    tokenizer = tokenizer or load_tokenizer(source)
+    tuned, history = qat_finetune(source, settings, tokenizer, progress)
+    tuned.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    (folder / "qat_history.json").write_text(json.dumps({"source": source, "settings": asdict(settings),
+                                                          "history": history.to_dict("records")}, indent=1))
+    return folder
+
+
+def qat_history(model: str, settings: QATSettings = QATSettings()) -> pd.DataFrame:
+    """The recorded training history of a saved QAT checkpoint."""
+    folder = qat_checkpoint(model, settings)
+    return pd.DataFrame(json.loads((folder / "qat_history.json").read_text())["history"])
