@@ -290,3 +290,17 @@ def figure_png(fig: Figure, dpi: int = 96) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
+
+
+def plot_sensitivity_heatmap(table: pd.DataFrame, ax: Axes | None = None) -> Axes:
+    """Layer sensitivity (:func:`edgekit.sensitivity.heatmap_table`: block rows × module
+    columns of KL vs baseline) as a heat map, each cell labelled with its KL."""
+    ax = ax or plt.subplots(figsize=(7.2, 0.45 * len(table) + 1.6))[1]
+    image = ax.imshow(table.to_numpy(float), cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(table.columns)), [c.split(".")[-1] for c in table.columns], rotation=30)
+    ax.set_yticks(range(len(table.index)), [f"block {b}" for b in table.index])
+    for (i, j), value in np.ndenumerate(table.to_numpy(float)):
+        ax.text(j, i, f"{value:.3g}", ha="center", va="center", fontsize=7, color="white")
+    ax.figure.colorbar(image, ax=ax, label="KL divergence vs baseline (nats/token)")
+    ax.set_title("sensitivity: one layer quantized, the rest at baseline")
+    return ax
