@@ -100,7 +100,7 @@ def write_report(results: list[Result], out_dir, earlier: dict[str, list[Result]
 
 def _sections(results: list[Result], table: pd.DataFrame, memory: pd.DataFrame | None) -> dict:
     failed = [(r.variant, r.error) for r in results if r.status != "ok"]
-    settings = {k: v for k, v in results[0].settings.items()}
+    settings = dict(results[0].settings)
     env = results[0].environment
     environment = {"edgekit": env.get("edgekit"), "git revision": env.get("git_revision"), "cpu": env.get("cpu"),
                    "cores": env.get("cpu_cores"), "torch threads": env.get("torch_threads"), "gpu": env.get("gpu"),

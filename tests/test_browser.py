@@ -50,8 +50,7 @@ def _notebook_copy(folder: Path) -> Path:
 @pytest.fixture
 def jupyter_lab(tmp_path):
     """A JupyterLab server on 127.0.0.1 with token auth, serving a copy of the notebook."""
-    playwright = pytest.importorskip("playwright", reason="pip install the test extra: pip install -e '.[test]'")
-    del playwright
+    pytest.importorskip("playwright.sync_api", reason="install the test extra: pip install -e '.[test]'")
     if not Path(CHROMIUM).exists():
         pytest.fail(f"no Chromium at {CHROMIUM}: install it with `apt-get install -y chromium` (make setup does)")
     notebook = _notebook_copy(tmp_path)
