@@ -4,7 +4,7 @@ import torch
 
 from edgekit.calibrated import awq_scale, gptq_quantize, mixed_layer_schemes, rtn_dequantized
 from edgekit.measure import EvalSettings, score
-from edgekit.packed import PackedLinear, block_linears, rtn_quantize
+from edgekit.packed import PackedLinear, rtn_quantize
 from edgekit.variants import Variant, build_runner
 
 SETTINGS = EvalSettings(context=256, stride=128, max_tokens=1024, batch_size=8)
@@ -67,15 +67,14 @@ def test_mixed_variant_keeps_the_most_sensitive_layers(default_model, tokenizer)
     variant = "mixed-int2-g64-k3:rank_tokens=512"
     runner = build_runner(variant, default_model, tokenizer)
     kept = ranking(default_model, "int2-g64", tokens=512)[:3]
-    layers = block_linears(runner.model) | {n: m for n, m in runner.model.named_modules() if isinstance(m, PackedLinear)}
-    bits = {n: layers[n].bits for n in layers if isinstance(layers[n], PackedLinear)}
+    bits = {n: m.bits for n, m in runner.model.named_modules() if isinstance(m, PackedLinear)}
     assert sorted(n for n, b in bits.items() if b == 8) == sorted(kept)
     assert sum(b == 2 for b in bits.values()) == 42 - 3
     schemes = mixed_layer_schemes(Variant.parse(variant), default_model)
     assert sorted(n for n, s in schemes.items() if s == "int8-g64") == sorted(kept)
 
 
-@pytest.mark.parametrize("variant", ["mixed-int4-g128-k4:rank_tokens=512", "mixed-int2-g64-k3:rank_tokens=512,high=fp16"])
+@pytest.mark.parametrize("variant", ["mixed-int2-g64-k4:rank_tokens=512", "mixed-int2-g64-k3:rank_tokens=512,high=fp16"])
 def test_mixed_bytes_match_the_planner(variant, default_model, tokenizer):
     plan = pytest.importorskip("edgekit.plan")
     from edgekit.loading import model_config
