@@ -134,7 +134,11 @@ def initializer_bytes(model_path: str | Path) -> int:
 
 
 class ORTRunner:
-    """A compiled ONNX causal LM (optimum's with-past export) on ONNX Runtime, as a Runner."""
+    """A compiled ONNX causal LM (optimum's with-past export) on ONNX Runtime, as a Runner.
+
+    Give it the :class:`~edgekit.artifact.Manifest` that :func:`~edgekit.artifact.load_artifact`
+    verified (the usual way in), or a folder holding ``model.onnx`` and a tokenizer, used as is.
+    """
 
     def __init__(self, manifest_or_folder: Manifest | str | Path, *, providers: list[str] | None = None,
                  intra_op_threads: int | None = None, graph_optimization_level: str = "all",
