@@ -41,15 +41,15 @@ def measure_one(model: str, variant: str, context: int, prompt_tokens: int, deco
     release_memory()
     start_rss = rss_breakdown()
     with PeakMemory() as load_peak:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         runner = build_runner(f"{variant}{',' if ':' in variant else ':'}context={context}", model)
-        load_s = time.perf_counter() - t0
+        load_s, load_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     measured = runner.weight_bytes()
     ids = torch.arange(100, 100 + prompt_tokens).unsqueeze(0)
     with PeakMemory() as run_peak:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         runner.logits(ids)
-        forward_s = time.perf_counter() - t0
+        forward_s, forward_cpu_s = time.perf_counter() - t0, time.process_time() - c0
         steps, t0 = [], time.perf_counter()
         for _ in runner.generate_stream(ids, decode_steps + 1):  # prefill + decode_steps decode steps
             steps.append(time.perf_counter() - t0)
@@ -57,7 +57,8 @@ def measure_one(model: str, variant: str, context: int, prompt_tokens: int, deco
     return {"variant": variant, "threads": torch.get_num_threads(), "load_avg_1m": os.getloadavg()[0],
             "planned_weight_bytes": plan.weight_bytes, "measured_weight_bytes": measured,
             "planned_total_bytes": plan.total_bytes, "start": start_rss,
-            "load_s": load_s, "load_peak": load_peak.result, "run_peak": run_peak.result,
+            "load_s": load_s, "load_cpu_s": load_cpu_s, "forward_cpu_s": forward_cpu_s,
+            "load_peak": load_peak.result, "run_peak": run_peak.result,
             "forward_s": forward_s, "prefill_s": steps[0], "decode_step_s": steps[1:]}
 
 
@@ -66,14 +67,14 @@ def report(r: dict) -> None:
     print(f"\n== {r['variant']}  ({r['threads']} threads, load average {r['load_avg_1m']:.1f})")
     print(f"weights   planned {r['planned_weight_bytes'] / GB:6.2f} GB   measured {r['measured_weight_bytes'] / GB:6.2f} GB"
           f"   measured/planned {r['measured_weight_bytes'] / r['planned_weight_bytes']:.3f}")
-    print(f"load      {r['load_s']:6.1f} s   peak RSS {lp['peak_rss_bytes'] / GB:6.2f} GB (anonymous "
+    print(f"load      {r['load_s']:6.1f} s ({r['load_cpu_s']:.0f} s of CPU time)   peak RSS {lp['peak_rss_bytes'] / GB:6.2f} GB (anonymous "
           f"{lp['peak_rss_anon_bytes'] / GB:.2f}, file-backed {lp['peak_rss_file_bytes'] / GB:.2f}); "
           f"before loading {st['rss_bytes'] / GB:.2f} GB (anonymous {st.get('rss_anon_bytes', 0) / GB:.2f}, "
           f"file-backed {st.get('rss_file_bytes', 0) / GB:.2f}: the runtime's libraries)")
     print(f"run       peak RSS {rp['peak_rss_bytes'] / GB:6.2f} GB (anonymous {rp['peak_rss_anon_bytes'] / GB:.2f}, "
           f"file-backed {rp['peak_rss_file_bytes'] / GB:.2f});  plan (weights + KV + activations) "
           f"{r['planned_total_bytes'] / GB:.2f} GB on top of the runtime")
-    print(f"compute   forward {r['forward_s']:.1f} s, prefill {r['prefill_s']:.1f} s, decode steps "
+    print(f"compute   forward {r['forward_s']:.1f} s ({r['forward_cpu_s']:.0f} s of CPU time), prefill {r['prefill_s']:.1f} s, decode steps "
           + ", ".join(f"{s:.1f}" for s in r["decode_step_s"]) + " s"
           + f"  ({len(r['decode_step_s']) / max(sum(r['decode_step_s']), 1e-9):.3f} tokens/s)")
 
