@@ -1,0 +1,24 @@
+"""The model card's figures are the ones the quickstart notebook shows (nbval re-checks that output)."""
+import json
+import re
+
+from edgekit.data import default_model_path, data_dir
+
+
+def test_card_perplexity_matches_quickstart_output():
+    card = (default_model_path() / "README.md").read_text()
+    card_ppl = re.search(r"\| `eval` \| [^|]+\| ([\d.]+) \| \[([\d.]+), ([\d.]+)\] \| ([\d,]+) \|", card)
+    assert card_ppl, "the model card has no eval perplexity row"
+    notebook = json.loads((data_dir().parent / "notebooks" / "00_quickstart.ipynb").read_text())
+    shown = "".join("".join(o.get("text", "")) for c in notebook["cells"] if c["cell_type"] == "code"
+                    for o in c.get("outputs", []) if "eval perplexity" in "".join(o.get("text", "")))
+    nb_ppl = re.search(r"eval perplexity ([\d.]+) \(95% CI ([\d.]+)-([\d.]+)\) over ([\d,]+) tokens", shown)
+    assert nb_ppl, "the quickstart notebook shows no eval perplexity"
+    assert card_ppl.groups() == nb_ppl.groups()
+
+
+def test_card_recipe_matches_training_log():
+    log = json.loads((default_model_path() / "training_log.json").read_text())
+    card = (default_model_path() / "README.md").read_text()
+    assert f"{log['parameters']:,}-parameter" in card
+    assert f"Best validation loss: {log['best_val_loss']:.4f}" in card
