@@ -83,18 +83,21 @@ def llama_bench_rate(gguf: Path, threads: int, new_tokens: int, runs: int) -> fl
     return float(json.loads(out.stdout)[0]["avg_ts"])
 
 
-def llama_cpp_python_rate(runner, prompt: list[int], new_tokens: int, runs: int) -> float:
-    """llama-cpp-python's own greedy ``Llama.generate`` loop on the runner's model."""
+def llama_cpp_python_rate(gguf: Path, threads: int, prompt: list[int], new_tokens: int, runs: int) -> float:
+    """llama-cpp-python's own greedy ``Llama.generate`` loop on the same file (a plain ``Llama``, as users make it)."""
+    from llama_cpp import Llama
+
+    llm = Llama(str(gguf), n_ctx=1024, n_threads=threads, n_threads_batch=threads, verbose=False)
     rates = []
     for run in range(runs + 1):
-        runner.llm.reset()
         stamps = []
-        for _ in runner.llm.generate(prompt, top_k=1, temp=0.0, reset=True):
+        for _ in llm.generate(prompt, top_k=1, temp=0.0, reset=True):
             stamps.append(time.perf_counter())
             if len(stamps) == new_tokens:
                 break
         if run:
             rates.append((new_tokens - 1) / (stamps[-1] - stamps[0]))
+    llm.close()
     return float(np.median(rates))
 
 
@@ -146,7 +149,8 @@ def own_tool_rate(variant: str, runner, prompt: torch.Tensor, args) -> tuple[str
     if family == "llama.cpp":
         if LLAMA_BENCH.is_file():
             return "llama-bench", llama_bench_rate(runner.path, args.threads, args.new_tokens, args.runs)
-        return "Llama.generate (llama-bench not built)", llama_cpp_python_rate(runner, ids, args.new_tokens, args.runs)
+        return "Llama.generate (llama-bench not built)", llama_cpp_python_rate(runner.path, args.threads, ids,
+                                                                              args.new_tokens, args.runs)
     if family == "openvino":
         return "InferRequest loop", openvino_loop_rate(runner.folder, args.threads, ids, args.new_tokens, args.runs)
     if family == "pytorch":

@@ -16,7 +16,7 @@ Pre-tokenizer mapping: llama.cpp recognises a BPE tokenizer's pre-tokenizer by t
 of the ids it gives a fixed check text; a tokenizer trained here (such as the default
 model's) has its own hash. When ``tokenizer.json`` declares exactly GPT-2's byte-level
 pre-tokenizer (``ByteLevel`` with GPT-2's regex, no prefix space, no normalizer), edgekit
-tells the converter to use llama.cpp's ``gpt2`` pre-tokenizer; any other unknown
+tells the converter to use llama.cpp's ``gpt-2`` pre-tokenizer (the one openai-community/gpt2 gets); any other unknown
 tokenizer is refused with a message. Every export then checks that llama.cpp tokenizes a
 sample of the eval text to the same ids as the Hugging Face tokenizer, so a wrong
 vocabulary can never pass silently.
@@ -103,7 +103,7 @@ def ensure_converter() -> Path:
 
 
 def pre_tokenizer_mapping(model_dir: Path) -> str | None:
-    """``gpt2`` when ``tokenizer.json`` is exactly a GPT-2-style byte-level BPE, else None."""
+    """``gpt-2`` when ``tokenizer.json`` is exactly a GPT-2-style byte-level BPE, else None."""
     path = model_dir / "tokenizer.json"
     if not path.is_file():
         return None
@@ -111,7 +111,7 @@ def pre_tokenizer_mapping(model_dir: Path) -> str | None:
     pre = spec.get("pre_tokenizer") or {}
     if (spec.get("model", {}).get("type") == "BPE" and spec.get("normalizer") is None
             and pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space")):
-        return "gpt2"
+        return "gpt-2"
     return None
 
 
@@ -275,9 +275,10 @@ class LlamaCppRunner:
 
 @artifact_loader("llama.cpp")
 def load_gguf_artifact(manifest: Manifest, threads: int | None = None, n_ctx: int = 1024, tokenizer=None):
-    from edgekit.loading import load_tokenizer
+    from transformers import AutoTokenizer
 
-    return LlamaCppRunner(manifest.variant, manifest.path / MODEL_FILE, tokenizer or load_tokenizer(str(manifest.path)),
+    tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(manifest.path))
+    return LlamaCppRunner(manifest.variant, manifest.path / MODEL_FILE, tokenizer,
                           threads=threads or manifest.data.get("runtime_settings", {}).get("threads"), n_ctx=n_ctx)
 
 

@@ -177,10 +177,11 @@ class OpenVINORunner:
 @artifact_loader("openvino")
 def load_openvino_artifact(manifest: Manifest, device: str | None = None, threads: int | None = None,
                            tokenizer=None) -> OpenVINORunner:
-    from edgekit.loading import load_tokenizer
+    from transformers import AutoTokenizer
 
     settings = manifest.data.get("runtime_settings", {})
-    return OpenVINORunner(manifest.variant, manifest.path, tokenizer or load_tokenizer(str(manifest.path)),
+    tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(manifest.path))
+    return OpenVINORunner(manifest.variant, manifest.path, tokenizer,
                           device=device or settings.get("device", "CPU"),
                           threads=threads or settings.get("threads"))
 

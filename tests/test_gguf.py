@@ -28,7 +28,7 @@ def baseline(default_model, tokenizer, eval_ids):
 def test_gpt2_style_byte_level_bpe_maps_to_llama_cpp_gpt2(default_model, tmp_path):
     from pathlib import Path
 
-    assert pre_tokenizer_mapping(Path(default_model)) == "gpt2"
+    assert pre_tokenizer_mapping(Path(default_model)) == "gpt-2"
     spec = json.loads((Path(default_model) / "tokenizer.json").read_text())
     spec["pre_tokenizer"]["add_prefix_space"] = True
     (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
