@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--store", type=Path, default=None, help="SQLite results file (default: ./edgekit-results/results.sqlite)")
     c.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     c.add_argument("--report", type=Path, default=None, help="write an HTML and Markdown report into this folder")
+    c.add_argument("--device", default=None, help="add to the report the memory plan of each variant on this device profile")
+    c.add_argument("--plan-for", default=None, help="model config the report's memory plan is for (default: the compared model)")
 
     p = sub.add_parser("plan", help="memory plan for a model config, variant, context and device")
     p.add_argument("--config", required=True, help="known model short name, config.json path, model folder or hub id")
@@ -84,7 +86,9 @@ def run_compare(args) -> None:
     if args.report:
         from edgekit.report import write_report
 
-        print(f"report: {write_report(results, args.report)}", file=sys.stderr)
+        report = write_report(results, args.report, device=args.device, plan_model=args.plan_for,
+                              context=4096 if args.plan_for else None)
+        print(f"report: {report}", file=sys.stderr)
 
 
 def run_plan(args) -> None:

@@ -21,7 +21,8 @@ def cli_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli-report")
     code = main(["compare", "--variants", VARIANTS, "--context", "128", "--stride", "64", "--max-tokens", "512",
                  "--new-tokens", "4", "--runs", "1", "--store", str(folder / "r.sqlite"),
-                 "--json", str(folder / "r.json"), "--report", str(folder / "report")])
+                 "--json", str(folder / "r.json"), "--report", str(folder / "report"),
+                 "--device", "laptop-16gb", "--plan-for", "llama-2-7b"])
     assert code == 0
     return folder, ResultStore(folder / "r.sqlite").results()
 
@@ -37,6 +38,7 @@ def test_cli_writes_a_self_contained_html_and_markdown_report(cli_run):
     markdown = (folder / "report" / "report.md").read_text()
     assert "| variant |" in markdown and "![comparison](report.png)" in markdown
     assert (folder / "report" / "report.png").read_bytes()[:4] == b"\x89PNG"
+    assert "## Memory plan: llama-2-7b on laptop-16gb, context 4096" in markdown
     # the measured numbers appear in the report as measured
     int4 = next(r for r in results if r.variant == "int4-g128")
     assert f"{int4.metrics['perplexity']:.4g}" in markdown
