@@ -563,4 +563,5 @@ def _refusal(variant, source: str, plan: MemoryPlan, peak: int, bnb: bool, strea
     text = (f"refusing to load {source} as {variant}: it needs about {peak / GIB:.2f} GiB{why} at context "
             f"{plan.context}, and {plan.device} has {plan.budget_bytes / GIB:.2f} GiB usable. ")
     return text + (_alternatives_text(plan.alternatives) if plan.alternatives else
-                   "Would fit: a bitsandbytes variant quantized while loading (nf4:low_memory=true), or offload=true.")
+                   "Would fit: nf4 or int8 (bitsandbytes, quantized while loading: low_memory=true), or a 16-bit "
+                   "variant with offload=true (fp16:offload=true).")
