@@ -58,9 +58,13 @@ def module_weight_bytes(model: torch.nn.Module) -> int:
             total += _tensor_bytes(quant_state.absmax)
             if getattr(quant_state, "state2", None) is not None:
                 total += _tensor_bytes(quant_state.state2.absmax) + _tensor_bytes(quant_state.state2.code)
-        scb = getattr(t, "SCB", None)
-        if scb is not None and name + ".SCB" not in persistent:  # bitsandbytes Int8Params row scales
-            total += _tensor_bytes(scb)
+    for module in model.modules():  # bitsandbytes LLM.int8 row scales: on the weight, or on the
+        state = getattr(module, "state", None)  # module's state once the first forward moved them
+        weight = getattr(module, "weight", None)
+        for scb in (getattr(weight, "SCB", None), getattr(state, "SCB", None)):
+            if isinstance(scb, torch.Tensor) and scb.data_ptr() not in seen:
+                seen.add(scb.data_ptr())
+                total += _tensor_bytes(scb)
     return total
 
 
