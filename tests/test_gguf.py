@@ -40,7 +40,8 @@ def test_gguf_vocabulary_tokenizes_like_the_hf_tokenizer(default_model, tokenize
 
     path = cached_artifact(Variant.parse("gguf-q8_0"), default_model) / MODEL_FILE
     vocab = Llama(str(path), vocab_only=True, verbose=False)
-    for text in (read_split("eval")[:3000], read_split("eval_milton")[:3000], "  Hello,  world!\n\n\tO'er 1234 — ’tis"):
+    samples = (read_split("eval")[:3000], read_split("eval_milton")[:3000], "  Hello,  world!\n\n\tO'er 1234 — ’tis")
+    for text in samples:
         assert vocab.tokenize(text.encode(), add_bos=False, special=False) == \
             tokenizer(text, add_special_tokens=False)["input_ids"]
 
