@@ -100,7 +100,7 @@ def _config_from_dict(values: dict, origin: str):
 
 def config_dtype(config) -> str:
     """The checkpoint's dtype as fp32/bf16/fp16 (fp32 when the config does not say)."""
-    dtype = getattr(config, "torch_dtype", None) or getattr(config, "dtype", None)
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     name = str(dtype).replace("torch.", "") if dtype is not None else "float32"
     return _TORCH_DTYPE_NAMES.get(name, "fp32")
 
