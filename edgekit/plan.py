@@ -175,12 +175,12 @@ def linear_bytes(out_f: int, in_f: int, bias: bool, scheme: str, dense: str) -> 
         else:
             absmax = 4 * blocks
         return math.ceil(n / 2) + absmax + bias_bytes
-    packed = re.fullmatch(r"(?:gptq-|awq-|ov-|onnx-)?int(\d)-g(\d+)", name)
+    packed = re.fullmatch(r"(?:gptq-|awq-|qat-|ov-|onnx-)?int(\d)-g(\d+)", name)
     if packed:  # b-bit codes + fp16 scale + uint8 zero per group (fp32 bias in PackedLinear)
         bits, group = int(packed.group(1)), int(packed.group(2))
         groups = out_f * math.ceil(in_f / group)
         return math.ceil(n * bits / 8) + 3 * groups + (4 * out_f if bias else 0)
-    mixed = re.fullmatch(r"mixed-int(\d)-g(\d+)-k\d+", name)
+    mixed = re.fullmatch(r"mixed-(?:(?:gptq|awq)-)?int(\d)-g(\d+)-k\d+", name)
     if mixed:  # without the layer list, priced as the base scheme (see weight_bytes(layer_schemes=...))
         return linear_bytes(out_f, in_f, bias, f"int{mixed.group(1)}-g{mixed.group(2)}", dense)
     if name in ("onnx-int8", "ov-int8"):  # per-channel int8 + fp32 scale + int8 zero point
