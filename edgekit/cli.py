@@ -71,6 +71,10 @@ def run_compare(args) -> None:
     settings = EvalSettings(context=args.context, stride=args.stride, max_tokens=args.max_tokens or None)
     latency = None if args.no_latency else LatencySettings(new_tokens=args.new_tokens, runs=args.runs)
     store = ResultStore(args.store)
+    if args.report and args.device:
+        from edgekit.plan import load_profile
+
+        load_profile(args.device)  # an unknown device fails now, not after the whole comparison
 
     def show(result) -> None:
         status = result.error or f"ppl {result.metrics['perplexity']:.3f}"
