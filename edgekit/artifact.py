@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -148,3 +150,31 @@ def load_artifact(folder: str | Path, **runtime_options: Any):
                             f"(supported: {', '.join(LOADER_MODULES)})")
     loader, max_opset = LOADERS[runtime]
     return loader(verify_artifact(folder, supported_opset=max_opset()), **runtime_options)
+
+
+def cached_artifact(folder: str | Path, export: Callable[[Path], Any]) -> Path:
+    """``folder`` if it holds an intact artifact; otherwise build it with ``export(out_dir)``.
+
+    The export runs into a staging folder beside ``folder`` and is moved into place only
+    when complete, so an interrupted export never leaves a half-written artifact, and a
+    damaged cached artifact is rebuilt rather than used. Every runtime's variant cache
+    (ONNX Runtime, OpenVINO, llama.cpp) goes through here.
+    """
+    folder = Path(folder)
+    if folder.exists():
+        try:
+            verify_artifact(folder)
+            return folder
+        except ArtifactError:
+            shutil.rmtree(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        export(staging)
+        try:
+            staging.rename(folder)
+        except OSError:  # another process finished the same artifact first: use theirs
+            verify_artifact(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder

@@ -41,8 +41,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from edgekit.artifact import Manifest, artifact_loader, load_artifact, verify_artifact, write_manifest
-from edgekit.errors import EdgekitError, ModelSourceError, VariantError
+from edgekit.artifact import cached_artifact as shared_cache
+from edgekit.artifact import Manifest, artifact_loader, load_artifact, write_manifest
+from edgekit.errors import ModelSourceError, VariantError
 from edgekit.results import work_dir
 from edgekit.variants import Variant, register, register_exporter
 
@@ -296,21 +297,7 @@ def cached_artifact(variant: Variant, source: str) -> Path:
     from edgekit.onnx_variants import model_key
 
     folder = work_dir() / "artifacts" / model_key(source) / variant.name
-    if folder.exists():
-        try:
-            verify_artifact(folder)
-            return folder
-        except EdgekitError:
-            shutil.rmtree(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".gguf-", dir=folder.parent))
-    try:
-        export_gguf_artifact(variant, source, staging)
-        if not folder.exists():
-            staging.rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+    return shared_cache(folder, lambda out: export_gguf_artifact(variant, source, out))
 
 
 @register(r"gguf-(?P<quant>f32|f16|q8_0|q4_0|q4_k_m)", "llama.cpp",

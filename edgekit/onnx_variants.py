@@ -26,8 +26,9 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from edgekit.artifact import cached_artifact as shared_cache
 from edgekit.artifact import Manifest, load_artifact, verify_artifact, write_manifest
-from edgekit.errors import ArtifactError, EdgekitError, VariantError
+from edgekit.errors import ArtifactError, VariantError
 from edgekit.loading import resolve_source
 from edgekit.results import work_dir
 from edgekit.variants import Variant, register, register_exporter
@@ -206,19 +207,7 @@ def cached_artifact(variant: "str | Variant", source: str) -> Path:
     """The artifact folder of ``variant`` for ``source``, exported on first use and re-exported if damaged."""
     variant = Variant.parse(variant)
     folder = work_dir() / "artifacts" / model_key(source) / str(variant).replace(":", "_")
-    if folder.exists():
-        try:
-            verify_artifact(folder)
-            return folder
-        except EdgekitError:
-            shutil.rmtree(folder)
-    try:
-        export_onnx_artifact(variant, source, folder)
-    except (ArtifactError, OSError):
-        if not folder.is_dir():  # not a concurrent export of the same artifact that finished first
-            raise
-        verify_artifact(folder)
-    return folder
+    return shared_cache(folder, lambda out: export_onnx_artifact(variant, source, out))
 
 
 def _build(variant: Variant, source: str, tokenizer):

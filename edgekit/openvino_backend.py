@@ -21,8 +21,6 @@ request's ``present`` tensors feed the other's ``past`` inputs without a copy.
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -30,8 +28,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from edgekit.artifact import Manifest, artifact_loader, load_artifact, verify_artifact, write_manifest
-from edgekit.errors import EdgekitError, VariantError
+from edgekit.artifact import cached_artifact as shared_cache
+from edgekit.artifact import Manifest, artifact_loader, load_artifact, write_manifest
+from edgekit.errors import VariantError
 from edgekit.results import work_dir
 from edgekit.variants import Variant, register, register_exporter
 
@@ -191,21 +190,7 @@ def cached_artifact(variant: Variant, source: str) -> Path:
     from edgekit.onnx_variants import model_key
 
     folder = work_dir() / "artifacts" / model_key(source) / artifact_name(variant).replace(":", "_")
-    if folder.exists():
-        try:
-            verify_artifact(folder)
-            return folder
-        except EdgekitError:
-            shutil.rmtree(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".ov-", dir=folder.parent))
-    try:
-        export_openvino_artifact(variant, source, staging)
-        if not folder.exists():
-            staging.rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+    return shared_cache(folder, lambda out: export_openvino_artifact(variant, source, out))
 
 
 @register(r"ov-int(?P<bits>8|4)(?:-g(?P<group_size>\d+))?", "openvino",

@@ -4,7 +4,6 @@ import time
 
 import pandas as pd
 import pytest
-import torch
 
 from edgekit.batching import (DynamicBatcher, batch_sweep, generation_batcher, largest_batch_within,
                               poisson_arrivals, poisson_load)
