@@ -46,3 +46,26 @@ def onnx_artifact(default_model):
     from edgekit.onnx_variants import cached_artifact
 
     return lambda variant: cached_artifact(variant, default_model)
+
+
+SMALL_EVAL = dict(context=128, stride=64, max_tokens=512, batch_size=4)
+
+
+@pytest.fixture(scope="session")
+def small_eval_settings():
+    """Short windows over the first 512 eval tokens: what the runtime tests score variants on."""
+    from edgekit.measure import EvalSettings
+
+    return EvalSettings(**SMALL_EVAL)
+
+
+@pytest.fixture(scope="session")
+def fp32_baseline(default_model, tokenizer, eval_ids, small_eval_settings):
+    """The PyTorch fp32 scores (log-probs kept) that every runtime's variants are compared against."""
+    from edgekit.measure import score
+    from edgekit.variants import build_runner
+
+    runner = build_runner("fp32", default_model, tokenizer)
+    scores = score(runner, eval_ids, small_eval_settings, keep_logprobs=True, progress=False)
+    runner.close()
+    return scores
