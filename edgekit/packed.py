@@ -28,9 +28,9 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
         per_byte = 8 // bits
         lanes = flat.view(-1, per_byte).to(torch.int32) << (torch.arange(per_byte, dtype=torch.int32) * bits)
         return lanes.sum(-1).to(torch.uint8)
-    planes = (flat.unsqueeze(-1).to(torch.int32) >> torch.arange(bits, dtype=torch.int32)) & 1
-    stream = planes.reshape(-1, 8) << torch.arange(8, dtype=torch.int32)
-    return stream.sum(-1).to(torch.uint8)
+    # 3 bits: every 8 codes fill ``bits`` whole bytes; build that little-endian word, cut it into bytes
+    word = (flat.view(-1, 8).to(torch.int64) << (torch.arange(8, dtype=torch.int64) * bits)).sum(-1)
+    return ((word.unsqueeze(-1) >> (torch.arange(bits, dtype=torch.int64) * 8)) & 0xFF).reshape(-1).to(torch.uint8)
 
 
 def unpack_codes(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
@@ -39,9 +39,10 @@ def unpack_codes(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     if 8 % bits == 0:
         shifts = torch.arange(8 // bits, dtype=torch.uint8, device=packed.device) * bits
         return ((packed.unsqueeze(-1) >> shifts) & mask).reshape(-1)[:numel]
-    stream = (packed.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8, device=packed.device)) & 1
-    planes = stream.reshape(-1, bits).to(torch.int32) << torch.arange(bits, dtype=torch.int32, device=packed.device)
-    return planes.sum(-1).to(torch.uint8)[:numel]
+    byte_shifts = torch.arange(bits, dtype=torch.int64, device=packed.device) * 8
+    word = (packed.view(-1, bits).to(torch.int64) << byte_shifts).sum(-1)
+    code_shifts = torch.arange(8, dtype=torch.int64, device=packed.device) * bits
+    return ((word.unsqueeze(-1) >> code_shifts) & mask).reshape(-1).to(torch.uint8)[:numel]
 
 
 def rtn_quantize(weight: torch.Tensor, bits: int, group_size: int):
