@@ -87,6 +87,21 @@ def single_thread():
 
 
 @torch.no_grad()
+def _feed_until_stopped(model: nn.Module, calib: torch.Tensor, batch_size: int, handles: list) -> None:
+    """Run the calibration batches through ``model``; a hook among ``handles`` ends each pass early
+    by raising _StopForward once it has what it needs. The hooks are removed afterwards."""
+    device = next(model.parameters()).device
+    try:
+        for start in range(0, len(calib), batch_size):
+            try:
+                model(input_ids=calib[start : start + batch_size].to(device), use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def collect_inputs(model: nn.Module, names: list[str], calib: torch.Tensor, on_input, batch_size: int = 8) -> None:
     """Run ``calib`` through ``model`` and call ``on_input(name, x)`` with each named linear's input
     ``x`` ([tokens, in_features]); the forward stops after the last of their blocks."""
@@ -99,16 +114,7 @@ def collect_inputs(model: nn.Module, names: list[str], calib: torch.Tensor, on_i
         raise _StopForward
 
     handles.append(model.get_submodule(last_block).register_forward_hook(stop))
-    device = next(model.parameters()).device
-    try:
-        for start in range(0, len(calib), batch_size):
-            try:
-                model(input_ids=calib[start : start + batch_size].to(device), use_cache=False)
-            except _StopForward:
-                pass
-    finally:
-        for h in handles:
-            h.remove()
+    _feed_until_stopped(model, calib, batch_size, handles)
 
 
 def hessians(model: nn.Module, names: list[str], calib: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -142,15 +148,7 @@ def quantize_blockwise(model: nn.Module, calib: torch.Tensor, quantize_block, de
         raise _StopForward
 
     handle = model.get_submodule(next(iter(blocks))).register_forward_pre_hook(grab, with_kwargs=True)
-    device = next(model.parameters()).device
-    try:
-        for start in range(0, len(calib), batch_size):
-            try:
-                model(input_ids=calib[start : start + batch_size].to(device), use_cache=False)
-            except _StopForward:
-                pass
-    finally:
-        handle.remove()
+    _feed_until_stopped(model, calib, batch_size, [handle])
 
     def run(module):
         outs = [module(hidden, **kwargs) for hidden, kwargs in states]
