@@ -12,6 +12,8 @@ import torch
 from torch.nn import functional as F
 
 from edgekit.errors import InputError
+from hf_guide import hf_guide_perplexity
+
 from edgekit.measure import (EvalSettings, measure_latency, ratio_stat, score, scored_positions,
                              sliding_windows)
 
@@ -50,26 +52,13 @@ def ids():
     return torch.randint(0, VOCAB, (203,), generator=torch.Generator().manual_seed(1))
 
 
-def hf_guide_perplexity(runner, ids, context, stride):
-    """The loop of the Hugging Face guide "Perplexity of fixed-length models", written out."""
-    encodings = ids[None]
-    seq_len = encodings.size(1)
-    nll_sum, n_tokens, prev_end_loc = 0.0, 0, 0
-    for begin_loc in range(0, seq_len, stride):
-        end_loc = min(begin_loc + context, seq_len)
-        trg_len = end_loc - prev_end_loc
-        input_ids = encodings[:, begin_loc:end_loc]
-        target_ids = input_ids.clone()
-        target_ids[:, :-trg_len] = -100
+def guide_perplexity(runner, ids, context, stride):
+    """The guide's loop on the runner's logits, with the guide's cross-entropy."""
+    def window_loss(input_ids, target_ids):
         logits = runner.logits(input_ids)
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), target_ids[:, 1:].reshape(-1), ignore_index=-100)
-        num_loss_tokens = int((target_ids[:, 1:] != -100).sum())
-        nll_sum += float(loss) * num_loss_tokens
-        n_tokens += num_loss_tokens
-        prev_end_loc = end_loc
-        if end_loc == seq_len:
-            break
-    return math.exp(nll_sum / n_tokens), n_tokens
+        return F.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), target_ids[:, 1:].reshape(-1), ignore_index=-100)
+
+    return hf_guide_perplexity(ids, context, stride, window_loss)
 
 
 def test_windows_match_the_guide():
@@ -95,7 +84,7 @@ def test_stride_equal_to_context_leaves_each_window_start_unscored():
 def test_perplexity_equals_the_guide_loop(table, ids, context, stride, batch):
     runner = BigramRunner(table)
     result = score(runner, ids, EvalSettings(context, stride, None, batch), progress=False).perplexity()
-    expected, n_tokens = hf_guide_perplexity(runner, ids, context, stride)
+    expected, n_tokens = guide_perplexity(runner, ids, context, stride)
     assert result["scored_tokens"] == n_tokens
     assert result["perplexity"] == pytest.approx(expected, rel=1e-6)
 

@@ -5,6 +5,7 @@ import math
 import evaluate
 import pytest
 import torch
+from hf_guide import hf_guide_perplexity
 
 from edgekit.data import read_split
 from edgekit.measure import EvalSettings, score
@@ -56,23 +57,9 @@ def test_metric_equals_edgekit_measure_exactly(computed, texts, fp32, tokenizer)
 def test_metric_matches_the_hf_guide_loop(computed, texts, fp32, tokenizer):
     """The loop of https://huggingface.co/docs/transformers/perplexity, on the model's own loss."""
     for text, ppl in zip(texts, computed["perplexities"]):
-        encodings = ids_of(tokenizer, text)[None]
-        seq_len = encodings.size(1)
-        nll_sum, n_tokens, prev_end_loc = 0.0, 0, 0
-        for begin_loc in range(0, seq_len, STRIDE):
-            end_loc = min(begin_loc + CONTEXT, seq_len)
-            trg_len = end_loc - prev_end_loc
-            input_ids = encodings[:, begin_loc:end_loc]
-            target_ids = input_ids.clone()
-            target_ids[:, :-trg_len] = -100
-            loss = fp32.model(input_ids, labels=target_ids).loss
-            num_loss_tokens = int((target_ids[:, 1:] != -100).sum())
-            nll_sum += float(loss) * num_loss_tokens
-            n_tokens += num_loss_tokens
-            prev_end_loc = end_loc
-            if end_loc == seq_len:
-                break
-        assert ppl == pytest.approx(math.exp(nll_sum / n_tokens), rel=1e-5)
+        expected, _ = hf_guide_perplexity(ids_of(tokenizer, text), CONTEXT, STRIDE,
+                                          lambda input_ids, target_ids: fp32.model(input_ids, labels=target_ids).loss)
+        assert ppl == pytest.approx(expected, rel=1e-5)
 
 
 def test_agrees_with_the_hub_metric_where_reachable(metric, default_model):
