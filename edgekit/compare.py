@@ -21,7 +21,7 @@ from edgekit.errors import EdgekitError, InputError
 from edgekit.loading import load_tokenizer, resolve_source
 from edgekit.measure import EvalSettings, Scores, measure_latency, score
 from edgekit.memory import PeakMemory, release_memory
-from edgekit.results import Result, ResultStore
+from edgekit.results import Result, ResultStore, new_run_id
 from edgekit.variants import Variant, build_runner
 
 DEFAULT_VARIANTS = ("fp32", "int8", "nf4", "fp4", "int4-g32", "int4-g128", "int2-g64")
@@ -55,7 +55,8 @@ def compare(model: str = "default", variants: Iterable[str] = DEFAULT_VARIANTS, 
             on_result: Callable[[Result], None] | None = None, progress: bool = True) -> list[Result]:
     """Measure ``baseline`` then every variant; returns the results in order (errors included)."""
     parsed = [Variant.parse(v) for v in variants]  # fail on a bad name before any work
-    names = [str(Variant.parse(baseline))] + [str(v) for v in parsed if str(v) != str(Variant.parse(baseline))]
+    base_name = str(Variant.parse(baseline))
+    names = [base_name] + [str(v) for v in parsed if str(v) != base_name]
     source = resolve_source(model)
     tokenizer = load_tokenizer(model)
     ids = eval_token_ids(tokenizer, eval_text)
@@ -66,7 +67,7 @@ def compare(model: str = "default", variants: Iterable[str] = DEFAULT_VARIANTS, 
     run_settings = {**asdict(settings), **({f"latency_{k}": v for k, v in asdict(latency).items()} if latency else {}),
                     "eval_text": eval_text if len(eval_text) < 200 else f"<{len(eval_text)} characters>",
                     "baseline": names[0]}
-    run_id = Result(model, "").run_id
+    run_id = new_run_id()
     base: Scores | None = None
     results = []
     for name in names:

@@ -46,6 +46,11 @@ def default_store_path() -> Path:
     return work_dir() / "results.sqlite"
 
 
+def new_run_id() -> str:
+    """A short id shared by the results of one run (one comparison, one sweep)."""
+    return uuid.uuid4().hex[:12]
+
+
 @dataclass
 class Result:
     model: str
@@ -56,7 +61,7 @@ class Result:
     kind: str = "compare"          # compare, sensitivity, tuning, batching, streaming...
     status: str = "ok"             # ok or error
     error: str | None = None
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    run_id: str = field(default_factory=new_run_id)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def flat(self) -> dict:

@@ -34,7 +34,7 @@ from edgekit.errors import VariantError
 from edgekit.loading import load_model, load_tokenizer, resolve_source
 from edgekit.measure import EvalSettings, score
 from edgekit.packed import PackedLinear, block_linears, replace_module
-from edgekit.results import Result, ResultStore, work_dir
+from edgekit.results import Result, ResultStore, new_run_id, work_dir
 from edgekit.runners import TorchRunner
 from edgekit.variants import Variant
 
@@ -89,7 +89,7 @@ def layer_sensitivity(model: str = "default", scheme: str = "int4-g128", by: str
     run_settings = {"scheme": scheme, "by": by, "eval_text": eval_text, "context": settings.context,
                     "stride": settings.stride, "max_tokens": settings.max_tokens,
                     "calibration_samples": calibration_samples, "calibration_seq_len": calibration_seq_len}
-    run_id = Result(str(model), "").run_id
+    run_id = new_run_id()
     rows = []
     for target, names in tqdm(targets(net, by).items(), desc=f"sensitivity {scheme}", unit="target",
                               disable=not progress):
