@@ -89,6 +89,8 @@ def write_model_card(folder: Path) -> Path:
         lo, hi = ppl["perplexity_ci95"]
         rows.append(f"| `{split}` | {what} | {ppl['perplexity']:.2f} | [{lo:.2f}, {hi:.2f}] | {ppl['scored_tokens']:,} |")
     a = log["args"]
+    # The checkpoint is saved at the first evaluation that reached the best loss (later near-ties are not saved).
+    best_step = next(h["step"] for h in log["history"] if abs(h["val_loss"] - round(log["best_val_loss"], 4)) < 1e-9)
     card = f"""---
 license: apache-2.0
 language: en
@@ -124,8 +126,9 @@ over {a['max_steps']} steps, batches of {a['batch']} x {a['seq_len']} random win
 gradient clipping at 1.0, seed {a['seed']}, {a['threads']} CPU threads. Validation every
 {a['eval_every']} steps; training stops after {a['patience']} evaluations without improvement and the best
 checkpoint is kept. Best validation loss: {log['best_val_loss']:.4f} (perplexity
-{math.exp(log['best_val_loss']):.1f}) after {log['history'][-1]['step']} steps and {log['history'][-1]['minutes']} minutes;
-`training_log.json` has the whole curve.{(chr(10) + chr(10) + "Note: " + log["stop_reason"] + ".") if log.get("stop_reason") else ""}
+{math.exp(log['best_val_loss']):.1f}) at step {best_step}, the checkpoint shipped here; training ran
+{log['history'][-1]['step']} steps in {log['history'][-1]['minutes']} minutes;
+`training_log.json` has the whole curve. Stopped because: {log.get("stop_reason", "not recorded")}.
 
 ## Evaluation
 edgekit's sliding-window perplexity (`edgekit.measure`, the Hugging Face perplexity guide's
@@ -155,7 +158,7 @@ def main() -> None:
     p.add_argument("--intermediate", type=int, default=768)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--max-steps", type=int, default=3000)
+    p.add_argument("--max-steps", type=int, default=2000)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--eval-every", type=int, default=100)
@@ -183,6 +186,7 @@ def main() -> None:
                                                  * 0.5 * (1 + math.cos(math.pi * min(s, args.max_steps) / args.max_steps)))
     gen = torch.Generator().manual_seed(args.seed)
     best, bad_evals, history, start = float("inf"), 0, [], time.time()
+    stop_reason = f"reached --max-steps {args.max_steps}"
     args.out.mkdir(parents=True, exist_ok=True)
     model.train()
     for step in range(1, args.max_steps + 1):
@@ -204,11 +208,14 @@ def main() -> None:
             else:
                 bad_evals += 1
                 if bad_evals >= args.patience:
+                    stop_reason = (f"validation loss did not improve by more than 0.001 for {args.patience} "
+                                   f"evaluations (step {step})")
                     print(f"validation loss stopped improving; best {best:.4f}", flush=True)
                     break
     (args.out / "training_log.json").write_text(json.dumps(
         {"args": {k: str(v) for k, v in vars(args).items()}, "parameters": n_params,
-         "train_tokens": len(train_ids), "best_val_loss": best, "history": history}, indent=1))
+         "train_tokens": len(train_ids), "best_val_loss": best, "stop_reason": stop_reason,
+         "history": history}, indent=1))
     print(f"wrote {write_model_card(args.out)}")
 
 
