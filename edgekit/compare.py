@@ -160,5 +160,6 @@ def results_json(results: list[Result]) -> list[dict]:
     out = []
     for r in results:
         flat = {"variant": r.variant, "status": r.status, "error": r.error, **r.metrics}
-        out.append({k: flat.get(k) for k in COMPARE_JSON_KEYS} | {"settings": r.settings, "run_id": r.run_id})
+        out.append({k: flat.get(k) for k in COMPARE_JSON_KEYS}
+                   | {"settings": r.settings, "run_id": r.run_id, "model_revision": r.model_revision})
     return out

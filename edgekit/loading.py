@@ -7,9 +7,11 @@ id respects offline mode (``HF_HUB_OFFLINE=1``). Every way a source can be wrong
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,53 @@ def resolve_source(source: str | os.PathLike) -> str:
     if text.startswith((".", "/", "~")) or text.count("/") > 1 or not _HUB_ID.match(text):
         raise ModelSourceError(f"no model folder at {text!r}; check the path, or pass \"default\" or a hub id like org/name")
     return text
+
+
+UNKNOWN_REVISION = "unknown"
+_SAMPLE_BYTES = 1 << 20
+
+
+def model_revision(source: str | os.PathLike) -> str:
+    """Which weights a result was measured on, so runs on a retrained or replaced model are never
+    mistaken for runs on the same one (the source name, e.g. "default", stays the same).
+
+    A local folder gets ``sha256:<12 hex>`` over each safetensors file's name and size and three
+    1 MiB samples of its bytes (start, middle, end): a retrained or requantized model changes bytes
+    everywhere, and a 13 GB 7B is fingerprinted in milliseconds instead of a minute of hashing.
+    Copies with the same bytes get the same revision wherever they sit. A hub id gives the commit
+    of its locally cached snapshot. Anything else is ``"unknown"``; this never raises, because
+    it labels results rather than loading anything.
+    """
+    try:
+        resolved = resolve_source(source)
+    except ModelSourceError:
+        return UNKNOWN_REVISION
+    path = Path(resolved)
+    if path.is_dir():
+        files = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(path.glob("*.safetensors")))
+        return _folder_revision(str(path), files)
+    return _hub_revision(resolved)
+
+
+@lru_cache(maxsize=64)
+def _folder_revision(folder: str, files: tuple) -> str:
+    digest = hashlib.sha256()
+    for name, size, _mtime in files:  # the mtime only invalidates the cache; it is not hashed
+        digest.update(f"{name}:{size}".encode())
+        with open(Path(folder) / name, "rb") as handle:
+            for offset in sorted({0, max(0, size // 2 - _SAMPLE_BYTES // 2), max(0, size - _SAMPLE_BYTES)}):
+                handle.seek(offset)
+                digest.update(handle.read(_SAMPLE_BYTES))
+    return "sha256:" + digest.hexdigest()[:12]
+
+
+def _hub_revision(repo_id: str) -> str:
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, "config.json")
+    if isinstance(cached, str) and "/snapshots/" in cached:
+        return "hub:" + cached.split("/snapshots/")[1].split("/")[0][:12]
+    return UNKNOWN_REVISION
 
 
 def model_config(source: str, trust_remote_code: bool = False):

@@ -26,9 +26,9 @@ CURRENT_RUN = "this run"
 
 
 def run_label(results: list[Result]) -> str:
-    """A short name for a stored run: its date and run id."""
+    """A short name for a stored run: its date, run id and the revision of the weights it measured."""
     first = results[0]
-    return f"{first.created[:16].replace('T', ' ')} ({first.run_id[:6]})"
+    return f"{first.created[:16].replace('T', ' ')} ({first.run_id[:6]}, {first.model_revision})"
 
 
 def comparison_frame(results: list[Result], earlier: dict[str, list[Result]] | None = None) -> pd.DataFrame:

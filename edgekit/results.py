@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from edgekit.loading import UNKNOWN_REVISION, model_revision
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -26,6 +28,7 @@ CREATE TABLE IF NOT EXISTS results (
     created TEXT NOT NULL,
     kind TEXT NOT NULL,
     model TEXT NOT NULL,
+    model_revision TEXT,
     variant TEXT NOT NULL,
     status TEXT NOT NULL,
     error TEXT,
@@ -63,11 +66,16 @@ class Result:
     error: str | None = None
     run_id: str = field(default_factory=new_run_id)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    model_revision: str | None = None  # None: fingerprint ``model``'s weights now (see loading.model_revision)
+
+    def __post_init__(self) -> None:
+        if self.model_revision is None:
+            self.model_revision = model_revision(self.model)
 
     def flat(self) -> dict:
         """One row: identity columns, then every metric, then settings prefixed ``setting_``."""
         row = {"run_id": self.run_id, "created": self.created, "kind": self.kind, "model": self.model,
-               "variant": self.variant, "status": self.status, "error": self.error}
+               "model_revision": self.model_revision, "variant": self.variant, "status": self.status, "error": self.error}
         row.update(self.metrics)
         row.update({f"setting_{k}": v for k, v in self.settings.items()})
         return row
@@ -81,6 +89,9 @@ class ResultStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.execute(SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(results)")}
+            if "model_revision" not in columns:  # a store written before revisions were recorded
+                db.execute("ALTER TABLE results ADD COLUMN model_revision TEXT")
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30)
@@ -88,14 +99,15 @@ class ResultStore:
     def add(self, result: Result) -> None:
         with self._connect() as db:
             db.execute(
-                "INSERT INTO results (run_id, created, kind, model, variant, status, error, metrics, settings, environment)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (result.run_id, result.created, result.kind, result.model, result.variant, result.status,
-                 result.error, json.dumps(result.metrics), json.dumps(result.settings, default=str),
+                "INSERT INTO results (run_id, created, kind, model, model_revision, variant, status, error, metrics,"
+                " settings, environment) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (result.run_id, result.created, result.kind, result.model, result.model_revision, result.variant,
+                 result.status, result.error, json.dumps(result.metrics), json.dumps(result.settings, default=str),
                  json.dumps(result.environment)))
 
     def results(self, model: str | None = None, run_id: str | None = None, kind: str | None = None) -> list[Result]:
-        query, args = "SELECT run_id, created, kind, model, variant, status, error, metrics, settings, environment FROM results", []
+        query, args = ("SELECT run_id, created, kind, model, variant, status, error, metrics, settings, environment,"
+                       " model_revision FROM results"), []
         clauses = [(c, v) for c, v in (("model", model), ("run_id", run_id), ("kind", kind)) if v is not None]
         if clauses:
             query += " WHERE " + " AND ".join(f"{c} = ?" for c, _ in clauses)
@@ -103,15 +115,16 @@ class ResultStore:
         with self._connect() as db:
             rows = db.execute(query + " ORDER BY id", args).fetchall()
         return [Result(run_id=r[0], created=r[1], kind=r[2], model=r[3], variant=r[4], status=r[5], error=r[6],
-                       metrics=json.loads(r[7]), settings=json.loads(r[8]), environment=json.loads(r[9]))
+                       metrics=json.loads(r[7]), settings=json.loads(r[8]), environment=json.loads(r[9]),
+                       model_revision=r[10] or UNKNOWN_REVISION)
                 for r in rows]
 
     def runs(self) -> pd.DataFrame:
-        """One row per run: when, which model, how many variants."""
+        """One row per run: when, which model (and which weights of it), how many variants."""
         with self._connect() as db:
             return pd.read_sql_query(
-                "SELECT run_id, MIN(created) AS created, kind, model, COUNT(*) AS variants FROM results "
-                "GROUP BY run_id ORDER BY MIN(id)", db)
+                "SELECT run_id, MIN(created) AS created, kind, model, COALESCE(model_revision, ?) AS model_revision,"
+                " COUNT(*) AS variants FROM results GROUP BY run_id ORDER BY MIN(id)", db, params=(UNKNOWN_REVISION,))
 
     def dataframe(self, **filters) -> pd.DataFrame:
         return results_frame(self.results(**filters))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from edgekit.errors import ModelSourceError
-from edgekit.loading import describe_model, load_model, load_tokenizer, resolve_source
+from edgekit.loading import UNKNOWN_REVISION, describe_model, load_model, load_tokenizer, model_revision, resolve_source
 
 
 def test_default_loads_with_plain_transformers(default_model):
@@ -92,3 +92,22 @@ def test_hub_id_offline_fails_clearly(monkeypatch):
 def test_bad_hub_id_text():
     with pytest.raises(ModelSourceError):
         resolve_source("not a valid id!")
+
+
+def test_model_revision_follows_the_bytes_not_the_path(tmp_path, default_model):
+    """Same bytes anywhere give the same revision; a retrained model (one changed weight) gets a new one."""
+    original = model_revision(default_model)
+    assert original.startswith("sha256:") and model_revision("default") == original
+    copy = tmp_path / "copy"
+    shutil.copytree(default_model, copy)
+    assert model_revision(copy) == original
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one byte in the middle of the tensors
+    weights.write_bytes(bytes(data))
+    assert model_revision(copy) != original
+
+
+def test_model_revision_never_raises_for_sources_it_cannot_fingerprint(tmp_path):
+    assert model_revision(tmp_path / "missing") == UNKNOWN_REVISION
+    assert model_revision("nobody-has/this-model") == UNKNOWN_REVISION  # not in the local hub cache

@@ -1,12 +1,14 @@
 """edgekit.results: the SQLite store keeps every finished result, exports CSV and JSON."""
 import json
+import sqlite3
 
 import pandas as pd
 import pytest
 
 from edgekit.compare import compare
 from edgekit.measure import EvalSettings
-from edgekit.results import Result, ResultStore
+from edgekit.loading import UNKNOWN_REVISION, model_revision
+from edgekit.results import SCHEMA, Result, ResultStore
 
 
 def test_write_and_read_back(tmp_path):
@@ -24,6 +26,29 @@ def test_write_and_read_back(tmp_path):
     assert list(runs["variants"]) == [2, 1]
     reopened = ResultStore(tmp_path / "r.sqlite")  # a later session sees the same rows
     assert reopened.results(model="other")[0].error == "boom"
+
+
+def test_results_record_which_weights_they_measured(tmp_path, default_model):
+    """Runs on a retrained model keep the source name ("default") but not the revision."""
+    store = ResultStore(tmp_path / "r.sqlite")
+    store.add(Result("default", "fp32"))
+    store.add(Result("default", "fp32", model_revision="sha256:000000000000"))  # e.g. before a retrain
+    revisions = list(store.runs()["model_revision"])
+    assert revisions == [model_revision(default_model), "sha256:000000000000"]
+    assert list(store.dataframe()["model_revision"]) == revisions
+
+
+def test_store_written_before_revisions_opens_and_reads(tmp_path):
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute(SCHEMA.replace("    model_revision TEXT,\n", ""))
+        db.execute("INSERT INTO results (run_id, created, kind, model, variant, status, error, metrics, settings,"
+                   " environment) VALUES ('r1', '2026-01-01T00:00:00', 'compare', 'default', 'fp32', 'ok', NULL,"
+                   " '{}', '{}', '{}')")
+    store = ResultStore(path)
+    store.add(Result("default", "nf4"))
+    old, new = store.results()
+    assert old.model_revision == UNKNOWN_REVISION and new.model_revision.startswith("sha256:")
 
 
 def test_export_csv_and_json(tmp_path):
