@@ -31,7 +31,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--p99-ms", type=float, default=None, help="P99 target (default: 3x the batch-1 P99)")
     p.add_argument("--requests", type=int, default=120, help="requests in the load test (bounded)")
-    p.add_argument("--load", type=float, default=0.8, help="offered rate as a fraction of the capped batch's requests/s")
+    p.add_argument("--load", type=float, default=0.5, help="offered rate as a fraction of the capped batch's requests/s")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long the batcher waits for companions")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--store", default=None)
     p.add_argument("--plot", default=None, help="save throughput vs P99 to this PNG")
@@ -48,7 +49,7 @@ def main() -> None:
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     sweep = batch_sweep(runner, prompts, sizes, args.new_tokens, args.repeats)
     target = args.p99_ms or 3 * float(sweep.loc[sweep["batch_size"] == sizes[0], "latency_ms_p99"].iloc[0])
-    cap = largest_batch_within(sweep, target) or 1
+    cap = largest_batch_within(sweep, target, args.max_wait_ms) or 1
     print(f"{runner.name}: {args.new_tokens} new tokens per request, {args.repeats} timed runs per batch size")
     print(sweep.to_string(index=False, float_format=lambda x: f"{x:.1f}"))
     for row in sweep.to_dict("records"):
@@ -60,7 +61,7 @@ def main() -> None:
     rate = args.load * float(capped["requests_per_s"])
     loads = []
     for max_batch in (1, cap):
-        batcher = generation_batcher(runner, max_batch=max_batch, max_wait_ms=10)
+        batcher = generation_batcher(runner, max_batch=max_batch, max_wait_ms=args.max_wait_ms)
         payloads = [(prompts[i % len(prompts)], args.new_tokens) for i in range(args.requests)]
         report = poisson_load(batcher, payloads, rate, target, seed=args.seed)
         batcher.close()
@@ -68,7 +69,7 @@ def main() -> None:
         report["new_tokens"] = args.new_tokens
         loads.append(report)
         store.add(Result(model=args.model, variant=runner.name, kind="batching", metrics=report,
-                         settings={"mode": "poisson", "max_batch": max_batch, "max_wait_ms": 10, "rate_per_s": rate,
+                         settings={"mode": "poisson", "max_batch": max_batch, "max_wait_ms": args.max_wait_ms, "rate_per_s": rate,
                                    "seed": args.seed, "requests": args.requests}))
     frame = pd.DataFrame(loads)[["max_batch", "offered_rate_per_s", "requests_per_s", "latency_ms_p50", "latency_ms_p95",
                                  "latency_ms_p99", "missed_target", "mean_batch_size", "batches"]]

@@ -106,6 +106,8 @@ def test_largest_batch_within():
     assert largest_batch_within(sweep, 30.0) == 4
     assert largest_batch_within(sweep, 100.0) == 8
     assert largest_batch_within(sweep, 5.0) is None
+    assert largest_batch_within(sweep, 30.0, max_wait_ms=10.0) == 2  # the batcher's wait counts against the target
+    assert largest_batch_within(sweep, 15.0, max_wait_ms=10.0) is None
 
 
 def test_batched_generation_matches_one_by_one(default_model, tokenizer):
