@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Iterator
 
@@ -169,11 +170,35 @@ def quantize_gguf(f32_path: Path, out_path: Path, quant: str, threads: int | Non
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = FTYPES[quant]
     params.nthread = threads or torch.get_num_threads()
-    rc = llama_cpp.llama_model_quantize(str(f32_path).encode(), str(out_path).encode(), ctypes.byref(params))
-    if rc != 0:
-        raise VariantError(f"llama.cpp could not quantize to {quant} (error {rc}); its tensor shapes may not fit "
-                           "the format's block size, try gguf-q8_0 or gguf-q4_0")
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "quantize.log"
+        with _native_output_to(log):  # llama.cpp prints several lines per tensor
+            rc = llama_cpp.llama_model_quantize(str(f32_path).encode(), str(out_path).encode(), ctypes.byref(params))
+        if rc != 0:
+            tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
+            raise VariantError(f"llama.cpp could not quantize to {quant} (error {rc}: {tail}); its tensor shapes "
+                               "may not fit the format's block size, try gguf-q8_0 or gguf-q4_0")
     return out_path
+
+
+@contextmanager
+def _native_output_to(log: Path) -> Iterator[None]:
+    """Send all output of the block into ``log``: what native code writes to file descriptors 1 and 2
+    (``sys.stdout`` redirection cannot catch C ``fprintf``) and what llama-cpp-python's log callback
+    writes to ``sys.stderr`` (in Jupyter, a stream object that bypasses the descriptors)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(log, "w") as sink, redirect_stdout(sink), redirect_stderr(sink):
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
 
 
 def check_tokenizer(gguf_path: Path, hf_tokenizer, text: str) -> None:
