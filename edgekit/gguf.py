@@ -208,7 +208,7 @@ def check_tokenizer(gguf_path: Path, hf_tokenizer, text: str) -> None:
     vocab = Llama(str(gguf_path), vocab_only=True, verbose=False)
     ours = vocab.tokenize(text.encode(), add_bos=False, special=False)
     vocab.close()
-    theirs = hf_tokenizer(text, add_special_tokens=False)["input_ids"]
+    theirs = hf_tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
     if ours != theirs:
         first = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
         raise VariantError(f"the GGUF vocabulary tokenizes text differently from the model's tokenizer (first "
