@@ -152,7 +152,7 @@ def convert_to_gguf(source: str, out_path: Path, outtype: str = "f32") -> Path:
 
 def cached_f32_gguf(source: str) -> Path:
     """The converter's f32 GGUF of ``source``, made once per model version; every quantization starts from it."""
-    from edgekit.onnx_variants import model_key
+    from edgekit.loading import model_key
 
     path = work_dir() / "gguf-exports" / model_key(source) / "model-f32.gguf"
     if not path.is_file():
@@ -319,7 +319,7 @@ def _quant(variant: Variant) -> str:
 
 def cached_artifact(variant: Variant, source: str) -> Path:
     """The GGUF artifact of ``variant`` for ``source`` under the work folder, exported on first use."""
-    from edgekit.onnx_variants import model_key
+    from edgekit.loading import model_key
 
     folder = work_dir() / "artifacts" / model_key(source) / variant.name
     return shared_cache(folder, lambda out: export_gguf_artifact(variant, source, out))

@@ -69,9 +69,25 @@ def model_revision(source: str | os.PathLike) -> str:
         return UNKNOWN_REVISION
     path = Path(resolved)
     if path.is_dir():
-        files = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(path.glob("*.safetensors")))
-        return _folder_revision(str(path), files)
+        return _folder_revision(str(path), weight_files_stamp(path))
     return _hub_revision(resolved)
+
+
+def weight_files_stamp(folder: Path) -> tuple:
+    """(name, size, mtime) of each safetensors file of a model folder: changes with any write to them."""
+    return tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(folder.glob("*.safetensors")))
+
+
+def model_key(source: str) -> str:
+    """A folder name for a model that changes when its weight files change (name + short fingerprint):
+    the key of every cache derived from the weights (exports, artifacts, rankings, QAT runs)."""
+    resolved = resolve_source(source)
+    path = Path(resolved)
+    stamp = resolved
+    if path.is_dir():
+        stamp += "".join(f"{name}:{size}:{mtime}" for name, size, mtime in weight_files_stamp(path))
+    name = re.sub(r"[^\w.-]+", "_", path.name if path.is_dir() else resolved)
+    return f"{name}-{hashlib.sha256(stamp.encode()).hexdigest()[:10]}"
 
 
 @lru_cache(maxsize=64)

@@ -17,8 +17,6 @@ variant's artifact under ``work_dir()/artifacts/<model key>/<variant>``.
 """
 from __future__ import annotations
 
-import hashlib
-import re
 import shutil
 import tempfile
 from functools import lru_cache
@@ -29,7 +27,7 @@ import onnxruntime as ort
 from edgekit.artifact import cached_artifact as shared_cache
 from edgekit.artifact import Manifest, load_artifact, verify_artifact, write_manifest
 from edgekit.errors import ArtifactError, VariantError
-from edgekit.loading import resolve_source
+from edgekit.loading import model_key, resolve_source
 from edgekit.results import work_dir
 from edgekit.variants import Variant, register, register_exporter
 
@@ -62,17 +60,6 @@ def quantization_settings(variant: Variant) -> dict:
     return {"scheme": "4-bit weight-only MatMulNBits", "weight_dtype": "int4", "block_size": variant.group_size,
             "symmetric": bool(variant.option("symmetric", False)),
             "accuracy_level": int(variant.option("accuracy_level", 4))}
-
-
-def model_key(source: str) -> str:
-    """A folder name for a model that changes when its weight files change (name + short fingerprint)."""
-    resolved = resolve_source(source)
-    path = Path(resolved)
-    stamp = resolved
-    if path.is_dir():
-        stamp += "".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(path.glob("*.safetensors")))
-    name = re.sub(r"[^\w.-]+", "_", path.name if path.is_dir() else resolved)
-    return f"{name}-{hashlib.sha256(stamp.encode()).hexdigest()[:10]}"
 
 
 def cached_export(source: str) -> Path:

@@ -187,7 +187,7 @@ def load_openvino_artifact(manifest: Manifest, device: str | None = None, thread
 
 def cached_artifact(variant: Variant, source: str) -> Path:
     """The artifact of ``variant`` for ``source`` under the work folder, exported on first use."""
-    from edgekit.onnx_variants import model_key
+    from edgekit.loading import model_key
 
     folder = work_dir() / "artifacts" / model_key(source) / artifact_name(variant).replace(":", "_")
     return shared_cache(folder, lambda out: export_openvino_artifact(variant, source, out))

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from edgekit.calibrated import rtn_dequantized, split_block
 from edgekit.data import read_split
 from edgekit.errors import InputError
-from edgekit.loading import load_model, load_tokenizer, resolve_source
+from edgekit.loading import load_model, load_tokenizer, model_key, resolve_source
 from edgekit.measure import EvalSettings, score
 from edgekit.packed import block_linears, check_group, replace_module
 from edgekit.results import work_dir
@@ -157,9 +157,7 @@ def qat_finetune(model: str = "default", settings: QATSettings = QATSettings(), 
 
 
 def _checkpoint_dir(source: str, settings: QATSettings) -> Path:
-    from edgekit.sensitivity import _weights_key
-
-    key = hashlib.sha256(json.dumps([_weights_key(source), asdict(settings)]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([model_key(source), asdict(settings)]).encode()).hexdigest()[:16]
     return work_dir() / "qat" / key
 
 

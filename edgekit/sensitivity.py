@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -31,7 +30,7 @@ from tqdm.auto import tqdm
 from edgekit.calibrated import calibration_ids, gptq_quantize, hessians, single_thread, split_block
 from edgekit.compare import eval_token_ids
 from edgekit.errors import VariantError
-from edgekit.loading import load_model, load_tokenizer, resolve_source
+from edgekit.loading import load_model, load_tokenizer, model_key, resolve_source
 from edgekit.measure import EvalSettings, score
 from edgekit.packed import PackedLinear, block_linears, replace_module
 from edgekit.results import Result, ResultStore, new_run_id, work_dir
@@ -123,14 +122,6 @@ def heatmap_table(frame: pd.DataFrame) -> pd.DataFrame:
     return table.loc[sorted(table.index, key=int)]
 
 
-def _weights_key(source: str) -> str:
-    """Changes whenever the model's weight files change (a retrained model gets a new ranking)."""
-    path = Path(source)
-    stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(path.glob("*.safetensors"))] \
-        if path.is_dir() else []
-    return json.dumps([str(path), stamp])
-
-
 def ranking(model: str, scheme: str, tokens: int = 4096, progress: bool = True) -> list[str]:
     """Layer names, most sensitive first, to ``scheme`` on the calibration split; cached under the work folder.
 
@@ -138,7 +129,7 @@ def ranking(model: str, scheme: str, tokens: int = 4096, progress: bool = True) 
     judged on.
     """
     source = resolve_source(model)
-    key = hashlib.sha256(json.dumps([_weights_key(source), scheme, tokens]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([model_key(source), scheme, tokens]).encode()).hexdigest()[:16]
     cache = work_dir() / "sensitivity" / f"{key}.json"
     if cache.exists():
         return json.loads(cache.read_text())["ranking"]
