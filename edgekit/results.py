@@ -21,14 +21,16 @@ import pandas as pd
 
 from edgekit.loading import UNKNOWN_REVISION, model_revision
 
-SCHEMA = """
+# Rows written before revisions were recorded read back as "unknown".
+REVISION_COLUMN = f"model_revision TEXT NOT NULL DEFAULT '{UNKNOWN_REVISION}'"
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS results (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     run_id TEXT NOT NULL,
     created TEXT NOT NULL,
     kind TEXT NOT NULL,
     model TEXT NOT NULL,
-    model_revision TEXT,
+    {REVISION_COLUMN},
     variant TEXT NOT NULL,
     status TEXT NOT NULL,
     error TEXT,
@@ -91,7 +93,7 @@ class ResultStore:
             db.execute(SCHEMA)
             columns = {row[1] for row in db.execute("PRAGMA table_info(results)")}
             if "model_revision" not in columns:  # a store written before revisions were recorded
-                db.execute("ALTER TABLE results ADD COLUMN model_revision TEXT")
+                db.execute(f"ALTER TABLE results ADD COLUMN {REVISION_COLUMN}")
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30)
@@ -116,15 +118,15 @@ class ResultStore:
             rows = db.execute(query + " ORDER BY id", args).fetchall()
         return [Result(run_id=r[0], created=r[1], kind=r[2], model=r[3], variant=r[4], status=r[5], error=r[6],
                        metrics=json.loads(r[7]), settings=json.loads(r[8]), environment=json.loads(r[9]),
-                       model_revision=r[10] or UNKNOWN_REVISION)
+                       model_revision=r[10])
                 for r in rows]
 
     def runs(self) -> pd.DataFrame:
         """One row per run: when, which model (and which weights of it), how many variants."""
         with self._connect() as db:
             return pd.read_sql_query(
-                "SELECT run_id, MIN(created) AS created, kind, model, COALESCE(model_revision, ?) AS model_revision,"
-                " COUNT(*) AS variants FROM results GROUP BY run_id ORDER BY MIN(id)", db, params=(UNKNOWN_REVISION,))
+                "SELECT run_id, MIN(created) AS created, kind, model, model_revision, COUNT(*) AS variants FROM results "
+                "GROUP BY run_id ORDER BY MIN(id)", db)
 
     def dataframe(self, **filters) -> pd.DataFrame:
         return results_frame(self.results(**filters))
