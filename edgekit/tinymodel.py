@@ -89,8 +89,6 @@ def write_model_card(folder: Path) -> Path:
         lo, hi = ppl["perplexity_ci95"]
         rows.append(f"| `{split}` | {what} | {ppl['perplexity']:.2f} | [{lo:.2f}, {hi:.2f}] | {ppl['scored_tokens']:,} |")
     a = log["args"]
-    # The checkpoint is saved at the first evaluation that reached the best loss (later near-ties are not saved).
-    best_step = next(h["step"] for h in log["history"] if abs(h["val_loss"] - round(log["best_val_loss"], 4)) < 1e-9)
     card = f"""---
 license: apache-2.0
 language: en
@@ -126,7 +124,7 @@ over {a['max_steps']} steps, batches of {a['batch']} x {a['seq_len']} random win
 gradient clipping at 1.0, seed {a['seed']}, {a['threads']} CPU threads. Validation every
 {a['eval_every']} steps; training stops after {a['patience']} evaluations without improvement and the best
 checkpoint is kept. Best validation loss: {log['best_val_loss']:.4f} (perplexity
-{math.exp(log['best_val_loss']):.1f}) at step {best_step}, the checkpoint shipped here; training ran
+{math.exp(log['best_val_loss']):.1f}) at step {log['best_step']}, the checkpoint shipped here; training ran
 {log['history'][-1]['step']} steps in {log['history'][-1]['minutes']} minutes;
 `training_log.json` has the whole curve. Stopped because: {log.get("stop_reason", "not recorded")}.
 
@@ -185,7 +183,7 @@ def main() -> None:
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup)
                                                  * 0.5 * (1 + math.cos(math.pi * min(s, args.max_steps) / args.max_steps)))
     gen = torch.Generator().manual_seed(args.seed)
-    best, bad_evals, history, start = float("inf"), 0, [], time.time()
+    best, best_step, bad_evals, history, start = float("inf"), 0, 0, [], time.time()
     stop_reason = f"reached --max-steps {args.max_steps}"
     args.out.mkdir(parents=True, exist_ok=True)
     model.train()
@@ -202,7 +200,7 @@ def main() -> None:
                             "minutes": round((time.time() - start) / 60, 1)})
             print(json.dumps(history[-1]), flush=True)
             if val < best - 1e-3:
-                best, bad_evals = val, 0
+                best, best_step, bad_evals = val, step, 0
                 model.save_pretrained(args.out, safe_serialization=True)
                 tokenizer.save_pretrained(args.out)
             else:
@@ -214,7 +212,7 @@ def main() -> None:
                     break
     (args.out / "training_log.json").write_text(json.dumps(
         {"args": {k: str(v) for k, v in vars(args).items()}, "parameters": n_params,
-         "train_tokens": len(train_ids), "best_val_loss": best, "stop_reason": stop_reason,
+         "train_tokens": len(train_ids), "best_val_loss": best, "best_step": best_step, "stop_reason": stop_reason,
          "history": history}, indent=1))
     print(f"wrote {write_model_card(args.out)}")
 
