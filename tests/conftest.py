@@ -69,3 +69,23 @@ def fp32_baseline(default_model, tokenizer, eval_ids, small_eval_settings):
     scores = score(runner, eval_ids, small_eval_settings, keep_logprobs=True, progress=False)
     runner.close()
     return scores
+
+
+@pytest.fixture(scope="session")
+def quality_against_fp32(default_model, tokenizer, eval_ids, small_eval_settings, fp32_baseline):
+    """``measure(name)``: build a runtime's variant, score it on the fp32 baseline's tokens (checking it
+    scores the same tokens and counts its weights) and return its KL / top-1 against the baseline."""
+    from edgekit.measure import score
+    from edgekit.variants import build_runner
+
+    def measure(name: str) -> dict:
+        runner = build_runner(name, default_model, tokenizer)
+        try:
+            scores = score(runner, eval_ids, small_eval_settings, baseline=fp32_baseline, progress=False)
+            assert scores.scored_tokens == fp32_baseline.scored_tokens
+            assert runner.weight_bytes() > 0
+            return scores.against(fp32_baseline)
+        finally:
+            runner.close()
+
+    return measure

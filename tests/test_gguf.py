@@ -11,14 +11,7 @@ from edgekit.artifact import load_artifact  # noqa: E402
 from edgekit.data import read_split  # noqa: E402
 from edgekit.errors import ArtifactError, VariantError  # noqa: E402
 from edgekit.gguf import MODEL_FILE, cached_artifact, convert_to_gguf, pre_tokenizer_mapping  # noqa: E402
-from edgekit.measure import score  # noqa: E402
 from edgekit.variants import Variant, build_runner  # noqa: E402
-
-@pytest.fixture(scope="module")
-def baseline(fp32_baseline):
-    """This module's name for the shared fp32 scores."""
-    return fp32_baseline
-
 
 def test_gpt2_style_byte_level_bpe_maps_to_llama_cpp_gpt2(default_model, tmp_path):
     from pathlib import Path
@@ -55,18 +48,10 @@ def test_unknown_pre_tokenizer_is_refused(default_model, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["gguf-q8_0", "gguf-q4_0", "gguf-q4_k_m"])
-def test_variant_scores_against_the_pytorch_baseline(name, default_model, tokenizer, eval_ids, baseline,
-                                                     small_eval_settings):
-    runner = build_runner(name, default_model, tokenizer)
-    try:
-        scores = score(runner, eval_ids, small_eval_settings, baseline=baseline, progress=False)
-        assert scores.scored_tokens == baseline.scored_tokens
-        quality = scores.against(baseline)
-        assert 0 < quality["kl_divergence"] < (0.01 if name == "gguf-q8_0" else 0.2)
-        assert quality["top1_agreement"] > (0.95 if name == "gguf-q8_0" else 0.8)
-        assert runner.weight_bytes() > 0
-    finally:
-        runner.close()
+def test_variant_scores_against_the_pytorch_baseline(name, quality_against_fp32):
+    quality = quality_against_fp32(name)
+    assert 0 < quality["kl_divergence"] < (0.01 if name == "gguf-q8_0" else 0.2)
+    assert quality["top1_agreement"] > (0.95 if name == "gguf-q8_0" else 0.8)
 
 
 def test_greedy_decode_follows_its_own_logits(default_model, tokenizer, eval_ids):

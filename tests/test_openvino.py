@@ -9,30 +9,15 @@ pytest.importorskip("nncf")
 
 from edgekit.artifact import load_artifact  # noqa: E402
 from edgekit.errors import ArtifactError, VariantError  # noqa: E402
-from edgekit.measure import score  # noqa: E402
 from edgekit.openvino_backend import (DeviceFallbackWarning, OpenVINORunner, cached_artifact,  # noqa: E402
                                       select_device)
 from edgekit.variants import Variant, build_runner  # noqa: E402
 
-@pytest.fixture(scope="module")
-def baseline(fp32_baseline):
-    """This module's name for the shared fp32 scores."""
-    return fp32_baseline
-
-
 @pytest.mark.parametrize("name", ["ov-int8", "ov-int4-g32", "ov-int4-g128"])
-def test_variant_scores_against_the_pytorch_baseline(name, default_model, tokenizer, eval_ids, baseline,
-                                                     small_eval_settings):
-    runner = build_runner(name, default_model, tokenizer)
-    try:
-        scores = score(runner, eval_ids, small_eval_settings, baseline=baseline, progress=False)
-        assert scores.scored_tokens == baseline.scored_tokens
-        quality = scores.against(baseline)
-        assert 0 < quality["kl_divergence"] < 0.1
-        assert quality["top1_agreement"] > 0.85
-        assert runner.weight_bytes() > 0
-    finally:
-        runner.close()
+def test_variant_scores_against_the_pytorch_baseline(name, quality_against_fp32):
+    quality = quality_against_fp32(name)
+    assert 0 < quality["kl_divergence"] < 0.1
+    assert quality["top1_agreement"] > 0.85
 
 
 def test_int4_is_smaller_than_int8(default_model):
