@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test lab clean
+.PHONY: setup llama-cpp demo test lab clean
 
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell test "$$(id -u)" -eq 0 || echo sudo)
@@ -15,12 +15,15 @@ $(CHROMIUM):  ## Debian's headless Chromium for tests/test_browser.py (Playwrigh
 	$(SUDO) apt-get update -q
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml tools/build_llama_cpp.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m tools.build_llama_cpp  # llama.cpp for the ISA this OS enables (never -march=native) + its converter
 	$(PY) -m pip install -e '.[test]'
-	$(PY) -m edgekit.gguf --fetch-converter  # llama.cpp's HF->GGUF converter, from the llama-cpp-python sdist
 	touch $@
+
+llama-cpp: setup  ## rebuild llama.cpp; LLAMA_PORTABLE=1 builds for any x86-64-v3 CPU (a venv shared by machines)
+	$(PY) -m tools.build_llama_cpp --force $(if $(LLAMA_PORTABLE),--portable)
 
 demo: setup  ## the main job: compare quantization variants of the default model, print the table
 	$(PY) -m edgekit compare --model default --json edgekit-results/compare.json

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from edgekit import selftest
 from edgekit.errors import ArtifactError
 
 SCHEMA_VERSION = 1
@@ -149,6 +150,7 @@ def load_artifact(folder: str | Path, **runtime_options: Any):
         raise ArtifactError(f"artifact runtime {runtime!r} is not supported here; install its runtime "
                             f"(supported: {', '.join(LOADER_MODULES)})")
     loader, max_opset = LOADERS[runtime]
+    selftest.require(runtime)
     return loader(verify_artifact(folder, supported_opset=max_opset()), **runtime_options)
 
 

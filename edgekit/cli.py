@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--report", type=Path, default=None, help="write an HTML and Markdown report into this folder")
     c.add_argument("--device", default=None, help="add to the report the memory plan of each variant on this device profile")
     c.add_argument("--plan-for", default=None, help="model config the report's memory plan is for (default: the compared model)")
+    c.add_argument("--resume", action="store_true",
+                   help="skip variants the store already holds for the same weights, text and settings")
 
     p = sub.add_parser("plan", help="memory plan for a model config, variant, context and device")
     p.add_argument("--config", required=True, help="known model short name, config.json path, model folder or hub id")
@@ -60,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--max-batch", type=int, default=8, help="largest batch the dynamic batcher forms")
     s.add_argument("--max-wait-ms", type=float, default=10.0, help="longest a request waits for a batch to fill")
+
+    d = sub.add_parser("doctor", help="what this machine can run: CPU features, runtimes' self-tests, GPU, memory")
+    d.add_argument("--json", type=Path, default=None, help="also write the checks as JSON here")
     return parser
 
 
@@ -81,7 +86,7 @@ def run_compare(args) -> None:
         print(f"  {result.variant}: {status}", file=sys.stderr, flush=True)
 
     results = compare(args.model, args.variants or DEFAULT_VARIANTS, args.eval_text, settings, latency,
-                      store=store, on_result=show)
+                      store=store, on_result=show, resume=args.resume)
     with _pandas_wide():
         print(summary_frame(results).to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     print(f"results stored in {store.path} (run {results[0].run_id})", file=sys.stderr)
@@ -139,6 +144,18 @@ def run_serve(args) -> None:
     serve(args.artifact, host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
 
 
+def run_doctor(args) -> None:
+    from dataclasses import asdict
+
+    from edgekit.doctor import run_checks
+
+    checks = run_checks()
+    for check in checks:
+        print(check.line(), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps([asdict(c) for c in checks], indent=1))
+
+
 class _pandas_wide:
     def __enter__(self):
         import pandas as pd
@@ -151,7 +168,7 @@ class _pandas_wide:
 
 
 COMMANDS = {"compare": run_compare, "plan": run_plan, "export": run_export, "verify": run_verify,
-            "run": run_run, "serve": run_serve}
+            "run": run_run, "serve": run_serve, "doctor": run_doctor}
 
 
 def main(argv: list[str] | None = None) -> int:

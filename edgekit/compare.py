@@ -7,6 +7,8 @@ finishes; a variant that fails records its reason in its row and the sweep goes 
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import traceback
 from dataclasses import asdict, dataclass
@@ -18,10 +20,10 @@ import torch
 
 from edgekit.data import SPLITS, read_split
 from edgekit.errors import EdgekitError, InputError
-from edgekit.loading import load_tokenizer, resolve_source
+from edgekit.loading import load_tokenizer, model_revision, resolve_source
 from edgekit.measure import EvalSettings, Scores, measure_latency, score
 from edgekit.memory import PeakMemory, release_memory
-from edgekit.results import Result, ResultStore, new_run_id
+from edgekit.results import Result, ResultStore, new_run_id, work_dir
 from edgekit.variants import Variant, build_runner
 
 DEFAULT_VARIANTS = ("fp32", "int8", "nf4", "fp4", "int4-g32", "int4-g128", "int2-g64")
@@ -52,8 +54,16 @@ def eval_token_ids(tokenizer, eval_text: str = "eval") -> torch.Tensor:
 def compare(model: str = "default", variants: Iterable[str] = DEFAULT_VARIANTS, eval_text: str = "eval",
             settings: EvalSettings = EvalSettings(), latency: LatencySettings | None = LatencySettings(),
             baseline: str = "fp32", store: ResultStore | None = None,
-            on_result: Callable[[Result], None] | None = None, progress: bool = True) -> list[Result]:
-    """Measure ``baseline`` then every variant; returns the results in order (errors included)."""
+            on_result: Callable[[Result], None] | None = None, progress: bool = True,
+            resume: bool = False) -> list[Result]:
+    """Measure ``baseline`` then every variant; returns the results in order (errors included).
+
+    With ``resume`` (and a ``store``), a variant the store already holds as measured for the same
+    model weights (revision), eval tokens and settings is taken from the store, not measured again,
+    so a comparison that was killed goes on where it stopped. The baseline's scores are kept on
+    disk under the work folder, so the variants measured after a resume get KL and top-1 against
+    the very same baseline.
+    """
     parsed = [Variant.parse(v) for v in variants]  # fail on a bad name before any work
     base_name = str(Variant.parse(baseline))
     names = [base_name] + [str(v) for v in parsed if str(v) != base_name]
@@ -66,19 +76,31 @@ def compare(model: str = "default", variants: Iterable[str] = DEFAULT_VARIANTS, 
     prompt = ids[: latency.prompt_tokens] if latency else None
     run_settings = {**asdict(settings), **({f"latency_{k}": v for k, v in asdict(latency).items()} if latency else {}),
                     "eval_text": eval_text if len(eval_text) < 200 else f"<{len(eval_text)} characters>",
+                    "eval_sha256": hashlib.sha256(ids.numpy().tobytes()).hexdigest()[:16],
                     "baseline": names[0]}
     run_id = new_run_id()
-    base: Scores | None = None
+    revision = model_revision(str(model))
+    base_dir = _baseline_dir(revision, run_settings)
+    done = _measured(store, str(model), revision, run_settings) if resume and store is not None else {}
+    if names[0] in done and not (base_dir / "sums.npz").is_file():
+        del done[names[0]]  # its scores are gone: the baseline is measured again for the others' KL
+    base: Scores | None = Scores.load(base_dir) if names[0] in done else None
     results = []
     for name in names:
+        if name in done:
+            results.append(done[name])
+            if on_result:
+                on_result(done[name])
+            continue
         is_baseline = name == names[0]
-        result = Result(model=str(model), variant=name, settings=run_settings, run_id=run_id)
+        result = Result(model=str(model), variant=name, settings=run_settings, run_id=run_id, model_revision=revision)
         try:
             metrics, scores = _measure_one(name, source, tokenizer, ids, settings, latency, prompt,
                                            base, is_baseline, progress)
             result.metrics = metrics
             if is_baseline:
                 base = scores
+                scores.save(base_dir)
         except EdgekitError as exc:
             result.status, result.error = "error", str(exc)
         except Exception as exc:  # one variant's failure must not end the sweep
@@ -90,6 +112,19 @@ def compare(model: str = "default", variants: Iterable[str] = DEFAULT_VARIANTS, 
         if on_result:
             on_result(result)
     return results
+
+
+def _baseline_dir(revision: str, run_settings: dict) -> Path:
+    """Where a baseline's scores are kept: one folder per model revision, eval tokens and settings."""
+    key = hashlib.sha256(json.dumps([revision, run_settings], sort_keys=True).encode()).hexdigest()[:16]
+    return work_dir() / "baselines" / key
+
+
+def _measured(store: ResultStore, model: str, revision: str, run_settings: dict) -> dict[str, Result]:
+    """The variants ``store`` holds as measured (status ok) for these weights, tokens and settings; newest wins."""
+    same = json.loads(json.dumps(run_settings, default=str))
+    return {r.variant: r for r in store.results(model=model, kind="compare")
+            if r.status == "ok" and r.model_revision == revision and r.settings == same}
 
 
 def _measure_one(name, source, tokenizer, ids, settings, latency, prompt, base, is_baseline, progress):

@@ -7,10 +7,10 @@ llama-cpp-python) writes the quantized file. Unlike the PyTorch schemes, llama.c
 quantizes the token embeddings and, for the K-quants, keeps the output head at a higher
 type (Q6_K): its bytes are the bytes of the whole file, not of the linear layers alone.
 
-The converter is not in the llama-cpp-python wheel; :func:`ensure_converter` fetches the
-sdist of the installed llama-cpp-python version once (``pip download --no-binary``) and
-extracts ``convert_hf_to_gguf.py`` with its ``conversion`` package and its own ``gguf-py`` into
-``<venv>/share/edgekit/llama.cpp-<version>`` (``make setup`` does this up front).
+The converter is not in the llama-cpp-python wheel; ``make setup`` (``tools/build_llama_cpp.py``)
+builds llama.cpp for this CPU from the llama-cpp-python sdist and extracts ``convert_hf_to_gguf.py``
+with its ``conversion`` package and its own ``gguf-py`` from the same sdist into
+``<venv>/share/edgekit/llama.cpp-<version>`` (:mod:`edgekit.native_build`).
 
 Pre-tokenizer mapping: llama.cpp recognises a BPE tokenizer's pre-tokenizer by the hash
 of the ids it gives a fixed check text; a tokenizer trained here (such as the default
@@ -27,13 +27,11 @@ options ``threads=N`` (default: PyTorch's thread count) and ``n_ctx=N`` (default
 from __future__ import annotations
 
 import ctypes
-import importlib.metadata
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -45,6 +43,7 @@ import torch
 from edgekit.artifact import cached_artifact as shared_cache
 from edgekit.artifact import Manifest, artifact_loader, load_artifact, write_manifest
 from edgekit.errors import ModelSourceError, VariantError
+from edgekit.native_build import CONVERTER, CONVERTER_PACKAGES, converter_dir, llama_cpp_version
 from edgekit.results import work_dir
 from edgekit.variants import Variant, register, register_exporter
 
@@ -52,55 +51,14 @@ MODEL_FILE = "model.gguf"
 # llama.cpp file types (enum llama_ftype in llama.h) for each variant's quantization
 FTYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q4_k_m": 15}
 OPTIONS = {"threads", "n_ctx"}
-CONVERTER = "convert_hf_to_gguf.py"
-# the converter imports its ``conversion`` package and the gguf-py of the same source tree
-# (newer than the gguf release on PyPI), which it finds next to itself
-CONVERTER_PACKAGES = ("conversion/", "gguf-py/gguf/")
-
-
-def llama_cpp_version() -> str:
-    try:
-        return importlib.metadata.version("llama-cpp-python")
-    except importlib.metadata.PackageNotFoundError:
-        raise VariantError("gguf variants need llama-cpp-python; install the project's pinned dependencies "
-                           "(`make setup`, or `pip install llama-cpp-python==0.3.36`)") from None
-
-
-def converter_dir() -> Path:
-    """Where llama.cpp's converter of the installed llama-cpp-python version lives."""
-    override = os.environ.get("EDGEKIT_LLAMA_CPP_CONVERTER")
-    if override:
-        return Path(override)
-    return Path(sys.prefix) / "share" / "edgekit" / f"llama.cpp-{llama_cpp_version()}"
 
 
 def ensure_converter() -> Path:
-    """llama.cpp's ``convert_hf_to_gguf.py``, fetched from the llama-cpp-python sdist on first use."""
+    """llama.cpp's ``convert_hf_to_gguf.py``, which `make setup` (tools/build_llama_cpp.py) installs."""
     folder = converter_dir()
-    if all((folder / p).exists() for p in (CONVERTER, *CONVERTER_PACKAGES)):
-        return folder
-    version = llama_cpp_version()
-    with tempfile.TemporaryDirectory(prefix="edgekit-llamacpp-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q",
-               f"llama-cpp-python=={version}", "-d", tmp]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        sdists = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
-        if done.returncode != 0 or not sdists:
-            raise VariantError(f"cannot fetch llama.cpp's converter (the llama-cpp-python {version} sdist): "
-                               f"{done.stderr.strip()[-300:]}; run `make setup` where PyPI is reachable, or "
-                               "set EDGEKIT_LLAMA_CPP_CONVERTER to a llama.cpp checkout")
-        prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
-        packages = tuple(prefix + p for p in CONVERTER_PACKAGES)
-        staging = Path(tmp) / "converter"
-        with tarfile.open(sdists[0]) as tar:
-            members = [m for m in tar.getmembers() if m.isfile() and m.name.startswith(prefix)
-                       and (m.name == prefix + CONVERTER or m.name.startswith(packages))]
-            for m in members:
-                m.name = m.name[len(prefix):]
-            tar.extractall(staging, members=members, filter="data")
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(folder, ignore_errors=True)
-        shutil.copytree(staging, folder)
+    if not all((folder / p).exists() for p in (CONVERTER, *CONVERTER_PACKAGES)):
+        raise VariantError(f"llama.cpp's converter is not in {folder}; run `make setup` (or `make llama-cpp`), "
+                           "or set EDGEKIT_LLAMA_CPP_CONVERTER to a llama.cpp checkout")
     return folder
 
 
@@ -300,6 +258,64 @@ class LlamaCppRunner:
             self.llm = None
 
 
+def self_test(tokens: int = 32) -> None:
+    """The llama.cpp probe of :mod:`edgekit.selftest`: a one-block Llama with Q8_0 attention and Q4_0 MLP
+    weights, written with gguf-py, evaluates a batch of ``tokens`` — the batched quantized matmuls whose
+    AMX/AVX-512 kernels are what crash on a CPU the build does not fit. Runs in a child process."""
+    from gguf import GGMLQuantizationType as Q
+    from gguf import GGUFWriter
+    from gguf.quants import quantize
+    from llama_cpp import Llama
+
+    vocab = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256))]
+    embd, ff, heads, kv_heads = 256, 512, 4, 2
+    head_dim = embd // heads
+    rng = np.random.default_rng(0)
+
+    def weight(rows: int, cols: int, qtype=None):
+        w = (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
+        return (quantize(w, qtype), qtype) if qtype else (w, None)
+
+    tensors = {"token_embd.weight": weight(len(vocab), embd), "output_norm.weight": (np.ones(embd, np.float32), None),
+               "output.weight": weight(len(vocab), embd, Q.Q8_0),
+               "blk.0.attn_norm.weight": (np.ones(embd, np.float32), None),
+               "blk.0.attn_q.weight": weight(embd, embd, Q.Q8_0),
+               "blk.0.attn_k.weight": weight(kv_heads * head_dim, embd, Q.Q8_0),
+               "blk.0.attn_v.weight": weight(kv_heads * head_dim, embd, Q.Q8_0),
+               "blk.0.attn_output.weight": weight(embd, embd, Q.Q8_0),
+               "blk.0.ffn_norm.weight": (np.ones(embd, np.float32), None),
+               "blk.0.ffn_gate.weight": weight(ff, embd, Q.Q4_0), "blk.0.ffn_up.weight": weight(ff, embd, Q.Q4_0),
+               "blk.0.ffn_down.weight": weight(embd, ff, Q.Q4_0)}
+    with tempfile.TemporaryDirectory(prefix="edgekit-selftest-") as tmp:
+        path = Path(tmp) / "probe.gguf"
+        writer = GGUFWriter(str(path), "llama")
+        writer.add_context_length(256)
+        writer.add_embedding_length(embd)
+        writer.add_block_count(1)
+        writer.add_feed_forward_length(ff)
+        writer.add_head_count(heads)
+        writer.add_head_count_kv(kv_heads)
+        writer.add_rope_dimension_count(head_dim)
+        writer.add_layer_norm_rms_eps(1e-5)
+        writer.add_tokenizer_model("llama")
+        writer.add_token_list(vocab)
+        writer.add_token_scores([0.0] * len(vocab))
+        writer.add_token_types([2, 3, 3, *([6] * 256)])  # unknown, control x2, byte x256
+        writer.add_bos_token_id(1)
+        writer.add_eos_token_id(2)
+        for name, (data, qtype) in tensors.items():
+            writer.add_tensor(name, data, raw_dtype=qtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        llm = Llama(str(path), n_ctx=256, n_batch=tokens, n_threads=2, logits_all=True, verbose=False)
+        llm.eval([int(t) for t in rng.integers(3, len(vocab), tokens)])
+        if not np.isfinite(llm.scores[:tokens]).all():
+            raise SystemExit("llama.cpp returned non-finite logits")
+        llm.close()
+
+
 @artifact_loader("llama.cpp")
 def load_gguf_artifact(manifest: Manifest, threads: int | None = None, n_ctx: int = 1024, tokenizer=None):
     from transformers import AutoTokenizer
@@ -366,9 +382,5 @@ def _run_converter(folder: str, argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    # python -m edgekit.gguf --fetch-converter          (set-up: fetch llama.cpp's converter)
     # python -m edgekit.gguf CONVERTER_DIR MODEL_DIR ... (internal: convert with the mapping)
-    if sys.argv[1:] == ["--fetch-converter"]:
-        print(ensure_converter())
-    else:
-        _run_converter(sys.argv[1], sys.argv[2:])
+    _run_converter(sys.argv[1], sys.argv[2:])

@@ -19,9 +19,11 @@ then the gap between successive tokens (decode), over repeated runs after warm-u
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -107,6 +109,31 @@ class Scores:
         return {"perplexity": math.exp(mean), "log_ppl_se": se,
                 "perplexity_ci95": [math.exp(mean - Z95 * se), math.exp(mean + Z95 * se)],
                 "scored_tokens": self.scored_tokens, "windows": len(self.counts)}
+
+    def save(self, folder: Path) -> Path:
+        """Keep these scores (a baseline's log-probabilities included) in ``folder``, written whole or not at all."""
+        folder = Path(folder)
+        staging = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        arrays = {k: v for k, v in (("nll", self.nll), ("counts", self.counts), ("top1", self.top1),
+                                    ("kl", self.kl), ("agree", self.agree)) if v is not None}
+        np.savez(staging / "sums.npz", tokens=np.array(self.tokens), **arrays)
+        if self.logprobs is not None:
+            np.save(staging / "logprobs.npy", self.logprobs)
+        shutil.rmtree(folder, ignore_errors=True)
+        staging.rename(folder)
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path) -> "Scores":
+        """Scores kept by :meth:`save`; the log-probabilities stay on disk, memory-mapped."""
+        folder = Path(folder)
+        with np.load(folder / "sums.npz") as sums:
+            arrays = {k: sums[k] for k in sums.files}
+        logprobs = folder / "logprobs.npy"
+        return cls(tokens=int(arrays.pop("tokens")), logprobs=np.load(logprobs, mmap_mode="r") if logprobs.is_file()
+                   else None, **arrays)
 
     def against(self, baseline: "Scores") -> dict:
         """Delta perplexity (paired), KL and top-1 agreement against ``baseline``."""

@@ -202,10 +202,10 @@ def _build(variant: Variant, source: str, tokenizer):
     return load_artifact(cached_artifact(variant, source))
 
 
-register(r"onnx-fp32", "onnx", "ONNX Runtime, optimum export, graph-optimised fp32", ("onnx-fp32",))(_build)
-register(r"onnx-int8", "onnx", "ONNX Runtime dynamic int8 (option per_channel=true)", ("onnx-int8",))(_build)
-register(r"onnx-int8-static", "onnx", "ONNX Runtime static int8 QDQ calibrated on the calibration split",
+register(r"onnx-fp32", "onnxruntime", "ONNX Runtime, optimum export, graph-optimised fp32", ("onnx-fp32",))(_build)
+register(r"onnx-int8", "onnxruntime", "ONNX Runtime dynamic int8 (option per_channel=true)", ("onnx-int8",))(_build)
+register(r"onnx-int8-static", "onnxruntime", "ONNX Runtime static int8 QDQ calibrated on the calibration split",
          ("onnx-int8-static",))(_build)
-register(r"onnx-int4-g(?P<group_size>\d+)", "onnx",
+register(r"onnx-int4-g(?P<group_size>\d+)", "onnxruntime",
          "ONNX Runtime MatMulNBits 4-bit (options symmetric=false, accuracy_level=4)",
          ("onnx-int4-g32", "onnx-int4-g64", "onnx-int4-g128"))(_build)

@@ -205,3 +205,21 @@ def build_openvino(variant: Variant, source: str, tokenizer) -> OpenVINORunner:
 @register_exporter(r"ov-.*")
 def export_openvino(variant: Variant, source: str, out_dir) -> Manifest:
     return export_openvino_artifact(variant, source, out_dir)
+
+
+def self_test(rows: int = 8, width: int = 64) -> None:
+    """The OpenVINO probe of :mod:`edgekit.selftest`: a MatMul compiled for the CPU plugin and run on a
+    batch of rows. Runs in a child process."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((width, width)).astype(np.float32)
+    x = ops.parameter([rows, width], np.float32, name="x")
+    model = ov.Model([ops.matmul(x, ops.constant(weight), False, False)], [x], "edgekit-selftest")
+    compiled = ov.Core().compile_model(model, "CPU")
+    data = rng.standard_normal((rows, width)).astype(np.float32)
+    expected = data @ weight
+    # the CPU plugin may compute in bf16 where the CPU has it (its default precision hint): ~3 digits
+    if np.linalg.norm(compiled(data)[0] - expected) > 1e-2 * np.linalg.norm(expected):
+        raise SystemExit("OpenVINO's MatMul disagrees with numpy")

@@ -266,3 +266,27 @@ def load_onnx_artifact(manifest: Manifest, **runtime_options) -> ORTRunner:
     if unknown:
         raise InputError(f"unknown ONNX Runtime option(s) {', '.join(sorted(unknown))}; use {', '.join(sorted(allowed))}")
     return ORTRunner(manifest, **{**recommended, **runtime_options})
+
+
+def self_test(rows: int = 8, width: int = 64) -> None:
+    """The ONNX Runtime probe of :mod:`edgekit.selftest`: an fp32 MatMul and an int8 MatMulInteger
+    (the dynamic-int8 path) on a batch of rows, through MLAS's CPU kernels. Runs in a child process."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((width, width)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"]),
+             helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+             helper.make_node("MatMulInteger", ["xq", "wq", "xz"], ["yq"])]
+    graph = helper.make_graph(
+        nodes, "edgekit-selftest", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, width]),
+         helper.make_tensor_value_info("yq", TensorProto.INT32, [rows, width])],
+        [numpy_helper.from_array(weight, "w"),
+         numpy_helper.from_array(rng.integers(0, 255, (width, width)).astype(np.uint8), "wq")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = rng.standard_normal((rows, width)).astype(np.float32)
+    y, _ = session.run(None, {"x": x})
+    if not np.allclose(y, x @ weight, atol=1e-3):
+        raise SystemExit("ONNX Runtime's MatMul disagrees with numpy")

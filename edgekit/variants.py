@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import torch
 
+from edgekit import selftest
 from edgekit.errors import VariantError
 
 
@@ -159,6 +160,7 @@ def build_runner(variant: "str | Variant", source: str = "default", tokenizer=No
 
     variant = Variant.parse(variant)
     entry, _ = _lookup(variant.name)
+    selftest.require(entry.family)  # a native runtime that would crash here is refused in one line
     tokenizer = tokenizer or load_tokenizer(source)
     return entry.builder(variant, source, tokenizer)
 
