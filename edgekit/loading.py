@@ -15,22 +15,18 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from edgekit.data import default_model_path
 from edgekit.errors import ModelSourceError
+from edgekit.models import MODELS, named_model_path
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def resolve_source(source: str | os.PathLike) -> str:
-    """Map ``"default"`` to the shipped model, check a local folder, or pass a hub id through."""
-    text = str(source).strip()
-    if text in ("", "default"):
-        path = default_model_path()
-        if not (path / "config.json").exists():
-            raise ModelSourceError(
-                f"the default model is missing from {path}; train it with "
-                "`python -m edgekit.tinymodel` or set EDGEKIT_DATA to a data folder that has it")
-        return str(path)
+    """Map a named model (``"default"``, ``"smollm2-135m"``: :mod:`edgekit.models`) to its folder,
+    check a local folder, or pass a hub id through."""
+    text = str(source).strip() or "default"
+    if text in MODELS:  # a named model: "default" (shipped) or one `make setup` installs (edgekit.models)
+        return str(named_model_path(text))
     path = Path(text).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -44,7 +40,8 @@ def resolve_source(source: str | os.PathLike) -> str:
                                    "Convert them with `model.save_pretrained(dir, safe_serialization=True)`")
         return str(path.resolve())
     if text.startswith((".", "/", "~")) or text.count("/") > 1 or not _HUB_ID.match(text):
-        raise ModelSourceError(f"no model folder at {text!r}; check the path, or pass \"default\" or a hub id like org/name")
+        raise ModelSourceError(f"no model folder at {text!r}; check the path, or pass a named model "
+                               f"({', '.join(MODELS)}) or a hub id like org/name")
     return text
 
 
