@@ -151,6 +151,11 @@ class DynamicBatcher:
             for r, result in zip(batch, results):
                 r.future.set_result(result)
 
+    @property
+    def alive(self) -> bool:
+        """Whether the worker thread still runs (it stops only on :meth:`close`): a server's liveness."""
+        return self._worker.is_alive()
+
     def close(self) -> None:
         """Answer every queued request, then stop the worker."""
         if not self._closed:
