@@ -5,6 +5,7 @@ so every figure can be computed independently in a few lines: the thing under te
 metric, not a model.
 """
 import math
+import time
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from torch.nn import functional as F
 from edgekit.errors import InputError
 from hf_guide import hf_guide_perplexity
 
-from edgekit.measure import (EvalSettings, measure_latency, ratio_stat, score, scored_positions,
+from edgekit.measure import (EvalSettings, device_bandwidth, measure_latency, ratio_stat, score, scored_positions,
                              sliding_windows)
 
 VOCAB = 11
@@ -173,3 +174,34 @@ def test_latency_refuses_bad_input(table):
         measure_latency(BigramRunner(table), torch.tensor([1]), new_tokens=1, progress=False)
     with pytest.raises(InputError, match="instead of 8"):
         measure_latency(BigramRunner(table, tokens=5), torch.tensor([1]), new_tokens=8, progress=False)
+
+
+class WarmingRunner(BigramRunner):
+    """Each token of the process comes slower the earlier it is (2 ms + 30 ms x 0.85^i), as a cold GPU's do."""
+
+    def __init__(self, table):
+        super().__init__(table, name="warming")
+        self.produced = 0
+
+    def generate_stream(self, input_ids, max_new_tokens):
+        for token in super().generate_stream(input_ids, max_new_tokens):
+            time.sleep(0.002 + 0.03 * 0.85 ** self.produced)
+            self.produced += 1
+            yield token
+
+
+def test_latency_warms_up_until_steady_not_a_fixed_count(table):
+    stats = measure_latency(WarmingRunner(table), torch.tensor([1, 2]), new_tokens=12, runs=2, warmup=1,
+                            progress=False)
+    # runs 1 and 2 differ by ~4x and runs 2 and 3 by ~1.6x: no steadiness test stops before the third run
+    assert 3 <= stats["warmup_runs"] <= 12
+    assert stats["timer"] == "perf_counter"
+
+
+def test_latency_reports_achieved_bandwidth(table):
+    runner = BigramRunner(table)
+    runner.compute_path = "dense"
+    stats = measure_latency(runner, torch.tensor([1, 2, 3]), new_tokens=8, runs=3, progress=False)
+    assert stats["achieved_bandwidth_gb_s"] == pytest.approx(runner.weight_bytes() * stats["decode_tokens_per_s"] / 1e9)
+    assert stats["bandwidth_fraction"] == pytest.approx(stats["achieved_bandwidth_gb_s"] * 1e9 / device_bandwidth("cpu"))
+    assert device_bandwidth("cpu") > 0 and stats["compute_path"] == "dense"
