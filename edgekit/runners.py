@@ -12,9 +12,12 @@ same table. A runner offers three things:
 """
 from __future__ import annotations
 
+from collections import Counter
 from typing import Iterator, Protocol, runtime_checkable
 
 import torch
+
+from edgekit.packed import PackedLinear
 
 
 @runtime_checkable
@@ -121,6 +124,14 @@ class TorchRunner:
 
     def weight_bytes(self) -> int:
         return module_weight_bytes(self.model)
+
+    @property
+    def compute_path(self) -> str:
+        """How the linear layers multiply, with their counts: "int4 kernel (aten._weight_int4pack_mm_for_cpu) x42,
+        Linear x1", "dequantize x42, ...", "Linear4bit x42, ..." (bitsandbytes) or "Linear x43" (dense)."""
+        counts = Counter(m.compute_path if isinstance(m, PackedLinear) else type(m).__name__
+                         for m in self.model.modules() if isinstance(m, (torch.nn.Linear, PackedLinear)))
+        return ", ".join(f"{path} x{n}" for path, n in counts.most_common())
 
     def close(self) -> None:
         self.model = None
