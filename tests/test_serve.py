@@ -1,41 +1,92 @@
-"""The server on 127.0.0.1: a burst of concurrent requests, health, bad requests, a tampered artifact refused."""
+"""The server on 127.0.0.1: edgekit's /generate, health in every state, /metrics, a tampered artifact refused."""
+import json
 import shutil
-import socket
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import uvicorn
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from edgekit.errors import ArtifactError
-from edgekit.serve import create_app
+from edgekit.serve import create_app, serve_in_background
 
 VARIANT = "onnx-int4-g32"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def strict_json(response: httpx.Response) -> dict:
+    """The body as JSON, refusing NaN and Infinity (which JSON does not have)."""
+    def refuse(constant):
+        raise ValueError(f"{constant} in {response.request.url.path}")
+    return json.loads(response.text, parse_constant=refuse)
 
 
 @pytest.fixture(scope="module")
 def server(onnx_artifact):
     """A real uvicorn server on loopback, in a thread, serving the int4 artifact."""
     app = create_app(onnx_artifact(VARIANT), max_batch=4, max_wait_ms=20, max_new_tokens=16)
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started:
-        assert time.time() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", app
-    srv.should_exit = True
-    thread.join(timeout=30)
+    with serve_in_background(app) as url:
+        yield url, app
+
+
+def test_fresh_server_is_healthy_with_no_nan(onnx_artifact):
+    app = create_app(onnx_artifact(VARIANT))
+    with serve_in_background(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        health = client.get("/health")
+        ready, live = client.get("/health/ready"), client.get("/health/live")
+    assert health.status_code == 200
+    body = strict_json(health)
+    assert body["status"] == "ok" and body["ready"] and body["live"] and body["not_ready"] is None
+    assert body["latency_ms"] == {"latency_ms_p50": None, "latency_ms_p95": None, "latency_ms_p99": None}
+    assert body["requests"]["received"] == 0 and body["last_error"] is None
+    assert body["queue"] == {"depth": 0, "capacity": 64, "overloaded": False}
+    assert body["batcher"]["batches"] == 1  # the warm-up request
+    assert 0 < body["memory"]["pressure"] < 1 and body["memory"]["budget_from"] == "this-machine"
+    assert ready.status_code == 200 and live.status_code == 200
+
+
+def test_while_loading_live_but_not_ready_and_requests_get_503(onnx_artifact):
+    """Before the lifespan has loaded the model (TestClient without ``with`` runs no lifespan)."""
+    app = create_app(onnx_artifact(VARIANT))
+    client = TestClient(app)
+    try:
+        health = client.get("/health")
+        assert health.status_code == 200 and strict_json(health)["status"] == "loading"
+        assert not strict_json(health)["ready"]
+        assert client.get("/health/live").status_code == 200
+        ready = client.get("/health/ready")
+        assert ready.status_code == 503 and "loading" in ready.json()["reason"]
+        reply = client.post("/generate", json={"prompt": "Good", "max_new_tokens": 2})
+        assert reply.status_code == 503 and int(reply.headers["retry-after"]) > 0
+        assert strict_json(client.get("/health"))["requests"]["unavailable"] == 1
+    finally:
+        app.state.server.engine.close()
+    assert client.get("/health/live").status_code == 503  # the worker has stopped
+
+
+def test_after_an_error_health_counts_it_and_names_it(onnx_artifact):
+    app = create_app(onnx_artifact(VARIANT))
+    with serve_in_background(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        assert client.post("/generate", json={"prompt": "Good", "max_new_tokens": 2}).status_code == 200
+        app.state.server.runner.close()  # the runtime goes away under the server: generation fails
+        reply = client.post("/generate", json={"prompt": "Good", "max_new_tokens": 2})
+        health = strict_json(client.get("/health"))
+    assert reply.status_code == 500 and reply.json()["error"].startswith("generation failed")
+    assert health["status"] == "ok"  # alive and ready: one failed request is not a dead replica
+    assert health["requests"]["error"] == 1 and health["requests"]["ok"] == 1
+    assert health["last_error"].startswith("generation failed")
+
+
+def test_over_memory_budget_not_ready(onnx_artifact, tmp_path):
+    profile = tmp_path / "tiny-device.json"
+    profile.write_text(json.dumps({"name": "tiny-device", "kind": "cpu", "host_gib": 0.01}))
+    app = create_app(onnx_artifact(VARIANT), device=profile)
+    with serve_in_background(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        health, ready = strict_json(client.get("/health")), client.get("/health/ready")
+    assert ready.status_code == 503 and "over the" in ready.json()["reason"]
+    memory = health["memory"]
+    assert memory["over_budget"] and memory["pressure"] > 1 and memory["budget_from"] == "tiny-device"
+    assert not health["ready"] and health["live"]
 
 
 def test_burst_of_concurrent_requests_all_answered(server):
@@ -46,7 +97,7 @@ def test_burst_of_concurrent_requests_all_answered(server):
         with ThreadPoolExecutor(16) as pool:
             replies = list(pool.map(lambda p: client.post("/generate", json={"prompt": p, "max_new_tokens": 6}),
                                     prompts))
-        health = client.get("/health").json()
+        health = strict_json(client.get("/health"))
     assert all(r.status_code == 200 for r in replies)
     bodies = [r.json() for r in replies]
     assert all(b["new_tokens"] == 6 and len(b["tokens"]) == 6 for b in bodies)
@@ -62,13 +113,39 @@ def test_health_reports_artifact_memory_and_counts(server, onnx_artifact):
     from edgekit.artifact import read_manifest
 
     url, _ = server
-    health = httpx.get(url + "/health", timeout=30).json()
+    health = strict_json(httpx.get(url + "/health", timeout=30))
     manifest = read_manifest(onnx_artifact(VARIANT))
     assert health["status"] == "ok"
     assert health["artifact"]["checksum"] == manifest.checksum
     assert health["artifact"]["variant"] == VARIANT and health["artifact"]["schema_version"] >= 1
     assert 0 < health["memory"]["rss_bytes"] <= health["memory"]["peak_rss_bytes"]
-    assert set(health["requests"]) == {"received", "ok", "rejected", "errors"}
+    assert set(health["requests"]) == {"received", "ok", "rejected", "queue_full", "unavailable", "timeout",
+                                       "cancelled", "error"}
+
+
+def test_metrics_parse_as_prometheus_text(server):
+    url, _ = server
+    with httpx.Client(base_url=url, timeout=30) as client:
+        assert client.post("/generate", json={"prompt": "Good", "max_new_tokens": 3}).status_code == 200
+        assert client.post("/generate", json={"prompt": "", "max_new_tokens": 3}).status_code == 422
+        reply = client.get("/metrics")
+    assert reply.headers["content-type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(reply.text)}
+    requests = {(s.labels["endpoint"], s.labels["outcome"]): s.value
+                for s in families["edgekit_requests"].samples if s.name == "edgekit_requests_total"}
+    assert requests[("/generate", "ok")] >= 1 and requests[("/generate", "rejected")] >= 1
+
+    def value(family, sample_name=None, **labels):
+        return next(s.value for s in families[family].samples
+                    if s.name == (sample_name or family) and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    assert value("edgekit_request_duration_seconds", "edgekit_request_duration_seconds_count",
+                 endpoint="/generate") == requests[("/generate", "ok")]
+    assert value("edgekit_generated_tokens", "edgekit_generated_tokens_total") >= 3
+    assert value("edgekit_queue_depth") == 0 and value("edgekit_queue_capacity") == 64
+    assert value("edgekit_ready") == 1
+    assert value("process_resident_memory_bytes") > 0
+    assert value("edgekit_peak_resident_memory_bytes") >= value("process_resident_memory_bytes")  # read after it
 
 
 @pytest.mark.parametrize("body,status", [
@@ -87,7 +164,7 @@ def test_bad_requests_get_4xx_with_reason_and_server_keeps_serving(server, body,
         before = client.get("/health").json()["requests"]["rejected"]
         reply = client.post("/generate", json=body)
         assert reply.status_code == status
-        reason = reply.json().get("error") or reply.json().get("detail")
+        reason = reply.json()["error"]
         assert isinstance(reason, str) and reason
         assert client.get("/health").json()["requests"]["rejected"] == before + 1
         assert client.post("/generate", json={"prompt": "Good", "max_new_tokens": 2}).status_code == 200
