@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from edgekit.data import read_split
 from edgekit.errors import VariantError
-from edgekit.packed import PackedLinear, block_linears, replace_module, rtn_quantize
+from edgekit.packed import PackedLinear, block_linears, dequantize, group_count, replace_module, rtn_quantize
 from edgekit.variants import Variant, _torch_runner, register
 
 BLOCK_NAME = re.compile(r"^(?P<block>.*\.(?:layers|h)\.\d+)\.(?P<module>.+)$")
@@ -189,12 +189,12 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
-    H += damp * torch.mean(torch.diag(H)) * torch.eye(cols)
+    H += damp * torch.mean(torch.diag(H)) * torch.eye(cols, device=H.device)
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
     qmax = (1 << bits) - 1
-    codes = torch.zeros(out_features, cols, dtype=torch.uint8)
-    scales = torch.zeros(out_features, cols // group_size)
-    zeros = torch.zeros(out_features, cols // group_size, dtype=torch.uint8)
+    codes = torch.zeros(out_features, cols, dtype=torch.uint8, device=W.device)
+    scales = torch.zeros(out_features, group_count(cols, group_size), device=W.device)  # a ragged last group counts
+    zeros = torch.zeros_like(scales, dtype=torch.uint8)
     block = max(block_size // group_size, 1) * group_size  # lazy batches hold whole groups
     for i1 in range(0, cols, block):
         i2 = min(i1 + block, cols)
@@ -240,9 +240,7 @@ def quantize_gptq(model: nn.Module, calib: torch.Tensor, bits: int, group_size: 
 def rtn_dequantized(weight: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
     """The weight after an RTN round trip (fp16 scales), as PackedLinear would hold it."""
     codes, scale, zero = rtn_quantize(weight, bits, group_size)
-    out, cols = weight.shape
-    codes = codes.view(out, -1, group_size).float()
-    return ((codes - zero.unsqueeze(-1).float()) * scale.half().float().unsqueeze(-1)).reshape(out, cols)
+    return dequantize(codes, scale.half().float(), zero, group_size)
 
 
 def awq_scale(x: torch.Tensor, weights: list[torch.Tensor], bits: int, group_size: int, grid: int = 20) -> torch.Tensor:
