@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from edgekit.errors import VariantError
-from edgekit.packed import PackedLinear, block_linears
+from edgekit.packed import PackedLinear, block_linears, int4_kernel_for
 from edgekit.variants import Variant, build_runner, known_variants
 
 PYTORCH_VARIANTS = ["fp32", "bf16", "fp16", "int8", "nf4", "fp4", "int4-g32", "int4-g64", "int4-g128",
@@ -63,7 +63,8 @@ def test_footprints_shrink_where_they_must(footprints, reference):
     assert footprints["bf16"] == footprints["fp16"] == fp32 // 2
     for name in PYTORCH_VARIANTS[6:]:  # packed codes really are b bits, plus fp16 scale + uint8 zero a group
         v = Variant.parse(name)
-        assert footprints[name] == fp32 - 4 * block + block * v.bits // 8 + 3 * block // v.group_size, name
+        per_group = 4 if int4_kernel_for("cpu", v.bits, v.group_size, 16) else 3  # the int4 kernel's bf16 scale + zero
+        assert footprints[name] == fp32 - 4 * block + block * v.bits // 8 + per_group * block // v.group_size, name
     assert footprints["int4-g128"] < footprints["int4-g64"] < footprints["int4-g32"]
     assert footprints["int2-g64"] < footprints["int3-g64"] < footprints["int4-g64"] < footprints["int8"] < fp32
     assert footprints["nf4"] == footprints["fp4"] < footprints["int8"]
