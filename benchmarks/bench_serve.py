@@ -1,0 +1,130 @@
+"""Serving under open-loop load: `edgekit serve` on 127.0.0.1 at several Poisson rates, and the knee of its P99.
+
+Starts the server as its own process, as an operator would (`edgekit serve ARTIFACT`), then
+
+1. the baseline, in the same run: requests sent one after another (closed loop, nothing queued):
+   latency P50/P99 and the single-stream rate 1 / mean latency;
+2. seeded open-loop Poisson load (edgekit.serve_load) at multiples of that rate, a bounded number
+   of requests each: throughput (answered requests/s, generated tokens/s), P50/P95/P99 from each
+   request's scheduled arrival, rejected (429, queue full) and timed-out (504) counts;
+3. the knee: the highest offered rate whose P99 met the target (default 3x the baseline P99) with
+   nothing rejected or timed out, and the first rate that missed it.
+
+Usage:
+  flock /tmp/edgekit-bench.lock .venv/bin/python benchmarks/bench_serve.py [--artifact DIR] [--rates 0.5,1,2,4,8]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from edgekit.artifact import verify_artifact
+from edgekit.data import read_split
+from edgekit.serve_load import knee, load_sweep
+
+
+def export(args, scratch: str) -> Path:
+    """The variant exported with `edgekit export` into a scratch folder (when no --artifact is given)."""
+    folder = Path(scratch) / args.variant
+    subprocess.run([sys.executable, "-m", "edgekit", "export", "--model", args.model, "--variant", args.variant,
+                    "--out", str(folder)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return folder
+
+
+def start_server(folder: Path, args) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "serve", str(folder), "--port", str(port),
+                             "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
+                             "--max-queue", str(args.max_queue), "--timeout-s", str(args.timeout_s)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while True:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the server did not become ready; run `edgekit serve {folder}` to see why")
+        try:
+            if httpx.get(url + "/health/ready", timeout=5).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="default")
+    p.add_argument("--variant", default="onnx-int4-g32")
+    p.add_argument("--artifact", default=None, help="an artifact folder (default: export --variant now)")
+    p.add_argument("--rates", default="0.5,1,2,4,8", help="offered rates as multiples of the single-stream rate")
+    p.add_argument("--requests", type=int, default=48, help="requests per rate (bounded)")
+    p.add_argument("--baseline-requests", type=int, default=12)
+    p.add_argument("--max-tokens", type=int, default=16, help="tokens generated per request (greedy)")
+    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--max-wait-ms", type=float, default=10.0)
+    p.add_argument("--max-queue", type=int, default=32)
+    p.add_argument("--timeout-s", type=float, default=10.0)
+    p.add_argument("--p99-ms", type=float, default=None, help="P99 target (default: 3x the baseline P99)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as scratch:
+        run(Path(args.artifact) if args.artifact else export(args, scratch), args)
+
+
+def run(folder: Path, args) -> None:
+    model = verify_artifact(folder).variant
+    lines = [line for line in read_split("eval").splitlines() if len(line.split()) >= 4][:64]
+    payloads = [{"model": model, "prompt": lines[i % len(lines)], "max_tokens": args.max_tokens, "temperature": 0}
+                for i in range(args.requests)]
+    proc, url = start_server(folder, args)
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            client.post("/v1/completions", json=payloads[0])  # connection and caches warm
+            latencies = []
+            for payload in payloads[:args.baseline_requests]:
+                start = time.perf_counter()
+                reply = client.post("/v1/completions", json=payload)
+                if reply.status_code != 200:
+                    raise SystemExit(f"the baseline request failed: {reply.status_code} {reply.text}")
+                latencies.append(time.perf_counter() - start)
+        base_p50, base_p99 = (float(np.percentile(latencies, q)) * 1000 for q in (50, 99))
+        single = 1 / float(np.mean(latencies))
+        target = args.p99_ms or 3 * base_p99
+        print(f"{model} behind `edgekit serve` (max batch {args.max_batch}, wait {args.max_wait_ms:g} ms, "
+              f"queue {args.max_queue}, timeout {args.timeout_s:g} s), {args.max_tokens} greedy tokens per request")
+        print(f"baseline, one request at a time ({len(latencies)} requests): P50 {base_p50:.0f} ms, "
+              f"P99 {base_p99:.0f} ms, single-stream rate {single:.1f} req/s; P99 target {target:.0f} ms")
+
+        rates = [float(m) * single for m in args.rates.split(",")]
+        load_sweep(url, payloads[:16], [single], target, args.seed + 1, progress=False)  # warm-up, not reported
+        sweep = load_sweep(url, payloads, rates, target, args.seed, timeout_s=args.timeout_s + 5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    sweep.insert(1, "x_single", sweep["offered_rate_per_s"] / single)
+    sweep["p99_x_base"] = sweep["latency_ms_p99"] / base_p99
+    columns = ["offered_rate_per_s", "x_single", "answered", "rejected", "timed_out", "requests_per_s",
+               "tokens_per_s", "latency_ms_p50", "latency_ms_p95", "latency_ms_p99", "p99_x_base", "within_target"]
+    print(f"\nopen-loop Poisson load, {args.requests} requests per rate (seed {args.seed}):")
+    print(sweep[columns].to_string(index=False, float_format=lambda x: f"{x:.1f}"))
+    k = knee(sweep)
+    sustained, first = k["sustained_rate_per_s"], k["first_missed_rate_per_s"]
+    within = (f"P99 within {target:.0f} ms up to {sustained:.1f} req/s ({sustained / single:.1f}x the single stream)"
+              if sustained else f"no rate tried kept P99 within {target:.0f} ms")
+    print(f"knee: {within}; " + (f"first missed at {first:.1f} req/s ({first / single:.1f}x)" if first
+                                 else "no rate tried missed it"))
+
+
+if __name__ == "__main__":
+    main()
