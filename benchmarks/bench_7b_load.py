@@ -2,7 +2,7 @@
 
 For each variant, in a fresh child process (so each peak is its own): plan the model
 (:func:`edgekit.plan.plan_memory` against this machine), load it through
-:func:`edgekit.variants.build_runner` (guarded loading; over 1 GiB of checkpoint it
+:func:`edgekit.registry.build_runner` (guarded loading; over 1 GiB of checkpoint it
 quantizes while reading the memory-mapped shards), then run one forward pass over a short
 prompt and a few greedy decode steps with the KV cache. It prints planned vs measured
 weight bytes, peak RSS of the load and of the run (anonymous and file-backed apart,
@@ -35,7 +35,7 @@ def measure_one(model: str, variant: str, context: int, prompt_tokens: int, deco
 
     from edgekit.memory import PeakMemory, release_memory, rss_breakdown
     from edgekit.plan import plan_memory
-    from edgekit.variants import build_runner
+    from edgekit.registry import build_runner
 
     plan = plan_memory(model, variant.split(":")[0], context=context, device="this-machine")
     release_memory()

@@ -18,7 +18,7 @@ import pandas as pd
 from edgekit.batching import batch_sweep, generation_batcher, largest_batch_within, poisson_load
 from edgekit.data import read_split
 from edgekit.results import Result, ResultStore
-from edgekit.variants import build_runner
+from edgekit.registry import build_runner
 
 
 def main() -> None:

@@ -34,10 +34,10 @@ import torch
 
 
 def evaluation_overhead(max_tokens: int, repeats: int) -> None:
-    from edgekit.compare import eval_token_ids
+    from edgekit.data import eval_token_ids
     from edgekit.loading import load_tokenizer
     from edgekit.measure import EvalSettings, score, sliding_windows
-    from edgekit.variants import build_runner
+    from edgekit.registry import build_runner
 
     settings = EvalSettings(context=256, stride=128, max_tokens=max_tokens, batch_size=8)
     tokenizer = load_tokenizer("default")

@@ -6,7 +6,7 @@ measures PyTorch fp32 first and then each ONNX variant through the same
 :func:`edgekit.measure.measure_latency`: time to first token, decode tokens/s and the
 P50/P95/P99 of single decode steps, with the ratio to PyTorch fp32 from the same run.
 
-Then it checks that :class:`edgekit.ort_runner.ORTRunner` loses nothing against the
+Then it checks that :class:`edgekit.runtimes.onnxruntime.runner.ORTRunner` loses nothing against the
 runtimes' own generation loops on the same files and thread count: optimum's
 ``ORTModelForCausalLM.generate`` and, where installed, onnxruntime-genai's ``Generator``
 (greedy), all timed end to end (prompt in, N tokens out), alternating.
@@ -34,11 +34,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edgekit.artifact import load_artifact  # noqa: E402
-from edgekit.compare import eval_token_ids  # noqa: E402
+from edgekit.data import eval_token_ids
 from edgekit.loading import resolve_source  # noqa: E402
 from edgekit.measure import measure_latency  # noqa: E402
-from edgekit.onnx_variants import cached_artifact  # noqa: E402
-from edgekit.variants import build_runner  # noqa: E402
+from edgekit.runtimes.onnxruntime import cached_artifact  # noqa: E402
+from edgekit.registry import build_runner  # noqa: E402
 
 VARIANTS = ("onnx-fp32", "onnx-int8", "onnx-int8-static", "onnx-int4-g32:accuracy_level=0", "onnx-int4-g32",
             "onnx-int4-g128")

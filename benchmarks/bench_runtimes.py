@@ -36,11 +36,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edgekit.compare import eval_token_ids  # noqa: E402
+from edgekit.data import eval_token_ids
 from edgekit.loading import load_tokenizer, resolve_source  # noqa: E402
 from edgekit.measure import measure_latency  # noqa: E402
-from edgekit.results import work_dir  # noqa: E402
-from edgekit.variants import Variant, build_runner  # noqa: E402
+from edgekit.data import work_dir
+from edgekit.registry import Variant, build_runner  # noqa: E402
 
 RUNTIMES = {
     "PyTorch": ("fp32", "int8-g128", "int4-g32"),
@@ -55,7 +55,7 @@ LLAMA_BENCH = work_dir() / "llama-bench-build" / "bin" / "llama-bench"
 
 def build_llama_bench() -> Path:
     """Build llama-bench from the llama.cpp sources in the installed llama-cpp-python's sdist (cmake + ninja)."""
-    from edgekit.gguf import ensure_converter, llama_cpp_version
+    from edgekit.runtimes.llama_cpp import ensure_converter, llama_cpp_version
 
     version = llama_cpp_version()
     src = work_dir() / "llamacpp-src"
@@ -169,8 +169,8 @@ def bench_model(model: str, args) -> None:
           f"own tool: {'tok/s':>8s}  edgekit/own")
     base = None
     for runtime, variants in RUNTIMES.items():
-        if runtime == "ONNX Runtime" and importlib.util.find_spec("edgekit.onnx_variants") is None:
-            print(f"  {runtime:13s} skipped: edgekit.onnx_variants is not present")
+        if runtime == "ONNX Runtime" and importlib.util.find_spec("edgekit.runtimes.onnxruntime") is None:
+            print(f"  {runtime:13s} skipped: edgekit.runtimes.onnxruntime is not present")
             continue
         for variant in variants:
             takes_threads = Variant.parse(variant).family in ("openvino", "llama.cpp")

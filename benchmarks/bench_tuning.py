@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from edgekit.loading import load_tokenizer
-from edgekit.onnx_variants import cached_artifact
+from edgekit.runtimes.onnxruntime import cached_artifact
 from edgekit.results import ResultStore
 from edgekit.tuning import grid, onnx_variant_factory, torch_factory, tune, write_best
 

@@ -11,23 +11,26 @@ llama.cpp) writes the same manifest and registers a loader for its ``runtime`` n
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+import edgekit
 from edgekit import selftest
+from edgekit.data import staged
 from edgekit.errors import ArtifactError
+from edgekit.loading import resolve_source
+from edgekit.runtimes import module_of
 
+SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+              "special_tokens_map.json", "tokenizer.model")
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 LOADERS: dict[str, tuple[Callable[..., Any], Callable[[], int | None]]] = {}
-# runtime name -> module that registers its loader (imported when such an artifact is loaded)
-LOADER_MODULES = {"onnxruntime": "edgekit.ort_runner", "openvino": "edgekit.openvino_backend",
-                  "llama.cpp": "edgekit.gguf"}
 
 
 def artifact_loader(runtime: str, max_opset: Callable[[], int | None] = lambda: None):
@@ -39,6 +42,17 @@ def artifact_loader(runtime: str, max_opset: Callable[[], int | None] = lambda: 
         LOADERS[runtime] = (fn, max_opset)
         return fn
     return wrap
+
+
+def copy_side_files(source: str, out_dir: str | Path) -> list[str]:
+    """Copy the tokenizer and config files of a local model folder (those that exist)."""
+    resolved = Path(resolve_source(source))
+    copied = []
+    for name in SIDE_FILES:
+        if (resolved / name).is_file():
+            shutil.copy2(resolved / name, Path(out_dir) / name)
+            copied.append(name)
+    return copied
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -74,7 +88,6 @@ def write_manifest(folder: str | Path, *, variant: str, runtime: str, runtime_ve
                    evaluation: dict | None = None, runtime_settings: dict | None = None,
                    extra: dict | None = None) -> Manifest:
     """Hash every file in ``folder`` (except the manifest) and write ``manifest.json``."""
-    import edgekit
 
     folder = Path(folder)
     files = {str(p.relative_to(folder)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
@@ -138,28 +151,31 @@ def verify_artifact(folder: str | Path, supported_opset: int | None = None) -> M
     return manifest
 
 
-def load_artifact(folder: str | Path, **runtime_options: Any):
-    """Verify the artifact, then build the Runner its runtime registered (recommended settings applied)."""
-    import importlib
-
-    manifest = read_manifest(folder)
-    runtime = manifest.runtime
-    if runtime not in LOADERS and runtime in LOADER_MODULES:
-        importlib.import_module(LOADER_MODULES[runtime])
+def runtime_loader(runtime: str) -> tuple[Callable[..., Any], Callable[[], int | None]]:
+    """The loader ``runtime``'s module registered (the module is imported on first use)."""
+    if runtime not in LOADERS:
+        try:
+            importlib.import_module(module_of(runtime))
+        except ModuleNotFoundError:
+            pass
     if runtime not in LOADERS:
         raise ArtifactError(f"artifact runtime {runtime!r} is not supported here; install its runtime "
-                            f"(supported: {', '.join(LOADER_MODULES)})")
-    loader, max_opset = LOADERS[runtime]
+                            f"(supported: {', '.join(sorted(LOADERS)) or 'none installed'})")
+    return LOADERS[runtime]
+
+
+def load_artifact(folder: str | Path, **runtime_options: Any):
+    """Verify the artifact, then build the Runner its runtime registered (recommended settings applied)."""
+    runtime = read_manifest(folder).runtime
+    loader, max_opset = runtime_loader(runtime)
     selftest.require(runtime)
     return loader(verify_artifact(folder, supported_opset=max_opset()), **runtime_options)
 
 
 def cached_artifact(folder: str | Path, export: Callable[[Path], Any]) -> Path:
-    """``folder`` if it holds an intact artifact; otherwise build it with ``export(out_dir)``.
+    """``folder`` if it holds an intact artifact; otherwise build it with ``export(out_dir)``, staged.
 
-    The export runs into a staging folder beside ``folder`` and is moved into place only
-    when complete, so an interrupted export never leaves a half-written artifact, and a
-    damaged cached artifact is rebuilt rather than used. Every runtime's variant cache
+    A damaged cached artifact is rebuilt rather than used. Every runtime's variant cache
     (ONNX Runtime, OpenVINO, llama.cpp) goes through here.
     """
     folder = Path(folder)
@@ -169,14 +185,6 @@ def cached_artifact(folder: str | Path, export: Callable[[Path], Any]) -> Path:
             return folder
         except ArtifactError:
             shutil.rmtree(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-        export(staging)
-        try:
-            staging.rename(folder)
-        except OSError:  # another process finished the same artifact first: use theirs
-            verify_artifact(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    staged(folder, export)
+    verify_artifact(folder)
     return folder

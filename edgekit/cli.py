@@ -1,4 +1,8 @@
-"""The ``edgekit`` command line: argument parsing only; every command calls the library."""
+"""The ``edgekit`` command line: argument parsing only; every command calls the library.
+
+The library is imported inside each command, not at the top, so that ``edgekit --help`` and a
+mistyped command answer at once instead of after importing torch and every runtime.
+"""
 from __future__ import annotations
 
 import argparse
@@ -19,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="measure quantization variants side by side")
     c.add_argument("--model", default="default", help='"default", a local model folder or a hub id')
-    c.add_argument("--variants", type=_name_list, default=None, help="comma-separated variant names")
+    c.add_argument("--variants", type=_name_list, default=None,
+                   help="comma-separated variant names, options after a colon (`edgekit variants` lists them)")
     c.add_argument("--eval-text", default="eval", help="a corpus split (eval, eval_milton) or a text file")
     c.add_argument("--context", type=int, default=256)
     c.add_argument("--stride", type=int, default=128)
@@ -56,12 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--prompt", required=True)
     r.add_argument("--max-new-tokens", type=int, default=40)
 
-    s = sub.add_parser("serve", help="serve a verified artifact over HTTP (POST /generate, GET /health)")
+    s = sub.add_parser("serve", help="serve a verified artifact over HTTP (OpenAI /v1 API, /health, /metrics)")
     s.add_argument("artifact", type=Path)
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--max-batch", type=int, default=8, help="largest batch the dynamic batcher forms")
     s.add_argument("--max-wait-ms", type=float, default=10.0, help="longest a request waits for a batch to fill")
+    s.add_argument("--max-queue", type=int, default=64, help="requests waiting or decoding at most; more get 429")
+    s.add_argument("--timeout-s", type=float, default=60.0, help="a request's limit from arrival to last token (504)")
+    s.add_argument("--device", default=None, help="device profile whose host memory budget readiness checks "
+                                                  "(default: this machine)")
+
+    vs = sub.add_parser("variants", help="every variant: its runtime, what it is, the options it takes")
+    vs.add_argument("--family", default=None, help="only this runtime (pytorch, onnxruntime, openvino, llama.cpp)")
 
     d = sub.add_parser("doctor", help="what this machine can run: CPU features, runtimes' self-tests, GPU, memory")
     d.add_argument("--json", type=Path, default=None, help="also write the checks as JSON here")
@@ -110,7 +122,7 @@ def run_plan(args) -> None:
 
 
 def run_export(args) -> None:
-    from edgekit.variants import export_artifact
+    from edgekit.registry import export_artifact
 
     manifest = export_artifact(args.variant, args.model, args.out)
     print(f"wrote {args.variant} artifact to {manifest.path} ({len(manifest.data['files'])} files, "
@@ -118,13 +130,10 @@ def run_export(args) -> None:
 
 
 def run_verify(args) -> None:
-    from edgekit.artifact import LOADERS, LOADER_MODULES, read_manifest, verify_artifact
-    import importlib
+    from edgekit.artifact import read_manifest, runtime_loader, verify_artifact
 
     runtime = read_manifest(args.artifact).runtime
-    if runtime in LOADER_MODULES and runtime not in LOADERS:
-        importlib.import_module(LOADER_MODULES[runtime])
-    max_opset = LOADERS[runtime][1]() if runtime in LOADERS else None
+    max_opset = runtime_loader(runtime)[1]()
     manifest = verify_artifact(args.artifact, supported_opset=max_opset)
     print(f"ok: {manifest.variant} for {runtime}, {len(manifest.data['files'])} files intact, "
           f"checksum {manifest.checksum[:16]}")
@@ -141,7 +150,17 @@ def run_run(args) -> None:
 def run_serve(args) -> None:
     from edgekit.serve import serve
 
-    serve(args.artifact, host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+    serve(args.artifact, host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+          max_queue=args.max_queue, timeout_s=args.timeout_s, device=args.device)
+
+
+def run_variants(args) -> None:
+    from edgekit.registry import entries
+
+    for entry in entries():
+        if args.family in (None, entry.family):
+            options = ", ".join(entry.accepted_options) or "none"
+            print(f"{', '.join(entry.examples):<48} {entry.family:<12} {entry.summary}  [options: {options}]")
 
 
 def run_doctor(args) -> None:
@@ -168,7 +187,8 @@ class _pandas_wide:
 
 
 COMMANDS = {"compare": run_compare, "plan": run_plan, "export": run_export, "verify": run_verify,
-            "run": run_run, "serve": run_serve, "doctor": run_doctor}
+            "run": run_run, "serve": run_serve, "doctor": run_doctor,
+            "variants": run_variants}
 
 
 def main(argv: list[str] | None = None) -> int:

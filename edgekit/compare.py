@@ -16,15 +16,14 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import pandas as pd
-import torch
 
-from edgekit.data import SPLITS, read_split
+from edgekit.data import eval_token_ids, work_dir
 from edgekit.errors import EdgekitError, InputError
 from edgekit.loading import load_tokenizer, model_revision, resolve_source
 from edgekit.measure import EvalSettings, Scores, measure_latency, score
 from edgekit.memory import PeakMemory, release_memory
-from edgekit.results import Result, ResultStore, new_run_id, work_dir
-from edgekit.variants import Variant, build_runner
+from edgekit.registry import Variant, build_runner
+from edgekit.results import Result, ResultStore, new_run_id
 
 DEFAULT_VARIANTS = ("fp32", "int8", "nf4", "fp4", "int4-g32", "int4-g128", "int2-g64")
 
@@ -35,20 +34,6 @@ class LatencySettings:
     new_tokens: int = 32
     runs: int = 5
     warmup: int = 1
-
-
-def eval_token_ids(tokenizer, eval_text: str = "eval") -> torch.Tensor:
-    """Token ids of a corpus split name (``eval``, ``eval_milton``...), a text file path, or raw text."""
-    if eval_text in SPLITS:
-        text = read_split(eval_text)
-    elif len(eval_text) < 4096 and "\n" not in eval_text and Path(eval_text).expanduser().is_file():
-        text = Path(eval_text).expanduser().read_text(encoding="utf-8")
-    elif len(eval_text) < 4096 and "\n" not in eval_text and ("/" in eval_text or eval_text.endswith(".txt")):
-        raise InputError(f"no text file at {eval_text!r}; pass an existing file, a split ({', '.join(SPLITS)}) or the text itself")
-    else:
-        text = eval_text
-    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False, verbose=False)["input_ids"][0]
-    return ids
 
 
 def compare(model: str = "default", variants: Iterable[str] = DEFAULT_VARIANTS, eval_text: str = "eval",

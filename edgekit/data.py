@@ -1,13 +1,18 @@
-"""Where the shipped data lives: corpus splits, model configs, device profiles, default model.
+"""Where edgekit reads and writes: the shipped data (corpus splits, model configs, the default
+model) and the work folder (results, artifacts, caches); and the one way text becomes token ids.
 
-``EDGEKIT_DATA`` overrides the data folder (default: ``data/`` beside the package).
+``EDGEKIT_DATA`` overrides the data folder (default: ``data/`` beside the package);
+``EDGEKIT_HOME`` the work folder (default: ``./edgekit-results``).
 """
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Any, Callable
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, InputError
 
 SPLITS = ("train", "calibration", "eval", "eval_milton")
 DEFAULT_MODEL_NAME = "tiny-shakespeare-llama"
@@ -33,3 +38,42 @@ def read_split(split: str) -> str:
 
 def default_model_path() -> Path:
     return data_dir() / "models" / DEFAULT_MODEL_NAME
+
+
+def work_dir() -> Path:
+    """Where edgekit writes results, artifacts and reports (``EDGEKIT_HOME``, default ./edgekit-results)."""
+    path = Path(os.environ.get("EDGEKIT_HOME", "edgekit-results"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def eval_token_ids(tokenizer, eval_text: str = "eval"):
+    """Token ids (a 1-D tensor) of a corpus split name (``eval``, ``eval_milton``...), a text file path, or raw text."""
+    if eval_text in SPLITS:
+        text = read_split(eval_text)
+    elif len(eval_text) < 4096 and "\n" not in eval_text and Path(eval_text).expanduser().is_file():
+        text = Path(eval_text).expanduser().read_text(encoding="utf-8")
+    elif len(eval_text) < 4096 and "\n" not in eval_text and ("/" in eval_text or eval_text.endswith(".txt")):
+        raise InputError(f"no text file at {eval_text!r}; pass an existing file, a split ({', '.join(SPLITS)}) or the text itself")
+    else:
+        text = eval_text
+    return tokenizer(text, return_tensors="pt", add_special_tokens=False, verbose=False)["input_ids"][0]
+
+
+def staged(folder: str | Path, build: Callable[[Path], Any]) -> Path:
+    """Build ``folder`` with ``build(staging)`` in a staging folder beside it, moved into place only
+    when complete, so an interrupted build never leaves a half-written folder. If another process
+    finished the same folder first, theirs is kept. Every artifact, export and cache goes through here."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        build(staging)
+        try:
+            staging.rename(folder)
+        except OSError:
+            if not folder.exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder

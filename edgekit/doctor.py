@@ -16,8 +16,8 @@ import psutil
 import torch
 
 from edgekit import cpu_features, selftest
+from edgekit.data import work_dir
 from edgekit.native_build import REBUILD_HINT, build_record
-from edgekit.results import work_dir
 
 VERSIONED = ("torch", "transformers", "accelerate", "bitsandbytes", "optimum", "onnxruntime", "openvino", "nncf",
              "llama-cpp-python")

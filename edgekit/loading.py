@@ -17,6 +17,7 @@ from typing import Any
 
 from edgekit.errors import ModelSourceError
 from edgekit.models import MODELS, named_model_path
+from edgekit.runners import module_weight_bytes
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -180,7 +181,6 @@ def model_summary(model, source: str) -> dict:
     """Size facts of a loaded model: parameters, bytes in memory and on disk, shape."""
     from pathlib import Path
 
-    from edgekit.runners import module_weight_bytes
 
     config = model.config
     folder = Path(resolve_source(source))

@@ -22,7 +22,6 @@ as gpt-fast's benchmark prints it.
 from __future__ import annotations
 
 import math
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from edgekit.data import staged
 from edgekit.errors import InputError
 
 Z95 = 1.959963984540054
@@ -116,18 +116,14 @@ class Scores:
 
     def save(self, folder: Path) -> Path:
         """Keep these scores (a baseline's log-probabilities included) in ``folder``, written whole or not at all."""
-        folder = Path(folder)
-        staging = folder.with_name(folder.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
         arrays = {k: v for k, v in (("nll", self.nll), ("counts", self.counts), ("top1", self.top1),
                                     ("kl", self.kl), ("agree", self.agree)) if v is not None}
-        np.savez(staging / "sums.npz", tokens=np.array(self.tokens), **arrays)
-        if self.logprobs is not None:
-            np.save(staging / "logprobs.npy", self.logprobs)
-        shutil.rmtree(folder, ignore_errors=True)
-        staging.rename(folder)
-        return folder
+
+        def write(out: Path) -> None:
+            np.savez(out / "sums.npz", tokens=np.array(self.tokens), **arrays)
+            if self.logprobs is not None:
+                np.save(out / "logprobs.npy", self.logprobs)
+        return folder if (Path(folder) / "sums.npz").is_file() else staged(folder, write)
 
     @classmethod
     def load(cls, folder: Path) -> "Scores":

@@ -21,7 +21,6 @@ offload map (layers on the accelerator, then host memory, then disk) that
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -33,16 +32,13 @@ import torch
 
 from edgekit.data import data_dir
 from edgekit.errors import ModelSourceError, PlanError, VariantError
+from edgekit.layout import block_linears, top_module
+from edgekit.loading import model_config
+from edgekit.registry import DTYPE_BYTES, Variant, offered_variants
 
 GIB = 1024 ** 3
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
-DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
-_TORCH_DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
-# GGUF block formats, bits per weight including their per-block scales (llama.cpp ggml-quants)
-_GGUF_BITS = {"f32": 32, "f16": 16, "bf16": 16, "q8_0": 8.5, "q6_k": 6.5625, "q5_k_m": 5.5, "q5_0": 5.5,
-              "q4_k_m": 4.5, "q4_0": 4.5, "q4_1": 5.0, "q3_k_m": 3.4375, "q2_k": 2.625}
-# Variants that compute in an accelerate offload map (hooks move dense weights in and out)
-_OFFLOADABLE = ("fp32", "bf16", "fp16")
+TORCH_DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 # ---------------------------------------------------------------- model configs
@@ -77,8 +73,6 @@ def load_config(config: Any):
             raise ModelSourceError(f"{path} is not a JSON config ({exc}); pass a config.json") from None
     if path.is_dir() and (path / "config.json").exists() and not any(path.glob("*.safetensors")):
         return _config_from_dict(json.loads((path / "config.json").read_text()), str(path))
-    from edgekit.loading import model_config
-
     try:
         return model_config(text)
     except ModelSourceError as exc:
@@ -102,15 +96,13 @@ def config_dtype(config) -> str:
     """The checkpoint's dtype as fp32/bf16/fp16 (fp32 when the config does not say)."""
     dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     name = str(dtype).replace("torch.", "") if dtype is not None else "float32"
-    return _TORCH_DTYPE_NAMES.get(name, "fp32")
+    return TORCH_DTYPE_NAMES.get(name, "fp32")
 
 
 @lru_cache(maxsize=16)
 def _meta_layout(config_json: str, model_type: str) -> tuple:
     """(parameter count, [(module, out, in, bias) for decoder linears], [(top module, numel)]) of a meta model."""
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from edgekit.packed import block_linears
 
     config = AutoConfig.for_model(model_type, **{k: v for k, v in json.loads(config_json).items() if k != "model_type"})
     try:
@@ -127,7 +119,7 @@ def _meta_layout(config_json: str, model_type: str) -> tuple:
     others: dict[str, int] = {}
     for name, p in model.named_parameters():  # shared (tied) parameters are listed once
         if name not in in_linears:
-            top = _top_module(name)
+            top = top_module(name)
             others[top] = others.get(top, 0) + p.numel()
     count = sum(p.numel() for p in model.parameters())
     return count, tuple(linears), tuple(others.items())
@@ -137,74 +129,28 @@ def _layout(config):
     return _meta_layout(config.to_json_string(use_diff=False), config.model_type)
 
 
-def _top_module(param_name: str) -> str:
-    """``model.layers.3.mlp.up_proj.weight`` -> ``model.layers.3``; ``lm_head.weight`` -> ``lm_head``."""
-    match = re.match(r"(.*?\.(?:layers|h)\.\d+)\.", param_name)
-    return match.group(1) if match else param_name.rsplit(".", 1)[0]
-
-
 def parameter_count(config) -> int:
     """Exact number of parameters (tied embeddings counted once)."""
     return _layout(load_config(config))[0]
 
 
 # ---------------------------------------------------------------- bytes per scheme
-def _split_variant(variant: str) -> tuple[str, dict]:
-    from edgekit.variants import Variant, _parse_options
-
-    if isinstance(variant, Variant):
-        return variant.name, dict(variant.options)
-    name, _, opts = str(variant).strip().partition(":")
-    return name, dict(_parse_options(opts, name))
+def decoder_linears(config) -> list[str]:
+    """Names of the decoder blocks' linear layers (``model.layers.3.mlp.down_proj``...), from the meta model."""
+    return [name for name, *_ in _layout(load_config(config))[1]]
 
 
-def linear_bytes(out_f: int, in_f: int, bias: bool, scheme: str, dense: str) -> int:
-    """Bytes one ``out_f x in_f`` linear layer occupies under ``scheme``; ``dense`` is the
-    dtype (fp32/bf16/fp16) of what the scheme leaves unquantized (biases)."""
-    name, options = _split_variant(scheme)
-    n = out_f * in_f
-    bias_bytes = out_f * DTYPE_BYTES[dense] if bias else 0
-    if name in DTYPE_BYTES or name == "onnx-fp32":
-        return (n + (out_f if bias else 0)) * DTYPE_BYTES.get(name, 4)
-    if name == "int8":  # LLM.int8: int8 rows + one fp32 scale per row (SCB)
-        return n + 4 * out_f + bias_bytes
-    if name in ("nf4", "fp4"):  # 4-bit codes, absmax per 64 weights
-        blocks = math.ceil(n / 64)
-        if options.get("double_quant"):  # absmax as uint8 + fp32 absmax per 256 of them + 256-entry fp32 code
-            absmax = blocks + 4 * math.ceil(blocks / 256) + 4 * 256
-        else:
-            absmax = 4 * blocks
-        return math.ceil(n / 2) + absmax + bias_bytes
-    packed = re.fullmatch(r"(?:gptq-|awq-|qat-|ov-|onnx-)?int(\d)-g(\d+)", name)
-    if packed:  # b-bit codes + fp16 scale + uint8 zero per group (fp32 bias in PackedLinear)
-        bits, group = int(packed.group(1)), int(packed.group(2))
-        groups = out_f * math.ceil(in_f / group)
-        return math.ceil(n * bits / 8) + 3 * groups + (4 * out_f if bias else 0)
-    mixed = re.fullmatch(r"mixed-(?:(?:gptq|awq)-)?int(\d)-g(\d+)-k\d+", name)
-    if mixed:  # without the layer list, priced as the base scheme (see weight_bytes(layer_schemes=...))
-        return linear_bytes(out_f, in_f, bias, f"int{mixed.group(1)}-g{mixed.group(2)}", dense)
-    if name in ("onnx-int8", "ov-int8"):  # per-channel int8 + fp32 scale + int8 zero point
-        return n + 5 * out_f + (4 * out_f if bias else 0)
-    gguf = re.fullmatch(r"gguf-(\w+)", name)
-    if gguf and gguf.group(1).lower() in _GGUF_BITS:
-        return math.ceil(n * _GGUF_BITS[gguf.group(1).lower()] / 8) + (4 * out_f if bias else 0)
-    raise VariantError(f"cannot plan variant {name!r}; plannable: fp32, bf16, fp16, int8, nf4, fp4, intB-gG "
-                       f"(B in 2,3,4,8), gptq-/awq-int4-gG, mixed-int4-gG-kK, onnx-fp32/int8/int4-gG, "
-                       f"ov-int8/int4-gG, gguf-{{{','.join(_GGUF_BITS)}}}")
+def linear_bytes(out_f: int, in_f: int, bias: bool, scheme: "str | Variant", dense: str) -> int:
+    """Bytes one ``out_f x in_f`` linear layer occupies under ``scheme`` (its registry entry prices
+    it); ``dense`` is the dtype (fp32/bf16/fp16) of what the scheme leaves unquantized (biases)."""
+    variant = Variant.parse(scheme)
+    return variant.entry.linear_bytes(variant, out_f, in_f, bias, dense)
 
 
-def _dense_dtype(config, variant: str) -> str:
-    """Dtype of what stays unquantized: the variant's own for fp32/bf16/fp16, else the
-    ``compute_dtype`` option, else the checkpoint's (fp32 for the default model)."""
-    name, options = _split_variant(variant)
-    if name in DTYPE_BYTES:
-        return name
-    if name.startswith(("onnx-", "gguf-", "ov-")):
-        return "fp32" if name.startswith("onnx-") else "fp16"
-    compute = options.get("compute_dtype")
-    if compute is not None and compute not in DTYPE_BYTES:
-        raise VariantError(f"compute_dtype={compute!r}; choose one of {', '.join(DTYPE_BYTES)}")
-    return compute or config_dtype(config)
+def _dense_dtype(config, variant: "str | Variant") -> str:
+    """Dtype of what stays unquantized, as the variant's registry entry says (given the checkpoint's)."""
+    variant = Variant.parse(variant)
+    return variant.entry.dense(variant, config_dtype(config))
 
 
 def module_bytes(config, variant: str, layer_schemes: dict[str, str] | None = None) -> dict[str, int]:
@@ -221,7 +167,7 @@ def module_bytes(config, variant: str, layer_schemes: dict[str, str] | None = No
     for top, numel in others:
         sizes[top] = sizes.get(top, 0) + numel * DTYPE_BYTES[dense]
     for name, out_f, in_f, bias in linears:
-        top = _top_module(name + ".weight")
+        top = top_module(name + ".weight")
         sizes[top] = sizes.get(top, 0) + linear_bytes(out_f, in_f, bias, layer_schemes.get(name, variant), dense)
     order = lambda key: (0 if "embed" in key or key.endswith("wte") else 2 if not re.search(r"\.\d+$", key) else 1,
                          int(key.rsplit(".", 1)[-1]) if re.search(r"\.\d+$", key) else 0, "head" in key)
@@ -356,6 +302,8 @@ class MemoryPlan:
     budget_bytes: int
     fits: bool
     verdict: str
+    peak_bytes: int = 0   # the load's own peak (quantization, export, training included); fits needs it too
+    peak_reason: str = ""
     offload: dict = field(default_factory=dict)
     alternatives: dict = field(default_factory=dict)
 
@@ -371,6 +319,7 @@ class MemoryPlan:
                  f"  activations     {g(self.activation_bytes)}",
                  f"  runtime         {g(self.runtime_overhead_bytes)}",
                  f"  total           {g(self.total_bytes)}   (budget {g(self.budget_bytes).strip()})",
+                 *([f"  load peak       {g(self.peak_bytes)}   ({self.peak_reason})"] if self.peak_bytes > self.total_bytes else []),
                  f"  verdict: {self.verdict}"]
         if self.offload.get("device_map") and not self.fits:
             counts: dict[str, int] = {}
@@ -389,7 +338,7 @@ def plan_memory(config, variant: str, *, context: int = 4096, batch: int = 1,
         raise PlanError(f"context ({context}) and batch ({batch}) must be at least 1")
     cfg = load_config(config)
     profile = load_profile(device)
-    name, _ = _split_variant(variant)
+    name = Variant.parse(variant).name
     plan = _plan(cfg, str(variant), context, batch, profile)
     plan.model = _model_name(config, cfg)
     if not profile.can_run(name):
@@ -405,8 +354,30 @@ def _model_name(config, cfg) -> str:
     return getattr(cfg, "_name_or_path", "") or cfg.model_type
 
 
+def load_peak_bytes(cfg, variant: "str | Variant", total: int, working: int, device_kind: str) -> tuple[int, str]:
+    """The most memory the load (or export, or training run) of ``variant`` holds at once, and why:
+    the arithmetic of each load kind in :data:`edgekit.registry.LOAD_KINDS`. ``total`` is the
+    steady state (weights, KV cache, activations, runtime), ``working`` its part beside the weights."""
+    variant = Variant.parse(variant)
+    kind = variant.entry.load
+    fp32 = weight_bytes(cfg, "fp32")
+    if kind == "bitsandbytes":
+        checkpoint = weight_bytes(cfg, config_dtype(cfg))
+        streamed = device_kind == "cpu" and bool(variant.option("low_memory", checkpoint > GIB))
+        if streamed:
+            return total, "quantized tensor by tensor while loading"
+        return total + checkpoint, ("transformers holds the full-precision checkpoint while bitsandbytes quantizes it; "
+                                    "the option low_memory=true quantizes while loading")
+    if kind == "full-precision":
+        return max(total, fp32 + working), "the model loads in full precision before it is quantized"
+    if kind == "training":
+        return max(total, 5 * fp32 + working), "teacher, student, gradients and Adam's two moments in fp32"
+    if kind == "export":
+        return max(total, 2 * fp32 + working), "the exporter holds the fp32 model and the graph it writes"
+    return total, "the checkpoint loads as it is held"
+
+
 def _plan(cfg, variant: str, context: int, batch: int, profile: DeviceProfile, suggest: bool = True) -> MemoryPlan:
-    name, _ = _split_variant(variant)
     sizes = module_bytes(cfg, variant)
     dtype = activation_dtype(cfg, variant)
     weights = sum(sizes.values())
@@ -414,6 +385,7 @@ def _plan(cfg, variant: str, context: int, batch: int, profile: DeviceProfile, s
     act = activation_bytes(cfg, context, batch, dtype)
     overhead = profile.runtime_overhead_bytes
     total = weights + kv + act + overhead
+    peak, peak_reason = load_peak_bytes(cfg, variant, total, kv + act + overhead, profile.kind)
     on_accelerator = profile.kind in ("cuda", "npu")
     if on_accelerator and profile.unified:
         budget = profile.accelerator_budget
@@ -428,13 +400,22 @@ def _plan(cfg, variant: str, context: int, batch: int, profile: DeviceProfile, s
         budget = profile.host_budget
         fits = total <= budget
     offload = _offload_plan(sizes, kv + act, overhead, profile, fits)
+    # the load's own peak lands in host memory (an accelerator gets the weights after it); an export
+    # happens on the machine that exports (the guard checks it there), not on the device it targets
+    peak_budget = budget if not on_accelerator or profile.unified else profile.host_budget
+    peak_fits = peak <= peak_budget or Variant.parse(variant).entry.load == "export"
     plan = MemoryPlan(str(cfg.model_type), variant, profile.name, profile.kind, context, batch, _layout(cfg)[0],
-                      weights, kv, act, overhead, total, budget, fits, "", offload)
-    if suggest and not fits:
+                      weights, kv, act, overhead, total, budget, fits and peak_fits, "", offload=offload,
+                      peak_bytes=peak, peak_reason=peak_reason)
+    if suggest and not plan.fits:
         plan.alternatives = _alternatives(cfg, variant, context, batch, profile)
     where = ("NPU and shared host memory" if profile.kind == "npu" else
              "accelerator memory" if on_accelerator and not profile.unified else "memory")
-    if fits and profile.kind == "npu":
+    if fits and not peak_fits:
+        plan.verdict = (f"does not fit while loading: holding it takes {total / GIB:.2f} GiB, but the load peaks at "
+                        f"{peak / GIB:.2f} GiB ({peak_reason}) and {profile.name} has {peak_budget / GIB:.2f} GiB usable. "
+                        + _alternatives_text(plan.alternatives))
+    elif fits and profile.kind == "npu":
         host = offload["offloaded_bytes"]
         plan.verdict = (f"fits: {total / GIB:.2f} GiB of {budget / GIB:.2f} GiB usable: {(weights + kv + act - host) / GIB:.2f} GiB "
                         f"in NPU memory, {host / GIB:.2f} GiB of weights read from shared host RAM each token")
@@ -476,14 +457,14 @@ def _offload_plan(sizes: dict[str, int], working_set: int, overhead: int, profil
     return {"device_map": device_map, "max_memory": max_memory, "offloaded_bytes": offloaded}
 
 
-_LADDER = ("fp16", "int8", "int4-g128", "nf4", "int3-g128", "int2-g64", "onnx-int8", "onnx-int4-g128", "gguf-q4_0")
-
-
 def _alternatives(cfg, variant: str, context: int, batch: int, profile: DeviceProfile) -> dict:
-    """What would fit instead: the lightest-first variants that fit at this context, the
-    longest context that fits with this variant, and how much the offload plan moves off."""
-    fitting = [v for v in _LADDER if v != variant and profile.can_run(v)
-               and _plan(cfg, v, context, batch, profile, suggest=False).fits]
+    """What would fit instead: the variants pickers offer whose plan (load peak included) fits at
+    this context, heaviest first (the least quality lost), and the longest context that fits
+    with this variant. The advice uses the guard's own arithmetic, so it names only what the
+    guard admits."""
+    plans = [_plan(cfg, v, context, batch, profile, suggest=False) for v in offered_variants()
+             if v != variant and profile.can_run(Variant.parse(v).name)]
+    fitting = [p.variant for p in sorted((p for p in plans if p.fits), key=lambda p: -p.weight_bytes)]
     longest = None
     c = context // 2
     while c >= 128:
@@ -502,66 +483,3 @@ def _alternatives_text(alternatives: dict) -> str:
         parts.append(f"context {alternatives['context']}")
     parts.append("offload (add the option offload=true to the variant: slow, every token reads offloaded layers)")
     return "Would fit: " + "; ".join(parts) + "."
-
-
-# ---------------------------------------------------------------- guarded loading
-def guarded_load(variant, source: str, device: str = "cpu", **load_kwargs):
-    """Load a PyTorch variant only if its plan fits this machine now; otherwise raise
-    :class:`PlanError` saying what would fit.
-
-    Variant options read here: ``context`` (default: 2048 or the model's maximum, the
-    context the plan reserves KV cache and activations for), ``profile`` (plan against a
-    device profile instead of this machine's available memory), ``offload=true`` (load
-    with the plan's accelerate ``device_map`` / ``max_memory``, spilling layers to disk,
-    fp32/bf16/fp16 only), ``low_memory=true|false`` (force or forbid quantize-on-load for
-    bitsandbytes variants; by default it is used once the checkpoint is over 1 GiB).
-    The check counts the load itself: transformers holds the checkpoint in full precision
-    before bitsandbytes quantizes it, and packed variants load fp32 before packing.
-    """
-    from edgekit.loading import load_model, model_config
-    from edgekit.results import work_dir
-    from edgekit.variants import Variant
-
-    variant = Variant.parse(variant)
-    config = model_config(source)
-    context = int(variant.option("context", min(2048, getattr(config, "max_position_embeddings", None) or 2048)))
-    profile = load_profile(variant.option("profile")) if variant.option("profile") else this_machine(device)
-    plan = plan_memory(config, str(variant), context=context, device=profile)
-    quant = load_kwargs.get("quantization_config")
-    bnb = quant is not None and bool(getattr(quant, "load_in_4bit", False) or getattr(quant, "load_in_8bit", False))
-    checkpoint = weight_bytes(config, config_dtype(config))
-    stream = bnb and device == "cpu" and bool(variant.option("low_memory", checkpoint > GIB))
-    working = plan.kv_cache_bytes + plan.activation_bytes + plan.runtime_overhead_bytes
-    if stream:
-        peak = plan.total_bytes
-    elif bnb:
-        peak = plan.total_bytes + checkpoint
-    else:
-        load_dtype = str(load_kwargs.get("dtype", torch.float32)).replace("torch.", "")
-        peak = max(plan.total_bytes, weight_bytes(config, _TORCH_DTYPE_NAMES.get(load_dtype, "fp32")) + working)
-    offload = bool(variant.option("offload", False))
-    if peak > plan.budget_bytes and not offload:
-        raise PlanError(_refusal(variant, source, plan, peak, bnb, stream))
-    if stream:
-        from edgekit.quantize_on_load import load_bnb_quantized
-
-        return load_bnb_quantized(source, quant, device)
-    if offload and peak > plan.budget_bytes:
-        if variant.name not in _OFFLOADABLE:
-            raise PlanError(f"offload works with {', '.join(_OFFLOADABLE)} in edgekit; {variant.name} does not fit "
-                            f"either. {_refusal(variant, source, plan, peak, bnb, stream)}")
-        folder = work_dir() / "offload" / re.sub(r"\W+", "_", str(source))[-60:]
-        return load_model(source, device_map=plan.offload["device_map"], max_memory=plan.offload["max_memory"],
-                          offload_folder=str(folder), **load_kwargs)
-    return load_model(source, device_map={"": device}, **load_kwargs)
-
-
-def _refusal(variant, source: str, plan: MemoryPlan, peak: int, bnb: bool, stream: bool) -> str:
-    why = (" (transformers holds the full-precision checkpoint while bitsandbytes quantizes it; "
-           "the option low_memory=true quantizes while loading)" if bnb and not stream else
-           " (the model loads in full precision before it is packed)" if peak > plan.total_bytes else "")
-    text = (f"refusing to load {source} as {variant}: it needs about {peak / GIB:.2f} GiB{why} at context "
-            f"{plan.context}, and {plan.device} has {plan.budget_bytes / GIB:.2f} GiB usable. ")
-    return text + (_alternatives_text(plan.alternatives) if plan.alternatives else
-                   "Would fit: nf4 or int8 (bitsandbytes, quantized while loading: low_memory=true), or a 16-bit "
-                   "variant with offload=true (fp16:offload=true).")

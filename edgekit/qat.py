@@ -31,14 +31,17 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from edgekit.calibrated import rtn_dequantized, split_block
-from edgekit.data import read_split
+from edgekit.calibrated import rtn_dequantized
+from edgekit.data import read_split, work_dir
 from edgekit.errors import InputError
+from edgekit.guard import admit, guarded_fp32_load, guarded_load
+from edgekit.layout import block_linears, split_block
 from edgekit.loading import load_model, load_tokenizer, model_key, resolve_source
 from edgekit.measure import EvalSettings, score
-from edgekit.packed import block_linears, check_group, replace_module
-from edgekit.results import work_dir
+from edgekit.packed import check_group, quantize_rtn, replace_module
+from edgekit.registry import Variant, register
 from edgekit.runners import TorchRunner
+from edgekit.runtimes.pytorch import device_of, packed_bytes
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,8 @@ def qat_finetune(model: str = "default", settings: QATSettings = QATSettings(), 
     source = resolve_source(model)
     tokenizer = tokenizer or load_tokenizer(source)
     torch.manual_seed(settings.seed)
-    teacher = load_model(source, dtype=torch.float32)
+    job = f"qat-int{settings.bits}-g{settings.group_size}"
+    teacher = guarded_fp32_load(job, source, what="fine-tune")  # priced as the whole training run
     student = load_model(source, dtype=torch.float32)
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -180,3 +184,17 @@ def qat_history(model: str, settings: QATSettings = QATSettings()) -> pd.DataFra
     """The recorded training history of a saved QAT checkpoint."""
     folder = qat_checkpoint(model, settings)
     return pd.DataFrame(json.loads((folder / "qat_history.json").read_text())["history"])
+
+
+@register(r"qat-int(?P<bits>[234])-g(?P<group_size>\d+)", "pytorch",
+          "RTN-packed weights of a short seeded quantization-aware fine-tune (options steps=, seed=, lr=)",
+          ("qat-int2-g64", "qat-int3-g128"), linear_bytes=packed_bytes, load="training",
+          options=tuple(f for f in QATSettings.__dataclass_fields__ if f not in ("bits", "group_size")))
+def build_qat(variant: Variant, source: str, tokenizer):
+    admit(variant, source, device_of(variant), what="fine-tune")
+    settings = QATSettings(bits=variant.bits, group_size=variant.group_size,
+                           **{k: v for k, v in variant.options if k in QATSettings.__dataclass_fields__})
+    folder = qat_checkpoint(source, settings, tokenizer)
+    model = guarded_load(Variant.parse("fp32"), str(folder), device_of(variant), dtype=torch.float32)
+    quantize_rtn(model, variant.bits, variant.group_size)
+    return TorchRunner(str(variant), model, tokenizer)

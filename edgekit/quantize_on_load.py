@@ -26,6 +26,10 @@ import torch
 from tqdm.auto import tqdm
 
 from edgekit.errors import ModelSourceError, VariantError
+from edgekit.layout import block_linears
+from edgekit.loading import model_config, resolve_source
+from edgekit.packed import replace_module
+from edgekit.plan import config_dtype
 
 
 def checkpoint_shards(folder: str | Path) -> list[Path]:
@@ -50,9 +54,6 @@ def load_bnb_quantized(source: str, quantization_config, device: str = "cpu"):
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 
-    from edgekit.loading import model_config, resolve_source
-    from edgekit.packed import block_linears, replace_module
-    from edgekit.plan import config_dtype
 
     folder = Path(resolve_source(source))
     if not folder.is_dir():

@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from edgekit.errors import VariantError
+from edgekit.layout import block_linears
 
 # QLoRA's NF4 code book (Dettmers et al. 2023, appendix E), as bitsandbytes stores it.
 NF4_LEVELS = torch.tensor([
@@ -201,7 +202,6 @@ def scheme_table(weight: torch.Tensor, schemes=TEACHING_SCHEMES, k: float = 3.0)
 def layer_errors(model: torch.nn.Module, schemes=TEACHING_SCHEMES, progress: bool = True) -> pd.DataFrame:
     """Every decoder-block linear layer of ``model`` under every scheme: one row per (layer, scheme)
     with the layer's index in the stack, its kind (``q_proj``, ``down_proj``...) and its errors."""
-    from edgekit.packed import block_linears
 
     rows = []
     for name, linear in tqdm(block_linears(model).items(), desc="layers", disable=not progress, leave=False):

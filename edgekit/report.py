@@ -18,8 +18,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from edgekit import plots
 from edgekit.compare import summary_frame
 from edgekit.errors import EdgekitError, InputError
+from edgekit.plan import load_profile, plan_memory
 from edgekit.results import Result
 
 CURRENT_RUN = "this run"
@@ -49,7 +51,6 @@ def device_memory_frame(model: str, variants: list[str], device, context: int = 
     """The memory plan (:func:`edgekit.plan.plan_memory`) of each variant of ``model`` (the
     compared model or a 7B config such as ``llama-2-7b``) on ``device``; a variant the plan
     cannot price gets its reason. ``measured`` results of the same model add their peak RSS."""
-    from edgekit.plan import load_profile, plan_memory
 
     device = load_profile(device)  # an unknown device is the user's error, not one variant's
     peaks = {r.variant: r.metrics.get("peak_rss_bytes") for r in measured or [] if r.status == "ok"}
@@ -73,7 +74,6 @@ def write_report(results: list[Result], out_dir, earlier: dict[str, list[Result]
     """Write ``report.html`` (self-contained) and ``report.md`` + ``report.png`` into
     ``out_dir``; returns the HTML path. ``device`` adds the memory plan of every variant of
     ``plan_model`` (default: the compared model) on that device profile."""
-    from edgekit import plots
 
     if not results:
         raise InputError("there are no results to report; run a comparison first")

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
+import edgekit
+from edgekit.data import work_dir
 from edgekit.loading import UNKNOWN_REVISION, model_revision
 
 # Rows written before revisions were recorded read back as "unknown".
@@ -38,13 +40,6 @@ CREATE TABLE IF NOT EXISTS results (
     settings TEXT NOT NULL,
     environment TEXT NOT NULL
 )"""
-
-
-def work_dir() -> Path:
-    """Where edgekit writes results, artifacts and reports (``EDGEKIT_HOME``, default ./edgekit-results)."""
-    path = Path(os.environ.get("EDGEKIT_HOME", "edgekit-results"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def default_store_path() -> Path:
@@ -153,7 +148,6 @@ def environment() -> dict:
     import psutil
     import torch
 
-    import edgekit
 
     versions = {}
     for dist in ("torch", "transformers", "accelerate", "bitsandbytes", "optimum", "optimum-onnx", "onnx",

@@ -19,6 +19,8 @@ import torch
 
 from edgekit.packed import PackedLinear
 
+from edgekit.errors import InputError
+
 
 @runtime_checkable
 class Runner(Protocol):
@@ -143,7 +145,6 @@ def generate_text(runner: Runner, prompt: str, max_new_tokens: int = 40) -> str:
     """Greedy continuation of ``prompt`` as text, through any Runner."""
     ids = runner.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
     if ids.shape[1] == 0:
-        from edgekit.errors import InputError
         raise InputError("the prompt is empty; give some text to continue")
     tokens = list(runner.generate_stream(ids, max_new_tokens))
     return runner.tokenizer.decode(tokens, skip_special_tokens=True)

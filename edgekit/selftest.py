@@ -28,14 +28,14 @@ from pathlib import Path
 from edgekit.cpu_features import cpu_flags
 from edgekit.errors import EdgekitError
 from edgekit.native_build import REBUILD_HINT, build_record
+from edgekit.runtimes import module_of
 
-# runtime (a registry family) -> (its probe, the distributions whose build it tests, the fix if it crashes)
+# runtime (a registry family) -> (the distributions whose build its probe tests, the fix if it crashes);
+# the probe is its runtime module's ``self_test`` (edgekit.runtimes)
 PROBES = {
-    "llama.cpp": ("edgekit.gguf:self_test", ("llama-cpp-python",), REBUILD_HINT),
-    "onnxruntime": ("edgekit.ort_runner:self_test", ("onnxruntime",),
-             "reinstall onnxruntime from PyPI (`make setup`) or use the PyTorch variants"),
-    "openvino": ("edgekit.openvino_backend:self_test", ("openvino",),
-                 "reinstall openvino from PyPI (`make setup`) or use the PyTorch variants"),
+    "llama.cpp": (("llama-cpp-python",), REBUILD_HINT),
+    "onnxruntime": (("onnxruntime",), "reinstall onnxruntime from PyPI (`make setup`) or use the PyTorch variants"),
+    "openvino": (("openvino",), "reinstall openvino from PyPI (`make setup`) or use the PyTorch variants"),
 }
 TIMEOUT_S = 300
 _verdicts: dict[str, "Verdict"] = {}
@@ -59,13 +59,13 @@ def _probe_spec(runtime: str) -> str:
         name, _, spec = item.partition("=")
         if name.strip() == runtime:
             return spec.strip()
-    return PROBES[runtime][0]
+    return f"{module_of(runtime)}:self_test"
 
 
 def _cache_path(runtime: str, spec: str) -> Path:
     """One verdict file per runtime build x CPU x interpreter x probe."""
     versions = []
-    for dist in PROBES[runtime][1]:
+    for dist in PROBES[runtime][0]:
         try:
             versions.append(importlib.metadata.version(dist))
         except importlib.metadata.PackageNotFoundError:
@@ -78,7 +78,7 @@ def _cache_path(runtime: str, spec: str) -> Path:
 
 
 def _describe(returncode: int, stderr: str, runtime: str) -> str:
-    fix = PROBES[runtime][2]
+    fix = PROBES[runtime][1]
     if returncode < 0:
         sig = signal.Signals(-returncode)
         what = {signal.SIGILL: "an illegal instruction (code built for instructions this CPU or OS does not enable)",
@@ -105,7 +105,7 @@ def check(runtime: str, refresh: bool = False) -> Verdict:
             ok = child.returncode == 0
             reason = "" if ok else _describe(child.returncode, child.stderr, runtime)
         except subprocess.TimeoutExpired:
-            ok, reason = False, f"{runtime}'s self-test did not finish in {TIMEOUT_S} s; {PROBES[runtime][2]}"
+            ok, reason = False, f"{runtime}'s self-test did not finish in {TIMEOUT_S} s; {PROBES[runtime][1]}"
         verdict = Verdict(runtime, ok, reason, round(time.perf_counter() - start, 2))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(asdict(verdict)))

@@ -23,19 +23,21 @@ import hashlib
 import json
 
 import pandas as pd
-import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from edgekit.calibrated import calibration_ids, gptq_quantize, hessians, single_thread, split_block
-from edgekit.compare import eval_token_ids
+from edgekit.calibrated import gptq_quantize
+from edgekit.calibration import calibration_ids, hessians, single_thread
+from edgekit.data import eval_token_ids, work_dir
 from edgekit.errors import VariantError
-from edgekit.loading import load_model, load_tokenizer, model_key, resolve_source
+from edgekit.guard import guarded_fp32_load
+from edgekit.layout import block_linears, split_block
+from edgekit.loading import load_tokenizer, model_key, resolve_source
 from edgekit.measure import EvalSettings, score
-from edgekit.packed import PackedLinear, block_linears, replace_module
-from edgekit.results import Result, ResultStore, new_run_id, work_dir
+from edgekit.packed import PackedLinear, replace_module
+from edgekit.registry import Variant
+from edgekit.results import Result, ResultStore, new_run_id
 from edgekit.runners import TorchRunner
-from edgekit.variants import Variant
 
 SENSITIVITY_SETTINGS = EvalSettings(context=256, stride=128, max_tokens=2048, batch_size=8)
 
@@ -81,7 +83,8 @@ def layer_sensitivity(model: str = "default", scheme: str = "int4-g128", by: str
     source = resolve_source(model)
     tokenizer = load_tokenizer(source)
     ids = eval_token_ids(tokenizer, eval_text)
-    net = load_model(source, dtype=torch.float32)
+    # priced as the scheme's own job: the fp32 model plus one layer quantized at a time
+    net = guarded_fp32_load("fp32" if scheme == "fp32" else scheme, source, what="rank the layers of")
     runner = TorchRunner("fp32", net, tokenizer)
     quantize = _quantizer(scheme, net, tokenizer, calibration_samples, calibration_seq_len)
     base = score(runner, ids, settings, keep_logprobs=True, progress=False)

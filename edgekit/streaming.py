@@ -35,6 +35,9 @@ from typing import Iterator
 import torch
 
 from edgekit.errors import InputError, ModelSourceError
+from edgekit.layout import block_index, decoder_blocks
+from edgekit.loading import load_tokenizer, model_config, resolve_source
+from edgekit.plan import DeviceProfile, load_config, module_bytes, plan_memory
 
 
 @dataclass
@@ -70,7 +73,6 @@ def _skeleton(folder: Path, dtype: torch.dtype):
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
-    from edgekit.loading import model_config
 
     config = model_config(str(folder))
     with init_empty_weights(include_buffers=False):
@@ -87,13 +89,11 @@ def stream_device_map(source: str, budget_bytes: int, dtype: torch.dtype = torch
     once (the one computing and the one prefetched) and the final norm and head always stay
     resident, so their bytes are taken off the budget before the plan is made.
     """
-    from edgekit.loading import resolve_source
-    from edgekit.plan import DeviceProfile, load_config, module_bytes, plan_memory
 
     variant = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
     folder = resolve_source(source)
     sizes = module_bytes(load_config(folder), variant)
-    layers = [m for m in sizes if m.startswith("model.layers.")]
+    layers = [m for m in sizes if block_index(m) is not None]
     last_layer = list(sizes).index(layers[-1])
     tail = sum(size for m, size in list(sizes.items())[last_layer + 1:])   # final norm and head
     reserved = 2 * max(sizes[m] for m in layers) + tail
@@ -120,7 +120,6 @@ class StreamingRunner:
 
     def __init__(self, source: str, device_map: dict[str, str], tokenizer=None, *, prefetch: bool = True,
                  device: str = "cpu", dtype: torch.dtype | None = None, name: str | None = None) -> None:
-        from edgekit.loading import load_tokenizer, resolve_source
 
         self.folder = Path(resolve_source(source))
         self.tokenizer = tokenizer or load_tokenizer(str(self.folder))
@@ -131,8 +130,9 @@ class StreamingRunner:
             dtype = self._checkpoint_dtype()
         self.dtype = dtype
         self.model = _skeleton(self.folder, dtype)
-        layers = self.model.model.layers
-        prefix_of = {i: f"model.layers.{i}" for i in range(len(layers))}
+        layers = list(decoder_blocks(self.model))
+        prefix_of = dict(enumerate(layers))
+        self.prefix_of = prefix_of
         self.streamed = [i for i, p in prefix_of.items() if _placement(device_map, p) == "disk"]
         if not self.streamed:
             raise InputError("the offload map streams no decoder layer (none is on 'disk'); "
@@ -165,7 +165,7 @@ class StreamingRunner:
         for name, tensor in self._read(names).items():
             _assign(self.model, name, tensor.to(self.device, self.dtype))
         for name, param in self.model.named_parameters():
-            if param.is_meta and not name.startswith(tuple(f"model.layers.{i}." for i in self.streamed)):
+            if param.is_meta and not name.startswith(tuple(f"{self.prefix_of[i]}." for i in self.streamed)):
                 raise ModelSourceError(f"{self.folder} lacks the weight {name}; the checkpoint is incomplete")
 
     def _read(self, names: list[str]) -> dict[str, torch.Tensor]:
@@ -215,7 +215,7 @@ class StreamingRunner:
                 for tensor in tensors.values():
                     tensor.record_stream(compute_stream)
             self._stall += time.perf_counter() - t0
-            prefix = f"model.layers.{i}."
+            prefix = f"{self.prefix_of[i]}."
             for name, tensor in tensors.items():
                 _assign(module, name[len(prefix):], tensor.to(dtype=self.dtype))
                 self._bytes += tensor.numel() * tensor.element_size()
@@ -225,7 +225,7 @@ class StreamingRunner:
 
     def _drop(self, i: int):
         def hook(module, args, output):
-            prefix = f"model.layers.{i}."
+            prefix = f"{self.prefix_of[i]}."
             for name in self._layer_tensors[i]:
                 _assign(module, name[len(prefix):], None)
         return hook

@@ -23,7 +23,9 @@ from pathlib import Path
 
 import torch
 
-from edgekit.data import corpus_path
+from edgekit.data import corpus_path, eval_token_ids
+from edgekit.measure import EvalSettings, score
+from edgekit.registry import build_runner
 
 
 def train_tokenizer(train_file: Path, vocab_size: int):
@@ -77,9 +79,6 @@ CARD_SETTINGS = {"context": 256, "stride": 128, "max_tokens": None}  # the quick
 
 def write_model_card(folder: Path) -> Path:
     """Measure the trained model on the eval splits with edgekit and write its README.md."""
-    from edgekit.compare import eval_token_ids
-    from edgekit.measure import EvalSettings, score
-    from edgekit.variants import build_runner
 
     log = json.loads((folder / "training_log.json").read_text())
     runner = build_runner("fp32", str(folder))

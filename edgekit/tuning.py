@@ -25,9 +25,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from edgekit.artifact import load_artifact, read_manifest, update_manifest
 from edgekit.errors import EdgekitError, InputError
+from edgekit.measure import measure_latency
 from edgekit.memory import release_memory
+from edgekit.registry import build_runner
 from edgekit.results import Result, ResultStore
+from edgekit.runtimes.onnxruntime import cached_artifact
 
 Factory = Callable[[dict], object]
 # Manifest runtime_settings keys an ONNX artifact's loader accepts.
@@ -98,7 +102,6 @@ def tune(factory: Factory, candidates: list[dict], prompt_ids: torch.Tensor, *, 
     ranked last; the others still run. Each candidate's figures are stored as kind
     ``tuning`` the moment it finishes.
     """
-    from edgekit.measure import measure_latency
 
     candidates = list(candidates)
     if default is not None and default not in candidates:
@@ -134,7 +137,6 @@ def ort_factory(artifact_dir: str | Path) -> Factory:
     """Settings (``intra_op_threads``, ``graph_optimization_level``, ``io_binding``, ``providers``) -> the
     artifact's runner. ``accuracy_level`` is baked into a MatMulNBits graph at export, so it
     is swept across artifacts (one per level), not through this factory."""
-    from edgekit.artifact import load_artifact
 
     def build(settings: dict):
         return load_artifact(artifact_dir, **settings)
@@ -144,8 +146,6 @@ def ort_factory(artifact_dir: str | Path) -> Factory:
 def onnx_variant_factory(variant: str, source: str = "default") -> Factory:
     """Like :func:`ort_factory`, plus ``accuracy_level``: each level is its own artifact of ``variant``
     (``onnx-int4-g32:accuracy_level=1``...), exported once and cached; the other settings are runtime options."""
-    from edgekit.artifact import load_artifact
-    from edgekit.onnx_variants import cached_artifact
 
     def build(settings: dict):
         runtime = {k: v for k, v in settings.items() if k != "accuracy_level"}
@@ -160,7 +160,6 @@ def torch_factory(variant: str, source: str = "default") -> Factory:
 
     The thread count is process-wide in PyTorch; :func:`tune` restores it after each candidate.
     """
-    from edgekit.variants import build_runner
 
     def build(settings: dict):
         unknown = set(settings) - {"threads", "compile"}
@@ -177,7 +176,6 @@ def torch_factory(variant: str, source: str = "default") -> Factory:
 
 def write_best(artifact_dir: str | Path, report: TuningReport) -> dict:
     """Record the sweep's winner as the artifact's ``runtime_settings`` (files re-verified first); returns them."""
-    from edgekit.artifact import read_manifest, update_manifest
 
     best = {k: v for k, v in report.best.items() if k in ORT_RUNTIME_KEYS}
     current = read_manifest(artifact_dir).data.get("runtime_settings") or {}

@@ -7,7 +7,15 @@ from contextlib import contextmanager
 
 import ipywidgets as w
 
+from edgekit.compare import DEFAULT_VARIANTS, LatencySettings, compare
+from edgekit.data import work_dir
 from edgekit.errors import EdgekitError
+from edgekit.measure import EvalSettings
+from edgekit.plan import device_profiles, known_models, plan_memory
+from edgekit.plots import comparison_figure, figure_png, plot_memory_vs_device
+from edgekit.registry import offered_variants
+from edgekit.report import comparison_frame, device_memory_frame, run_label, write_report
+from edgekit.results import ResultStore
 
 
 def error_html(exc: Exception) -> str:
@@ -50,11 +58,9 @@ def model_source_picker(value: str = "default") -> w.Combobox:
 
 def variant_picker(value=None, rows: int = 12) -> w.SelectMultiple:
     """Pick the variants to compare among every registered one (ctrl/shift-click for several)."""
-    from edgekit.compare import DEFAULT_VARIANTS
-    from edgekit.variants import known_variants
 
     value = tuple(value or DEFAULT_VARIANTS)
-    names = known_variants()
+    names = offered_variants()
     return w.SelectMultiple(options=names + [v for v in value if v not in names], value=value, rows=rows,
                             description="variants")
 
@@ -70,15 +76,12 @@ class Dashboard:
     def __init__(self, model: str = "default", variants=("fp32", "int8", "nf4", "int4-g128"),
                  eval_text: str = "eval", context: int = 256, stride: int = 128, max_tokens: int = 2048,
                  latency_runs: int = 3, new_tokens: int = 16, device: str = "laptop-16gb",
-                 plan_model: str = "compared model", store=None) -> None:
-        from edgekit.plan import device_profiles, known_models
-        from edgekit.results import ResultStore
-        from edgekit.variants import known_variants
+                 plan_model: str = "compared model", store=None, resume: bool = False) -> None:
 
         self.store = store or ResultStore()
         self.results: list = []
         self.report_path = None
-        names = known_variants()
+        names = offered_variants()
         self.model = model_source_picker(model)
         self.variants = w.SelectMultiple(options=names + [v for v in variants if v not in names], value=tuple(variants),
                                          rows=10, description="variants")
@@ -94,6 +97,7 @@ class Dashboard:
                                      description="plan for")
         self.earlier = w.SelectMultiple(options=[], rows=4, description="earlier runs",
                                         layout=w.Layout(width="420px"))
+        self.resume = w.Checkbox(value=resume, description="skip variants already measured", indent=False)
         self.run_button = w.Button(description="Run comparison", button_style="primary", icon="play")
         self.report_button = w.Button(description="Write report", icon="file")
         self.progress = w.IntProgress(value=0, min=0, max=1, description="variants")
@@ -110,7 +114,7 @@ class Dashboard:
         compare_to = w.VBox([self.device, self.plan_model, self.earlier])
         self.widget = w.VBox([
             w.HBox([w.VBox([self.model, self.eval_text, self.variants]), settings, compare_to]),
-            w.HBox([self.run_button, self.report_button, self.progress]), self.status, self.messages,
+            w.HBox([self.run_button, self.report_button, self.progress, self.resume]), self.status, self.messages,
             self.table, self.plots, self.log], layout=w.Layout(border="1px solid #ddd", padding="6px"))
         self.widget.add_class("edgekit-dashboard")
 
@@ -121,7 +125,6 @@ class Dashboard:
 
     def refresh_runs(self) -> None:
         """Offer the store's earlier comparison runs to lay beside the current one."""
-        from edgekit.report import run_label
 
         runs = self.store.runs()
         runs = runs[runs["kind"] == "compare"] if not runs.empty else runs
@@ -133,7 +136,6 @@ class Dashboard:
         self.earlier.options = options[::-1]
 
     def _earlier_results(self) -> dict:
-        from edgekit.report import run_label
 
         runs = {}
         for run_id in self.earlier.value:
@@ -143,8 +145,6 @@ class Dashboard:
 
     def run(self) -> list:
         """Run the comparison with the current settings; the table and plots fill in as it goes."""
-        from edgekit.compare import LatencySettings, compare
-        from edgekit.measure import EvalSettings
 
         self.results = []
         self.messages.clear_output()
@@ -162,7 +162,7 @@ class Dashboard:
                 self.progress.value = 0
                 self.status.value = f"measuring {self.progress.max} variants of {html.escape(self.model.value)}…"
                 compare(self.model.value, self.variants.value, self.eval_text.value, settings, latency,
-                        store=self.store, on_result=self._on_result)
+                        store=self.store, on_result=self._on_result, resume=self.resume.value)
                 finished = True
         finally:
             self.run_button.disabled = False
@@ -187,13 +187,11 @@ class Dashboard:
 
     def frame(self):
         """The table shown: this run's summary, with the chosen earlier runs' rows after it."""
-        from edgekit.report import comparison_frame
 
         return comparison_frame(self.results, self._earlier_results())
 
     def memory_frame(self):
         """The memory plan of this run's variants on the chosen device."""
-        from edgekit.report import device_memory_frame
 
         if not self.results:
             return None
@@ -204,7 +202,6 @@ class Dashboard:
                                    measured=measured)
 
     def figure(self):
-        from edgekit.plots import comparison_figure
 
         frame = self.frame()
         return comparison_figure(frame if "run" in frame else frame.assign(run=""), self.memory_frame())
@@ -213,7 +210,6 @@ class Dashboard:
         """Redraw the table and plots from the results so far."""
         from IPython.display import HTML, Image
 
-        from edgekit.plots import figure_png
 
         if not self.results and not self.earlier.value:
             return
@@ -227,8 +223,6 @@ class Dashboard:
 
     def write_report(self, out_dir=None):
         """Write the HTML and Markdown report of what the dashboard shows; returns the HTML path."""
-        from edgekit.report import write_report
-        from edgekit.results import work_dir
 
         with errors_shown_in(self.messages):
             model = None if self.plan_model.value == "compared model" else self.plan_model.value
@@ -246,18 +240,16 @@ class MemoryPlanner:
     :func:`edgekit.plan.plan_memory`'s verdict and offload plan, and every variant of the
     model stacked against the device's memory (:func:`edgekit.plots.plot_memory_vs_device`)."""
 
-    VARIANTS = ("fp32", "fp16", "int8", "nf4", "nf4:double_quant=true", "int4-g128", "int3-g128", "int2-g64",
-                "onnx-int8", "onnx-int4-g128", "gguf-q8_0", "gguf-q4_k_m", "ov-int4-g128")
-
     def __init__(self, model: str = "llama-2-7b", variant: str = "nf4", context: int = 4096,
                  device: str = "laptop-16gb") -> None:
-        from edgekit.plan import device_profiles, known_models
 
+        self.variants = offered_variants()
+        self.plotted = offered_variants(per_entry=2)  # the stacked plot: two of each kind, not every group size
         self.model = w.Combobox(value=model, options=known_models() + ["default"], ensure_option=False,
                                 description="model", placeholder="short name, folder, config.json or hub id")
         self.pasted = w.Textarea(placeholder="…or paste a config.json here (used when not empty)",
                                  layout=w.Layout(width="420px", height="70px"))
-        self.variant = w.Dropdown(options=self.VARIANTS, value=variant, description="variant")
+        self.variant = w.Dropdown(options=self.variants, value=variant, description="variant")
         self.context = w.Dropdown(options=[512, 1024, 2048, 4096, 8192, 16384, 32768], value=context,
                                   description="context")
         self.device = w.Dropdown(options=device_profiles(), value=device, description="device")
@@ -277,9 +269,6 @@ class MemoryPlanner:
         import matplotlib.pyplot as plt
         from IPython.display import Image, display
 
-        from edgekit.plan import plan_memory
-        from edgekit.plots import figure_png, plot_memory_vs_device
-        from edgekit.report import device_memory_frame
 
         config = self.pasted.value.strip() or self.model.value
         self.verdict.clear_output(wait=True)
@@ -288,7 +277,7 @@ class MemoryPlanner:
             self.plan = plan_memory(config, self.variant.value, context=self.context.value, device=self.device.value)
             with self.verdict:
                 print(self.plan.summary())
-            frame = device_memory_frame(config, list(self.VARIANTS), self.device.value, self.context.value)
+            frame = device_memory_frame(config, self.plotted, self.device.value, self.context.value)
             frame["model"] = self.plan.model
             fig, ax = plt.subplots(figsize=(8, 4))
             plot_memory_vs_device(frame, ax)

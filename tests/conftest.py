@@ -35,7 +35,7 @@ def tokenizer(default_model):
 @pytest.fixture(scope="session")
 def eval_ids(tokenizer):
     """The first 1,024 tokens of the eval split: enough windows for statistics, fast on a CPU."""
-    from edgekit.compare import eval_token_ids
+    from edgekit.data import eval_token_ids
 
     return eval_token_ids(tokenizer, "eval")[:1024]
 
@@ -43,7 +43,7 @@ def eval_ids(tokenizer):
 @pytest.fixture(scope="session")
 def onnx_artifact(default_model):
     """``onnx_artifact("onnx-int8")`` -> the artifact folder of that variant, exported once per session."""
-    from edgekit.onnx_variants import cached_artifact
+    from edgekit.runtimes.onnxruntime import cached_artifact
 
     return lambda variant: cached_artifact(variant, default_model)
 
@@ -63,7 +63,7 @@ def small_eval_settings():
 def fp32_baseline(default_model, tokenizer, eval_ids, small_eval_settings):
     """The PyTorch fp32 scores (log-probs kept) that every runtime's variants are compared against."""
     from edgekit.measure import score
-    from edgekit.variants import build_runner
+    from edgekit.registry import build_runner
 
     runner = build_runner("fp32", default_model, tokenizer)
     scores = score(runner, eval_ids, small_eval_settings, keep_logprobs=True, progress=False)
@@ -76,7 +76,7 @@ def quality_against_fp32(default_model, tokenizer, eval_ids, small_eval_settings
     """``measure(name)``: build a runtime's variant, score it on the fp32 baseline's tokens (checking it
     scores the same tokens and counts its weights) and return its KL / top-1 against the baseline."""
     from edgekit.measure import score
-    from edgekit.variants import build_runner
+    from edgekit.registry import build_runner
 
     def measure(name: str) -> dict:
         runner = build_runner(name, default_model, tokenizer)

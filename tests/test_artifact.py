@@ -7,7 +7,7 @@ import pytest
 from edgekit.artifact import MANIFEST, load_artifact, verify_artifact
 from edgekit.cli import main
 from edgekit.errors import ArtifactError, VariantError
-from edgekit.ort_runner import max_supported_opset
+from edgekit.runtimes.onnxruntime.runner import max_supported_opset
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ def test_damaged_manifest_is_refused(artifact):
 
 
 def test_only_exportable_variants_export(default_model, tmp_path):
-    from edgekit.variants import export_artifact
+    from edgekit.registry import export_artifact
 
     with pytest.raises(VariantError, match="no artifact to export"):
         export_artifact("fp32", default_model, tmp_path / "x")

@@ -112,7 +112,7 @@ def test_largest_batch_within():
 
 def test_batched_generation_matches_one_by_one(default_model, tokenizer):
     """TorchRunner.generate_batch (left-padded) and the batcher give the tokens single-prompt decoding gives."""
-    from edgekit.variants import build_runner
+    from edgekit.registry import build_runner
 
     runner = build_runner("fp32", default_model, tokenizer)
     texts = ["To be, or not to be", "O", "HAMLET:\nWhat a piece of work", "Where is"]

@@ -5,7 +5,7 @@ import torch
 from edgekit.calibrated import awq_scale, gptq_quantize, mixed_layer_schemes, rtn_dequantized
 from edgekit.measure import EvalSettings, score
 from edgekit.packed import PackedLinear, rtn_quantize
-from edgekit.variants import Variant, build_runner
+from edgekit.registry import Variant, build_runner
 
 SETTINGS = EvalSettings(context=256, stride=128, max_tokens=1024, batch_size=8)
 

@@ -10,7 +10,7 @@ from hf_guide import hf_guide_perplexity
 from edgekit.data import read_split
 from edgekit.measure import EvalSettings, score
 from edgekit.metrics import perplexity_metric_path
-from edgekit.variants import build_runner
+from edgekit.registry import build_runner
 
 CONTEXT, STRIDE = 128, 64
 

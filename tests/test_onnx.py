@@ -6,9 +6,9 @@ import torch
 
 from edgekit.errors import InputError
 from edgekit.measure import EvalSettings, score
-from edgekit.onnx_export import parity
-from edgekit.ort_runner import ORTRunner, compile_model, max_supported_opset, model_opset
-from edgekit.variants import Variant, build_runner
+from edgekit.runtimes.onnxruntime.export import parity
+from edgekit.runtimes.onnxruntime.runner import ORTRunner, compile_model, max_supported_opset, model_opset
+from edgekit.registry import Variant, build_runner
 
 SETTINGS = EvalSettings(context=128, stride=64, max_tokens=1024, batch_size=8)
 QUANTIZED = ("onnx-int8", "onnx-int8-static", "onnx-int4-g32", "onnx-int4-g64", "onnx-int4-g128")
@@ -100,7 +100,7 @@ def test_accuracy_level_and_symmetry_are_recorded(onnx_artifact):
                                          ("onnx-fp32:opt_level=max", "graph_optimization_level")])
 def test_bad_variant_options_are_refused(name, match, default_model, tmp_path):
     from edgekit.errors import EdgekitError
-    from edgekit.variants import export_artifact
+    from edgekit.registry import export_artifact
 
     with pytest.raises(EdgekitError, match=match):
         export_artifact(Variant.parse(name), default_model, tmp_path / "out")

@@ -8,7 +8,7 @@ from edgekit.errors import PlanError
 from edgekit.plan import (GIB, device_profiles, kv_cache_bytes, known_models, load_profile, parameter_count,
                           plan_memory, weight_bytes)
 from edgekit.runners import module_weight_bytes
-from edgekit.variants import build_runner
+from edgekit.registry import build_runner
 
 EXACT = {"llama-2-7b": 6_738_415_616, "mistral-7b": 7_241_732_096, "qwen2.5-7b": 7_615_616_512,
          "llama-3-8b": 8_030_261_248}
@@ -39,7 +39,8 @@ def test_planned_weight_bytes_match_built_variant(variant, default_model, tokeni
 
 
 def test_layer_schemes_price_a_mixed_precision_model(default_model, fp32_runner, tokenizer):
-    from edgekit.packed import PackedLinear, block_linears, quantize_rtn, replace_module
+    from edgekit.layout import block_linears
+    from edgekit.packed import PackedLinear, quantize_rtn, replace_module
 
     model = build_runner("fp32", default_model, tokenizer).model
     names = sorted(block_linears(model))[:4]

@@ -4,7 +4,7 @@ import pytest
 from edgekit.measure import EvalSettings, score
 from edgekit.packed import PackedLinear
 from edgekit.qat import QATSettings, qat_checkpoint, qat_history
-from edgekit.variants import build_runner
+from edgekit.registry import build_runner
 
 SHORT = QATSettings(bits=2, group_size=64, steps=6, batch_size=4, eval_every=0, eval_tokens=512)
 OPTIONS = "steps=6,batch_size=4,eval_every=0,eval_tokens=512"

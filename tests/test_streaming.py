@@ -6,7 +6,7 @@ import torch
 
 from edgekit.errors import InputError
 from edgekit.streaming import StreamingRunner, stream_device_map, stream_summary
-from edgekit.variants import build_runner
+from edgekit.registry import build_runner
 
 
 @pytest.fixture(scope="module")

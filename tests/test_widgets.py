@@ -3,7 +3,7 @@ variant shows its reason and the rest go on; earlier runs and the report work fr
 import pytest
 
 from edgekit.results import ResultStore
-from edgekit.variants import known_variants
+from edgekit.registry import known_variants
 from edgekit.widgets import Dashboard
 
 FAST = dict(context=128, stride=64, max_tokens=256, latency_runs=0)

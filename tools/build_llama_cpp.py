@@ -9,7 +9,7 @@ not grant AMX tile data (see ``edgekit/cpu_features.py``). Here the build gets
 a venv that moves between machines.
 
 One download of the sdist serves both jobs: the build, and ``convert_hf_to_gguf.py`` with its
-``conversion`` package and ``gguf-py`` (not in any wheel), extracted to ``edgekit.gguf.converter_dir()``
+``conversion`` package and ``gguf-py`` (not in any wheel), extracted to ``edgekit.runtimes.llama_cpp.converter_dir()``
 beside a ``build.json`` that records the switches (``edgekit doctor`` and the runtime self-test
 read it). Idempotent: a build with the same version and switches is not redone.
 

@@ -19,6 +19,11 @@ import datasets
 import evaluate
 import numpy as np
 
+from edgekit.errors import InputError
+from edgekit.loading import load_tokenizer
+from edgekit.measure import EvalSettings, score
+from edgekit.registry import build_runner
+
 _CITATION = """\
 @misc{hf_perplexity_guide,
   title = {Perplexity of fixed-length models},
@@ -53,10 +58,6 @@ class Perplexity(evaluate.Metric):
             reference_urls=["https://huggingface.co/docs/transformers/perplexity"])
 
     def _compute(self, predictions, model_id="default", variant="fp32", context=256, stride=128, batch_size=8):
-        from edgekit.errors import InputError
-        from edgekit.loading import load_tokenizer
-        from edgekit.measure import EvalSettings, score
-        from edgekit.variants import build_runner
 
         settings = EvalSettings(context=context, stride=stride, max_tokens=None, batch_size=batch_size)
         tokenizer = load_tokenizer(model_id)

@@ -5,24 +5,23 @@ Follows the Hugging Face Optimum guide "Export a model to ONNX with optimum.expo
 ``past_key_values`` and returns ``present`` (so decoding reuses the cache). Optimum's own
 validation is skipped; :func:`parity` does it through the Runner interface instead and
 reports what a reader wants to know: the largest absolute logit difference and how often
-both pick the same next token. Models above :data:`~edgekit.ort_runner.EXTERNAL_DATA_THRESHOLD`
+both pick the same next token. Models above :data:`~edgekit.runtimes.onnxruntime.runner.EXTERNAL_DATA_THRESHOLD`
 keep their weights in one external data file (``model.onnx_data``), as ONNX requires past 2 GB.
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import onnx
 import torch
 
+from edgekit.data import staged, work_dir
 from edgekit.errors import ModelSourceError
-from edgekit.loading import resolve_source
-from edgekit.ort_runner import EXTERNAL_DATA_FILE, EXTERNAL_DATA_THRESHOLD, MODEL_FILE
+from edgekit.guard import admit
+from edgekit.loading import model_key, resolve_source
+from edgekit.runtimes.onnxruntime.runner import EXTERNAL_DATA_FILE, EXTERNAL_DATA_THRESHOLD, MODEL_FILE
 
 TASK = "text-generation-with-past"
-SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-              "special_tokens_map.json", "tokenizer.model")
 
 
 def export_onnx(source: str, out_dir: str | Path, opset: int | None = None) -> Path:
@@ -43,6 +42,15 @@ def export_onnx(source: str, out_dir: str | Path, opset: int | None = None) -> P
     return model_path
 
 
+def cached_export(source: str) -> Path:
+    """The plain fp32 ONNX export of ``source``, made once per model version and reused by every variant."""
+    folder = work_dir() / "onnx-exports" / model_key(source)
+    if not (folder / MODEL_FILE).is_file():
+        admit("onnx-fp32", source, what="export")  # optimum holds the fp32 model and the graph it writes
+        staged(folder, lambda out: export_onnx(source, out))
+    return folder / MODEL_FILE
+
+
 def consolidate_external_data(model_path: Path) -> None:
     """Keep a small model in one file; put a large one's weights in a single ``model.onnx_data``."""
     files = [p for p in model_path.parent.iterdir() if p.name.startswith(MODEL_FILE) and p != model_path]
@@ -54,17 +62,6 @@ def consolidate_external_data(model_path: Path) -> None:
         p.unlink()
     onnx.save_model(model, str(model_path), save_as_external_data=size > EXTERNAL_DATA_THRESHOLD,
                     all_tensors_to_one_file=True, location=EXTERNAL_DATA_FILE, size_threshold=1024)
-
-
-def copy_side_files(source: str, out_dir: str | Path) -> list[str]:
-    """Copy the tokenizer and config files of a local model folder (those that exist)."""
-    resolved = Path(resolve_source(source))
-    copied = []
-    for name in SIDE_FILES:
-        if (resolved / name).is_file():
-            shutil.copy2(resolved / name, Path(out_dir) / name)
-            copied.append(name)
-    return copied
 
 
 def parity_batch(token_ids: torch.Tensor, window: int = 128) -> torch.Tensor:

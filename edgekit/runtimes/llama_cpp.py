@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -40,17 +41,19 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from edgekit.artifact import Manifest, artifact_loader, copy_side_files, load_artifact, write_manifest
 from edgekit.artifact import cached_artifact as shared_cache
-from edgekit.artifact import Manifest, artifact_loader, load_artifact, write_manifest
+from edgekit.data import read_split, staged, work_dir
 from edgekit.errors import ModelSourceError, VariantError
+from edgekit.loading import load_tokenizer, model_key, resolve_source
 from edgekit.native_build import CONVERTER, CONVERTER_PACKAGES, converter_dir, llama_cpp_version
-from edgekit.results import work_dir
-from edgekit.variants import Variant, register, register_exporter
+from edgekit.registry import Variant, register
 
 MODEL_FILE = "model.gguf"
 # llama.cpp file types (enum llama_ftype in llama.h) for each variant's quantization
 FTYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q4_k_m": 15}
-OPTIONS = {"threads", "n_ctx"}
+# bits per weight of each GGUF block format, its per-block scales included (llama.cpp ggml-quants)
+BITS_PER_WEIGHT = {"f32": 32, "f16": 16, "q8_0": 8.5, "q4_0": 4.5, "q4_k_m": 4.5}
 
 
 def ensure_converter() -> Path:
@@ -76,8 +79,6 @@ def pre_tokenizer_mapping(model_dir: Path) -> str | None:
 
 
 def _local_model_dir(source: str) -> Path:
-    from edgekit.loading import resolve_source
-
     resolved = resolve_source(source)
     if Path(resolved).is_dir():
         return Path(resolved)
@@ -95,7 +96,7 @@ def convert_to_gguf(source: str, out_path: Path, outtype: str = "f32") -> Path:
     model_dir = _local_model_dir(source)
     folder = ensure_converter()
     env = {**os.environ, "EDGEKIT_GGUF_PRE": pre_tokenizer_mapping(model_dir) or ""}
-    cmd = [sys.executable, "-m", "edgekit.gguf", str(folder), str(model_dir), "--outfile", str(out_path),
+    cmd = [sys.executable, "-m", "edgekit.runtimes.llama_cpp", str(folder), str(model_dir), "--outfile", str(out_path),
            "--outtype", outtype]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
@@ -110,14 +111,9 @@ def convert_to_gguf(source: str, out_path: Path, outtype: str = "f32") -> Path:
 
 def cached_f32_gguf(source: str) -> Path:
     """The converter's f32 GGUF of ``source``, made once per model version; every quantization starts from it."""
-    from edgekit.loading import model_key
-
     path = work_dir() / "gguf-exports" / model_key(source) / "model-f32.gguf"
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_suffix(".partial")
-        convert_to_gguf(source, staging, "f32")
-        staging.rename(path)
+        staged(path.parent, lambda out: convert_to_gguf(source, out / path.name, "f32"))
     return path
 
 
@@ -181,16 +177,12 @@ def gguf_weight_bytes(path: Path) -> int:
     return int(sum(t.n_bytes for t in GGUFReader(str(path)).tensors))
 
 
-def export_gguf_artifact(variant: "str | Variant", source: str, out_dir) -> Manifest:
+def export_artifact(variant: "str | Variant", source: str, out_dir) -> Manifest:
     """Convert, quantize and check ``source`` into an artifact folder with ``model.gguf`` and a manifest."""
     import llama_cpp
 
-    from edgekit.data import read_split
-    from edgekit.loading import load_tokenizer
-    from edgekit.onnx_export import copy_side_files
-
     variant = Variant.parse(variant)
-    quant = _quant(variant)
+    quant = variant.field("quant")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     f32 = cached_f32_gguf(source)
@@ -325,34 +317,24 @@ def load_gguf_artifact(manifest: Manifest, threads: int | None = None, n_ctx: in
                           threads=threads or manifest.data.get("runtime_settings", {}).get("threads"), n_ctx=n_ctx)
 
 
-def _quant(variant: Variant) -> str:
-    unknown = {k for k, _ in variant.options} - OPTIONS
-    if unknown:
-        raise VariantError(f"unknown option(s) {', '.join(sorted(unknown))} for {variant.name}; "
-                           f"valid: {', '.join(sorted(OPTIONS))}")
-    return variant.field("quant")
-
-
 def cached_artifact(variant: Variant, source: str) -> Path:
     """The GGUF artifact of ``variant`` for ``source`` under the work folder, exported on first use."""
-    from edgekit.loading import model_key
-
     folder = work_dir() / "artifacts" / model_key(source) / variant.name
-    return shared_cache(folder, lambda out: export_gguf_artifact(variant, source, out))
+    return shared_cache(folder, lambda out: export_artifact(variant, source, out))
+
+
+def _gguf_bytes(variant: Variant, out_f: int, in_f: int, bias: bool, dense: str) -> int:
+    return math.ceil(out_f * in_f * BITS_PER_WEIGHT[variant.field("quant")] / 8) + (4 * out_f if bias else 0)
 
 
 @register(r"gguf-(?P<quant>f32|f16|q8_0|q4_0|q4_k_m)", "llama.cpp",
           "llama.cpp GGUF via llama-cpp-python (options threads, n_ctx)",
-          ("gguf-f16", "gguf-q8_0", "gguf-q4_0", "gguf-q4_k_m"))
+          ("gguf-f16", "gguf-q8_0", "gguf-q4_0", "gguf-q4_k_m"), linear_bytes=_gguf_bytes,
+          options=("threads", "n_ctx"), load="as-is", dense=lambda variant, checkpoint: "fp16",
+          exporter=export_artifact)
 def build_gguf(variant: Variant, source: str, tokenizer) -> LlamaCppRunner:
-    _quant(variant)  # refuse unknown options before converting anything
     return load_artifact(cached_artifact(variant, source), threads=variant.option("threads"),
                          n_ctx=int(variant.option("n_ctx", 1024)), tokenizer=tokenizer)
-
-
-@register_exporter(r"gguf-.*")
-def export_gguf(variant: Variant, source: str, out_dir) -> Manifest:
-    return export_gguf_artifact(variant, source, out_dir)
 
 
 def _run_converter(folder: str, argv: list[str]) -> None:
@@ -372,7 +354,7 @@ def _run_converter(folder: str, argv: list[str]) -> None:
         except NotImplementedError:
             if mapped is None:
                 raise
-            logging.getLogger("edgekit.gguf").warning(
+            logging.getLogger("edgekit.runtimes.llama_cpp").warning(
                 "pre-tokenizer hash unknown to llama.cpp; tokenizer.json is a GPT-2 byte-level BPE, using %r", mapped)
             return mapped
 
@@ -382,5 +364,5 @@ def _run_converter(folder: str, argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    # python -m edgekit.gguf CONVERTER_DIR MODEL_DIR ... (internal: convert with the mapping)
+    # python -m edgekit.runtimes.llama_cpp CONVERTER_DIR MODEL_DIR ... (internal: convert with the mapping)
     _run_converter(sys.argv[1], sys.argv[2:])

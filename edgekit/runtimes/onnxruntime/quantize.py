@@ -26,7 +26,7 @@ import onnx
 from tqdm.auto import tqdm
 
 from edgekit.errors import VariantError
-from edgekit.ort_runner import EXTERNAL_DATA_THRESHOLD
+from edgekit.runtimes.onnxruntime.runner import EXTERNAL_DATA_THRESHOLD
 
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # unset, fp32, fp16, bf16, int8 compute
 BLOCK_SIZES = (16, 32, 64, 128, 256)

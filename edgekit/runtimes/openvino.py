@@ -2,7 +2,7 @@
 
 Follows OpenVINO's "Weight Compression" guide (NNCF ``compress_weights``, data-free): the
 plain fp32 ONNX export of the model (the same one the ONNX variants start from,
-:func:`edgekit.onnx_variants.cached_export`) is read with ``openvino.Core.read_model``,
+:func:`edgekit.runtimes.onnxruntime.cached_export`) is read with ``openvino.Core.read_model``,
 its weights compressed to int8 (per output channel) or int4 (per group of ``group_size``
 input channels; NNCF keeps the embeddings and the head at int8, as its default backup mode
 does) and saved as OpenVINO IR (``openvino_model.xml`` + ``.bin``) in an artifact folder
@@ -28,15 +28,16 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from edgekit.artifact import Manifest, artifact_loader, copy_side_files, load_artifact, write_manifest
 from edgekit.artifact import cached_artifact as shared_cache
-from edgekit.artifact import Manifest, artifact_loader, load_artifact, write_manifest
+from edgekit.data import work_dir
 from edgekit.errors import VariantError
-from edgekit.results import work_dir
-from edgekit.variants import Variant, register, register_exporter
+from edgekit.loading import model_key
+from edgekit.registry import Variant, group_codes_bytes, per_channel_int8_bytes, register
+from edgekit.runtimes.onnxruntime.export import cached_export
 
 MODEL_XML = "openvino_model.xml"
 MODEL_BIN = "openvino_model.bin"
-OPTIONS = {"sym", "device", "threads"}
 
 
 class DeviceFallbackWarning(UserWarning):
@@ -62,10 +63,6 @@ def select_device(requested: str, available: list[str] | None = None) -> str:
 
 def compression_settings(variant: Variant) -> dict:
     """The NNCF settings a variant stands for (mode, group size, symmetry)."""
-    unknown = {k for k, _ in variant.options} - OPTIONS
-    if unknown:
-        raise VariantError(f"unknown option(s) {', '.join(sorted(unknown))} for {variant.name}; "
-                           f"valid: {', '.join(sorted(OPTIONS))}")
     bits = variant.bits
     if (bits == 4) != (variant.group_size is not None):
         raise VariantError(f"{variant.name}: int4 needs a group size and int8 takes none; "
@@ -93,12 +90,9 @@ def compress(model, settings: dict):
     return nncf.compress_weights(model, mode=mode, group_size=settings["group_size"], ratio=1.0)
 
 
-def export_openvino_artifact(variant: "str | Variant", source: str, out_dir) -> Manifest:
+def export_artifact(variant: "str | Variant", source: str, out_dir) -> Manifest:
     """ONNX export -> NNCF compression -> OpenVINO IR in ``out_dir`` with a manifest."""
     import openvino as ov
-
-    from edgekit.onnx_export import copy_side_files
-    from edgekit.onnx_variants import cached_export
 
     variant = Variant.parse(variant)
     settings = compression_settings(variant)
@@ -187,24 +181,24 @@ def load_openvino_artifact(manifest: Manifest, device: str | None = None, thread
 
 def cached_artifact(variant: Variant, source: str) -> Path:
     """The artifact of ``variant`` for ``source`` under the work folder, exported on first use."""
-    from edgekit.loading import model_key
-
     folder = work_dir() / "artifacts" / model_key(source) / artifact_name(variant).replace(":", "_")
-    return shared_cache(folder, lambda out: export_openvino_artifact(variant, source, out))
+    return shared_cache(folder, lambda out: export_artifact(variant, source, out))
+
+
+def _ov_bytes(variant: Variant, out_f: int, in_f: int, bias: bool, dense: str) -> int:
+    if variant.bits == 8 or variant.group_size is None:
+        return per_channel_int8_bytes(variant, out_f, in_f, bias, dense)
+    return group_codes_bytes(out_f, in_f, bias, 4, variant.group_size)
 
 
 @register(r"ov-int(?P<bits>8|4)(?:-g(?P<group_size>\d+))?", "openvino",
           "OpenVINO IR with NNCF weight compression (options sym, device=CPU|GPU|NPU, threads)",
-          ("ov-int8", "ov-int4-g32", "ov-int4-g128"))
+          ("ov-int8", "ov-int4-g32", "ov-int4-g128"), linear_bytes=_ov_bytes, options=("sym", "device", "threads"),
+          load="export", dense=lambda variant, checkpoint: "fp16", exporter=export_artifact)
 def build_openvino(variant: Variant, source: str, tokenizer) -> OpenVINORunner:
-    compression_settings(variant)  # refuse unknown options before exporting anything
+    compression_settings(variant)  # refuse a bad bits/group combination before exporting anything
     return load_artifact(cached_artifact(variant, source), device=variant.option("device"),
                          threads=variant.option("threads", torch.get_num_threads()), tokenizer=tokenizer)
-
-
-@register_exporter(r"ov-.*")
-def export_openvino(variant: Variant, source: str, out_dir) -> Manifest:
-    return export_openvino_artifact(variant, source, out_dir)
 
 
 def self_test(rows: int = 8, width: int = 64) -> None:

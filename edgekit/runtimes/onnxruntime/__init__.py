@@ -4,8 +4,8 @@
 on the ``calibration`` split) and ``onnx-int4-g32|g64|g128`` (MatMulNBits) join the same
 registry as the PyTorch variants, so ``edgekit compare --variants fp32,onnx-int8`` measures
 them with the same code into the same table. Each is built along the path the deployment
-guides describe — PyTorch → ONNX (:mod:`edgekit.onnx_export`) → quantized ONNX
-(:mod:`edgekit.onnx_quantize`) → compiled for the target (:func:`edgekit.ort_runner.compile_model`)
+guides describe — PyTorch → ONNX (:mod:`edgekit.runtimes.onnxruntime.export`) → quantized ONNX
+(:mod:`edgekit.runtimes.onnxruntime.quantize`) → compiled for the target (:func:`edgekit.runtimes.onnxruntime.runner.compile_model`)
 → artifact with a manifest (:mod:`edgekit.artifact`) — and loaded back through
 :func:`~edgekit.artifact.load_artifact`, which verifies every file first.
 
@@ -17,24 +17,40 @@ variant's artifact under ``work_dir()/artifacts/<model key>/<variant>``.
 """
 from __future__ import annotations
 
-import shutil
 import tempfile
 from functools import lru_cache
 from pathlib import Path
 
 import onnxruntime as ort
 
+from edgekit.artifact import Manifest, copy_side_files, load_artifact, write_manifest
 from edgekit.artifact import cached_artifact as shared_cache
-from edgekit.artifact import Manifest, load_artifact, verify_artifact, write_manifest
-from edgekit.errors import ArtifactError, VariantError
-from edgekit.loading import model_key, resolve_source
-from edgekit.results import work_dir
-from edgekit.variants import Variant, register, register_exporter
+from edgekit.data import eval_token_ids, work_dir
+from edgekit.loading import load_tokenizer, model_key, resolve_source
+from edgekit.registry import (
+    Variant,
+    build_runner,
+    dense_linear_bytes,
+    group_codes_bytes,
+    per_channel_int8_bytes,
+    register,
+)
+from edgekit.runtimes.onnxruntime.export import cached_export, parity, parity_batch
+from edgekit.runtimes.onnxruntime.quantize import quantize_int4, quantize_int8_dynamic, quantize_int8_static
+from edgekit.runtimes.onnxruntime.runner import (
+    MODEL_FILE,
+    ORTRunner,
+    compile_model,
+    model_opset,
+    resolve_providers,
+    self_test,
+    session_options,
+)
 
-COMMON_OPTIONS = {"opt_level", "provider"}
-OPTIONS = {"fp32": set(), "int8": {"per_channel"}, "int8-static": {"per_channel"},
-           "int4": {"symmetric", "accuracy_level"}}
+COMMON_OPTIONS = ("opt_level", "provider")
 PARITY_TOKENS = 512
+
+__all__ = ["export_artifact", "cached_artifact", "self_test"]
 
 
 def _scheme(variant: Variant) -> str:
@@ -44,10 +60,6 @@ def _scheme(variant: Variant) -> str:
 def quantization_settings(variant: Variant) -> dict:
     """The quantization recipe a variant stands for, with its defaults filled in (goes into the manifest)."""
     scheme = _scheme(variant)
-    unknown = {k for k, _ in variant.options} - OPTIONS[scheme] - COMMON_OPTIONS
-    if unknown:
-        raise VariantError(f"option(s) {', '.join(sorted(unknown))} do not apply to {variant.name}; "
-                           f"it takes {', '.join(sorted(OPTIONS[scheme] | COMMON_OPTIONS))}")
     if scheme == "fp32":
         return {"scheme": "none", "weight_dtype": "float32"}
     if scheme == "int8":
@@ -62,41 +74,18 @@ def quantization_settings(variant: Variant) -> dict:
             "accuracy_level": int(variant.option("accuracy_level", 4))}
 
 
-def cached_export(source: str) -> Path:
-    """The plain fp32 ONNX export of ``source``, made once per model version and reused by every variant."""
-    from edgekit.onnx_export import export_onnx
-
-    folder = work_dir() / "onnx-exports" / model_key(source)
-    if (folder / "model.onnx").is_file():
-        return folder / "model.onnx"
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=folder.parent))
-    try:
-        export_onnx(source, staging)
-        if not folder.exists():  # another process may have finished the same export first
-            staging.rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder / "model.onnx"
-
-
 def _quantize(variant: Variant, settings: dict, source: str, raw: Path, work: Path) -> Path:
-    from edgekit import onnx_quantize as q
-
     scheme = _scheme(variant)
     target = work / "quantized.onnx"
     if scheme == "fp32":
         return raw
     if scheme == "int8":
-        return q.quantize_int8_dynamic(raw, target, per_channel=settings["per_channel"])
+        return quantize_int8_dynamic(raw, target, per_channel=settings["per_channel"])
     if scheme == "int4":
-        return q.quantize_int4(raw, target, settings["block_size"], settings["symmetric"], settings["accuracy_level"])
-    from edgekit.compare import eval_token_ids
-    from edgekit.loading import load_tokenizer
-
+        return quantize_int4(raw, target, settings["block_size"], settings["symmetric"], settings["accuracy_level"])
     calibration = eval_token_ids(load_tokenizer(source), "calibration")
     cal = settings["calibration"]
-    return q.quantize_int8_static(raw, target, calibration.numpy(), settings["per_channel"],
+    return quantize_int8_static(raw, target, calibration.numpy(), settings["per_channel"],
                                   cal["windows"], cal["tokens_per_window"])
 
 
@@ -118,10 +107,6 @@ class _LogitsOf:
 @lru_cache(maxsize=2)
 def _pytorch_reference(key: str, source: str):
     """Eval token ids and PyTorch fp32 logits on them, computed once per model version and process."""
-    from edgekit.compare import eval_token_ids
-    from edgekit.onnx_export import parity_batch
-    from edgekit.variants import build_runner
-
     reference = build_runner("fp32", source)
     try:
         ids = parity_batch(eval_token_ids(reference.tokenizer, "eval")[:PARITY_TOKENS])
@@ -132,9 +117,6 @@ def _pytorch_reference(key: str, source: str):
 
 def _parity_against_pytorch(source: str, folder: Path) -> dict:
     """Max |Δlogit| and top-1 agreement of the compiled model against PyTorch fp32 on eval tokens."""
-    from edgekit.onnx_export import parity
-    from edgekit.ort_runner import ORTRunner
-
     ids, logits = _pytorch_reference(model_key(source), source)
     candidate = ORTRunner(folder)
     try:
@@ -143,69 +125,55 @@ def _parity_against_pytorch(source: str, folder: Path) -> dict:
         candidate.close()
 
 
-@register_exporter(r"onnx-.*")
-def export_onnx_artifact(variant: Variant, source: str, out_dir: str | Path) -> Manifest:
-    """Export, quantize and compile ``variant`` of ``source`` into the artifact folder ``out_dir``.
-
-    The artifact is assembled in a staging folder and moved into place only when complete,
-    so an interrupted export never leaves a half-written artifact behind.
-    """
-    from edgekit.onnx_export import copy_side_files
-    from edgekit.ort_runner import MODEL_FILE, compile_model, model_opset, resolve_providers, session_options
-
+def export_artifact(variant: Variant, source: str, out_dir: str | Path) -> Manifest:
+    """Export, quantize and compile ``variant`` of ``source`` into the (staging) folder ``out_dir``."""
     variant = Variant.parse(variant)
     settings = quantization_settings(variant)
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise ArtifactError(f"{out_dir} already exists and is not empty; choose a new folder or delete it first")
     level = str(variant.option("opt_level", "all"))
     providers = [variant.option("provider")] if variant.option("provider") else None
     session_options(level)  # refuse a bad level before any work
     raw = cached_export(source)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
-        with tempfile.TemporaryDirectory(prefix="edgekit-quantize-", dir=work_dir()) as work:
-            quantized = _quantize(variant, settings, source, raw, Path(work))
-            compile_model(quantized, staging / MODEL_FILE, level, providers)
-        copy_side_files(source, staging)
-        session = ort.InferenceSession(str(staging / MODEL_FILE), providers=["CPUExecutionProvider"])
-        signature = _signature(session)
-        del session
-        evaluation = _parity_against_pytorch(source, staging)
-
-        write_manifest(staging, variant=str(variant), runtime="onnxruntime", runtime_version=ort.__version__,
-                       model=resolve_source(source), quantization=settings, signature=signature,
-                       opset=model_opset(staging / MODEL_FILE), evaluation=evaluation,
-                       runtime_settings={"graph_optimization_level": level,
-                                         "providers": resolve_providers(providers)},
-                       extra={"compile": {"graph_optimization_level": level,
-                                          "providers": resolve_providers(providers),
-                                          "onnxruntime": ort.__version__}})
-        if out_dir.exists():
-            out_dir.rmdir()
-        staging.rename(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return verify_artifact(out_dir)
+    with tempfile.TemporaryDirectory(prefix="edgekit-quantize-", dir=work_dir()) as work:
+        quantized = _quantize(variant, settings, source, raw, Path(work))
+        compile_model(quantized, out_dir / MODEL_FILE, level, providers)
+    copy_side_files(source, out_dir)
+    session = ort.InferenceSession(str(out_dir / MODEL_FILE), providers=["CPUExecutionProvider"])
+    signature = _signature(session)
+    del session
+    evaluation = _parity_against_pytorch(source, out_dir)
+    return write_manifest(out_dir, variant=str(variant), runtime="onnxruntime", runtime_version=ort.__version__,
+                          model=resolve_source(source), quantization=settings, signature=signature,
+                          opset=model_opset(out_dir / MODEL_FILE), evaluation=evaluation,
+                          runtime_settings={"graph_optimization_level": level, "providers": resolve_providers(providers)},
+                          extra={"compile": {"graph_optimization_level": level,
+                                             "providers": resolve_providers(providers), "onnxruntime": ort.__version__}})
 
 
 def cached_artifact(variant: "str | Variant", source: str) -> Path:
     """The artifact folder of ``variant`` for ``source``, exported on first use and re-exported if damaged."""
     variant = Variant.parse(variant)
     folder = work_dir() / "artifacts" / model_key(source) / str(variant).replace(":", "_")
-    return shared_cache(folder, lambda out: export_onnx_artifact(variant, source, out))
+    return shared_cache(folder, lambda out: export_artifact(variant, source, out))
 
 
 def _build(variant: Variant, source: str, tokenizer):
-    quantization_settings(variant)  # refuse unknown options before exporting anything
     return load_artifact(cached_artifact(variant, source))
 
 
-register(r"onnx-fp32", "onnxruntime", "ONNX Runtime, optimum export, graph-optimised fp32", ("onnx-fp32",))(_build)
-register(r"onnx-int8", "onnxruntime", "ONNX Runtime dynamic int8 (option per_channel=true)", ("onnx-int8",))(_build)
+def _int4_bytes(variant: Variant, out_f: int, in_f: int, bias: bool, dense: str) -> int:
+    return group_codes_bytes(out_f, in_f, bias, 4, variant.group_size)
+
+
+_ENTRY = dict(load="export", dense=lambda variant, checkpoint: "fp32", exporter=export_artifact)
+register(r"onnx-fp32", "onnxruntime", "ONNX Runtime, optimum export, graph-optimised fp32", ("onnx-fp32",),
+         linear_bytes=dense_linear_bytes("fp32"), options=COMMON_OPTIONS, **_ENTRY)(_build)
+register(r"onnx-int8", "onnxruntime", "ONNX Runtime dynamic int8 (option per_channel=true)", ("onnx-int8",),
+         linear_bytes=per_channel_int8_bytes, options=("per_channel", *COMMON_OPTIONS), **_ENTRY)(_build)
 register(r"onnx-int8-static", "onnxruntime", "ONNX Runtime static int8 QDQ calibrated on the calibration split",
-         ("onnx-int8-static",))(_build)
+         ("onnx-int8-static",), linear_bytes=per_channel_int8_bytes, options=("per_channel", *COMMON_OPTIONS),
+         **_ENTRY)(_build)
 register(r"onnx-int4-g(?P<group_size>\d+)", "onnxruntime",
          "ONNX Runtime MatMulNBits 4-bit (options symmetric=false, accuracy_level=4)",
-         ("onnx-int4-g32", "onnx-int4-g64", "onnx-int4-g128"))(_build)
+         ("onnx-int4-g32", "onnx-int4-g64", "onnx-int4-g128"), linear_bytes=_int4_bytes,
+         options=("symmetric", "accuracy_level", *COMMON_OPTIONS), **_ENTRY)(_build)

@@ -1,0 +1,132 @@
+"""Calibration data and the hook driver every calibrated method shares (GPTQ, AWQ, sensitivity).
+
+Calibration windows come from the calibration split (Macbeth: a whole work the eval text does
+not contain), seeded. The driver runs the model over them block by block with forward hooks,
+each block seeing the outputs of the blocks already quantized, as GPTQ (Frantar et al. 2022) and
+AWQ (Lin et al. 2023) both do, and stops each pass as soon as the hooks have what they need.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from edgekit.data import read_split
+from edgekit.errors import VariantError
+from edgekit.layout import blocks_in_order, split_block
+
+
+# ---------------------------------------------------------------- calibration data
+def calibration_ids(tokenizer, samples: int = 16, seq_len: int = 256, seed: int = 0) -> torch.Tensor:
+    """``samples`` random windows of ``seq_len`` tokens from the calibration split (seeded), [samples, seq_len]."""
+    ids = tokenizer(read_split("calibration"), return_tensors="pt", add_special_tokens=False,
+                    verbose=False)["input_ids"][0]
+    if len(ids) <= seq_len:
+        raise VariantError(f"the calibration split has {len(ids)} tokens; use seq_len below that")
+    starts = np.random.default_rng(seed).integers(0, len(ids) - seq_len, size=samples)
+    return torch.stack([ids[s : s + seq_len] for s in starts])
+
+
+class _StopForward(Exception):
+    pass
+
+
+@contextmanager
+def single_thread():
+    """Run a loop of many tiny tensor ops on one thread: on a busy CPU, waking a second
+    thread for each costs more than the op (GPTQ's column loop ran 25x faster so)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@torch.no_grad()
+def _feed_until_stopped(model: nn.Module, calib: torch.Tensor, batch_size: int, handles: list) -> None:
+    """Run the calibration batches through ``model``; a hook among ``handles`` ends each pass early
+    by raising _StopForward once it has what it needs. The hooks are removed afterwards."""
+    device = next(model.parameters()).device
+    try:
+        for start in range(0, len(calib), batch_size):
+            try:
+                model(input_ids=calib[start : start + batch_size].to(device), use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def collect_inputs(model: nn.Module, names: list[str], calib: torch.Tensor, on_input, batch_size: int = 8) -> None:
+    """Run ``calib`` through ``model`` and call ``on_input(name, x)`` with each named linear's input
+    ``x`` ([tokens, in_features]); the forward stops after the last of their blocks."""
+    order = list(blocks_in_order(model))
+    last_block = max((split_block(n)[0] for n in names), key=order.index)
+    handles = [model.get_submodule(n).register_forward_pre_hook(
+        lambda mod, args, n=n: on_input(n, args[0].reshape(-1, args[0].shape[-1]).float())) for n in names]
+
+    def stop(*_):
+        raise _StopForward
+
+    handles.append(model.get_submodule(last_block).register_forward_hook(stop))
+    _feed_until_stopped(model, calib, batch_size, handles)
+
+
+def hessians(model: nn.Module, names: list[str], calib: torch.Tensor) -> dict[str, torch.Tensor]:
+    """GPTQ's ``H = 2 X^T X / n`` of each named linear's calibration inputs (one forward pass)."""
+    sums, rows = {}, dict.fromkeys(names, 0)
+
+    def add(name, x):
+        x = x.cpu()
+        if name not in sums:
+            sums[name] = torch.zeros(x.shape[1], x.shape[1])
+        sums[name].addmm_(x.T, x)
+        rows[name] += x.shape[0]
+
+    collect_inputs(model, names, calib, add)
+    return {n: 2 * sums[n] / max(rows[n], 1) for n in names}
+
+
+@torch.no_grad()
+def quantize_blockwise(model: nn.Module, calib: torch.Tensor, quantize_block, desc: str,
+                       progress: bool = True, batch_size: int = 8) -> nn.Module:
+    """The sequential driver both papers use: the calibration batches' inputs to the first block are
+    captured once, then each block in turn is calibrated on them (``quantize_block(block, names,
+    feed)``; ``feed(names, on_input)`` replays the block with input hooks on those linears) and,
+    quantized, produces the next block's inputs."""
+    blocks = blocks_in_order(model)
+    states = []
+
+    def grab(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        states.append((hidden, {k: v for k, v in kwargs.items() if k != "hidden_states"}))
+        raise _StopForward
+
+    handle = model.get_submodule(next(iter(blocks))).register_forward_pre_hook(grab, with_kwargs=True)
+    _feed_until_stopped(model, calib, batch_size, [handle])
+
+    def run(module):
+        outs = [module(hidden, **kwargs) for hidden, kwargs in states]
+        return [(out[0] if isinstance(out, tuple) else out, kwargs) for out, (_, kwargs) in zip(outs, states)]
+
+    for block, names in tqdm(blocks.items(), desc=desc, unit="block", disable=not progress, leave=False):
+        module = model.get_submodule(block)
+
+        def feed(wanted, on_input):
+            handles = [model.get_submodule(n).register_forward_pre_hook(
+                lambda mod, args, n=n: on_input(n, args[0].reshape(-1, args[0].shape[-1]).float().cpu()))
+                for n in wanted]
+            try:
+                run(module)
+            finally:
+                for h in handles:
+                    h.remove()
+
+        quantize_block(block, names, feed)
+        states = run(module)
+    return model

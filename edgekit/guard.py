@@ -1,0 +1,78 @@
+"""The load guard: the one door every model load, export and training run in edgekit passes.
+
+Before any weight is read, :func:`admit` plans the variant for this machine (or a device
+profile) with :func:`edgekit.plan.plan_memory`, which prices the load's own peak as the variant's
+registry entry describes it (full precision before packing, bitsandbytes' checkpoint copy, an
+exporter's graph, a training run's optimizer state), and refuses with a :class:`PlanError`
+that names what would fit — advice drawn from the same arithmetic, so the guard admits it.
+
+Variant options read here (every PyTorch variant accepts them): ``context`` (default: 2048 or
+the model's maximum; the context the plan reserves KV cache and activations for), ``profile``
+(plan against a device profile instead of this machine's available memory), ``offload=true``
+(load with the plan's accelerate ``device_map`` / ``max_memory``, spilling layers to disk;
+fp32/bf16/fp16 only), ``low_memory=true|false`` (force or forbid quantize-on-load for
+bitsandbytes variants; by default it is used once the checkpoint is over 1 GiB), ``device``.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+
+from edgekit.data import work_dir
+from edgekit.errors import PlanError
+from edgekit.loading import load_model, model_config
+from edgekit.plan import GIB, MemoryPlan, config_dtype, load_profile, plan_memory, this_machine, weight_bytes
+from edgekit.quantize_on_load import load_bnb_quantized
+from edgekit.registry import Variant
+
+# Variants that compute in an accelerate offload map (hooks move dense weights in and out)
+OFFLOADABLE = ("fp32", "bf16", "fp16")
+
+
+def admit(variant: "str | Variant", source: str, device: str = "cpu", what: str = "load") -> MemoryPlan:
+    """The plan of ``variant`` of ``source`` if it fits this machine (load peak included); else
+    :class:`PlanError` saying what would fit. Reads the config only, never a weight."""
+    variant = Variant.parse(variant)
+    config = model_config(source)
+    context = int(variant.option("context", min(2048, getattr(config, "max_position_embeddings", None) or 2048)))
+    profile = load_profile(variant.option("profile")) if variant.option("profile") else this_machine(device)
+    plan = plan_memory(config, variant, context=context, device=profile)
+    fits = plan.fits and plan.peak_bytes <= plan.budget_bytes  # an export's peak too, on this machine
+    if not fits and not (variant.option("offload") and variant.name in OFFLOADABLE):
+        raise PlanError(refusal(variant, source, plan, what))
+    return plan
+
+
+def guarded_load(variant: "str | Variant", source: str, device: str = "cpu", **load_kwargs):
+    """Load a PyTorch variant only if :func:`admit` lets it; bitsandbytes variants over 1 GiB (or
+    with ``low_memory=true``) quantize tensor by tensor while loading on the CPU."""
+    variant = Variant.parse(variant)
+    plan = admit(variant, source, device)
+    quant = load_kwargs.get("quantization_config")
+    if variant.entry.load == "bitsandbytes" and device == "cpu":
+        checkpoint = weight_bytes(model_config(source), config_dtype(model_config(source)))
+        if variant.option("low_memory", checkpoint > GIB):
+            return load_bnb_quantized(source, quant, device)
+    if not plan.fits:  # admitted only because offload=true: spill what does not fit
+        folder = work_dir() / "offload" / re.sub(r"\W+", "_", str(source))[-60:]
+        return load_model(source, device_map=plan.offload["device_map"], max_memory=plan.offload["max_memory"],
+                          offload_folder=str(folder), **load_kwargs)
+    return load_model(source, device_map={"": device}, **load_kwargs)
+
+
+def guarded_fp32_load(variant: "str | Variant", source: str, device: str = "cpu", what: str = "load"):
+    """The fp32 model a calibrated / sensitivity / training path starts from, admitted under ``variant``
+    (whose registry entry prices the whole job's peak)."""
+    admit(variant, source, device, what)
+    return load_model(source, device_map={"": device}, dtype=torch.float32)
+
+
+def refusal(variant: Variant, source: str, plan: MemoryPlan, what: str = "load") -> str:
+    need = max(plan.total_bytes, plan.peak_bytes)
+    why = f" ({plan.peak_reason})" if plan.peak_bytes > plan.total_bytes else ""
+    text = (f"refusing to {what} {source} as {variant}: it needs about {need / GIB:.2f} GiB{why} at context "
+            f"{plan.context}, and {plan.device} has {plan.budget_bytes / GIB:.2f} GiB usable. ")
+    if variant.name not in OFFLOADABLE:
+        return text + plan.verdict.split(". ", 1)[-1] if "Would fit" in plan.verdict else text
+    return text + "Would fit: the same variant with offload=true (slow: every token reads the offloaded layers)."
