@@ -210,6 +210,33 @@ def plot_throughput_vs_p99(sweep: pd.DataFrame, p99_target_ms: float | None = No
     return ax
 
 
+def plot_load_sweep(sweep: pd.DataFrame, ax: Axes | None = None) -> Axes:
+    """A server under open-loop load (:func:`edgekit.serve_load.load_sweep`): P50/P99 against the
+    offered rate with the P99 target, and on a second axis the requests refused (429) or timed out (504)."""
+    ax = ax or plt.subplots(figsize=(6.4, 4.2))[1]
+    if sweep.empty:
+        return _empty(ax, "no load sweep")
+    rate = sweep["offered_rate_per_s"]
+    ax.plot(rate, sweep["latency_ms_p50"], "o-", label="P50")
+    ax.plot(rate, sweep["latency_ms_p99"], "s-", label="P99")
+    ax.axhline(sweep["p99_target_ms"].iloc[0], color="tab:red", linestyle="--",
+               label=f"P99 target {sweep['p99_target_ms'].iloc[0]:.0f} ms")
+    lost = sweep["rejected"] + sweep["timed_out"]
+    twin = ax.twinx()
+    twin.bar(rate, lost, width=rate * 0.15, color="grey", alpha=0.35, label="rejected + timed out")
+    twin.set_ylabel("requests refused or timed out")
+    twin.set_ylim(0, max(1, int(sweep["requests"].max())))
+    ax.set_xscale("log")
+    ax.set_xlabel("offered rate (requests/s, Poisson)")
+    ax.set_ylabel("latency from arrival (ms)")
+    ax.set_title("the server under open-loop load")
+    lines, labels = ax.get_legend_handles_labels()
+    bars, bar_labels = twin.get_legend_handles_labels()
+    ax.legend(lines + bars, labels + bar_labels, fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+    return ax
+
+
 def _point_labels(data: pd.DataFrame) -> list[str]:
     if data["run"].nunique() > 1:
         return [f"{v} ({r})" for v, r in zip(data["variant"], data["run"])]
