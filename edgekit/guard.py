@@ -22,7 +22,16 @@ import torch
 from edgekit.data import work_dir
 from edgekit.errors import PlanError
 from edgekit.loading import load_model, model_config
-from edgekit.plan import GIB, MemoryPlan, config_dtype, load_profile, plan_memory, this_machine, weight_bytes
+from edgekit.plan import (
+    GIB,
+    MemoryPlan,
+    alternatives_text,
+    config_dtype,
+    load_profile,
+    plan_memory,
+    this_machine,
+    weight_bytes,
+)
 from edgekit.quantize_on_load import load_bnb_quantized
 from edgekit.registry import Variant
 
@@ -30,17 +39,23 @@ from edgekit.registry import Variant
 OFFLOADABLE = ("fp32", "bf16", "fp16")
 
 
-def admit(variant: "str | Variant", source: str, device: str = "cpu", what: str = "load") -> MemoryPlan:
-    """The plan of ``variant`` of ``source`` if it fits this machine (load peak included); else
-    :class:`PlanError` saying what would fit. Reads the config only, never a weight."""
-    variant = Variant.parse(variant)
+def _plan_here(variant: Variant, source: str, device: str) -> tuple[MemoryPlan, bool]:
+    """The plan on this machine (or the ``profile`` option's device) and whether the guard admits it."""
     config = model_config(source)
     context = int(variant.option("context", min(2048, getattr(config, "max_position_embeddings", None) or 2048)))
     profile = load_profile(variant.option("profile")) if variant.option("profile") else this_machine(device)
     plan = plan_memory(config, variant, context=context, device=profile)
-    fits = plan.fits and plan.peak_bytes <= plan.budget_bytes  # an export's peak too, on this machine
-    if not fits and not (variant.option("offload") and variant.name in OFFLOADABLE):
-        raise PlanError(refusal(variant, source, plan, what))
+    fits = plan.fits and plan.peak_bytes <= plan.budget_bytes  # an export's peak too, where it runs
+    return plan, fits or bool(variant.option("offload") and variant.name in OFFLOADABLE)
+
+
+def admit(variant: "str | Variant", source: str, device: str = "cpu", what: str = "load") -> MemoryPlan:
+    """The plan of ``variant`` of ``source`` if it fits this machine (load peak included); else
+    :class:`PlanError` saying what would fit. Reads the config only, never a weight."""
+    variant = Variant.parse(variant)
+    plan, admitted = _plan_here(variant, source, device)
+    if not admitted:
+        raise PlanError(refusal(variant, source, plan, device, what))
     return plan
 
 
@@ -68,11 +83,18 @@ def guarded_fp32_load(variant: "str | Variant", source: str, device: str = "cpu"
     return load_model(source, device_map={"": device}, dtype=torch.float32)
 
 
-def refusal(variant: Variant, source: str, plan: MemoryPlan, what: str = "load") -> str:
+def refusal(variant: Variant, source: str, plan: MemoryPlan, device: str = "cpu", what: str = "load") -> str:
+    """One line: what was refused, what it needs, and only alternatives this guard itself admits."""
     need = max(plan.total_bytes, plan.peak_bytes)
     why = f" ({plan.peak_reason})" if plan.peak_bytes > plan.total_bytes else ""
-    text = (f"refusing to {what} {source} as {variant}: it needs about {need / GIB:.2f} GiB{why} at context "
-            f"{plan.context}, and {plan.device} has {plan.budget_bytes / GIB:.2f} GiB usable. ")
-    if variant.name not in OFFLOADABLE:
-        return text + plan.verdict.split(". ", 1)[-1] if "Would fit" in plan.verdict else text
-    return text + "Would fit: the same variant with offload=true (slow: every token reads the offloaded layers)."
+    profile = dict(variant.options).get("profile")
+    admitted = []
+    for name in plan.alternatives.get("variants", []):
+        candidate = Variant.parse(name)
+        if profile and candidate.family == "pytorch":
+            candidate = Variant.parse(f"{name}:profile={profile}")
+        if _plan_here(candidate, source, device)[1]:
+            admitted.append(name)
+    advice = alternatives_text({**plan.alternatives, "variants": admitted}, offload=variant.name in OFFLOADABLE)
+    return (f"refusing to {what} {source} as {variant}: it needs about {need / GIB:.2f} GiB{why} at context "
+            f"{plan.context}, and {plan.device} has {plan.budget_bytes / GIB:.2f} GiB usable. {advice}")

@@ -16,7 +16,7 @@ the runtime's own overhead; the sum is checked against a :class:`DeviceProfile` 
 as JSON in ``edgekit/profiles/``; pass a path for your own). When it does not fit, the
 plan says what would (another variant, a shorter context) and lays out an accelerate
 offload map (layers on the accelerator, then host memory, then disk) that
-:func:`guarded_load` really passes to the loader.
+:func:`edgekit.guard.guarded_load` really passes to the loader.
 """
 from __future__ import annotations
 
@@ -344,7 +344,7 @@ def plan_memory(config, variant: str, *, context: int = 4096, batch: int = 1,
     if not profile.can_run(name):
         plan.fits = False
         plan.verdict = (f"{profile.name} cannot run {name}: it runs {', '.join(profile.runs)}. "
-                        + _alternatives_text(plan.alternatives))
+                        + alternatives_text(plan.alternatives))
     return plan
 
 
@@ -414,7 +414,7 @@ def _plan(cfg, variant: str, context: int, batch: int, profile: DeviceProfile, s
     if fits and not peak_fits:
         plan.verdict = (f"does not fit while loading: holding it takes {total / GIB:.2f} GiB, but the load peaks at "
                         f"{peak / GIB:.2f} GiB ({peak_reason}) and {profile.name} has {peak_budget / GIB:.2f} GiB usable. "
-                        + _alternatives_text(plan.alternatives))
+                        + alternatives_text(plan.alternatives))
     elif fits and profile.kind == "npu":
         host = offload["offloaded_bytes"]
         plan.verdict = (f"fits: {total / GIB:.2f} GiB of {budget / GIB:.2f} GiB usable: {(weights + kv + act - host) / GIB:.2f} GiB "
@@ -423,7 +423,7 @@ def _plan(cfg, variant: str, context: int, batch: int, profile: DeviceProfile, s
         plan.verdict = f"fits: {total / GIB:.2f} GiB of {budget / GIB:.2f} GiB usable {where} ({100 * total / max(budget, 1):.0f}%)"
     else:
         plan.verdict = (f"does not fit: needs {(weights + kv + act + (0 if on_accelerator and not profile.unified else overhead)) / GIB:.2f} GiB, "
-                        f"{profile.name} has {budget / GIB:.2f} GiB usable {where}. " + _alternatives_text(plan.alternatives))
+                        f"{profile.name} has {budget / GIB:.2f} GiB usable {where}. " + alternatives_text(plan.alternatives))
     return plan
 
 
@@ -475,11 +475,13 @@ def _alternatives(cfg, variant: str, context: int, batch: int, profile: DevicePr
     return {"variants": fitting, "context": longest}
 
 
-def _alternatives_text(alternatives: dict) -> str:
+def alternatives_text(alternatives: dict, offload: bool = True) -> str:
+    """"Would fit: ..." from a plan's alternatives (variants named first, best quality first)."""
     parts = []
     if alternatives.get("variants"):
         parts.append(f"variant {' or '.join(alternatives['variants'][:3])}")
     if alternatives.get("context"):
         parts.append(f"context {alternatives['context']}")
-    parts.append("offload (add the option offload=true to the variant: slow, every token reads offloaded layers)")
-    return "Would fit: " + "; ".join(parts) + "."
+    if offload:
+        parts.append("offload (the option offload=true on fp32/bf16/fp16: slow, every token reads offloaded layers)")
+    return ("Would fit: " + "; ".join(parts) + ".") if parts else "Nothing offered fits; use a machine with more memory."

@@ -45,6 +45,7 @@ from edgekit.artifact import Manifest, artifact_loader, copy_side_files, load_ar
 from edgekit.artifact import cached_artifact as shared_cache
 from edgekit.data import read_split, staged, work_dir
 from edgekit.errors import ModelSourceError, VariantError
+from edgekit.guard import admit
 from edgekit.loading import load_tokenizer, model_key, resolve_source
 from edgekit.native_build import CONVERTER, CONVERTER_PACKAGES, converter_dir, llama_cpp_version
 from edgekit.registry import Variant, register
@@ -182,6 +183,7 @@ def export_artifact(variant: "str | Variant", source: str, out_dir) -> Manifest:
     import llama_cpp
 
     variant = Variant.parse(variant)
+    admit(variant, source, what="export")
     quant = variant.field("quant")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

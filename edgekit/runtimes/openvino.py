@@ -32,6 +32,7 @@ from edgekit.artifact import Manifest, artifact_loader, copy_side_files, load_ar
 from edgekit.artifact import cached_artifact as shared_cache
 from edgekit.data import work_dir
 from edgekit.errors import VariantError
+from edgekit.guard import admit
 from edgekit.loading import model_key
 from edgekit.registry import Variant, group_codes_bytes, per_channel_int8_bytes, register
 from edgekit.runtimes.onnxruntime.export import cached_export
@@ -95,6 +96,7 @@ def export_artifact(variant: "str | Variant", source: str, out_dir) -> Manifest:
     import openvino as ov
 
     variant = Variant.parse(variant)
+    admit(variant, source, what="export")
     settings = compression_settings(variant)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

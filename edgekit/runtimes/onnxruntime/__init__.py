@@ -26,6 +26,7 @@ import onnxruntime as ort
 from edgekit.artifact import Manifest, copy_side_files, load_artifact, write_manifest
 from edgekit.artifact import cached_artifact as shared_cache
 from edgekit.data import eval_token_ids, work_dir
+from edgekit.guard import admit
 from edgekit.loading import load_tokenizer, model_key, resolve_source
 from edgekit.registry import (
     Variant,
@@ -128,6 +129,7 @@ def _parity_against_pytorch(source: str, folder: Path) -> dict:
 def export_artifact(variant: Variant, source: str, out_dir: str | Path) -> Manifest:
     """Export, quantize and compile ``variant`` of ``source`` into the (staging) folder ``out_dir``."""
     variant = Variant.parse(variant)
+    admit(variant, source, what="export")
     settings = quantization_settings(variant)
     out_dir = Path(out_dir)
     level = str(variant.option("opt_level", "all"))

@@ -1,0 +1,62 @@
+"""The registry entry is the variant: one entry is priced by the planner, listed by the CLI, offered by
+the widgets and built like any other."""
+import pytest
+import torch
+
+from edgekit.cli import main
+from edgekit.errors import VariantError
+from edgekit.packed import quantize_rtn
+from edgekit.plan import plan_memory, weight_bytes
+from edgekit.registry import Variant, build_runner, group_codes_bytes, register, unregister
+from edgekit.runtimes.pytorch import torch_runner
+from edgekit.widgets import Dashboard, MemoryPlanner, variant_picker
+
+PATTERN = r"throwaway-int(?P<bits>[48])-g(?P<group_size>\d+)"
+
+
+@pytest.fixture
+def throwaway():
+    """A new variant family added the way a contributor would: one entry, in one place."""
+    def price(variant, out_f, in_f, bias, dense):
+        return group_codes_bytes(out_f, in_f, bias, variant.bits, variant.group_size)
+
+    @register(PATTERN, "pytorch", "a throwaway RTN variant for the registry test", ("throwaway-int8-g64",),
+              linear_bytes=price, options=("note",))
+    def build(variant, source, tokenizer):
+        runner = torch_runner(variant, source, tokenizer, dtype=torch.float32)
+        quantize_rtn(runner.model, variant.bits, variant.group_size)
+        return runner
+    yield "throwaway-int8-g64"
+    unregister(PATTERN)
+
+
+def test_one_entry_is_priced_listed_offered_and_built(throwaway, default_model, capsys):
+    planned = weight_bytes(default_model, throwaway)
+    assert planned == weight_bytes(default_model, "int8-g64")  # the same layout, priced by its own entry
+    assert planned < weight_bytes(default_model, "fp32")
+    assert plan_memory(default_model, throwaway, context=256, device="laptop-8gb").fits
+
+    assert main(["variants"]) == 0
+    assert "throwaway-int8-g64" in capsys.readouterr().out
+
+    assert throwaway in Dashboard().variants.options
+    assert throwaway in variant_picker().options
+    assert throwaway in MemoryPlanner(model="default").variant.options
+
+    runner = build_runner(throwaway + ":note=hello", default_model)
+    try:
+        assert abs(runner.weight_bytes() - planned) / planned < 0.02
+    finally:
+        runner.close()
+
+
+def test_options_are_checked_by_the_entry(throwaway):
+    assert Variant.parse(throwaway + ":context=512").option("context") == 512  # the guard's options
+    with pytest.raises(VariantError, match="unknown option.*colour.*it takes note"):
+        Variant.parse(throwaway + ":colour=red")
+
+
+def test_unregistered_names_are_unknown(throwaway):
+    unregister(PATTERN)
+    with pytest.raises(VariantError, match="unknown variant 'throwaway-int8-g64'"):
+        Variant.parse(throwaway)
