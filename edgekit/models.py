@@ -74,7 +74,7 @@ def named_model_path(name: str) -> Path:
         if model.shipped:
             raise ModelSourceError(
                 f"the default model is missing from {model.folder}; train it with "
-                "`python -m edgekit.tinymodel` or set EDGEKIT_DATA to a data folder that has it")
+                "`python data/models/train_tiny_model.py` or set EDGEKIT_DATA to a data folder that has it")
         raise ModelSourceError(f"model {name!r} is not installed in {model.folder}; install it with `{model.setup}`")
     return model.folder
 

@@ -11,7 +11,7 @@ improved for ``--patience`` evaluations, and the best checkpoint is kept. The re
 saved with ``save_pretrained`` as safetensors and loads with plain
 ``AutoModelForCausalLM.from_pretrained(path)``.
 
-Usage: python -m edgekit.tinymodel --out data/models/tiny-shakespeare-llama [--max-steps N]
+Usage: python data/models/train_tiny_model.py --out data/models/tiny-shakespeare-llama [--max-steps N]
 """
 from __future__ import annotations
 
@@ -117,7 +117,7 @@ stopping = the calibration split (Macbeth); evaluation = Hamlet and The Tempest,
 Paradise Regained as out-of-domain text. No work is in two splits.
 
 ## Recipe
-`python -m edgekit.tinymodel --out data/models/tiny-shakespeare-llama --max-steps {a['max_steps']}`:
+`python data/models/train_tiny_model.py --out data/models/tiny-shakespeare-llama --max-steps {a['max_steps']}`:
 AdamW (lr {a['lr']}, betas 0.9/0.95, weight decay 0.1), {a['warmup']} warm-up steps then cosine decay
 over {a['max_steps']} steps, batches of {a['batch']} x {a['seq_len']} random windows of the train split,
 gradient clipping at 1.0, seed {a['seed']}, {a['threads']} CPU threads. Validation every
