@@ -36,10 +36,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edgekit.data import eval_token_ids
+from edgekit.data import eval_token_ids, work_dir  # noqa: E402
 from edgekit.loading import load_tokenizer, resolve_source  # noqa: E402
 from edgekit.measure import measure_latency  # noqa: E402
-from edgekit.data import work_dir
+from edgekit.native_build import build_record, llama_cpp_version  # noqa: E402
 from edgekit.registry import Variant, build_runner  # noqa: E402
 
 RUNTIMES = {
@@ -54,9 +54,8 @@ LLAMA_BENCH = work_dir() / "llama-bench-build" / "bin" / "llama-bench"
 
 
 def build_llama_bench() -> Path:
-    """Build llama-bench from the llama.cpp sources in the installed llama-cpp-python's sdist (cmake + ninja)."""
-    from edgekit.runtimes.llama_cpp import ensure_converter, llama_cpp_version
-
+    """Build llama-bench from the llama.cpp sources in the installed llama-cpp-python's sdist (cmake + ninja),
+    with the same instruction-set switches as the installed build (its build record), never -march=native."""
     version = llama_cpp_version()
     src = work_dir() / "llamacpp-src"
     tree = src / f"llama_cpp_python-{version}" / "vendor" / "llama.cpp"
@@ -67,11 +66,12 @@ def build_llama_bench() -> Path:
                             f"llama-cpp-python=={version}", "-d", str(src)], check=True)
         with tarfile.open(sdist) as tar:
             tar.extractall(src, filter="data")
-    ensure_converter()
+    record = build_record() or {"cmake_args": ["-DGGML_NATIVE=OFF"]}
+    isa = [a for a in record["cmake_args"] if a.startswith("-DGGML_")]
     build = LLAMA_BENCH.parent.parent
     subprocess.run(["cmake", "-S", str(tree), "-B", str(build), "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
-                    "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-                    "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_APP=OFF", "-DBUILD_SHARED_LIBS=OFF"], check=True)
+                    "-DLLAMA_OPENSSL=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+                    "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_APP=OFF", "-DBUILD_SHARED_LIBS=OFF", *isa], check=True)
     subprocess.run(["cmake", "--build", str(build), "--target", "llama-bench", "-j", "2"], check=True)
     return LLAMA_BENCH
 
