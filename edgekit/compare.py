@@ -54,15 +54,7 @@ def compare(model: str = "default", variants: Iterable[str] = DEFAULT_VARIANTS, 
     names = [base_name] + [str(v) for v in parsed if str(v) != base_name]
     source = resolve_source(model)
     tokenizer = load_tokenizer(model)
-    ids = eval_token_ids(tokenizer, eval_text)
-    if len(ids) < min(settings.max_tokens or settings.context, settings.context):
-        raise InputError(f"the eval text has {len(ids)} tokens, fewer than the context ({settings.context}); "
-                         "give a longer text or a shorter context")
-    prompt = ids[: latency.prompt_tokens] if latency else None
-    run_settings = {**asdict(settings), **({f"latency_{k}": v for k, v in asdict(latency).items()} if latency else {}),
-                    "eval_text": eval_text if len(eval_text) < 200 else f"<{len(eval_text)} characters>",
-                    "eval_sha256": hashlib.sha256(ids.numpy().tobytes()).hexdigest()[:16],
-                    "baseline": names[0]}
+    ids, prompt, run_settings = run_inputs(tokenizer, eval_text, settings, latency, names[0])
     run_id = new_run_id()
     revision = model_revision(str(model))
     base_dir = _baseline_dir(revision, run_settings)
@@ -78,25 +70,55 @@ def compare(model: str = "default", variants: Iterable[str] = DEFAULT_VARIANTS, 
                 on_result(done[name])
             continue
         is_baseline = name == names[0]
-        result = Result(model=str(model), variant=name, settings=run_settings, run_id=run_id, model_revision=revision)
-        try:
-            metrics, scores = _measure_one(name, source, tokenizer, ids, settings, latency, prompt,
-                                           base, is_baseline, progress)
-            result.metrics = metrics
-            if is_baseline:
-                base = scores
-                scores.save(base_dir)
-        except EdgekitError as exc:
-            result.status, result.error = "error", str(exc)
-        except Exception as exc:  # one variant's failure must not end the sweep
-            result.status, result.error = "error", f"{type(exc).__name__}: {exc}"
-            result.metrics = {"traceback": traceback.format_exc(limit=4)}
+        result, scores = measure_variant(str(model), name, source, tokenizer, ids, settings, latency, prompt,
+                                         base, is_baseline, run_settings, run_id, revision, progress)
+        if is_baseline and scores is not None:
+            base = scores
+            scores.save(base_dir)
         if store is not None:
             store.add(result)
         results.append(result)
         if on_result:
             on_result(result)
     return results
+
+
+def run_inputs(tokenizer, eval_text: str, settings: EvalSettings, latency: LatencySettings | None,
+               baseline: str) -> tuple:
+    """``(ids, prompt, run_settings)``: the eval tokens, the latency prompt and the settings every row of
+    one model's comparison on ``eval_text`` carries (the key its resume matches on)."""
+    ids = eval_token_ids(tokenizer, eval_text)
+    if len(ids) < min(settings.max_tokens or settings.context, settings.context):
+        raise InputError(f"the eval text has {len(ids)} tokens, fewer than the context ({settings.context}); "
+                         "give a longer text or a shorter context")
+    prompt = ids[: latency.prompt_tokens] if latency else None
+    run_settings = {**asdict(settings), **({f"latency_{k}": v for k, v in asdict(latency).items()} if latency else {}),
+                    "eval_text": eval_text if len(eval_text) < 200 else f"<{len(eval_text)} characters>",
+                    "eval_sha256": hashlib.sha256(ids.numpy().tobytes()).hexdigest()[:16],
+                    "baseline": baseline}
+    return ids, prompt, run_settings
+
+
+def measure_variant(model: str, name: str, source, tokenizer, ids, settings: EvalSettings,
+                    latency: LatencySettings | None, prompt, base: Scores | None, is_baseline: bool,
+                    run_settings: dict, run_id: str, revision: str, progress: bool = True
+                    ) -> tuple[Result, Scores | None]:
+    """One cell: variant ``name`` of ``model`` measured on ``ids`` (against ``base`` unless it is the baseline).
+
+    Returns its result, and its scores (None when it failed). A failure is recorded in the result, never
+    raised, so the comparison or sweep around it goes on. Shared by :func:`compare` and edgekit.sweep.
+    """
+    result = Result(model=model, variant=name, settings=run_settings, run_id=run_id, model_revision=revision)
+    scores = None
+    try:
+        result.metrics, scores = _measure_one(name, source, tokenizer, ids, settings, latency, prompt,
+                                              base, is_baseline, progress)
+    except EdgekitError as exc:
+        result.status, result.error = "error", str(exc)
+    except Exception as exc:  # one variant's failure must not end the sweep
+        result.status, result.error = "error", f"{type(exc).__name__}: {exc}"
+        result.metrics = {"traceback": traceback.format_exc(limit=4)}
+    return result, scores
 
 
 def _baseline_dir(revision: str, run_settings: dict) -> Path:
