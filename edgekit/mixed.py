@@ -15,8 +15,8 @@ from edgekit.errors import VariantError
 from edgekit.guard import admit
 from edgekit.packed import PackedLinear, replace_module
 from edgekit.plan import decoder_linears
-from edgekit.registry import Variant, group_codes_bytes, register
-from edgekit.runtimes.pytorch import device_of, torch_runner
+from edgekit.registry import Variant, register
+from edgekit.runtimes.pytorch import device_of, packed_bytes, torch_runner
 from edgekit.sensitivity import ranking
 
 
@@ -65,8 +65,7 @@ def mixed_kept_layers(variant: Variant, source: str) -> list[str]:
 def _base_scheme_bytes(variant: Variant, out_f: int, in_f: int, bias: bool, dense: str) -> int:
     """Without the layer list a mixed variant is priced as its base scheme (weight_bytes(layer_schemes=...)
     prices the exact mix)."""
-    scheme = Variant.parse(variant.field("scheme"))
-    return group_codes_bytes(out_f, in_f, bias, scheme.bits, scheme.group_size)
+    return packed_bytes(Variant.parse(variant.field("scheme")), out_f, in_f, bias, dense)
 
 
 @register(r"mixed-(?P<scheme>(?:(?:gptq|awq)-)?int[234]-g\d+)-k(?P<k>\d+)", "pytorch",

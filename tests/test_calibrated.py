@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from edgekit.calibrated import awq_scale, gptq_quantize, mixed_layer_schemes, rtn_dequantized
+from edgekit.calibrated import awq_scale, gptq_quantize, rtn_dequantized
+from edgekit.mixed import mixed_layer_schemes
 from edgekit.measure import EvalSettings, score
 from edgekit.packed import PackedLinear, rtn_quantize
 from edgekit.registry import Variant, build_runner

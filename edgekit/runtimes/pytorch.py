@@ -16,8 +16,8 @@ from transformers import BitsAndBytesConfig
 
 from edgekit.errors import VariantError
 from edgekit.guard import guarded_load
-from edgekit.packed import quantize_rtn
-from edgekit.registry import DTYPE_BYTES, Variant, dense_linear_bytes, group_codes_bytes, register
+from edgekit.packed import KERNEL_GROUPS, packed_linear_bytes, quantize_rtn
+from edgekit.registry import DTYPE_BYTES, Variant, dense_linear_bytes, register
 from edgekit.runners import TorchRunner
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -41,8 +41,10 @@ def torch_runner(variant: Variant, source: str, tokenizer, **kwargs) -> TorchRun
 
 
 def packed_bytes(variant: Variant, out_f: int, in_f: int, bias: bool, dense: str) -> int:
-    """Any variant held as edgekit's packed group codes (RTN, GPTQ, AWQ, QAT)."""
-    return group_codes_bytes(out_f, in_f, bias, variant.bits, variant.group_size)
+    """Any variant held as edgekit's PackedLinear (RTN, GPTQ, AWQ, QAT), in the layout it will hold:
+    the fused int4 kernel's where one runs that shape (16-row blocks on the CPU, 8 on CUDA), else packed codes."""
+    kernel = variant.bits == 4 and variant.group_size in KERNEL_GROUPS and out_f % 16 == 0
+    return packed_linear_bytes(out_f, in_f, variant.bits, variant.group_size, bias, kernel)
 
 
 @register(r"fp32|bf16|fp16", "pytorch", "unquantized baselines", ("fp32", "bf16", "fp16"),
