@@ -30,7 +30,7 @@ import numpy as np
 
 from edgekit.artifact import verify_artifact
 from edgekit.data import read_split
-from edgekit.serve_load import knee, load_sweep
+from edgekit.serve_load import describe_knee, load_sweep
 
 
 def export(args, scratch: str) -> Path:
@@ -118,12 +118,7 @@ def run(folder: Path, args) -> None:
                "tokens_per_s", "latency_ms_p50", "latency_ms_p95", "latency_ms_p99", "p99_x_base", "within_target"]
     print(f"\nopen-loop Poisson load, {args.requests} requests per rate (seed {args.seed}):")
     print(sweep[columns].to_string(index=False, float_format=lambda x: f"{x:.1f}"))
-    k = knee(sweep)
-    sustained, first = k["sustained_rate_per_s"], k["first_missed_rate_per_s"]
-    within = (f"P99 within {target:.0f} ms up to {sustained:.1f} req/s ({sustained / single:.1f}x the single stream)"
-              if sustained else f"no rate tried kept P99 within {target:.0f} ms")
-    print(f"knee: {within}; " + (f"first missed at {first:.1f} req/s ({first / single:.1f}x)" if first
-                                 else "no rate tried missed it"))
+    print(describe_knee(sweep, single))
 
 
 if __name__ == "__main__":

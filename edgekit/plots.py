@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import ScalarFormatter
 
 # raw metric key -> the label summary_frame gives it
 LABELS = {"variant": "variant", "delta_ppl_pct": "Δppl %", "delta_ppl_pct_ci95": "Δppl 95% CI",
@@ -227,6 +228,7 @@ def plot_load_sweep(sweep: pd.DataFrame, ax: Axes | None = None) -> Axes:
     twin.set_ylabel("requests refused or timed out")
     twin.set_ylim(0, max(1, int(sweep["requests"].max())))
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.set_xlabel("offered rate (requests/s, Poisson)")
     ax.set_ylabel("latency from arrival (ms)")
     ax.set_title("the server under open-loop load")

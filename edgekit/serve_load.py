@@ -87,3 +87,14 @@ def knee(sweep: pd.DataFrame) -> dict:
         below = below[below["offered_rate_per_s"] < first_miss]
     return {"sustained_rate_per_s": float(below["offered_rate_per_s"].max()) if not below.empty else None,
             "first_missed_rate_per_s": first_miss}
+
+
+def describe_knee(sweep: pd.DataFrame, single_rate: float) -> str:
+    """One line: the highest rate within the P99 target and the first that missed it, also as multiples of
+    the single-stream rate."""
+    k, target = knee(sweep), sweep["p99_target_ms"].iloc[0]
+    sustained, first = k["sustained_rate_per_s"], k["first_missed_rate_per_s"]
+    within = (f"P99 within {target:.0f} ms up to {sustained:.1f} req/s ({sustained / single_rate:.1f}x the single "
+              f"stream)" if sustained else f"no rate tried kept P99 within {target:.0f} ms")
+    return f"knee: {within}; " + (f"first missed at {first:.1f} req/s ({first / single_rate:.1f}x)" if first
+                                  else "no rate tried missed it")
