@@ -9,7 +9,8 @@ Through Stochastic Neurons"; Jacob et al. 2018) passes the gradient to the fp32 
 if rounding were the identity. The loss is distillation from the fp32 model
 (KL(teacher || student) of next-token distributions, as LLM-QAT, Liu et al. 2023, does),
 on windows of the train split, so it targets exactly the KL that edgekit measures on the
-eval split. Only the block linears and norms train; embeddings and the LM head stay frozen.
+eval split (the loop, :func:`edgekit.distill.kl_distill`, is shared with pruning recovery).
+Only the block linears and norms train; embeddings and the LM head stay frozen.
 
 The run is seeded and short; :func:`qat_finetune` records KL and Δppl against fp32 on an
 eval slice as training goes (with the training seconds spent), and :func:`qat_checkpoint`
@@ -20,24 +21,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from edgekit.calibrated import rtn_dequantized
-from edgekit.data import read_split, work_dir
+from edgekit.data import work_dir
+from edgekit.distill import kl_distill
 from edgekit.errors import InputError
 from edgekit.guard import admit, guarded_fp32_load, guarded_load
 from edgekit.layout import block_linears, split_block
 from edgekit.loading import load_model, load_tokenizer, model_key, resolve_source
-from edgekit.measure import EvalSettings, score
 from edgekit.packed import check_group, quantize_rtn, replace_module
 from edgekit.registry import Variant, register
 from edgekit.runners import TorchRunner
@@ -90,12 +88,6 @@ class FakeQuantLinear(nn.Module):
         return F.linear(x, _RoundTrip.apply(self.linear.weight, self.bits, self.group_size), self.linear.bias)
 
 
-def text_ids(tokenizer, split: str, chars: int) -> torch.Tensor:
-    """Token ids of the first ``chars`` characters of a corpus split."""
-    return tokenizer(read_split(split)[:chars], return_tensors="pt", add_special_tokens=False,
-                     verbose=False)["input_ids"][0]
-
-
 def qat_finetune(model: str = "default", settings: QATSettings = QATSettings(), tokenizer=None,
                  progress: bool = True) -> tuple[nn.Module, pd.DataFrame]:
     """Fine-tune a copy of the model with fake quantization; returns the fp32 model (weights
@@ -117,47 +109,13 @@ def qat_finetune(model: str = "default", settings: QATSettings = QATSettings(), 
     trainable = [p for n, p in student.named_parameters() if any(n.startswith(b + ".") for b in blocks)]
     for p in trainable:
         p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.steps)
-    eval_ids = text_ids(tokenizer, "eval", 8 * settings.eval_tokens)[: settings.eval_tokens]
-    eval_settings = EvalSettings(context=256, stride=128, max_tokens=settings.eval_tokens)
-    base = score(TorchRunner("fp32", teacher, tokenizer), eval_ids, eval_settings, keep_logprobs=True, progress=False)
-    history = []
-
-    def evaluate(step: int, seconds: float) -> None:
-        student.eval()
-        found = score(TorchRunner("qat", student, tokenizer), eval_ids, eval_settings, baseline=base, progress=False)
-        metrics = found.against(base)
-        history.append({"step": step, "train_s": seconds, "kl_divergence": metrics["kl_divergence"],
-                        "kl_divergence_se": metrics["kl_divergence_se"],
-                        "top1_agreement": metrics["top1_agreement"], "delta_ppl_pct": metrics["delta_ppl_pct"]})
-        student.train()
-
-    stream = text_ids(tokenizer, "train", settings.train_chars)
-    rng = np.random.default_rng(settings.seed)
-    seconds = 0.0
-    evaluate(0, 0.0)
-    for step in tqdm(range(1, settings.steps + 1), desc=f"QAT int{settings.bits}-g{settings.group_size}",
-                     disable=not progress):
-        start = time.perf_counter()
-        offsets = rng.integers(0, len(stream) - settings.seq_len, size=settings.batch_size)
-        batch = torch.stack([stream[o : o + settings.seq_len] for o in offsets])
-        with torch.no_grad():
-            target = F.log_softmax(teacher(input_ids=batch, use_cache=False).logits.float(), -1)
-        logp = F.log_softmax(student(input_ids=batch, use_cache=False).logits.float(), -1)
-        loss = F.kl_div(logp.flatten(0, 1), target.flatten(0, 1), log_target=True, reduction="batchmean")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        seconds += time.perf_counter() - start
-        if step == settings.steps or (settings.eval_every and step % settings.eval_every == 0):
-            evaluate(step, seconds)
+    history = kl_distill(teacher, student, trainable, tokenizer, settings,
+                         desc=f"QAT int{settings.bits}-g{settings.group_size}", progress=progress)
     for name in names:  # back to plain linears holding the tuned fp32 weights
         replace_module(student, name, student.get_submodule(name).linear)
     for p in student.parameters():
         p.requires_grad_(False)
-    return student.eval(), pd.DataFrame(history)
+    return student.eval(), history
 
 
 def _checkpoint_dir(source: str, settings: QATSettings) -> Path:

@@ -29,12 +29,14 @@ from edgekit.loading import load_tokenizer
 
 # Modules whose import registers variants, in the order their names are listed.
 VARIANT_MODULES = ("edgekit.runtimes.pytorch", "edgekit.calibrated", "edgekit.mixed", "edgekit.qat",
-                   "edgekit.runtimes.onnxruntime", "edgekit.runtimes.openvino", "edgekit.runtimes.llama_cpp")
+                   "edgekit.runtimes.onnxruntime", "edgekit.runtimes.openvino", "edgekit.runtimes.llama_cpp", "edgekit.pruning")
 # How a load reaches its peak, beyond the loaded model itself (see edgekit.plan.load_peak_bytes):
 LOAD_KINDS = {
     "as-is": "the checkpoint loads at the variant's own dtype",
     "bitsandbytes": "transformers holds the full-precision checkpoint while bitsandbytes quantizes it, "
                     "unless it quantizes while loading (low_memory=true)",
+    "packed": "packed tensor by tensor while loading (low_memory=true, the default over 1 GiB); "
+              "else the model loads in fp32 before it is packed",
     "full-precision": "the model loads in fp32 before it is quantized or packed",
     "training": "teacher, student, gradients and Adam's two moments in fp32",
     "export": "the exporter holds the fp32 model and the graph it writes",
