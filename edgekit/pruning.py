@@ -63,7 +63,7 @@ from edgekit.guard import admit, guarded_fp32_load, guarded_load
 from edgekit.layout import block_linears, split_block
 from edgekit.loading import load_model, load_tokenizer, model_key, resolve_source
 from edgekit.plan import load_config
-from edgekit.registry import GUARD_OPTIONS, Variant, dense_linear_bytes, group_codes_bytes, register
+from edgekit.registry import GUARD_OPTIONS, Variant, dense_linear_bytes, register
 from edgekit.runners import TorchRunner
 from edgekit.runtimes.pytorch import device_of
 
@@ -474,12 +474,12 @@ def pruning_record(model: str, variant: "str | Variant") -> dict:
 # ---------------------------------------------------------------- registry entries
 def _pruned_linear_bytes(variant: Variant, out_f: int, in_f: int, bias: bool, dense: str) -> int:
     """A linear of the shape given (the pruned config's, or the original's as an upper bound): dense fp32
-    (zeros are stored), or the scheme's packed codes."""
+    (zeros are stored), or as the scheme's own registry entry prices it."""
     scheme = variant.field("scheme")
     if scheme is None:
         return dense_linear_bytes("fp32")(variant, out_f, in_f, bias, dense)
     scheme = Variant.parse(scheme)
-    return group_codes_bytes(out_f, in_f, bias, scheme.bits, scheme.group_size)
+    return scheme.entry.linear_bytes(scheme, out_f, in_f, bias, dense)
 
 
 _SUMMARY = ("pruning: magnitude|wanda by % or NofM per row (stored dense), mlp|heads|depth structured (smaller "
