@@ -40,6 +40,28 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--resume", action="store_true",
                    help="skip variants the store already holds for the same weights, text and settings")
 
+    w = sub.add_parser("sweep", help="models x variants x eval texts as Ray tasks, on this machine or a Ray cluster")
+    w.add_argument("--models", type=_name_list, default=["default"],
+                   help='comma-separated models: "default", local folders (on every node) or hub ids')
+    w.add_argument("--variants", type=_name_list, default=None, help="comma-separated variant names, as for compare")
+    w.add_argument("--baseline", default="fp32", help="the variant every other is measured against")
+    w.add_argument("--eval-texts", type=_name_list, default=["eval"],
+                   help="comma-separated corpus splits or text files (read here, on the driver)")
+    w.add_argument("--context", type=int, default=256)
+    w.add_argument("--stride", type=int, default=128)
+    w.add_argument("--max-tokens", type=int, default=16384, help="evaluate the first N tokens (0: all)")
+    w.add_argument("--new-tokens", type=int, default=32, help="tokens generated per latency run")
+    w.add_argument("--runs", type=int, default=5, help="timed latency runs after one warm-up")
+    w.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    w.add_argument("--address", default=None,
+                   help='join this Ray cluster ("auto", "ray://head:10001", "head:6379"); default: a local one')
+    w.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local cluster (default: all)")
+    w.add_argument("--cpus-per-cell", type=float, default=1.0, help="CPUs each cell's task reserves")
+    w.add_argument("--max-retries", type=int, default=2, help="times Ray reruns a cell whose worker died")
+    w.add_argument("--no-resume", action="store_true", help="measure again the cells the store already holds")
+    w.add_argument("--store", type=Path, default=None, help="SQLite results file (default: ./edgekit-results/results.sqlite)")
+    w.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
+
     p = sub.add_parser("plan", help="memory plan for a model config, variant, context and device")
     p.add_argument("--config", required=True, help="known model short name, config.json path, model folder or hub id")
     p.add_argument("--variant", default="fp16")
@@ -110,6 +132,29 @@ def run_compare(args) -> None:
         report = write_report(results, args.report, device=args.device, plan_model=args.plan_for,
                               context=4096 if args.plan_for else None)
         print(f"report: {report}", file=sys.stderr)
+
+
+def run_sweep(args) -> None:
+    from edgekit.compare import DEFAULT_VARIANTS, LatencySettings, results_json, summary_frame
+    from edgekit.measure import EvalSettings
+    from edgekit.results import ResultStore
+    from edgekit.sweep import run_sweep as sweep
+
+    settings = EvalSettings(context=args.context, stride=args.stride, max_tokens=args.max_tokens or None)
+    latency = None if args.no_latency else LatencySettings(new_tokens=args.new_tokens, runs=args.runs)
+    store = ResultStore(args.store)
+    results = sweep(args.models, args.variants or DEFAULT_VARIANTS, args.eval_texts, settings, latency,
+                    baseline=args.baseline, store=store, address=args.address, num_cpus=args.num_cpus, cpus_per_cell=args.cpus_per_cell,
+                    max_retries=args.max_retries, resume=not args.no_resume)
+    with _pandas_wide():
+        for (model, text) in dict.fromkeys((r.model, r.settings.get("eval_text")) for r in results):
+            print(f"{model} on {text}:")
+            same = [r for r in results if r.model == model and r.settings.get("eval_text") == text]
+            print(summary_frame(same).to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    print(f"results stored in {store.path}", file=sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps([{"model": r.model, **row} for r, row in zip(results, results_json(results))],
+                                        indent=1))
 
 
 def run_plan(args) -> None:
@@ -186,7 +231,7 @@ class _pandas_wide:
         self._ctx.__exit__(*exc)
 
 
-COMMANDS = {"compare": run_compare, "plan": run_plan, "export": run_export, "verify": run_verify,
+COMMANDS = {"compare": run_compare, "sweep": run_sweep, "plan": run_plan, "export": run_export, "verify": run_verify,
             "run": run_run, "serve": run_serve, "doctor": run_doctor,
             "variants": run_variants}
 

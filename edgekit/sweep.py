@@ -66,13 +66,19 @@ class Cell:
     refused: str | None = None
 
 
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise InputError("edgekit sweep needs Ray: pip install 'edgekit[cluster]'") from None
+    return ray
+
+
 def cluster_nodes() -> list[Node]:
     """The alive nodes of the connected Ray cluster."""
-    import ray
-
     return [Node(n["NodeID"], n.get("NodeManagerAddress", "?"), int(n["Resources"].get("memory", 0)),
                  float(n["Resources"].get("GPU", 0)))
-            for n in ray.nodes() if n.get("Alive")]
+            for n in _ray().nodes() if n.get("Alive")]
 
 
 def plan_cell(model: str, variant: str, settings: EvalSettings, latency: LatencySettings | None,
@@ -95,7 +101,7 @@ def plan_cell(model: str, variant: str, settings: EvalSettings, latency: Latency
                        device=profile)
     need = max(plan.total_bytes, plan.peak_bytes)
     if not (plan.fits and plan.peak_bytes <= plan.budget_bytes):
-        return need, num_gpus, refusal(parsed, model, plan, "run")
+        return need, num_gpus, refusal(parsed, model, plan, what="run")
     return need, num_gpus, None
 
 
@@ -127,8 +133,7 @@ def run_sweep(models: Iterable[str] = ("default",), variants: Iterable[str] = DE
     settings are not measured again. A cell Ray cannot finish after ``max_retries`` worker deaths
     records why.
     """
-    import ray
-
+    ray = _ray()
     models, texts = [str(m) for m in models], [str(t) for t in eval_texts]
     parsed = [Variant.parse(v) for v in variants]  # fail on a bad name before any work
     base_name = str(Variant.parse(baseline))
@@ -153,12 +158,23 @@ def run_sweep(models: Iterable[str] = ("default",), variants: Iterable[str] = DE
                 del done[base_name]  # its scores are gone: measured again for the others' KL
             groups.append((model, text, ids, prompt, run_settings, revision, done))
 
+    if all(name in done for *_, done in groups for name in names):  # a rerun: nothing to measure, no cluster
+        results = [done[name] for *_, done in groups for name in names]
+        for result in tqdm(results, desc="sweep", unit="cell", disable=not progress):
+            if on_result:
+                on_result(result)
+        return results
     started = False
-    if address is not None:
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
-    elif not ray.is_initialized():
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-        started = True
+    try:
+        if address is not None:
+            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+        elif not ray.is_initialized():
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+            started = True
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = f"join the Ray cluster at {address!r}" if address else "start a local Ray cluster"
+        raise InputError(f"could not {where} ({_first_line(exc)}); check the address (ray status on the head "
+                         "node prints it) or leave --address out for a local cluster") from None
     try:
         return _run(ray, groups, names, settings, latency, store, run_id, cpus_per_cell, max_retries,
                     progress, on_result)
