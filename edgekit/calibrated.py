@@ -31,7 +31,7 @@ from edgekit.calibration import calibration_ids, quantize_blockwise, single_thre
 from edgekit.errors import VariantError
 from edgekit.packed import PackedLinear, dequantize, group_count, quantize_rtn, replace_module, rtn_quantize
 from edgekit.registry import Variant, register
-from edgekit.runtimes.pytorch import packed_bytes, torch_runner
+from edgekit.runtimes.pytorch import held_in_fp32, packed_bytes, torch_runner
 
 
 # ---------------------------------------------------------------- GPTQ
@@ -190,7 +190,7 @@ def apply_scheme(model: nn.Module, scheme: Variant, tokenizer, skip: frozenset[s
 @register(r"(?P<method>gptq|awq)-int(?P<bits>[234])-g(?P<group_size>\d+)", "pytorch",
           "calibrated weight-only GPTQ / AWQ into packed codes (options samples=16, seq_len=256, seed=0, damp=0.01)",
           ("gptq-int4-g128", "gptq-int4-g64", "gptq-int3-g128", "gptq-int2-g64", "awq-int4-g128", "awq-int3-g128"),
-          linear_bytes=packed_bytes, options=("samples", "seq_len", "seed", "damp"))
+          linear_bytes=packed_bytes, options=("samples", "seq_len", "seed", "damp"), dense=held_in_fp32)
 def build_calibrated(variant: Variant, source: str, tokenizer):
     runner = torch_runner(variant, source, tokenizer, dtype=torch.float32)
     apply_scheme(runner.model, variant, tokenizer)

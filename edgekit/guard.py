@@ -22,17 +22,9 @@ import torch
 from edgekit.data import work_dir
 from edgekit.errors import PlanError
 from edgekit.loading import load_model, model_config
-from edgekit.plan import (
-    GIB,
-    MemoryPlan,
-    alternatives_text,
-    config_dtype,
-    load_profile,
-    plan_memory,
-    this_machine,
-    weight_bytes,
-)
-from edgekit.quantize_on_load import load_bnb_quantized
+from edgekit.packed import quantize_rtn
+from edgekit.plan import GIB, MemoryPlan, alternatives_text, load_profile, plan_memory, streamed_load, this_machine
+from edgekit.quantize_on_load import load_bnb_quantized, load_packed_quantized
 from edgekit.registry import Variant
 
 # Variants that compute in an accelerate offload map (hooks move dense weights in and out)
@@ -64,16 +56,24 @@ def guarded_load(variant: "str | Variant", source: str, device: str = "cpu", **l
     with ``low_memory=true``) quantize tensor by tensor while loading on the CPU."""
     variant = Variant.parse(variant)
     plan = admit(variant, source, device)
-    quant = load_kwargs.get("quantization_config")
-    if variant.entry.load == "bitsandbytes" and device == "cpu":
-        checkpoint = weight_bytes(model_config(source), config_dtype(model_config(source)))
-        if variant.option("low_memory", checkpoint > GIB):
-            return load_bnb_quantized(source, quant, device)
+    if variant.entry.load == "bitsandbytes" and device == "cpu" and streamed_load(model_config(source), variant):
+        return load_bnb_quantized(source, load_kwargs.get("quantization_config"), device)
     if not plan.fits:  # admitted only because offload=true: spill what does not fit
         folder = work_dir() / "offload" / re.sub(r"\W+", "_", str(source))[-60:]
         return load_model(source, device_map=plan.offload["device_map"], max_memory=plan.offload["max_memory"],
                           offload_folder=str(folder), **load_kwargs)
     return load_model(source, device_map={"": device}, **load_kwargs)
+
+
+def guarded_packed_load(variant: "str | Variant", source: str, device: str = "cpu"):
+    """A packed RTN variant (``intB-gG``): packed tensor by tensor while loading when the plan says so
+    (``low_memory``, by default over 1 GiB of checkpoint), else loaded in fp32 and packed in place."""
+    variant = Variant.parse(variant)
+    admit(variant, source, device)
+    if streamed_load(model_config(source), variant):
+        return load_packed_quantized(source, variant.bits, variant.group_size, device)
+    return quantize_rtn(load_model(source, device_map={"": device}, dtype=torch.float32), variant.bits,
+                        variant.group_size)
 
 
 def guarded_fp32_load(variant: "str | Variant", source: str, device: str = "cpu", what: str = "load"):

@@ -16,7 +16,7 @@ from edgekit.guard import admit
 from edgekit.packed import PackedLinear, replace_module
 from edgekit.plan import decoder_linears
 from edgekit.registry import Variant, register
-from edgekit.runtimes.pytorch import device_of, packed_bytes, torch_runner
+from edgekit.runtimes.pytorch import device_of, held_in_fp32, packed_bytes, torch_runner
 from edgekit.sensitivity import ranking
 
 
@@ -71,7 +71,8 @@ def _base_scheme_bytes(variant: Variant, out_f: int, in_f: int, bias: bool, dens
 @register(r"mixed-(?P<scheme>(?:(?:gptq|awq)-)?int[234]-g\d+)-k(?P<k>\d+)", "pytorch",
           "the k most sensitive block linears at int8 (options high=fp16, rank_tokens=2048), the rest at <scheme>",
           ("mixed-int4-g128-k4", "mixed-int3-g64-k6", "mixed-int2-g64-k8", "mixed-gptq-int3-g128-k4"),
-          linear_bytes=_base_scheme_bytes, options=("high", "rank_tokens", "samples", "seq_len", "seed", "damp"))
+          linear_bytes=_base_scheme_bytes, options=("high", "rank_tokens", "samples", "seq_len", "seed", "damp"),
+          dense=held_in_fp32)
 def build_mixed(variant: Variant, source: str, tokenizer):
     scheme = Variant.parse(variant.field("scheme"))
     admit(variant, source, device_of(variant))  # before the sensitivity ranking loads anything

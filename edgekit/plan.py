@@ -354,6 +354,12 @@ def _model_name(config, cfg) -> str:
     return getattr(cfg, "_name_or_path", "") or cfg.model_type
 
 
+def streamed_load(cfg, variant: Variant) -> bool:
+    """Whether a quantizing load reads the checkpoint tensor by tensor (edgekit.quantize_on_load):
+    the option ``low_memory``, by default once the checkpoint is over 1 GiB."""
+    return bool(variant.option("low_memory", weight_bytes(cfg, config_dtype(cfg)) > GIB))
+
+
 def load_peak_bytes(cfg, variant: "str | Variant", total: int, working: int, device_kind: str) -> tuple[int, str]:
     """The most memory the load (or export, or training run) of ``variant`` holds at once, and why:
     the arithmetic of each load kind in :data:`edgekit.registry.LOAD_KINDS`. ``total`` is the
@@ -362,13 +368,15 @@ def load_peak_bytes(cfg, variant: "str | Variant", total: int, working: int, dev
     kind = variant.entry.load
     fp32 = weight_bytes(cfg, "fp32")
     if kind == "bitsandbytes":
-        checkpoint = weight_bytes(cfg, config_dtype(cfg))
-        streamed = device_kind == "cpu" and bool(variant.option("low_memory", checkpoint > GIB))
-        if streamed:
+        if device_kind == "cpu" and streamed_load(cfg, variant):
             return total, "quantized tensor by tensor while loading"
-        return total + checkpoint, ("transformers holds the full-precision checkpoint while bitsandbytes quantizes it; "
+        return total + weight_bytes(cfg, config_dtype(cfg)), ("transformers holds the full-precision checkpoint while bitsandbytes quantizes it; "
                                     "the option low_memory=true quantizes while loading")
-    if kind == "full-precision":
+    if kind == "packed" and streamed_load(cfg, variant):
+        largest = max(out_f * in_f for _, out_f, in_f, _ in _layout(cfg)[1])
+        embedding = getattr(cfg, "vocab_size", 0) * getattr(cfg, "hidden_size", 0)
+        return total + 4 * max(largest, embedding), "packed tensor by tensor while loading, one fp32 tensor at a time"
+    if kind in ("full-precision", "packed"):
         return max(total, fp32 + working), "the model loads in full precision before it is quantized"
     if kind == "training":
         return max(total, 5 * fp32 + working), "teacher, student, gradients and Adam's two moments in fp32"

@@ -39,7 +39,7 @@ from edgekit.loading import load_model, load_tokenizer, model_key, resolve_sourc
 from edgekit.packed import check_group, quantize_rtn, replace_module
 from edgekit.registry import Variant, register
 from edgekit.runners import TorchRunner
-from edgekit.runtimes.pytorch import device_of, packed_bytes
+from edgekit.runtimes.pytorch import device_of, held_in_fp32, packed_bytes
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ def qat_history(model: str, settings: QATSettings = QATSettings()) -> pd.DataFra
 
 @register(r"qat-int(?P<bits>[234])-g(?P<group_size>\d+)", "pytorch",
           "RTN-packed weights of a short seeded quantization-aware fine-tune (options steps=, seed=, lr=)",
-          ("qat-int2-g64", "qat-int3-g128"), linear_bytes=packed_bytes, load="training",
+          ("qat-int2-g64", "qat-int3-g128"), linear_bytes=packed_bytes, load="training", dense=held_in_fp32,
           options=tuple(f for f in QATSettings.__dataclass_fields__ if f not in ("bits", "group_size")))
 def build_qat(variant: Variant, source: str, tokenizer):
     admit(variant, source, device_of(variant), what="fine-tune")

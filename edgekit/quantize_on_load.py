@@ -1,4 +1,4 @@
-"""Quantize while loading: a bitsandbytes model built tensor by tensor from memory-mapped shards.
+"""Quantize while loading: a bitsandbytes or packed model built tensor by tensor from memory-mapped shards.
 
 ``from_pretrained`` with a bitsandbytes config on a CPU materializes the checkpoint before
 it quantizes (a 7B bf16 checkpoint peaked at 18.1 GB RSS here for a 3.8 GB result). This
@@ -14,7 +14,10 @@ to the OS after each one), and the pages of the shard being read (file-backed, r
 when the shard is closed; unquantized tensors are copied out so no view pins a shard).
 
 Embeddings, norms and the LM head stay in the checkpoint's dtype, as bitsandbytes leaves
-them; :func:`edgekit.plan.weight_bytes` prices the model the same way.
+them; :func:`edgekit.plan.weight_bytes` prices the model the same way. edgekit's own packed
+RTN codes (:func:`load_packed_quantized`) are built the same way: each decoder linear weight is
+cast to fp32, RTN-quantized and packed as it is read (the same codes as packing after a full fp32
+load), everything else is held in fp32, as the full-load path holds it.
 """
 from __future__ import annotations
 
@@ -22,13 +25,18 @@ import ctypes
 import json
 from pathlib import Path
 
+import bitsandbytes as bnb
 import torch
+from accelerate import init_empty_weights
+from accelerate.utils import set_module_tensor_to_device
+from safetensors import safe_open
 from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM
 
 from edgekit.errors import ModelSourceError, VariantError
 from edgekit.layout import block_linears
 from edgekit.loading import model_config, resolve_source
-from edgekit.packed import replace_module
+from edgekit.packed import PackedLinear, check_group, replace_module, rtn_quantize
 from edgekit.plan import config_dtype
 
 
@@ -45,26 +53,53 @@ def checkpoint_shards(folder: str | Path) -> list[Path]:
     return shards
 
 
-def load_bnb_quantized(source: str, quantization_config, device: str = "cpu"):
-    """Load ``source`` (a local folder or "default") with a ``BitsAndBytesConfig``, quantizing
-    each decoder linear weight as it is read. Returns the model in eval mode."""
-    import bitsandbytes as bnb
-    from accelerate import init_empty_weights
-    from accelerate.utils import set_module_tensor_to_device
-    from safetensors import safe_open
-    from transformers import AutoModelForCausalLM
-
-
+def _meta_model(source: str, dtype: torch.dtype | None = None):
+    """(folder, config, the model on the meta device, the dtype the rest of it is held in)."""
     folder = Path(resolve_source(source))
     if not folder.is_dir():
         raise ModelSourceError(f"quantize-on-load reads a local folder of safetensors shards; download {source} first")
     config = model_config(str(folder))
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[config_dtype(config)]
+    dtype = dtype or {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[config_dtype(config)]
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return folder, config, model, dtype
+
+
+def _stream_into(model, folder: Path, config, dtype: torch.dtype, targets: set[str], on_weight, device: str,
+                 desc: str):
+    """Read every tensor of the shards once: ``on_weight(module, tensor, bias)`` for the weights of
+    ``targets`` (their biases are read first where the checkpoint orders them so), the rest placed as is."""
+    biases: dict[str, torch.Tensor] = {}  # of target layers whose weight has not been read yet
+    done: set[str] = set()
+    for shard in tqdm(checkpoint_shards(folder), desc=desc, unit="shard"):
+        with safe_open(str(shard), framework="pt", device="cpu") as tensors:
+            for key in tensors.keys():
+                module_name, _, param = key.rpartition(".")
+                value = tensors.get_tensor(key)
+                if module_name in targets and param == "weight":
+                    on_weight(module_name, value, biases.pop(module_name, None))
+                    done.add(module_name)
+                elif module_name in targets and param == "bias" and module_name not in done:
+                    biases[module_name] = value.to(dtype, copy=True)
+                else:  # a copy: a view would keep the whole memory-mapped shard resident
+                    set_module_tensor_to_device(model, key, device, value=value.to(dtype, copy=True))
+                del value
+                _return_freed_heap()
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    missing = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    if missing:
+        raise ModelSourceError(f"{folder} lacks weights for {missing[:3]}...; the checkpoint does not match its config.json")
+    return model.eval()
+
+
+def load_bnb_quantized(source: str, quantization_config, device: str = "cpu"):
+    """Load ``source`` (a local folder or "default") with a ``BitsAndBytesConfig``, quantizing
+    each decoder linear weight as it is read. Returns the model in eval mode."""
     four_bit = bool(quantization_config.load_in_4bit)
     if not four_bit and not quantization_config.load_in_8bit:
         raise VariantError("quantize-on-load needs a 4-bit or 8-bit BitsAndBytesConfig")
+    folder, config, model, dtype = _meta_model(source)
     quantized = {}
     for name, linear in block_linears(model).items():
         if four_bit:
@@ -79,25 +114,29 @@ def load_bnb_quantized(source: str, quantization_config, device: str = "cpu"):
         replace_module(model, name, layer)
         quantized[name] = layer
 
-    shards = checkpoint_shards(folder)
-    for shard in tqdm(shards, desc="quantize-on-load", unit="shard"):
-        with safe_open(str(shard), framework="pt", device="cpu") as tensors:
-            for key in tensors.keys():
-                module_name, _, param = key.rpartition(".")
-                value = tensors.get_tensor(key)
-                layer = quantized.get(module_name)
-                if layer is not None and param == "weight":
-                    layer.weight = _quantized_weight(layer, value, quantization_config, device)
-                else:  # a copy: a view would keep the whole memory-mapped shard resident
-                    set_module_tensor_to_device(model, key, device, value=value.to(dtype, copy=True))
-                del value
-                _return_freed_heap()
-    if getattr(config, "tie_word_embeddings", False):
-        model.tie_weights()
-    missing = [n for n, p in model.named_parameters() if p.device.type == "meta"]
-    if missing:
-        raise ModelSourceError(f"{folder} lacks weights for {missing[:3]}...; the checkpoint does not match its config.json")
-    return model.eval()
+    def on_weight(name: str, value: torch.Tensor, bias: torch.Tensor | None) -> None:
+        layer = quantized[name]
+        layer.weight = _quantized_weight(layer, value, quantization_config, device)
+        if bias is not None:
+            layer.bias = torch.nn.Parameter(bias.to(dtype), requires_grad=False)
+    return _stream_into(model, folder, config, dtype, set(quantized), on_weight, device, "quantize-on-load")
+
+
+def load_packed_quantized(source: str, bits: int, group_size: int, device: str = "cpu"):
+    """Load ``source`` as edgekit's packed RTN codes, packing each decoder linear weight as it is read;
+    the rest of the model in fp32. Returns the model in eval mode."""
+    folder, config, model, dtype = _meta_model(source, torch.float32)
+    targets = block_linears(model)
+    check_group(next(iter(targets.values())).in_features, group_size)
+
+    def on_weight(name: str, value: torch.Tensor, bias: torch.Tensor | None) -> None:
+        weight = value.to(device=device, dtype=torch.float32)
+        codes, scale, zero = rtn_quantize(weight, bits, group_size)
+        if bias is None and targets[name].bias is not None:  # its bias comes later in the shard
+            bias = torch.zeros(targets[name].out_features)
+        replace_module(model, name, PackedLinear.from_codes(codes, scale, zero, bits, group_size,
+                                                            None if bias is None else bias.to(device)))
+    return _stream_into(model, folder, config, dtype, set(targets), on_weight, device, f"pack-on-load int{bits}")
 
 
 def _return_freed_heap() -> None:
@@ -112,8 +151,6 @@ def _return_freed_heap() -> None:
 
 def _quantized_weight(layer, value: torch.Tensor, quantization_config, device: str):
     """One full-precision weight -> its bitsandbytes parameter (quantized on ``.to(device)``)."""
-    import bitsandbytes as bnb
-
     if quantization_config.load_in_4bit:
         param = bnb.nn.Params4bit(value, requires_grad=False, blocksize=64,
                                   compress_statistics=quantization_config.bnb_4bit_use_double_quant,

@@ -130,8 +130,9 @@ class StreamingRunner:
             dtype = self._checkpoint_dtype()
         self.dtype = dtype
         self.model = _skeleton(self.folder, dtype)
-        layers = list(decoder_blocks(self.model))
-        prefix_of = dict(enumerate(layers))
+        blocks = decoder_blocks(self.model)
+        layers = list(blocks.values())
+        prefix_of = dict(enumerate(blocks))
         self.prefix_of = prefix_of
         self.streamed = [i for i, p in prefix_of.items() if _placement(device_map, p) == "disk"]
         if not self.streamed:

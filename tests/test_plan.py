@@ -145,6 +145,42 @@ def test_quantize_on_load_equals_from_pretrained(variant, default_model, tokeniz
     torch.testing.assert_close(streamed.logits(ids), reference.logits(ids))
 
 
+@pytest.fixture(scope="module")
+def biased_checkpoint(tmp_path_factory, default_model):
+    """A tiny random Qwen2 (q/k/v biases, bf16 shards): exercises biases and a checkpoint dtype unlike fp32."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    folder = tmp_path_factory.mktemp("tiny-qwen2")
+    config = Qwen2Config(vocab_size=4096, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, architectures=["Qwen2ForCausalLM"])
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).to(torch.bfloat16).save_pretrained(folder, max_shard_size="200KB")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(f"{default_model}/{name}", folder / name)
+    return str(folder)
+
+
+@pytest.mark.parametrize("variant", ["int4-g32", "int3-g64"])
+def test_packing_while_loading_equals_packing_after_a_full_load(variant, default_model, biased_checkpoint, eval_ids):
+    for source in (default_model, biased_checkpoint):
+        reference = build_runner(f"{variant}:low_memory=false", source)
+        streamed = build_runner(f"{variant}:low_memory=true", source)
+        assert streamed.weight_bytes() == reference.weight_bytes() == weight_bytes(source, variant)
+        ids = eval_ids[:24].unsqueeze(0)
+        torch.testing.assert_close(streamed.logits(ids), reference.logits(ids), rtol=0, atol=0)
+
+
+def test_a_big_checkpoint_packs_while_loading_so_the_plan_admits_it():
+    """A 7B as int4-g128 on this 24 GB class of machine: streamed, its peak is the packed model plus one
+    fp32 tensor, not the fp32 model (26.8 GiB) it used to need."""
+    plan = plan_memory("llama-2-7b", "int4-g128", context=2048, device="cpu-24gb")
+    full = plan_memory("llama-2-7b", "int4-g128:low_memory=false", context=2048, device="cpu-24gb")
+    assert plan.fits and plan.peak_bytes < plan.total_bytes + 1.1 * GIB
+    assert not full.fits and full.peak_bytes > 26 * GIB
+
+
 def test_cli_plan_writes_json(tmp_path, capsys):
     from edgekit.cli import main
 

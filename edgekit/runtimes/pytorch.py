@@ -15,8 +15,8 @@ import torch
 from transformers import BitsAndBytesConfig
 
 from edgekit.errors import VariantError
-from edgekit.guard import guarded_load
-from edgekit.packed import KERNEL_GROUPS, packed_linear_bytes, quantize_rtn
+from edgekit.guard import guarded_load, guarded_packed_load
+from edgekit.packed import KERNEL_GROUPS, packed_linear_bytes
 from edgekit.registry import DTYPE_BYTES, Variant, dense_linear_bytes, register
 from edgekit.runners import TorchRunner
 
@@ -38,6 +38,11 @@ def torch_runner(variant: Variant, source: str, tokenizer, **kwargs) -> TorchRun
     """Load through the guard (the plan is checked first; offload=true / low_memory=true choose how)."""
     model = guarded_load(variant, source, device_of(variant), **kwargs)
     return TorchRunner(str(variant), model, tokenizer)
+
+
+def held_in_fp32(variant: Variant, checkpoint: str) -> str:
+    """Packed variants load (or stream) the model in fp32: embeddings, norms and head stay fp32."""
+    return "fp32"
 
 
 def packed_bytes(variant: Variant, out_f: int, in_f: int, bias: bool, dense: str) -> int:
@@ -105,10 +110,8 @@ def build_bnb_4bit(variant: Variant, source: str, tokenizer):
 
 
 @register(r"int(?P<bits>[2348])-g(?P<group_size>\d+)", "pytorch",
-          "group-wise RTN weight-only, real packed codes (edgekit.packed)",
+          "group-wise RTN weight-only, real packed codes (edgekit.packed); packed while loading over 1 GiB",
           ("int4-g32", "int4-g64", "int4-g128", "int3-g64", "int3-g128", "int2-g32", "int2-g64"),
-          linear_bytes=packed_bytes)
+          linear_bytes=packed_bytes, load="packed", dense=held_in_fp32)
 def build_packed(variant: Variant, source: str, tokenizer):
-    runner = torch_runner(variant, source, tokenizer, dtype=torch.float32)
-    quantize_rtn(runner.model, variant.bits, variant.group_size)
-    return runner
+    return TorchRunner(str(variant), guarded_packed_load(variant, source, device_of(variant)), tokenizer)
