@@ -47,6 +47,7 @@ from edgekit.data import read_split, staged, work_dir
 from edgekit.errors import ModelSourceError, VariantError
 from edgekit.guard import admit
 from edgekit.loading import load_tokenizer, model_key, resolve_source
+from edgekit.models import original_gguf
 from edgekit.native_build import CONVERTER, CONVERTER_PACKAGES, converter_dir, llama_cpp_version
 from edgekit.registry import Variant, register
 
@@ -111,20 +112,31 @@ def convert_to_gguf(source: str, out_path: Path, outtype: str = "f32") -> Path:
 
 
 def cached_f32_gguf(source: str) -> Path:
-    """The converter's f32 GGUF of ``source``, made once per model version; every quantization starts from it."""
+    """The converter's f32 GGUF of ``source``, made once per model version; every quantization starts from it.
+
+    A named model published as GGUF (``smollm2-135m``, :mod:`edgekit.models`) keeps that file in its
+    folder: it is dequantized to f32 by ``llama-quantize --allow-requantize``, which keeps the file's own
+    tokenizer (the converter, run on the folder transformers saved from it, writes a broken vocabulary)."""
     path = work_dir() / "gguf-exports" / model_key(source) / "model-f32.gguf"
     if not path.is_file():
-        staged(path.parent, lambda out: convert_to_gguf(source, out / path.name, "f32"))
+        folder = Path(resolve_source(source))
+        original = original_gguf(folder) if folder.is_dir() else None
+        if original is not None:
+            staged(path.parent, lambda out: quantize_gguf(original, out / path.name, "f32", allow_requantize=True))
+        else:
+            staged(path.parent, lambda out: convert_to_gguf(source, out / path.name, "f32"))
     return path
 
 
-def quantize_gguf(f32_path: Path, out_path: Path, quant: str, threads: int | None = None) -> Path:
+def quantize_gguf(f32_path: Path, out_path: Path, quant: str, threads: int | None = None,
+                  allow_requantize: bool = False) -> Path:
     """``llama-quantize`` through llama-cpp-python: ``f32_path`` -> ``out_path`` at ``quant``."""
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = FTYPES[quant]
     params.nthread = threads or torch.get_num_threads()
+    params.allow_requantize = allow_requantize
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "quantize.log"
         with _native_output_to(log):  # llama.cpp prints several lines per tensor
