@@ -281,7 +281,9 @@ class PackedLinear(nn.Module):
         if x.device.type != self.qweight.device.type:
             raise VariantError(f"this layer was packed for {self.kernel} on {self.qweight.device.type} but got input "
                                f"on {x.device.type}; quantize the model on the device it runs on")
-        x2 = F.pad(x.reshape(-1, self.in_features).to(torch.bfloat16), (0, self.padded_in - self.in_features))
+        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        if self.padded_in != self.in_features:  # a ragged last group: zero activations meet its padding
+            x2 = F.pad(x2, (0, self.padded_in - self.in_features))
         y = self._kernel_mm(x2).to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         return y if bias is None else y + bias
 
