@@ -20,7 +20,7 @@ import pandas as pd
 from edgekit.data import eval_token_ids, work_dir
 from edgekit.errors import EdgekitError, InputError
 from edgekit.loading import load_tokenizer, model_revision, resolve_source
-from edgekit.measure import EvalSettings, Scores, measure_latency, score
+from edgekit.measure import EvalSettings, Scores, delta_reading, measure_latency, score
 from edgekit.memory import PeakMemory, release_memory
 from edgekit.registry import Variant, build_runner
 from edgekit.results import Result, ResultStore, new_run_id
@@ -164,15 +164,20 @@ def _measure_one(name, source, tokenizer, ids, settings, latency, prompt, base, 
 
 SUMMARY_COLUMNS = {
     "variant": "variant", "perplexity": "ppl", "delta_ppl_pct": "Δppl %", "delta_ppl_pct_ci95": "Δppl 95% CI",
-    "kl_divergence": "KL", "kl_divergence_se": "KL ±se", "top1_agreement": "top-1", "top1_agreement_se": "top-1 ±se",
+    "delta_ppl_reading": "Δppl reading", "kl_divergence": "KL", "kl_divergence_se": "KL ±se",
+    "top1_agreement": "top-1", "top1_agreement_se": "top-1 ±se",
     "weight_bytes": "weights MB", "peak_rss_bytes": "peak RSS MB", "ttft_ms": "TTFT ms",
     "decode_tokens_per_s": "tok/s", "latency_ms_p50": "p50 ms", "latency_ms_p95": "p95 ms",
-    "latency_ms_p99": "p99 ms", "error": "error",
+    "latency_ms_p99": "p99 ms", "latency_indicative": "indicative", "error": "error",
 }
 
 
 def summary_frame(results: list[Result]) -> pd.DataFrame:
-    """The comparison table: quality with its uncertainty beside bytes and latency."""
+    """The comparison table: quality with its uncertainty beside bytes and latency.
+
+    "Δppl reading" says what the interval allows (:func:`edgekit.measure.delta_reading`): a variant
+    below its baseline beyond its interval is noise of the text, not a better model; "indicative" lists
+    the latency percentiles too few samples pin down (:func:`edgekit.measure.percentiles_indicative`)."""
     rows = []
     for r in results:
         row = {"variant": r.variant, **{k: v for k, v in r.metrics.items() if k in SUMMARY_COLUMNS}, "error": r.error}
@@ -182,6 +187,12 @@ def summary_frame(results: list[Result]) -> pd.DataFrame:
         if row.get("delta_ppl_pct_ci95"):
             lo, hi = row["delta_ppl_pct_ci95"]
             row["delta_ppl_pct_ci95"] = f"[{lo:+.2f}, {hi:+.2f}]"
+            if lo == hi == 0:
+                row["delta_ppl_reading"] = "baseline"
+            else:  # rows stored before the reading existed get it from their interval
+                row.setdefault("delta_ppl_reading", delta_reading(lo, hi))
+        if "latency_indicative" in row:
+            row["latency_indicative"] = ", ".join(row["latency_indicative"]) or "-"
         rows.append(row)
     frame = pd.DataFrame(rows)
     frame = frame[[c for c in SUMMARY_COLUMNS if c in frame.columns]].rename(columns=SUMMARY_COLUMNS)

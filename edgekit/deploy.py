@@ -59,8 +59,11 @@ class CanaryReport:
         return pd.DataFrame(self.checks)
 
 
-def _check(name: str, value: float, limit: float, passed: bool, unit: str) -> dict:
-    return {"check": name, "value": round(value, 4), "limit": limit, "unit": unit, "passed": bool(passed)}
+def _check(name: str, value: float, limit: float, passed: bool, unit: str, bound: float | None = None) -> dict:
+    """One row of the verdict: the point estimate, the bound the decision was taken on (the estimate itself
+    where the figure has no interval), the limit and whether it passed."""
+    return {"check": name, "value": round(value, 4), "bound": round(value if bound is None else bound, 4),
+            "limit": limit, "unit": unit, "passed": bool(passed)}
 
 
 def canary(candidate: str | Path, current: str | Path, token_ids, thresholds: CanaryThresholds = CanaryThresholds(),
@@ -103,13 +106,17 @@ def judge(metrics: dict, t: CanaryThresholds) -> list[dict]:
     """The checks of a canary's measurements against thresholds; quality is judged on the
     pessimistic end of its 95% interval, so a noisy measurement cannot pass by luck."""
     m = metrics
+    kl_hi = m["kl_divergence_ci95"][1] if "kl_divergence_ci95" in m else m["kl_divergence"] + Z95 * m["kl_divergence_se"]
+    top1_lo = (m["top1_agreement_ci95"][0] if "top1_agreement_ci95" in m
+               else m["top1_agreement"] - Z95 * m["top1_agreement_se"])
+    ppl_hi = m["delta_ppl_pct_ci95"][1]
     return [
         _check("perplexity delta", m["delta_ppl_pct"], t.max_delta_ppl_pct,
-               m["delta_ppl_pct_ci95"][1] <= t.max_delta_ppl_pct, "% (upper 95% bound)"),
+               ppl_hi <= t.max_delta_ppl_pct, "% (upper 95% bound)", ppl_hi),
         _check("KL divergence", m["kl_divergence"], t.max_kl_divergence,
-               m["kl_divergence"] + Z95 * m["kl_divergence_se"] <= t.max_kl_divergence, "nats/token (upper 95% bound)"),
+               kl_hi <= t.max_kl_divergence, "nats/token (upper 95% bound)", kl_hi),
         _check("top-1 agreement", m["top1_agreement"], t.min_top1_agreement,
-               m["top1_agreement"] - Z95 * m["top1_agreement_se"] >= t.min_top1_agreement, "share (lower 95% bound)"),
+               top1_lo >= t.min_top1_agreement, "share (lower 95% bound)", top1_lo),
         _check("decode slowdown", m["slowdown_pct"], t.max_slowdown_pct, m["slowdown_pct"] <= t.max_slowdown_pct, "%"),
         _check("P99 latency increase", m["p99_increase_pct"], t.max_p99_increase_pct,
                m["p99_increase_pct"] <= t.max_p99_increase_pct, "%"),

@@ -13,6 +13,16 @@ are correlated, so the standard errors treat each window as one sample of a rati
 estimator (sum over window / tokens in window). The perplexity delta is paired: both
 models' losses on the same window are differenced before the error is taken.
 
+Intervals use Student's t with (windows - 1) degrees of freedom, not the normal 1.96: an
+evaluation scores a few to a few hundred windows, and with 15 windows a z-interval is 9%
+too narrow, with 3 windows less than half as wide as it should be (its coverage of a 95%
+claim falls to about 80%). :func:`paired_difference` compares two variants window by window
+on the same tokens (the paired test a reviewer asks for when two variants are ranked), and
+:func:`delta_reading` names what an interval allows one to say: a quantized variant whose
+perplexity lands *below* its baseline beyond its interval is a property of the text slice
+(the interval assumes windows independent; neighbouring windows of one text are not quite),
+not a better model.
+
 Latency times :meth:`Runner.generate_stream` from outside: time to first token (prefill),
 then the gap between successive tokens (decode), over repeated runs after a warm-up that
 lasts until the per-token time is steady, with CUDA events on a GPU; the achieved memory
@@ -30,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import stats
 from tqdm.auto import tqdm
 
 from edgekit.data import staged
@@ -80,6 +91,32 @@ def scored_positions(window: Window) -> np.ndarray:
     return np.arange(first_target - 1, length - 1)
 
 
+def t_quantile(windows: int, level: float = 0.95) -> float:
+    """Two-sided Student-t multiplier for ``windows`` samples (``windows - 1`` degrees of freedom); nan below 2."""
+    return float(stats.t.ppf(0.5 + level / 2, windows - 1)) if windows >= 2 else float("nan")
+
+
+def ratio_interval(numerators: np.ndarray, denominators: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """``(mean, low, high)``: the ratio estimator and its t-interval, each window one sample."""
+    mean, se = ratio_stat(numerators, denominators)
+    half = t_quantile(len(np.asarray(numerators)), level) * se
+    return mean, mean - half, mean + half
+
+
+def delta_reading(low: float, high: float) -> str:
+    """What a perplexity delta's interval ``[low, high]`` (variant vs its baseline) allows one to say.
+
+    "worse" when the whole interval is above zero, "within noise" when it holds zero, and
+    "below baseline: noise of the text" when the whole interval is below zero: rounding weights
+    does not make a model better; a slice of text on which it happens to score lower does not
+    generalize (score more text, or another split, and it moves)."""
+    if low > 0:
+        return "worse"
+    if high < 0:
+        return "below baseline: noise of the text"
+    return "within noise"
+
+
 def ratio_stat(numerators: np.ndarray, denominators: np.ndarray) -> tuple[float, float]:
     """Mean sum(num)/sum(den) and its standard error, each window one sample (ratio estimator)."""
     num, den = np.asarray(numerators, float), np.asarray(denominators, float)
@@ -110,8 +147,8 @@ class Scores:
 
     def perplexity(self) -> dict:
         mean, se = ratio_stat(self.nll, self.counts)
-        return {"perplexity": math.exp(mean), "log_ppl_se": se,
-                "perplexity_ci95": [math.exp(mean - Z95 * se), math.exp(mean + Z95 * se)],
+        _, lo, hi = ratio_interval(self.nll, self.counts)
+        return {"perplexity": math.exp(mean), "log_ppl_se": se, "perplexity_ci95": [math.exp(lo), math.exp(hi)],
                 "scored_tokens": self.scored_tokens, "windows": len(self.counts)}
 
     def save(self, folder: Path) -> Path:
@@ -137,14 +174,47 @@ class Scores:
 
     def against(self, baseline: "Scores") -> dict:
         """Delta perplexity (paired), KL and top-1 agreement against ``baseline``."""
-        delta, se = ratio_stat(self.nll - baseline.nll, self.counts)
+        _check_same_tokens(self, baseline)
+        delta, lo, hi = ratio_interval(self.nll - baseline.nll, self.counts)
         out = {"delta_ppl_pct": 100 * math.expm1(delta),
-               "delta_ppl_pct_ci95": [100 * math.expm1(delta - Z95 * se), 100 * math.expm1(delta + Z95 * se)]}
+               "delta_ppl_pct_ci95": [100 * math.expm1(lo), 100 * math.expm1(hi)],
+               "delta_ppl_reading": delta_reading(lo, hi), "t_multiplier": t_quantile(len(self.counts))}
         if self.kl is not None:
             kl, kl_se = ratio_stat(self.kl, self.counts)
             top1, top1_se = ratio_stat(self.agree, self.counts)
-            out.update(kl_divergence=kl, kl_divergence_se=kl_se, top1_agreement=top1, top1_agreement_se=top1_se)
+            out.update(kl_divergence=kl, kl_divergence_se=kl_se, top1_agreement=top1, top1_agreement_se=top1_se,
+                       kl_divergence_ci95=list(ratio_interval(self.kl, self.counts)[1:]),
+                       top1_agreement_ci95=list(ratio_interval(self.agree, self.counts)[1:]))
         return out
+
+
+def _check_same_tokens(a: Scores, b: Scores) -> None:
+    if len(a.counts) != len(b.counts) or not np.array_equal(a.counts, b.counts):
+        raise InputError("these scores come from other tokens or settings; score both on the same text and settings")
+
+
+def paired_difference(a: Scores, b: Scores, level: float = 0.95) -> dict:
+    """Variant ``a`` against variant ``b`` on the same tokens, window by window (a paired comparison).
+
+    Ranking two quantized variants by their separate intervals against fp32 wastes what they
+    share: both saw the same windows, so the text's difficulty cancels in ``a - b``. Returns
+    the perplexity ratio of ``a`` over ``b`` in percent with its t-interval, and, when both were
+    scored against the same baseline, the KL and top-1 differences (a minus b) with theirs; each
+    ``*_reading`` says "a lower", "b lower" or "indistinguishable" at ``level``.
+    """
+    _check_same_tokens(a, b)
+    d, lo, hi = ratio_interval(a.nll - b.nll, a.counts, level)
+    out = {"delta_ppl_pct": 100 * math.expm1(d), "delta_ppl_pct_ci": [100 * math.expm1(lo), 100 * math.expm1(hi)],
+           "delta_ppl_reading": _which(lo, hi), "windows": len(a.counts), "level": level}
+    for key, x, y in (("kl_divergence", a.kl, b.kl), ("top1_agreement", a.agree, b.agree)):
+        if x is not None and y is not None:
+            m, lo, hi = ratio_interval(np.asarray(x) - np.asarray(y), a.counts, level)
+            out.update({f"{key}_diff": m, f"{key}_diff_ci": [lo, hi], f"{key}_reading": _which(lo, hi)})
+    return out
+
+
+def _which(lo: float, hi: float) -> str:
+    return "a lower" if hi < 0 else "b lower" if lo > 0 else "indistinguishable"
 
 
 def score(runner, token_ids: torch.Tensor, settings: EvalSettings = EvalSettings(),
@@ -254,11 +324,13 @@ def measure_latency(runner, prompt_ids: torch.Tensor, new_tokens: int = 32, runs
         bar.update()
     bar.close()
     gaps_ms = np.asarray(gaps) * 1000
+    indicative = percentiles_indicative(len(gaps_ms))
     rate = float(np.median(rates))
     achieved = runner.weight_bytes() * rate
     out = {"ttft_ms": float(np.median(ttfts) * 1000), "decode_tokens_per_s": rate,
            "latency_ms_p50": float(np.percentile(gaps_ms, 50)), "latency_ms_p95": float(np.percentile(gaps_ms, 95)),
-           "latency_ms_p99": float(np.percentile(gaps_ms, 99)), "prompt_tokens": int(prompt.shape[1]),
+           "latency_ms_p99": float(np.percentile(gaps_ms, 99)), "latency_samples": len(gaps_ms),
+           "latency_indicative": indicative, "prompt_tokens": int(prompt.shape[1]),
            "new_tokens": new_tokens, "latency_runs": runs, "warmup_runs": warmup_runs, "steady": steady,
            "timer": "cuda events" if device.type == "cuda" else "perf_counter",
            "achieved_bandwidth_gb_s": achieved / 1e9,
@@ -266,6 +338,17 @@ def measure_latency(runner, prompt_ids: torch.Tensor, new_tokens: int = 32, runs
     if getattr(runner, "compute_path", None):
         out["compute_path"] = runner.compute_path
     return out
+
+
+TAIL_SAMPLES = 5
+
+
+def percentiles_indicative(samples: int, percentiles=(50, 95, 99)) -> list[str]:
+    """The percentiles that ``samples`` gaps cannot pin down: fewer than ``TAIL_SAMPLES`` of them beyond it.
+
+    A P99 from 16 gaps is the largest gap; from 155 it rests on 1-2 of them. Such a figure is
+    indicative (shown, flagged), not a measurement: time more runs or more tokens for it."""
+    return [f"p{q}" for q in percentiles if samples * (1 - q / 100) < TAIL_SAMPLES]
 
 
 def _timed_generation(runner, prompt: torch.Tensor, new_tokens: int, device: torch.device) -> list[float]:
