@@ -26,9 +26,9 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from edgekit.errors import InputError
+from edgekit.progress import tqdm
 
 
 def percentiles_ms(seconds: list[float] | np.ndarray) -> dict:

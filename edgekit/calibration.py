@@ -12,11 +12,11 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from edgekit.data import read_split
 from edgekit.errors import VariantError
 from edgekit.layout import blocks_in_order, split_block
+from edgekit.progress import tqdm
 
 
 # ---------------------------------------------------------------- calibration data

@@ -20,11 +20,11 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from edgekit.data import read_split
 from edgekit.errors import InputError
 from edgekit.measure import EvalSettings, score
+from edgekit.progress import tqdm
 from edgekit.runners import TorchRunner
 
 

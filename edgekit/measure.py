@@ -41,10 +41,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy import stats
-from tqdm.auto import tqdm
 
 from edgekit.data import staged
 from edgekit.errors import InputError
+from edgekit.progress import tqdm
 
 Z95 = 1.959963984540054
 

@@ -30,7 +30,6 @@ import torch
 from accelerate import init_empty_weights
 from accelerate.utils import set_module_tensor_to_device
 from safetensors import safe_open
-from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM
 
 from edgekit.errors import ModelSourceError, VariantError
@@ -38,6 +37,7 @@ from edgekit.layout import block_linears
 from edgekit.loading import model_config, resolve_source
 from edgekit.packed import PackedLinear, check_group, replace_module, rtn_quantize
 from edgekit.plan import config_dtype
+from edgekit.progress import tqdm
 
 
 def checkpoint_shards(folder: str | Path) -> list[Path]:

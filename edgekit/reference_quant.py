@@ -27,10 +27,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from edgekit.errors import VariantError
 from edgekit.layout import block_linears
+from edgekit.progress import tqdm
 
 # QLoRA's NF4 code book (Dettmers et al. 2023, appendix E), as bitsandbytes stores it.
 NF4_LEVELS = torch.tensor([

@@ -24,7 +24,6 @@ import json
 
 import pandas as pd
 from torch import nn
-from tqdm.auto import tqdm
 
 from edgekit.calibrated import gptq_quantize
 from edgekit.calibration import calibration_ids, hessians, single_thread
@@ -35,6 +34,7 @@ from edgekit.layout import block_linears, split_block
 from edgekit.loading import load_tokenizer, model_key, resolve_source
 from edgekit.measure import EvalSettings, score
 from edgekit.packed import PackedLinear, replace_module
+from edgekit.progress import tqdm
 from edgekit.registry import Variant
 from edgekit.results import Result, ResultStore, new_run_id
 from edgekit.runners import TorchRunner

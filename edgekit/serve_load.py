@@ -19,9 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from edgekit.batching import percentiles_ms, poisson_arrivals
+from edgekit.progress import tqdm
 
 
 async def _drive(url: str, payloads: list[dict], arrivals: np.ndarray, timeout_s: float) -> list[tuple]:

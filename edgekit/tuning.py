@@ -23,12 +23,12 @@ from typing import Callable
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from edgekit.artifact import load_artifact, read_manifest, update_manifest
 from edgekit.errors import EdgekitError, InputError
 from edgekit.measure import measure_latency
 from edgekit.memory import release_memory
+from edgekit.progress import tqdm
 from edgekit.registry import build_runner
 from edgekit.results import Result, ResultStore
 from edgekit.runtimes.onnxruntime import cached_artifact

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from tqdm.auto import tqdm
 
 from edgekit.errors import VariantError
+from edgekit.progress import tqdm
 from edgekit.runtimes.onnxruntime.runner import EXTERNAL_DATA_THRESHOLD
 
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # unset, fp32, fp16, bf16, int8 compute
