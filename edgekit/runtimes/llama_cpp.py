@@ -170,9 +170,14 @@ def _native_output_to(log: Path) -> Iterator[None]:
 
 def check_tokenizer(gguf_path: Path, hf_tokenizer, text: str) -> None:
     """Refuse a GGUF whose vocabulary tokenizes ``text`` differently from the Hugging Face tokenizer."""
-    from llama_cpp import Llama
+    from llama_cpp import _internals
+    from llama_cpp import llama_cpp as native
 
-    vocab = Llama(str(gguf_path), vocab_only=True, verbose=False)
+    # the vocabulary alone, without a context: a context over a vocab-only load sees a training context
+    # of 0 (the file's llama.context_length is not read) and warns "n_ctx_train (0)"
+    params = native.llama_model_default_params()
+    params.vocab_only = True
+    vocab = _internals.LlamaModel(path_model=str(gguf_path), params=params, verbose=False)
     ours = vocab.tokenize(text.encode(), add_bos=False, special=False)
     vocab.close()
     theirs = hf_tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]

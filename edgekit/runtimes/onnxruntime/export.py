@@ -19,6 +19,7 @@ from edgekit.data import staged, work_dir
 from edgekit.errors import ModelSourceError
 from edgekit.guard import admit
 from edgekit.loading import model_key, resolve_source
+from edgekit.quiet import onnx_export
 from edgekit.runtimes.onnxruntime.runner import EXTERNAL_DATA_FILE, EXTERNAL_DATA_THRESHOLD, MODEL_FILE
 
 TASK = "text-generation-with-past"
@@ -32,8 +33,9 @@ def export_onnx(source: str, out_dir: str | Path, opset: int | None = None) -> P
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        main_export(resolved, out_dir, task=TASK, opset=opset, do_validation=False, no_post_process=True,
-                    library_name="transformers")
+        with onnx_export():  # the tracer's notes are understood (edgekit.quiet); parity() checks the graph
+            main_export(resolved, out_dir, task=TASK, opset=opset, do_validation=False, no_post_process=True,
+                        library_name="transformers")
     except (KeyError, ValueError) as exc:
         raise ModelSourceError(f"optimum cannot export {resolved} for {TASK}: {exc}; "
                                "pick a decoder-only model optimum supports (Llama, Mistral, Qwen2, GPT-2...)") from None

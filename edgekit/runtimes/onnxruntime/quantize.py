@@ -26,6 +26,7 @@ import onnx
 
 from edgekit.errors import VariantError
 from edgekit.progress import tqdm
+from edgekit.quiet import ort_quantization
 from edgekit.runtimes.onnxruntime.runner import EXTERNAL_DATA_THRESHOLD
 
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # unset, fp32, fp16, bf16, int8 compute
@@ -34,12 +35,14 @@ BLOCK_SIZES = (16, 32, 64, 128, 256)
 
 @contextmanager
 def _quiet_quantizer_logs():
-    """ONNX Runtime's quantizers log every tensor at INFO on the root logger; keep warnings only."""
+    """ONNX Runtime's quantizers log every tensor at INFO on the root logger; keep warnings only
+    (less the pre-processing advice, see edgekit.quiet)."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.WARNING)
     try:
-        yield
+        with ort_quantization():
+            yield
     finally:
         root.setLevel(level)
 
