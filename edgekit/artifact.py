@@ -24,6 +24,7 @@ from edgekit import selftest
 from edgekit.data import staged
 from edgekit.errors import ArtifactError
 from edgekit.loading import resolve_source
+from edgekit.models import MODELS
 from edgekit.runtimes import module_of
 
 SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -83,6 +84,24 @@ class Manifest:
         return hashlib.sha256(listing).hexdigest()
 
 
+def portable_model(model: str) -> str:
+    """How a manifest names its source model without the path of the machine that made it: a named model's
+    name (``default``), a hub id as given, a folder under the working directory relative to it, else the
+    folder's own name."""
+    text = str(model)
+    path = Path(text).expanduser()
+    if text in MODELS or not (path.is_absolute() or path.exists()):
+        return text
+    resolved = path.resolve()
+    for name, named in MODELS.items():
+        if Path(named.folder).resolve() == resolved:
+            return name
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return resolved.name
+
+
 def write_manifest(folder: str | Path, *, variant: str, runtime: str, runtime_version: str, model: str,
                    quantization: dict, signature: dict, opset: int | None = None,
                    evaluation: dict | None = None, runtime_settings: dict | None = None,
@@ -93,7 +112,7 @@ def write_manifest(folder: str | Path, *, variant: str, runtime: str, runtime_ve
     files = {str(p.relative_to(folder)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
     data = {"schema_version": SCHEMA_VERSION, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "edgekit_version": edgekit.__version__, "variant": variant, "source_model": model,
+            "edgekit_version": edgekit.__version__, "variant": variant, "source_model": portable_model(model),
             "runtime": {"name": runtime, "version": runtime_version}, "opset": opset,
             "quantization": quantization, "signature": signature, "evaluation": evaluation or {},
             "runtime_settings": runtime_settings or {}, "files": files, **(extra or {})}
