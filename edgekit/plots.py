@@ -296,6 +296,21 @@ def plot_weight_histogram(weight, k_sigma: float = 3.0, bins: int = 200, ax: Axe
     return ax
 
 
+def plot_quant_grid(values, levels, title: str = "", bins: int = 60, ax: Axes | None = None) -> Axes:
+    """The weights that share one scale (histogram) with the grid they are rounded to (one line per level):
+    how many levels the bulk of the weights really uses, and how far the largest one stretches the grid."""
+    ax = ax or plt.subplots(figsize=(6.4, 3.6))[1]
+    values, levels = np.asarray(values, float).reshape(-1), np.asarray(levels, float).reshape(-1)
+    ax.hist(values, bins=bins, color="tab:blue", alpha=0.75, label=f"{len(values)} weights sharing one scale")
+    for i, level in enumerate(levels):
+        ax.axvline(level, color="tab:orange", linewidth=0.8, alpha=0.9, label=f"{len(levels)} levels" if i == 0 else None)
+    ax.set_xlabel("weight value")
+    ax.set_ylabel("count")
+    ax.set_title(title or "weights and their quantization grid", fontsize=10)
+    ax.legend(fontsize=8, loc="upper right")
+    return ax
+
+
 def plot_layer_errors(frame: pd.DataFrame, metric: str = "relative_error", ax: Axes | None = None) -> Axes:
     """Error of every decoder-block linear layer (x, in model order) under each scheme (one line
     each), from :func:`edgekit.reference_quant.layer_errors`; log scale."""

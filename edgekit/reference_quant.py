@@ -145,6 +145,22 @@ def quantize_nf4(weight: torch.Tensor, block_size: int = 64) -> tuple[torch.Tens
     return codes, absmax
 
 
+def group_grid(weight: torch.Tensor, scheme: Scheme) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values, levels)``: the weights that share one scale with the tensor's largest |weight| (the whole
+    tensor, its row, or its group / NF4 block) and every value that scale lets them take."""
+    if scheme.codebook == "nf4":
+        flat = weight.detach().float().reshape(-1)
+        codes, absmax = quantize_nf4(weight, scheme.group_size)
+        block = int(flat.abs().argmax()) // scheme.group_size
+        return flat.reshape(-1, scheme.group_size)[block], NF4_LEVELS * absmax[block]
+    w = _grouped(weight, scheme)
+    _, scale, zero = quantize_int(weight, scheme)
+    row, group = divmod(int(w.abs().reshape(-1, w.shape[-1]).amax(-1).argmax()), w.shape[1])
+    qmax = 2 ** (scheme.bits - 1) - 1 if scheme.symmetric else 2 ** scheme.bits - 1
+    codes = torch.arange(-qmax, qmax + 1) if scheme.symmetric else torch.arange(0, qmax + 1)
+    return w[row, group], (codes.float() - zero[row, group]) * scale[row, group]
+
+
 def fake_quantize(weight: torch.Tensor, scheme: Scheme) -> torch.Tensor:
     """Quantize then dequantize ``weight`` under ``scheme``: the matrix the model would really use."""
     if scheme.codebook == "nf4":

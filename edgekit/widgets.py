@@ -12,8 +12,9 @@ from edgekit.data import work_dir
 from edgekit.errors import EdgekitError
 from edgekit.measure import EvalSettings
 from edgekit.plan import device_profiles, known_models, plan_memory
-from edgekit.plots import comparison_figure, figure_png, plot_memory_vs_device
-from edgekit.registry import offered_variants
+from edgekit.plots import comparison_figure, figure_png, plot_memory_vs_device, plot_quant_grid
+from edgekit.reference_quant import Scheme, fake_quantize, group_grid, quantization_error
+from edgekit.registry import Variant, offered_variants
 from edgekit.report import comparison_frame, device_memory_frame, run_label, write_report
 from edgekit.results import ResultStore
 
@@ -85,6 +86,8 @@ class Dashboard:
         self.model = model_source_picker(model)
         self.variants = w.SelectMultiple(options=names + [v for v in variants if v not in names], value=tuple(variants),
                                          rows=10, description="variants")
+        self.typed = w.Text(description="+ typed", placeholder="int3-g64 nf4:double_quant=true (space-separated)",
+                            layout=w.Layout(width="320px"))
         self.eval_text = w.Combobox(value=eval_text, options=["eval", "eval_milton"], ensure_option=False,
                                     description="eval text", placeholder="split, text file or text")
         self.context = w.BoundedIntText(context, min=2, max=1 << 20, description="context")
@@ -113,7 +116,7 @@ class Dashboard:
             control.style.description_width = "90px"
         compare_to = w.VBox([self.device, self.plan_model, self.earlier])
         self.widget = w.VBox([
-            w.HBox([w.VBox([self.model, self.eval_text, self.variants]), settings, compare_to]),
+            w.HBox([w.VBox([self.model, self.eval_text, self.variants, self.typed]), settings, compare_to]),
             w.HBox([self.run_button, self.report_button, self.progress, self.resume]), self.status, self.messages,
             self.table, self.plots, self.log], layout=w.Layout(border="1px solid #ddd", padding="6px"))
         self.widget.add_class("edgekit-dashboard")
@@ -158,10 +161,11 @@ class Dashboard:
                                         max_tokens=self.max_tokens.value or None)
                 latency = (LatencySettings(new_tokens=self.new_tokens.value, runs=self.latency_runs.value)
                            if self.latency_runs.value else None)
-                self.progress.max = len(set(self.variants.value) | {"fp32"})
+                variants = self.chosen_variants()
+                self.progress.max = len(set(variants) | {"fp32"})
                 self.progress.value = 0
                 self.status.value = f"measuring {self.progress.max} variants of {html.escape(self.model.value)}…"
-                compare(self.model.value, self.variants.value, self.eval_text.value, settings, latency,
+                compare(self.model.value, variants, self.eval_text.value, settings, latency,
                         store=self.store, on_result=self._on_result, resume=self.resume.value)
                 finished = True
         finally:
@@ -171,6 +175,14 @@ class Dashboard:
             self.status.value = self._status_html(done=True)
             self.refresh_runs()
         return self.results
+
+    def chosen_variants(self) -> list[str]:
+        """The picked variants, then any typed in the text box (any registry string, options included:
+        ``int3-g64 nf4:double_quant=true``); a bad one raises the registry's error, naming the valid ones."""
+        typed = [t for t in self.typed.value.replace(";", " ").split() if t]
+        for name in typed:
+            Variant.parse(name)
+        return list(dict.fromkeys([*self.variants.value, *typed]))
 
     def _on_result(self, result) -> None:
         self.results.append(result)
@@ -285,3 +297,71 @@ class MemoryPlanner:
             plt.close(fig)
             with self.plot:
                 display(Image(png))
+
+
+# ---------------------------------------------------------------- quantization knobs (notebook 02)
+class QuantKnobs:
+    """Live knobs over one weight matrix: bits (2-8), scope (tensor / channel / group) and group size,
+    symmetric or with a zero point, integer grid or NF4; each change redraws the grid over the weights that
+    share the scale of the largest one and reports the error and the stored bits. ``QuantKnobs(w).show(scheme)``
+    does the same without the sliders."""
+
+    def __init__(self, weight, bits: int = 4, granularity: str = "group", group_size: int = 32,
+                 symmetric: bool = True, codebook: str = "int") -> None:
+        import matplotlib.pyplot as plt
+
+        self._plt, self.weight = plt, weight
+        sizes = [g for g in (16, 32, 64, 128, 256) if weight.shape[1] % g == 0] or [weight.shape[1]]
+        self.bits = w.IntSlider(bits, min=2, max=8, description="bits", continuous_update=False)
+        self.granularity = w.ToggleButtons(options=["tensor", "channel", "group"], value=granularity,
+                                           description="scope")
+        self.group_size = w.SelectionSlider(options=sizes, value=group_size if group_size in sizes else sizes[0],
+                                            description="group size", continuous_update=False)
+        self.symmetric = w.ToggleButtons(options=[("symmetric", True), ("zero point", False)], value=symmetric,
+                                         description="range")
+        self.codebook = w.ToggleButtons(options=[("uniform int", "int"), ("NF4", "nf4")], value=codebook,
+                                        description="code book")
+        self.out, self.summary = w.Output(), w.HTML()
+        for control in (self.bits, self.granularity, self.group_size, self.symmetric, self.codebook):
+            control.observe(lambda _: self.update(), names="value")
+        self.widget = w.VBox([w.HBox([w.VBox([self.bits, self.group_size]), w.VBox([self.granularity,
+                              self.symmetric, self.codebook])]), self.summary, self.out])
+        self.update()
+
+    def scheme(self) -> Scheme:
+        """The scheme the knobs describe (NF4 fixes 4 bits and per-block scope)."""
+        if self.codebook.value == "nf4":
+            return Scheme(4, "group", self.group_size.value, codebook="nf4")
+        return Scheme(self.bits.value, self.granularity.value, self.group_size.value, self.symmetric.value)
+
+    def show(self, scheme: Scheme) -> dict:
+        """Draw ``scheme``'s grid over the weights and return its figures (error, SQNR, bits per weight)."""
+        error = quantization_error(self.weight, fake_quantize(self.weight, scheme))
+        figures = {"scheme": scheme.label, "bits_per_weight": scheme.bits_per_weight(tuple(self.weight.shape)),
+                   **error}
+        values, levels = group_grid(self.weight, scheme)
+        fig, ax = self._plt.subplots(figsize=(7, 3.4))
+        plot_quant_grid(values.numpy(), levels.numpy(), ax=ax,
+                        title=f"{scheme.label}: {figures['bits_per_weight']:.2f} bits/weight, "
+                              f"relative error {figures['relative_error']:.2%}")
+        self.out.clear_output(wait=True)
+        from IPython.display import display
+
+        with self.out:
+            display(fig)
+        self._plt.close(fig)
+        self.summary.value = (f"<b>{html.escape(scheme.label)}</b>: {figures['bits_per_weight']:.2f} bits/weight, "
+                              f"relative error {figures['relative_error']:.2%}, SQNR {figures['sqnr_db']:.1f} dB")
+        return figures
+
+    def update(self) -> dict:
+        with errors_shown_in(self.out):
+            self.bits.disabled = self.symmetric.disabled = self.codebook.value == "nf4"
+            self.granularity.disabled = self.codebook.value == "nf4"
+            self.figures = self.show(self.scheme())
+            return self.figures
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)

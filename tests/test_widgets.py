@@ -59,3 +59,37 @@ def test_a_bad_model_is_shown_in_place(tmp_path):
     (shown,) = dashboard.messages.outputs
     assert "ModelSourceError" in shown["data"]["text/html"] or "Error" in shown["data"]["text/html"]
     assert not dashboard.run_button.disabled
+
+
+def test_typed_variants_join_the_picked_ones_and_bad_ones_are_refused(tmp_path):
+    from edgekit.errors import VariantError
+
+    dash = Dashboard(store=ResultStore(tmp_path / "r.sqlite"), variants=("fp32", "int8"))
+    dash.typed.value = "int3-g64  nf4:double_quant=true; int8"
+    assert dash.chosen_variants() == ["fp32", "int8", "int3-g64", "nf4:double_quant=true"]
+    dash.typed.value = "int5-g7"
+    with pytest.raises(VariantError):
+        dash.chosen_variants()
+
+
+def test_quant_knobs_redraw_the_grid_of_the_scheme_they_describe():
+    import torch
+
+    from edgekit.reference_quant import Scheme, group_grid
+    from edgekit.widgets import QuantKnobs
+
+    weight = torch.randn(8, 64, generator=torch.Generator().manual_seed(0))
+    knobs = QuantKnobs(weight, bits=4, granularity="group", group_size=32)
+    four = knobs.figures
+    knobs.bits.value = 8
+    assert knobs.scheme() == Scheme(8, "group", 32)
+    assert knobs.figures["relative_error"] < four["relative_error"] / 8  # 16x finer steps
+    knobs.symmetric.value = False
+    assert knobs.figures["scheme"] == "int8-g32-asym"
+    values, levels = group_grid(weight, Scheme(3, "group", 32))
+    assert len(levels) == 7 and len(values) == 32 and float(values.abs().max()) == float(weight.abs().max())
+    assert float(levels.max()) == pytest.approx(float(weight.abs().max()))  # symmetric: the top level is absmax
+    knobs.codebook.value = "nf4"
+    assert knobs.scheme().codebook == "nf4" and knobs.bits.disabled
+    values, levels = group_grid(weight, knobs.scheme())
+    assert len(levels) == 16 and len(values) == 32
