@@ -109,7 +109,9 @@ def _cell_task(model: str, variant: str, ids, prompt, settings: EvalSettings, la
                run_settings: dict, run_id: str, revision: str, base: Scores | None, is_baseline: bool):
     """One cell on a Ray worker: resolve the model there, measure, return the result (and a baseline's scores)."""
     import ray
+    import torch
 
+    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
     tokenizer = load_tokenizer(model)
     result, scores = measure_variant(model, variant, resolve_source(model), tokenizer, ids, settings, latency,
                                      prompt, base, is_baseline, run_settings, run_id, revision, progress=False)
