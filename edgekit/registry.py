@@ -29,7 +29,8 @@ from edgekit.loading import load_tokenizer
 
 # Modules whose import registers variants, in the order their names are listed.
 VARIANT_MODULES = ("edgekit.runtimes.pytorch", "edgekit.calibrated", "edgekit.mixed", "edgekit.qat",
-                   "edgekit.runtimes.onnxruntime", "edgekit.runtimes.openvino", "edgekit.runtimes.llama_cpp", "edgekit.pruning")
+                   "edgekit.runtimes.onnxruntime", "edgekit.runtimes.openvino", "edgekit.runtimes.llama_cpp", "edgekit.pruning",
+                   "edgekit.kquant", "edgekit.outliers")
 # How a load reaches its peak, beyond the loaded model itself (see edgekit.plan.load_peak_bytes):
 LOAD_KINDS = {
     "as-is": "the checkpoint loads at the variant's own dtype",
