@@ -348,3 +348,19 @@ def plot_sensitivity_heatmap(table: pd.DataFrame, ax: Axes | None = None) -> Axe
     ax.figure.colorbar(image, ax=ax, label="KL divergence vs baseline (nats/token)")
     ax.set_title("sensitivity: one layer quantized, the rest at baseline")
     return ax
+
+
+def plot_activation_outliers(maxima: dict, title: str = "", key: str = "attention", ax: Axes | None = None) -> Axes:
+    """max |x| per input channel (x axis) of every layer (one line a layer, darker = deeper) from
+    :func:`edgekit.outliers.activation_maxima`; log scale, so a few outlier channels stand out."""
+    ax = ax or plt.subplots(figsize=(6.4, 3.6))[1]
+    values = np.asarray(maxima[key])
+    colors = plt.cm.viridis(np.linspace(0, 1, len(values)))
+    for layer, (row, color) in enumerate(zip(values, colors)):
+        ax.plot(np.arange(len(row)), row, color=color, linewidth=0.7, alpha=0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel(f"input channel of {'q_proj' if key == 'attention' else key} ({values.shape[1]})")
+    ax.set_ylabel("max |activation|")
+    ax.set_title(title or f"activation maxima per channel, {len(values)} layers")
+    ax.grid(alpha=0.3)
+    return ax
