@@ -11,6 +11,7 @@ from edgekit.compare import DEFAULT_VARIANTS, LatencySettings, compare
 from edgekit.data import work_dir
 from edgekit.errors import EdgekitError
 from edgekit.measure import EvalSettings
+from edgekit.models import model_names
 from edgekit.plan import device_profiles, known_models, plan_memory
 from edgekit.plots import comparison_figure, figure_png, plot_memory_vs_device, plot_quant_grid
 from edgekit.reference_quant import Scheme, fake_quantize, group_grid, quantization_error
@@ -52,8 +53,8 @@ def model_loader(load, value: str = "default") -> w.VBox:
 
 
 def model_source_picker(value: str = "default") -> w.Combobox:
-    """Pick the model: the shipped default, a local folder or a hub id (free text)."""
-    return w.Combobox(value=value, options=["default"], placeholder="default, ./path or org/name",
+    """Pick the model: a named model (edgekit.models), a local folder or a hub id (free text)."""
+    return w.Combobox(value=value, options=model_names(), placeholder="default, smollm2-135m, ./path or org/name",
                       description="model", ensure_option=False, layout=w.Layout(width="420px"))
 
 
