@@ -128,37 +128,34 @@ def int4_kernel_for(device: torch.device | str, bits: int, group_size: int, out_
     device = torch.device(device)
     if bits != 4 or group_size not in KERNEL_GROUPS:
         return None
-    if device.type == "cpu" and out_features % 16 == 0 and _cpu_layout() is not None:
+    if device.type == "cpu" and out_features % 16 == 0 and _cpu_block_rows() is not None:
         return CPU_KERNEL
     if device.type == "cuda" and out_features % 8 == 0 and torch.cuda.get_device_capability(device) >= (8, 0):
         return CUDA_KERNEL
     return None
 
 
-def _cpu_layout() -> tuple[int, bool] | None:
-    """(rows a block, whether a full block pairs row r with row r + block/2) of the CPU kernel's packing.
+def _cpu_block_rows() -> int | None:
+    """Rows a block of the CPU kernel's packing, or None where its layout is not one read here.
 
     ``_convert_weight_to_int4pack_for_cpu`` lays codes out for the ISA its build dispatches to
     (aten/src/ATen/native/cpu/int4mm_kernel.cpp): blocks of 64 rows on AVX-512 and 32 on AVX2,
     each [K, block/2] bytes, a byte pairing rows r and r + block/2 (neighbour rows in a
     shorter last block). Other ISAs are not described here, so they keep the dequantize path.
-    Every packed layer is checked against its codes (see :func:`_to_cpu_kernel`).
+    Every packed layer is checked against its codes (see :meth:`PackedLinear.from_codes`).
     """
-    return {"AVX512": (64, True), "AVX2": (32, True)}.get(torch.backends.cpu.get_cpu_capability())
+    return {"AVX512": 64, "AVX2": 32}.get(torch.backends.cpu.get_cpu_capability())
 
 
 def _codes_from_cpu_kernel(packed: torch.Tensor, out_features: int, in_features: int) -> torch.Tensor:
     """Unpack the CPU kernel's layout back to codes [out, in] (uint8): the check of each packed layer, and its weight."""
-    block, split = _cpu_layout()
+    block = _cpu_block_rows()
     flat = packed.reshape(-1)
     full = out_features // block
     parts = []
     if full:
         b = flat[: full * in_features * block // 2].view(full, in_features, block // 2)
-        if split:  # low nibbles are rows 0..block/2-1, high nibbles rows block/2..block-1
-            rows = torch.cat([b & 0xF, b >> 4], dim=-1)
-        else:
-            rows = torch.stack([b & 0xF, b >> 4], dim=-1).reshape(full, in_features, block)
+        rows = torch.cat([b & 0xF, b >> 4], dim=-1)  # low nibbles: rows 0..block/2-1, high: the rest
         parts.append(rows.transpose(1, 2).reshape(full * block, in_features))
     rest = out_features - full * block
     if rest:  # a shorter last block pairs neighbouring rows
