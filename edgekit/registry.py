@@ -150,8 +150,7 @@ def unregister(pattern: str) -> None:
 
 
 def lookup(name: str) -> tuple[Entry, re.Match]:
-    _load_modules()
-    for entry in REGISTRY:
+    for entry in entries():
         match = entry.pattern.fullmatch(name)
         if match:
             return entry, match
@@ -159,8 +158,10 @@ def lookup(name: str) -> tuple[Entry, re.Match]:
 
 
 def entries() -> list[Entry]:
+    """Every entry, in the order of :data:`VARIANT_MODULES` (then any registered from elsewhere)."""
     _load_modules()
-    return list(REGISTRY)
+    rank = {module: i for i, module in enumerate(VARIANT_MODULES)}
+    return sorted(REGISTRY, key=lambda e: rank.get(e.builder.__module__, len(rank)))
 
 
 def known_variants() -> list[str]:

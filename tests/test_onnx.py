@@ -94,7 +94,7 @@ def test_accuracy_level_and_symmetry_are_recorded(onnx_artifact):
                      "symmetric": True, "accuracy_level": 0}
 
 
-@pytest.mark.parametrize("name, match", [("onnx-int4-g32:bogus=1", "do not apply"),
+@pytest.mark.parametrize("name, match", [("onnx-int4-g32:bogus=1", "unknown option.*bogus.*it takes symmetric"),
                                          ("onnx-int4-g48", "block size 48"),
                                          ("onnx-int4-g32:accuracy_level=7", "accuracy_level=7"),
                                          ("onnx-fp32:opt_level=max", "graph_optimization_level")])

@@ -78,8 +78,8 @@ def test_interrupted_sweep_keeps_earlier_rows(tmp_path, default_model):
 
 def test_failing_variant_is_recorded_and_the_sweep_goes_on(tmp_path, default_model):
     store = ResultStore(tmp_path / "r.sqlite")
-    results = compare(default_model, ["fp32", "int4-g96", "int4-g64"], settings=EvalSettings(64, 32, 256),
+    results = compare(default_model, ["fp32", "int4-g0", "int4-g64"], settings=EvalSettings(64, 32, 256),
                       latency=None, store=store, progress=False)
     assert [r.status for r in results] == ["ok", "error", "ok"]
-    assert "does not divide" in results[1].error
-    assert [r.variant for r in store.results()] == ["fp32", "int4-g96", "int4-g64"]
+    assert "must be a positive number of input columns" in results[1].error
+    assert [r.variant for r in store.results()] == ["fp32", "int4-g0", "int4-g64"]
