@@ -67,8 +67,15 @@ def main() -> None:
                 "int4-g64", "int3-g64", f"prune-wanda-50%+int4-g64:{calib}", f"prune-mlp-25%+int4-g64:{calib}",
                 f"prune-depth-33%+int4-g64:{calib}", f"prune-mlp-25%+distill+int4-g64:{distill}"]
     settings = EvalSettings(context=256, stride=128, max_tokens=args.eval_tokens, batch_size=8)
-    results = compare(args.model, ["fp32"] + variants, settings=settings,
+    def row(result) -> None:  # each row as it lands, so a run cut short still has its figures
+        m = result.metrics
+        print(f"{result.variant:45s} KL {m.get('kl_divergence', float('nan')):.4f} "
+              f"MB {m.get('weight_bytes', 0) / 1e6:.2f} tok/s {m.get('decode_tokens_per_s', float('nan')):.1f} "
+              f"p99 {m.get('latency_ms_p99', float('nan')):.1f} ms {result.error or ''}", flush=True)
+
+    results = compare(args.model, ["fp32"] + variants, settings=settings, on_result=row, progress=False,
                       latency=LatencySettings(prompt_tokens=32, new_tokens=32, runs=args.latency_runs))
+    print()
     table = summary_frame(results)
     table.insert(1, "removed", [f"{100 * block_share_removed(source, r.variant.split(':')[0]):.0f}%" for r in results])
     table["sparse MB"] = [sparse_megabytes(source, r.variant.split(":")[0], mb)
@@ -77,8 +84,7 @@ def main() -> None:
                                         r.variant) / 1e6 for r in results]
     columns = ["variant", "removed", "KL", "KL ±se", "top-1", "Δppl %", "weights MB", "planned MB", "sparse MB",
                "tok/s", "p99 ms"]
-    with_pd_options = table[[c for c in columns if c in table.columns]]
-    print(with_pd_options.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    print(table[[c for c in columns if c in table.columns]].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     record = pruning_record(args.model, f"prune-mlp-25%+distill+int4-g64:{distill}")
     first, last = record["history"][0], record["history"][-1]
     print(f"\ndistillation of prune-mlp-25%: KL {first['kl_divergence']:.4f} -> {last['kl_divergence']:.4f} "
