@@ -131,6 +131,7 @@ class KQuantWeight(nn.Module):
             q = unpack_codes(self.qweight, self.bits, self.out_features * self.in_features)
             q = q.view(self.out_features, self.in_features)
         else:
+            rows = rows.reshape(-1)
             q = self._rows_codes(rows)
             d, m = d[rows], m[rows]
         q = F.pad(q, (0, groups * self.group - self.in_features)).view(q.shape[0], groups, self.group).to(dtype)

@@ -41,7 +41,8 @@ def test_bytes_round_trip_and_ragged_widths(width):
     codes, scale, zero = rtn_quantize(w, 4, 32)
     rtn = (dequantize(codes, scale, zero, 32) - w).pow(2).mean() / w.pow(2).mean()
     assert rel < rtn  # the searched, real-valued min beats RTN's integer zero point
-    assert torch.equal(q.dequantize(rows=torch.tensor([[5, 1]]))[1], q.dequantize()[1])
+    rows = q.dequantize(rows=torch.tensor([[5, 1, 2], [0, 5, 47]]))  # a batch of token ids, as an embedding gets
+    assert rows.shape == (6, width) and torch.equal(rows[1], q.dequantize()[1]) and torch.equal(rows[5], q.dequantize()[47])
 
 
 def test_a_q4_1_grid_is_nearly_reproduced():
