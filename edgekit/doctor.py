@@ -49,14 +49,14 @@ def _cpu() -> list[Check]:
 def _llama_build() -> Check:
     record = build_record()
     if record is None:
-        return Check("llama.cpp", False, f"not built by `make setup` (build flags unknown); {REBUILD_HINT}")
+        return Check("llama build", False, f"not built by `make setup` (build flags unknown); {REBUILD_HINT}")
     here = cpu_features.ggml_isa()
     missing = [name for name in cpu_features.GGML_ISA if f"-D{name}=ON" in record["cmake_args"] and not here[name]]
     kind = "portable (x86-64-v3)" if record["portable"] else "for this machine's instruction sets"
     if missing:
-        return Check("llama.cpp", False, f"{record['version']} built {kind} with {', '.join(missing)}, which this CPU "
+        return Check("llama build", False, f"{record['version']} built {kind} with {', '.join(missing)}, which this CPU "
                                          f"or OS lacks; {REBUILD_HINT}")
-    return Check("llama.cpp", True, f"{record['version']} built {kind}, GGML_NATIVE=OFF, no AMX")
+    return Check("llama build", True, f"{record['version']} built {kind}, GGML_NATIVE=OFF, no AMX")
 
 
 def _runtimes() -> list[Check]:
