@@ -14,10 +14,14 @@ round-to-nearest at the same bits with three choices, all kept here:
    far less), and the 4-bit codes are re-rounded against the stored (d, m).
 
 Bits per weight: ``b + 16/32 + 32/256`` (4.625 at 4 bits, Q4_K is 4.5). More sensitive tensors get
-more bits, as Q4_K_M gives Q6_K to attn_v and ffn_down: option ``sensitive=B`` for ``v_proj`` and
-``down_proj``. Unlike :mod:`edgekit.packed`'s variants, the tied token embedding / LM head is
-quantized too (option ``embed=B``, default 6; ``embed=0`` keeps it dense), so the weight bytes
+more bits, as Q4_K_M gives Q6_K to attn_v and ffn_down: option ``sensitive=B`` (default 6) for ``v_proj``
+and ``down_proj``. Unlike :mod:`edgekit.packed`'s variants, the tied token embedding / LM head is
+quantized too (option ``embed=B``, default 8; ``embed=0`` keeps it dense), so the weight bytes
 compare with a whole GGUF file. A width that 32 or 256 does not divide ends in a shorter block.
+
+On smollm2-135m (4,096 tokens of Hamlet, context 512): ``kq4`` holds 100.07 MB with KL 0.0103 +- 0.0005
+(top-1 0.924); llama.cpp's Q4_K_M file holds 103.67 MB with KL 0.0563 +- 0.0025 (top-1 0.846). Part of
+that lead is this checkpoint's Q4_1 origin (blocks of 32 that kq4's align with; see its model card).
 
 Variant: ``kq4`` (options ``sensitive=4..8``, ``embed=0|4..8``, ``group=32``; any ``kq2``..``kq8``).
 """
@@ -193,7 +197,7 @@ class KQuantEmbedding(nn.Module):
         return self.weight_q.dequantize(torch.float32, rows=ids).view(*ids.shape, self.embedding_dim)
 
 
-def quantize_kq(model: nn.Module, bits: int = 4, sensitive: int | None = None, embed: int = 6,
+def quantize_kq(model: nn.Module, bits: int = 4, sensitive: int | None = 6, embed: int = 8,
                 group: int = 32, progress: bool = True) -> nn.Module:
     """Replace decoder-block linears (and the token embedding / tied LM head unless ``embed=0``) in place."""
     from tqdm.auto import tqdm
@@ -219,7 +223,7 @@ def quantize_kq(model: nn.Module, bits: int = 4, sensitive: int | None = None, e
 # ---------------------------------------------------------------- the variant
 def kq_linear_bytes(variant, out_f: int, in_f: int, bias: bool, dense: str) -> int:
     """Codes, 8-bit block d and m, fp16 super-scales (at the larger of ``bits`` and ``sensitive``: an upper bound)."""
-    bits = max(variant.bits, int(variant.option("sensitive", 0) or 0))
+    bits = max(variant.bits, int(variant.option("sensitive", 6) or 0))
     group = int(variant.option("group", 32))
     groups = -(-in_f // group)
     supers = -(-groups // (SUPER // group))
@@ -228,12 +232,12 @@ def kq_linear_bytes(variant, out_f: int, in_f: int, bias: bool, dense: str) -> i
 
 @register(r"kq(?P<bits>[2-8])", "pytorch",
           "K-quant-style blocks of 32: searched scale and min, 8-bit scales under fp16 super-scales, embedding "
-          "quantized too (options sensitive=6 for v_proj/down_proj, embed=6, 0 keeps it dense)",
-          ("kq4", "kq4:sensitive=6"), linear_bytes=kq_linear_bytes, options=("sensitive", "embed", "group"),
+          "quantized too (options sensitive=6 for v_proj/down_proj, embed=8, 0 keeps it dense)",
+          ("kq4", "kq4:sensitive=4,embed=6"), linear_bytes=kq_linear_bytes, options=("sensitive", "embed", "group"),
           load="full-precision", dense=lambda variant, checkpoint: "fp32")
 def build_kq(variant: Variant, source: str, tokenizer):
     device = variant.option("device", "cuda" if torch.cuda.is_available() else "cpu")
     model = guarded_load(variant, source, device, dtype=torch.float32)
-    quantize_kq(model, variant.bits, sensitive=variant.option("sensitive"), embed=int(variant.option("embed", 6)),
+    quantize_kq(model, variant.bits, sensitive=variant.option("sensitive", 6), embed=int(variant.option("embed", 8)),
                 group=int(variant.option("group", 32)))
     return TorchRunner(str(variant), model, tokenizer)

@@ -36,7 +36,7 @@ def test_search_beats_min_max_on_gaussian_blocks():
 def test_bytes_round_trip_and_ragged_widths(width):
     w = torch.randn(48, width)
     q = KQuantWeight.from_weight(w, 4)
-    assert module_weight_bytes(q) == kq_linear_bytes(Variant.parse("kq4"), 48, width, False, "fp32")
+    assert module_weight_bytes(q) == kq_linear_bytes(Variant.parse("kq4:sensitive=4"), 48, width, False, "fp32")
     rel = (q.dequantize() - w).pow(2).mean() / w.pow(2).mean()
     codes, scale, zero = rtn_quantize(w, 4, 32)
     rtn = (dequantize(codes, scale, zero, 32) - w).pow(2).mean() / w.pow(2).mean()
