@@ -91,7 +91,9 @@ def refusal(variant: Variant, source: str, plan: MemoryPlan, device: str = "cpu"
     admitted = []
     for name in plan.alternatives.get("variants", []):
         candidate = Variant.parse(name)
-        if profile and candidate.family == "pytorch":
+        if profile and candidate.family != "pytorch":
+            continue  # only PyTorch variants load against a device profile; the others export here
+        if profile:
             candidate = Variant.parse(f"{name}:profile={profile}")
         if _plan_here(candidate, source, device)[1]:
             admitted.append(name)
