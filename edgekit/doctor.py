@@ -85,7 +85,7 @@ def _memory() -> list[Check]:
     low_disk = disk.free < 5 * GIB
     return [Check("memory", not low_ram, f"{vm.available / GIB:.1f} of {vm.total / GIB:.1f} GiB available"
                   + ("; close other programs: the default model needs about 1 GiB" if low_ram else "")),
-            Check("disk", not low_disk, f"{disk.free / GIB:.1f} GiB free under {work_dir().resolve()}"
+            Check("disk", not low_disk, f"{disk.free / GIB:.1f} GiB free under {work_dir()}"
                   + ("; exported artifacts and baselines need several GiB: free space or set EDGEKIT_HOME" if low_disk
                      else ""))]
 
