@@ -10,11 +10,6 @@ from edgekit.artifact import portable_model
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 LITTER = re.compile(r"Warning|WARNING|(?<!\d)0%\||(?<![\w.~])/(?:work|home|tmp|root|Users|usr|opt|var|private)/")
-NOT_YET_CLEAN = {  # other owners' notebooks, stored before the library's fixes: re-executing them cleans them
-    "03_perplexity_and_latency.ipynb": "stored before edgekit.progress / edgekit.quiet; re-execute",
-    "07_runtime_patterns.ipynb": "stored before edgekit.progress; re-execute",
-    "08_recovering_quality.ipynb": "stored before edgekit.progress; re-execute",
-}
 
 
 def stored_texts(notebook: Path):
@@ -28,9 +23,7 @@ def stored_texts(notebook: Path):
                 yield index, text
 
 
-@pytest.mark.parametrize("notebook", [pytest.param(nb, marks=pytest.mark.xfail(reason=NOT_YET_CLEAN[nb.name],
-                                                                                 strict=False))
-                                      if nb.name in NOT_YET_CLEAN else nb for nb in NOTEBOOKS], ids=lambda p: p.name)
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
 def test_stored_outputs_hold_no_litter(notebook):
     found = [(i, text[max(0, m.start() - 60): m.end() + 40]) for i, text in stored_texts(notebook)
              for m in LITTER.finditer(text)]
