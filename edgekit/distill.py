@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -28,22 +28,10 @@ from edgekit.progress import tqdm
 from edgekit.runners import TorchRunner
 
 
-class LoopSettings(Protocol):
-    """What the loop reads (QATSettings and DistillSettings both carry it)."""
-
-    steps: int
-    lr: float
-    batch_size: int
-    seq_len: int
-    seed: int
-    eval_every: int
-    eval_tokens: int
-    train_chars: int
-
-
 @dataclass(frozen=True)
 class DistillSettings:
-    """A short, seeded recovery run after pruning (all block parameters train, embeddings and head frozen)."""
+    """A short, seeded run of the loop: recovery after pruning (all block parameters train, embeddings and
+    head frozen), and the base of :class:`edgekit.qat.QATSettings`."""
 
     steps: int = 60
     lr: float = 2e-4
@@ -66,7 +54,7 @@ def text_ids(tokenizer, split: str, chars: int) -> torch.Tensor:
 
 
 def kl_distill(teacher: nn.Module, student: nn.Module, trainable: Iterable[torch.Tensor], tokenizer,
-               settings: LoopSettings, desc: str = "distill", progress: bool = True,
+               settings: DistillSettings, desc: str = "distill", progress: bool = True,
                after_step: Callable[[], None] | None = None) -> pd.DataFrame:
     """Train ``trainable`` (parameters of ``student``) to minimise KL(teacher || student) with AdamW and a
     cosine schedule; ``after_step`` runs after each optimizer step (e.g. to keep a pruning mask).

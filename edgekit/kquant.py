@@ -33,7 +33,8 @@ from torch.nn import functional as F
 
 from edgekit.errors import VariantError
 from edgekit.guard import guarded_load
-from edgekit.packed import block_linears, pack_codes, replace_module, unpack_codes
+from edgekit.layout import block_linears
+from edgekit.packed import pack_codes, replace_module, unpack_codes
 from edgekit.registry import Variant, register
 from edgekit.runners import TorchRunner
 

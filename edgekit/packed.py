@@ -36,6 +36,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from edgekit.errors import VariantError
+from edgekit.layout import block_linears
 
 KERNEL_GROUPS = (32, 64, 128, 256)  # the group sizes torch's int4 kernels take
 CPU_KERNEL = "aten._weight_int4pack_mm_for_cpu"
@@ -308,20 +309,6 @@ def compute_paths(model: nn.Module) -> dict[str, int]:
         if isinstance(module, PackedLinear):
             paths[module.compute_path] = paths.get(module.compute_path, 0) + 1
     return paths
-
-
-def block_linears(model: nn.Module) -> dict[str, nn.Linear]:
-    """The linear layers inside the decoder blocks (attention and MLP projections).
-
-    Embeddings and the LM head stay at full precision, as bitsandbytes leaves them too, so
-    every PyTorch scheme quantizes the same set of weights.
-    """
-    layers = {name: module for name, module in model.named_modules()
-              if isinstance(module, nn.Linear) and (".layers." in f".{name}" or ".h." in f".{name}")}
-    if not layers:
-        raise VariantError("found no linear layers inside decoder blocks (model.layers.* or transformer.h.*); "
-                           "this architecture is not supported by group-wise quantization")
-    return layers
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -31,8 +31,7 @@ from torch.nn import functional as F
 
 from edgekit.calibrated import rtn_dequantized
 from edgekit.data import work_dir
-from edgekit.distill import kl_distill
-from edgekit.errors import InputError
+from edgekit.distill import DistillSettings, kl_distill
 from edgekit.guard import admit, guarded_fp32_load, guarded_load
 from edgekit.layout import block_linears, split_block
 from edgekit.loading import load_model, load_tokenizer, model_key, resolve_source
@@ -43,7 +42,9 @@ from edgekit.runtimes.pytorch import device_of, held_in_fp32, packed_bytes
 
 
 @dataclass(frozen=True)
-class QATSettings:
+class QATSettings(DistillSettings):
+    """The distillation loop's settings (:class:`edgekit.distill.DistillSettings`) plus the grid it trains for."""
+
     bits: int = 2
     group_size: int = 64
     steps: int = 120
@@ -52,16 +53,7 @@ class QATSettings:
     # shipped model (int2-g64, KL on 512 eval tokens, from 0.210): 2e-4 -> 0.161 after 32 steps of 8,
     # 5e-4 -> 0.218 after 16 steps of 4, 2e-3 -> 0.689.
     lr: float = 2e-4
-    batch_size: int = 8
-    seq_len: int = 128
-    seed: int = 0
-    eval_every: int = 40       # steps between progress evaluations (0: only before and after)
-    eval_tokens: int = 1024    # first tokens of the eval split used for the progress KL
-    train_chars: int = 400_000  # QAT draws its windows from the first characters of the train split
-
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.lr <= 0:
-            raise InputError(f"QAT needs steps >= 1 and lr > 0 (got steps={self.steps}, lr={self.lr})")
+    eval_every: int = 40
 
 
 class _RoundTrip(torch.autograd.Function):
