@@ -19,7 +19,7 @@ BLOCK = re.compile(r"^(?P<block>(?:.*\.)?(?:layers|h)\.(?P<index>\d+))(?:\.(?P<m
 def block_linears(model: nn.Module) -> dict[str, nn.Linear]:
     """The linear layers inside the decoder blocks, by name, in module order."""
     layers = {name: module for name, module in model.named_modules()
-              if isinstance(module, nn.Linear) and BLOCK.match(name) and BLOCK.match(name)["module"]}
+              if isinstance(module, nn.Linear) and BLOCK.match(name)}
     if not layers:
         raise VariantError("found no linear layers inside decoder blocks (model.layers.* or transformer.h.*); "
                            "this architecture is not supported by group-wise quantization")
