@@ -78,11 +78,16 @@ def ggml_isa(portable: bool = False) -> dict[str, bool]:
     return switches
 
 
+def cpu_model() -> str:
+    """The CPU's model name as the kernel reports it (else what the platform module knows)."""
+    return _first_cpu().get("model name") or platform.processor() or platform.machine()
+
+
 def summary() -> dict:
     """What `edgekit doctor` prints about the CPU: vendor model, enabled ISA, the AMX trap."""
     flags = cpu_flags()
     return {
-        "cpu": _first_cpu().get("model name") or platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "isa": [name.removeprefix("GGML_").lower() for name, on in ggml_isa().items() if on],
         "amx_listed": any(f.startswith("amx") for f in flags),
         "amx_tile_data_supported": amx_tile_data_supported(),

@@ -140,8 +140,16 @@ def register(pattern: str, family: str, summary: str, examples: tuple[str, ...] 
     def wrap(builder: Builder) -> Builder:
         REGISTRY.append(Entry(re.compile(pattern), family, builder, summary, linear_bytes, examples or (pattern,),
                               tuple(options), load, dense, offered, exporter))
+        REGISTRY.sort(key=_module_rank)  # stable: entries of one module keep their order
         return builder
     return wrap
+
+
+def _module_rank(entry: Entry) -> int:
+    """Entries list in the order of :data:`VARIANT_MODULES`, whichever module was imported first
+    (entries registered from elsewhere come last)."""
+    module = entry.builder.__module__
+    return VARIANT_MODULES.index(module) if module in VARIANT_MODULES else len(VARIANT_MODULES)
 
 
 def unregister(pattern: str) -> None:
@@ -150,7 +158,8 @@ def unregister(pattern: str) -> None:
 
 
 def lookup(name: str) -> tuple[Entry, re.Match]:
-    for entry in entries():
+    _load_modules()
+    for entry in REGISTRY:
         match = entry.pattern.fullmatch(name)
         if match:
             return entry, match
@@ -160,8 +169,7 @@ def lookup(name: str) -> tuple[Entry, re.Match]:
 def entries() -> list[Entry]:
     """Every entry, in the order of :data:`VARIANT_MODULES` (then any registered from elsewhere)."""
     _load_modules()
-    rank = {module: i for i, module in enumerate(VARIANT_MODULES)}
-    return sorted(REGISTRY, key=lambda e: rank.get(e.builder.__module__, len(rank)))
+    return list(REGISTRY)
 
 
 def known_variants() -> list[str]:

@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 import edgekit
+from edgekit.cpu_features import cpu_model
 from edgekit.data import work_dir
 from edgekit.loading import UNKNOWN_REVISION, model_revision
 
@@ -157,21 +158,11 @@ def environment() -> dict:
         except md.PackageNotFoundError:
             pass
     env = {"edgekit": edgekit.__version__, "python": platform.python_version(), "platform": platform.platform(),
-           "machine": platform.machine(), "cpu": _cpu_name(), "cpu_cores": os.cpu_count(),
+           "machine": platform.machine(), "cpu": cpu_model(), "cpu_cores": os.cpu_count(),
            "torch_threads": torch.get_num_threads(), "memory_bytes": psutil.virtual_memory().total,
            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
            "git_revision": _git_revision(), "versions": versions}
     return env
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _git_revision() -> str | None:
