@@ -119,6 +119,9 @@ class Entry:
     dense: Callable[[Variant, str], str] = _own_dtype  # (variant, checkpoint dtype) -> unquantized dtype
     offered: bool = True             # listed in pickers and the planner's advice
     exporter: Callable[..., Any] | None = None  # exporter(variant, source, out_dir) -> Manifest
+    # (variant, config) -> the config of the model as held, where the variant changes shapes (structured
+    # pruning); the planner prices that one. None: the shapes stay the config's.
+    held_config: Callable[["Variant", Any], Any] | None = None
 
     @property
     def accepted_options(self) -> tuple[str, ...]:
@@ -132,14 +135,14 @@ _modules_loaded = False
 def register(pattern: str, family: str, summary: str, examples: tuple[str, ...] = (), *,
              linear_bytes: LinearBytes, options: tuple[str, ...] = (), load: str = "full-precision",
              dense: Callable[[Variant, str], str] = _own_dtype, offered: bool = True,
-             exporter: Callable[..., Any] | None = None):
+             exporter: Callable[..., Any] | None = None, held_config: Callable[[Variant, Any], Any] | None = None):
     """Decorator: the one entry for the variant names matching ``pattern`` (see :class:`Entry`)."""
     if load not in LOAD_KINDS:
         raise ValueError(f"load={load!r}; choose one of {', '.join(LOAD_KINDS)}")
 
     def wrap(builder: Builder) -> Builder:
         REGISTRY.append(Entry(re.compile(pattern), family, builder, summary, linear_bytes, examples or (pattern,),
-                              tuple(options), load, dense, offered, exporter))
+                              tuple(options), load, dense, offered, exporter, held_config))
         REGISTRY.sort(key=_module_rank)  # stable: entries of one module keep their order
         return builder
     return wrap
