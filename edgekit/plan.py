@@ -153,9 +153,17 @@ def _dense_dtype(config, variant: "str | Variant") -> str:
     return variant.entry.dense(variant, config_dtype(config))
 
 
+def held_config(config, variant: "str | Variant"):
+    """The config of the model as ``variant`` holds it: its registry entry's ``held_config`` where the
+    variant changes shapes (structured pruning removes channels, KV groups, layers), else ``config``."""
+    config, variant = load_config(config), Variant.parse(variant)
+    return variant.entry.held_config(variant, config) if variant.entry.held_config else config
+
+
 def module_bytes(config, variant: str, layer_schemes: dict[str, str] | None = None) -> dict[str, int]:
-    """Weight bytes per top-level module in load order (embeddings, each decoder block, norm, head)."""
-    config = load_config(config)
+    """Weight bytes per top-level module in load order (embeddings, each decoder block, norm, head),
+    at the shapes the variant holds (:func:`held_config`)."""
+    config = held_config(config, variant)
     _, linears, others = _layout(config)
     dense = _dense_dtype(config, variant)
     layer_schemes = dict(layer_schemes or {})
@@ -389,8 +397,9 @@ def _plan(cfg, variant: str, context: int, batch: int, profile: DeviceProfile, s
     sizes = module_bytes(cfg, variant)
     dtype = activation_dtype(cfg, variant)
     weights = sum(sizes.values())
-    kv = kv_cache_bytes(cfg, context, batch, dtype)
-    act = activation_bytes(cfg, context, batch, dtype)
+    held = held_config(cfg, variant)  # the load's peak below starts from cfg, the model as it is read
+    kv = kv_cache_bytes(held, context, batch, dtype)
+    act = activation_bytes(held, context, batch, dtype)
     overhead = profile.runtime_overhead_bytes
     total = weights + kv + act + overhead
     peak, peak_reason = load_peak_bytes(cfg, variant, total, kv + act + overhead, profile.kind)
@@ -412,7 +421,7 @@ def _plan(cfg, variant: str, context: int, batch: int, profile: DeviceProfile, s
     # happens on the machine that exports (the guard checks it there), not on the device it targets
     peak_budget = budget if not on_accelerator or profile.unified else profile.host_budget
     peak_fits = peak <= peak_budget or Variant.parse(variant).entry.load == "export"
-    plan = MemoryPlan(str(cfg.model_type), variant, profile.name, profile.kind, context, batch, _layout(cfg)[0],
+    plan = MemoryPlan(str(cfg.model_type), variant, profile.name, profile.kind, context, batch, _layout(held)[0],
                       weights, kv, act, overhead, total, budget, fits and peak_fits, "", offload=offload,
                       peak_bytes=peak, peak_reason=peak_reason)
     if suggest and not plan.fits:
@@ -471,7 +480,7 @@ def _alternatives(cfg, variant: str, context: int, batch: int, profile: DevicePr
     with this variant. The advice uses the guard's own arithmetic, so it names only what the
     guard admits."""
     plans = [_plan(cfg, v, context, batch, profile, suggest=False) for v in offered_variants()
-             if v != variant and profile.can_run(Variant.parse(v).name)]
+             if v != variant and profile.can_run(Variant.parse(v).name) and _applies(cfg, v)]
     fitting = [p.variant for p in sorted((p for p in plans if p.fits), key=lambda p: -p.weight_bytes)]
     longest = None
     c = context // 2
@@ -481,6 +490,15 @@ def _alternatives(cfg, variant: str, context: int, batch: int, profile: DevicePr
             break
         c //= 2
     return {"variants": fitting, "context": longest}
+
+
+def _applies(cfg, variant: str) -> bool:
+    """Whether ``variant`` can shape this model at all (prune-heads-50% cannot split one KV head)."""
+    try:
+        held_config(cfg, variant)
+    except VariantError:
+        return False
+    return True
 
 
 def alternatives_text(alternatives: dict, offload: bool = True) -> str:
