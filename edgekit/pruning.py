@@ -16,9 +16,12 @@ One grammar, stages in the order they run: ``prune-<method>-<amount>[+distill][+
   count in each, so the config stays uniform): importance ``||X_j||_2 * ||W_down[:, j]||_2``,
   the norm of what channel j adds to the residual stream (the activation-weighted criterion of
   Wanda, taken per channel as LLM-Pruner, Ma et al. 2023, and FLAP, An et al. 2024, do).
-- ``prune-heads-50%``: structured, query heads scored the same way on ``o_proj``'s input, the
-  same number kept in every KV group (grouped-query attention stays valid; the KV cache keeps
-  its size, because the key/value heads all stay).
+- ``prune-heads-50%``: structured, whole key/value groups (a KV head with the query heads that read
+  it; under multi-head attention each head is its own group), scored the same way on ``o_proj``'s
+  input: q/k/v/o and the KV cache all shrink, ``num_key_value_heads`` drops with
+  ``num_attention_heads``, and every group left keeps its query heads, so grouped-query attention
+  holds (pruning whole groups, as Sheared-LLaMA, Xia et al. 2023, and Minitron, Muralidharan et al.
+  2024, do for GQA models).
 - ``prune-depth-33%``: whole decoder layers. ``rule=bi`` (default) drops the layers of lowest
   Block Influence ``1 - E[cos(x_in, x_out)]`` (Men et al. 2024, "ShortGPT: Layers in Large
   Language Models are More Redundant Than You Expect"); ``rule=angular`` drops the contiguous run
@@ -32,14 +35,16 @@ One grammar, stages in the order they run: ``prune-<method>-<amount>[+distill][+
 
 **Bytes are honest.** Structured pruning shrinks the matrices and changes the config, so every
 runtime gets smaller and faster; the pruned checkpoint is saved under the work folder and
-loads with plain ``AutoModelForCausalLM.from_pretrained``; :func:`pruned_config` gives the
-planner the pruned config, from the original config alone, so it prices the result exactly.
+loads with plain ``AutoModelForCausalLM.from_pretrained``. :func:`pruned_config` gives the
+pruned config from the original config alone, and the registry entry hands it to the planner
+(``held_config``), so ``plan.weight_bytes(model, "prune-mlp-25%")``, the KV cache and the plan
+price the pruned shapes exactly (the load's peak stays the full fp32 model it starts from).
 Unstructured and N:M zeros are *stored dense*: no runtime edgekit drives here reads a sparse
 format on a CPU (sparse kernels such as ``torch.sparse.to_sparse_semi_structured`` need a CUDA
-GPU with sparse tensor cores), so their weight bytes and speed equal their dense base's, and
-the registry prices them so. The registry prices structured variants at their unpruned shapes
-(an upper bound the guard admits with: the load starts from the full fp32 model);
-``weight_bytes(pruned_config(config, v), v)`` is their exact steady-state size.
+GPU with sparse tensor cores; OpenVINO's CPU sparse weight decompression,
+``CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE``, applies only to int8-quantized layers on CPUs with
+Intel AMX), so their weight bytes and speed equal their dense base's, and the registry prices
+them so.
 """
 from __future__ import annotations
 
@@ -71,6 +76,9 @@ UNSTRUCTURED = ("magnitude", "wanda")
 STRUCTURED = ("mlp", "heads", "depth")
 CALIBRATION_OPTIONS = ("samples", "seq_len", "seed", "damp", "rule")
 DISTILL_OPTIONS = tuple(f for f in DistillSettings.__dataclass_fields__ if f != "seed")
+# Part of a pruned checkpoint's key: raised when a method changes what it removes, so stale checkpoints
+# are not reused (2: heads pruning removes whole key/value groups)
+CHECKPOINT_FORMAT = 2
 _STAGE = (r"prune-(?P<method>magnitude|wanda|mlp|heads|depth)-"
           r"(?:(?P<percent>\d+(?:\.\d+)?)%|(?P<n>\d+)of(?P<m>\d+))")
 _SCHEME = r"(?:\+(?P<scheme>(?:(?:gptq|awq)-int[234]|int[2348])-g\d+))?"
@@ -201,15 +209,20 @@ def kept_channels(intermediate: int, percent: float) -> int:
     return min(max(kept, align), intermediate)
 
 
-def kept_heads_per_group(heads: int, kv_heads: int, percent: float, name: str = "prune-heads") -> int:
-    """Query heads kept in each KV group (the same in every group, so grouped-query attention holds)."""
-    per_group = heads // kv_heads
-    drop = round(per_group * percent / 100)
-    if not 0 < drop < per_group:
-        raise VariantError(f"{name}: with {per_group} query heads per KV group, {percent:g}% removes "
-                           f"{'no head' if drop == 0 else 'every head'}; choose a share that removes 1 to "
-                           f"{per_group - 1} of them (e.g. {100 / per_group:.0f}%)")
-    return per_group - drop
+def kept_kv_groups(kv_heads: int, percent: float, name: str = "prune-heads") -> int:
+    """Key/value groups kept per block. A group is one key/value head with the query heads that read it
+    (grouped-query attention; under multi-head attention every head is its own group), so removing a
+    group shrinks q/k/v/o and the KV cache alike."""
+    if kv_heads == 1:
+        raise VariantError(f"{name}: this model has a single key/value head (multi-query attention), so removing a "
+                           "group removes all attention; prune MLP channels or depth instead (prune-mlp-25%, "
+                           "prune-depth-33%)")
+    drop = round(kv_heads * percent / 100)
+    if not 0 < drop < kv_heads:
+        raise VariantError(f"{name}: with {kv_heads} key/value head groups, {percent:g}% removes "
+                           f"{'no group' if drop == 0 else 'every group'}; choose a share that removes 1 to "
+                           f"{kv_heads - 1} of them (one group is {100 / kv_heads:.1f}%)")
+    return kv_heads - drop
 
 
 def dropped_layers_count(layers: int, percent: float, name: str = "prune-depth") -> int:
@@ -235,8 +248,9 @@ def pruned_config(config, variant: "str | Variant"):
         cfg.intermediate_size = kept_channels(cfg.intermediate_size, spec.percent)
     elif spec.method == "heads":
         heads, kv, head_dim = _config_dims(cfg)
+        kept = kept_kv_groups(kv, spec.percent, name)
         cfg.head_dim = head_dim
-        cfg.num_attention_heads = kv * kept_heads_per_group(heads, kv, spec.percent, name)
+        cfg.num_attention_heads, cfg.num_key_value_heads = kept * (heads // kv), kept
     elif spec.method == "depth":
         drop = dropped_layers_count(cfg.num_hidden_layers, spec.percent, name)
         cfg.num_hidden_layers -= drop
@@ -292,25 +306,29 @@ def prune_mlp_channels(model: nn.Module, percent: float, calib: torch.Tensor) ->
 
 @torch.no_grad()
 def prune_attention_heads(model: nn.Module, percent: float, calib: torch.Tensor) -> list[list[int]]:
-    """Remove the least important query heads of every KV group in every block; returns the kept heads."""
+    """Remove the least important key/value groups (a KV head with its query heads) of every block, from
+    q/k/v/o alike; returns the kept groups. A group's importance is the sum over its query heads' channels
+    of ``||X_j|| * ||W_o[:, j]||``, what it adds to the residual stream."""
     layers = _llama_layers(model)
     prefix = _prefix(model, layers)
     heads, kv, head_dim = _config_dims(model.config)
-    per_group = kept_heads_per_group(heads, kv, percent)
+    per_group, kept = heads // kv, kept_kv_groups(kv, percent)
     names = [f"{prefix}.{i}.self_attn.o_proj" for i in range(len(layers))]
     norms = _input_norms(model, names, calib)
     chosen = []
     for name, layer in zip(names, layers):
         attn = layer.self_attn
-        score = _output_importance(attn.o_proj, norms[name]).reshape(kv, heads // kv, head_dim).sum(-1)
-        top = score.topk(per_group, dim=1).indices.sort(dim=1).values
-        keep_heads = (top + torch.arange(kv, device=top.device)[:, None] * (heads // kv)).flatten()
-        cols = (keep_heads[:, None] * head_dim + torch.arange(head_dim, device=top.device)).flatten()
-        attn.q_proj, attn.o_proj = _sliced(attn.q_proj, rows=cols), _sliced(attn.o_proj, cols=cols)
-        attn.num_key_value_groups = per_group
-        chosen.append(keep_heads.tolist())
+        score = _output_importance(attn.o_proj, norms[name]).reshape(kv, per_group * head_dim).sum(-1)
+        groups = score.topk(kept).indices.sort().values
+        dims = torch.arange(head_dim, device=groups.device)
+        kv_rows = (groups[:, None] * head_dim + dims).flatten()
+        q_heads = (groups[:, None] * per_group + torch.arange(per_group, device=groups.device)).flatten()
+        q_rows = (q_heads[:, None] * head_dim + dims).flatten()
+        attn.q_proj, attn.o_proj = _sliced(attn.q_proj, rows=q_rows), _sliced(attn.o_proj, cols=q_rows)
+        attn.k_proj, attn.v_proj = _sliced(attn.k_proj, rows=kv_rows), _sliced(attn.v_proj, rows=kv_rows)
+        chosen.append(groups.tolist())  # num_key_value_groups (query heads per KV head) is unchanged
     model.config.head_dim = head_dim
-    model.config.num_attention_heads = kv * per_group
+    model.config.num_attention_heads, model.config.num_key_value_heads = kept * per_group, kept
     return chosen
 
 
@@ -411,7 +429,8 @@ def distill_settings(variant: Variant) -> DistillSettings:
 def _checkpoint_dir(source: str, variant: Variant) -> Path:
     spec = PruneSpec.of(variant)
     options = {k: v for k, v in variant.options if k not in GUARD_OPTIONS and k != "damp"}
-    key = hashlib.sha256(json.dumps([model_key(source), spec.stage, options], sort_keys=True).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps([model_key(source), spec.stage, options, CHECKPOINT_FORMAT],
+                                    sort_keys=True).encode()).hexdigest()
     return work_dir() / "pruned" / key[:16]
 
 
@@ -472,9 +491,14 @@ def pruning_record(model: str, variant: "str | Variant") -> dict:
 
 
 # ---------------------------------------------------------------- registry entries
+def _held_config(variant: Variant, config):
+    """What the planner prices: the pruned config of a structured variant, the config itself otherwise."""
+    return pruned_config(config, variant) if PruneSpec.of(variant).structured else config
+
+
 def _pruned_linear_bytes(variant: Variant, out_f: int, in_f: int, bias: bool, dense: str) -> int:
-    """A linear of the shape given (the pruned config's, or the original's as an upper bound): dense fp32
-    (zeros are stored), or as the scheme's own registry entry prices it."""
+    """A linear of the pruned shape: dense fp32 (zeros are stored), or as the scheme's own registry entry
+    prices it."""
     scheme = variant.field("scheme")
     if scheme is None:
         return dense_linear_bytes("fp32")(variant, out_f, in_f, bias, dense)
@@ -489,11 +513,13 @@ _SUMMARY = ("pruning: magnitude|wanda by % or NofM per row (stored dense), mlp|h
 @register(_STAGE + r"\+distill" + _SCHEME, "pytorch",
           _SUMMARY.format(", then a seeded KL distillation from the unpruned model", ", steps, lr, batch_size..."),
           ("prune-mlp-25%+distill", "prune-wanda-50%+distill+int4-g128"), linear_bytes=_pruned_linear_bytes,
-          options=CALIBRATION_OPTIONS + DISTILL_OPTIONS, load="training", dense=lambda v, ckpt: "fp32")
+          options=CALIBRATION_OPTIONS + DISTILL_OPTIONS, load="training", dense=lambda v, ckpt: "fp32",
+          held_config=_held_config)
 @register(_STAGE + _SCHEME, "pytorch", _SUMMARY.format("", ""),
           ("prune-magnitude-50%", "prune-wanda-50%", "prune-wanda-2of4", "prune-mlp-25%", "prune-heads-50%",
            "prune-depth-33%", "prune-wanda-50%+int4-g128", "prune-mlp-25%+int4-g128"),
-          linear_bytes=_pruned_linear_bytes, options=CALIBRATION_OPTIONS, dense=lambda v, ckpt: "fp32")
+          linear_bytes=_pruned_linear_bytes, options=CALIBRATION_OPTIONS, dense=lambda v, ckpt: "fp32",
+          held_config=_held_config)
 def build_pruned(variant: Variant, source: str, tokenizer):
     spec = PruneSpec.of(variant)
     device = device_of(variant)

@@ -8,7 +8,7 @@ from edgekit.calibration import calibration_ids, collect_inputs
 from edgekit.errors import VariantError
 from edgekit.layout import block_linears
 from edgekit.packed import PackedLinear
-from edgekit.plan import weight_bytes
+from edgekit.plan import kv_cache_bytes, load_config, plan_memory, weight_bytes
 from edgekit.pruning import (PruneSpec, nm_mask, pruned_checkpoint, pruned_config, pruning_record, row_mask,
                              sparsity, wanda_scores)
 from edgekit.registry import Variant, build_runner
@@ -83,7 +83,8 @@ def test_2of4_composes_with_int4_and_is_priced_dense(default_model, tokenizer):
 
 
 @pytest.mark.parametrize("name, changed", [("prune-mlp-25%", {"intermediate_size": 576}),
-                                           ("prune-heads-50%", {"num_attention_heads": 2, "head_dim": 64}),
+                                           ("prune-heads-50%", {"num_attention_heads": 2, "num_key_value_heads": 1,
+                                                                "head_dim": 64}),
                                            ("prune-depth-33%", {"num_hidden_layers": 4})])
 def test_structured_checkpoint_loads_plainly_and_the_planner_prices_it(name, changed, default_model, tokenizer):
     variant = f"{name}:{CALIB}"
@@ -91,16 +92,54 @@ def test_structured_checkpoint_loads_plainly_and_the_planner_prices_it(name, cha
     model = AutoModelForCausalLM.from_pretrained(folder)  # plain transformers, no edgekit code
     for key, value in changed.items():
         assert getattr(model.config, key) == value == getattr(pruned_config(default_model, variant), key)
-    held = module_weight_bytes(model)
-    assert held < weight_bytes(default_model, "fp32")
-    assert abs(weight_bytes(pruned_config(default_model, variant), variant) - held) <= 0.02 * held
-    assert abs(weight_bytes(str(folder), "fp32") - held) <= 0.02 * held
-    # the runner decodes with its KV cache exactly as a full forward pass predicts (layer indices renumbered)
+    reloaded = module_weight_bytes(model)
     runner = build_runner(variant, default_model, tokenizer)
+    planned = weight_bytes(default_model, variant)  # the planner, from the original config alone
+    assert planned < weight_bytes(default_model, "fp32")
+    for held in (reloaded, runner.weight_bytes(), weight_bytes(str(folder), "fp32")):
+        assert abs(planned - held) <= 0.02 * held
+    plan = plan_memory(default_model, variant, context=512)  # the KV cache is the pruned model's too
+    assert plan.kv_cache_bytes == kv_cache_bytes(model.config, 512, 1, "fp32")
+    # the runner decodes with its KV cache exactly as a full forward pass predicts (layer indices renumbered)
     prompt = calibration_ids(tokenizer, 1, 24, 3)
     tokens = list(runner.generate_stream(prompt, 4))
     logits = runner.logits(torch.cat([prompt, torch.tensor([tokens[:3]])], dim=1))
     assert logits[0, -4:].argmax(-1).tolist() == tokens
+
+
+def test_heads_pruning_removes_whole_kv_groups_exactly(default_model, tokenizer):
+    """Removing a KV group (its key/value head, its query heads, their o_proj columns) must give the same
+    logits as the original model with those query heads' o_proj columns zeroed: heads add up independently."""
+    variant = f"prune-heads-50%:{CALIB}"
+    pruned = AutoModelForCausalLM.from_pretrained(pruned_checkpoint(default_model, variant, tokenizer, progress=False))
+    kept = pruning_record(default_model, variant)["kept"]  # per layer, the KV groups kept
+    masked = AutoModelForCausalLM.from_pretrained(default_model)
+    heads, kv, head_dim = 4, 2, 64  # the default model: grouped-query attention, 2 query heads per KV head
+    for layer, groups in zip(masked.model.layers, kept):
+        assert len(groups) == 1
+        with torch.no_grad():
+            for group in set(range(kv)) - set(groups):
+                layer.self_attn.o_proj.weight[:, group * (heads // kv) * head_dim:(group + 1) * (heads // kv) * head_dim] = 0
+    for layer in pruned.model.layers:  # k and v shrink with q and o
+        attn = layer.self_attn
+        assert (attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features,
+                attn.o_proj.in_features) == (128, 64, 64, 128)
+    ids = calibration_ids(tokenizer, 2, 32, 5)
+    with torch.no_grad():
+        assert torch.allclose(pruned(ids).logits, masked(ids).logits, atol=1e-4)
+
+
+def test_heads_pruning_groups_follow_the_attention_kind():
+    mha = load_config("llama-2-7b")  # multi-head: every head is its own group
+    assert (pruned_config(mha, "prune-heads-25%").num_attention_heads,
+            pruned_config(mha, "prune-heads-25%").num_key_value_heads) == (24, 24)
+    gqa = load_config("llama-3-8b")  # 32 query heads on 8 KV heads: groups of 4
+    cfg = pruned_config(gqa, "prune-heads-25%")
+    assert (cfg.num_attention_heads, cfg.num_key_value_heads) == (24, 6)
+    assert kv_cache_bytes(cfg, 4096) == 0.75 * kv_cache_bytes(gqa, 4096)
+    mqa = {**gqa.to_dict(), "num_key_value_heads": 1}
+    with pytest.raises(VariantError, match="single key/value head"):
+        pruned_config(mqa, "prune-heads-50%")
 
 
 def test_structured_prune_plus_int4_is_priced_from_the_pruned_config(default_model, tokenizer):
@@ -108,7 +147,8 @@ def test_structured_prune_plus_int4_is_priced_from_the_pruned_config(default_mod
     runner = build_runner(variant, default_model, tokenizer)
     down = runner.model.get_submodule("model.layers.0.mlp.down_proj")
     assert isinstance(down, PackedLinear) and down.in_features == 576
-    planned = weight_bytes(pruned_config(default_model, variant), variant)
+    planned = weight_bytes(default_model, variant)
+    assert planned < weight_bytes(default_model, "int4-g128")
     assert abs(planned - runner.weight_bytes()) <= 0.02 * runner.weight_bytes()
 
 
@@ -124,7 +164,7 @@ def test_distillation_wins_kl_back_and_keeps_the_mask(default_model, tokenizer):
 
 
 @pytest.mark.parametrize("name, message", [("prune-mlp-2of4", "magnitude or wanda"),
-                                           ("prune-heads-25%", "removes no head"),
+                                           ("prune-heads-25%", "removes no group"),
                                            ("prune-depth-100%", "below 100%"),
                                            ("prune-wanda-0%", "above 0%"),
                                            ("prune-wanda-4of2", "0 < n < m")])
