@@ -52,11 +52,12 @@ def admit(variant: "str | Variant", source: str, device: str = "cpu", what: str 
 
 
 def guarded_load(variant: "str | Variant", source: str, device: str = "cpu", **load_kwargs):
-    """Load a PyTorch variant only if :func:`admit` lets it; bitsandbytes variants over 1 GiB (or
-    with ``low_memory=true``) quantize tensor by tensor while loading on the CPU."""
+    """Load a PyTorch variant only if :func:`admit` lets it; bitsandbytes variants quantize tensor by
+    tensor while loading where :func:`edgekit.plan.streamed_load` says (on an accelerator, on a CPU
+    over 1 GiB, or with ``low_memory=true``)."""
     variant = Variant.parse(variant)
     plan = admit(variant, source, device)
-    if variant.entry.load == "bitsandbytes" and device == "cpu" and streamed_load(model_config(source), variant):
+    if variant.entry.load == "bitsandbytes" and streamed_load(model_config(source), variant, torch.device(device).type):
         return load_bnb_quantized(source, load_kwargs.get("quantization_config"), device)
     if not plan.fits:  # admitted only because offload=true: spill what does not fit
         folder = work_dir() / "offload" / re.sub(r"\W+", "_", str(source))[-60:]
@@ -70,7 +71,7 @@ def guarded_packed_load(variant: "str | Variant", source: str, device: str = "cp
     (``low_memory``, by default over 1 GiB of checkpoint), else loaded in fp32 and packed in place."""
     variant = Variant.parse(variant)
     admit(variant, source, device)
-    if streamed_load(model_config(source), variant):
+    if streamed_load(model_config(source), variant, torch.device(device).type):
         return load_packed_quantized(source, variant.bits, variant.group_size, device)
     return quantize_rtn(load_model(source, device_map={"": device}, dtype=torch.float32), variant.bits,
                         variant.group_size)

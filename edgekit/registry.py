@@ -10,7 +10,8 @@ widgets, the CLI and the docs all read these entries, so adding a variant is add
 in one module (the modules in :data:`VARIANT_MODULES` are imported on first lookup, so importing
 edgekit stays fast and a missing optional runtime only matters when its variant is asked for).
 
-Options every PyTorch variant accepts are read by the load guard (:data:`GUARD_OPTIONS`).
+Options every PyTorch variant accepts are read by the load guard (:data:`GUARD_OPTIONS`) or by
+its runner once built (:data:`RUNNER_OPTIONS`).
 """
 from __future__ import annotations
 
@@ -47,6 +48,8 @@ GUARD_OPTIONS = ("context", "profile", "offload", "low_memory", "device")
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 Builder = Callable[..., Any]
+# Options every PyTorch variant's runner reads after it is built (compile=true: see TorchRunner.compile_decoding)
+RUNNER_OPTIONS = ("compile",)
 # bytes of one ``out x in`` linear (with or without bias) under a variant; ``dense`` is the dtype
 # the variant leaves unquantized
 LinearBytes = Callable[["Variant", int, int, bool, str], int]
@@ -125,7 +128,7 @@ class Entry:
 
     @property
     def accepted_options(self) -> tuple[str, ...]:
-        return self.options + (GUARD_OPTIONS if self.family == "pytorch" else ())
+        return self.options + (GUARD_OPTIONS + RUNNER_OPTIONS if self.family == "pytorch" else ())
 
 
 REGISTRY: list[Entry] = []
@@ -191,7 +194,10 @@ def build_runner(variant: "str | Variant", source: str = "default", tokenizer=No
     variant = Variant.parse(variant)
     selftest.require(variant.family)  # a native runtime that would crash here is refused in one line
     tokenizer = tokenizer or load_tokenizer(source)
-    return variant.entry.builder(variant, source, tokenizer)
+    runner = variant.entry.builder(variant, source, tokenizer)
+    if variant.option("compile"):  # a RUNNER_OPTIONS option, so only PyTorch runners get here
+        runner.compile_decoding()
+    return runner
 
 
 def export_artifact(variant: "str | Variant", source: str, out_dir) -> Any:

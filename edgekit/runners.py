@@ -81,6 +81,33 @@ class TorchRunner:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
+        self._decode_step = None  # set by compile_decoding
+        self._static_cache = None
+
+    def compile_decoding(self, cache_tokens: int = 1024) -> None:
+        """Decode as gpt-fast does (the ``compile=true`` option): a static KV cache of ``cache_tokens``
+        positions (more if a generation asks) and the one-token forward step compiled once with
+        ``torch.compile`` (CUDA graphs on a GPU, ``mode="reduce-overhead"``), so every decoded token
+        replays the same graph. The prompt runs eagerly; the first decode step pays the compilation,
+        which the steady-state warm-up of :func:`edgekit.measure.measure_latency` leaves out."""
+        def step(ids: torch.Tensor, position: torch.Tensor, cache) -> torch.Tensor:
+            out = self.model(input_ids=ids, past_key_values=cache, cache_position=position, use_cache=True)
+            return out.logits[:, -1].argmax(-1)
+
+        mode = "reduce-overhead" if self.device.type == "cuda" else None
+        self._decode_step = torch.compile(step, mode=mode, fullgraph=True, dynamic=False)
+        self._cache_tokens = cache_tokens
+
+    def _static_cache_for(self, tokens: int):
+        """The runner's one static cache, emptied; re-made (and so recompiled) only when ``tokens`` outgrow it."""
+        from transformers import StaticCache
+
+        if self._static_cache is None or tokens > self._cache_tokens:
+            self._cache_tokens = max(self._cache_tokens, tokens)
+            self._static_cache = StaticCache(config=self.model.config, max_cache_len=self._cache_tokens)
+        else:
+            self._static_cache.reset()
+        return self._static_cache
 
     @torch.inference_mode()
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -89,6 +116,9 @@ class TorchRunner:
 
     @torch.inference_mode()
     def generate_stream(self, input_ids: torch.Tensor, max_new_tokens: int) -> Iterator[int]:
+        if self._decode_step is not None:
+            yield from self._generate_compiled(input_ids, max_new_tokens)
+            return
         from transformers import DynamicCache
 
         cache = DynamicCache()
@@ -99,6 +129,23 @@ class TorchRunner:
             token = int(out.logits[0, -1].argmax())  # .item() synchronises CUDA
             yield token
             ids = torch.tensor([[token]], device=self.device)
+
+    @torch.inference_mode()
+    def _generate_compiled(self, input_ids: torch.Tensor, max_new_tokens: int) -> Iterator[int]:
+        """Greedy decoding on the static cache: the prompt eagerly, then the compiled one-token step."""
+        if max_new_tokens < 1:
+            return
+        ids = input_ids.to(self.device)
+        length = ids.shape[1]
+        cache = self._static_cache_for(length + max_new_tokens)
+        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True,
+                         cache_position=torch.arange(length, device=self.device))
+        token = out.logits[:, -1].argmax(-1)
+        for i in range(max_new_tokens):
+            yield int(token)  # .item() synchronises CUDA
+            if i + 1 < max_new_tokens:
+                position = torch.tensor([length + i], device=self.device)
+                token = self._decode_step(token.view(1, 1), position, cache).clone()
 
     @torch.inference_mode()
     def generate_batch(self, prompts: list[torch.Tensor], max_new_tokens: int) -> list[list[int]]:

@@ -156,7 +156,8 @@ def onnx_variant_factory(variant: str, source: str = "default") -> Factory:
 
 
 def torch_factory(variant: str, source: str = "default") -> Factory:
-    """Settings ``threads`` (intra-op threads) and ``compile`` (``torch.compile`` the model) -> a PyTorch runner.
+    """Settings ``threads`` (intra-op threads) and ``compile`` (gpt-fast's static KV cache and compiled
+    decode step, :meth:`edgekit.runners.TorchRunner.compile_decoding`) -> a PyTorch runner.
 
     The thread count is process-wide in PyTorch; :func:`tune` restores it after each candidate.
     """
@@ -168,8 +169,8 @@ def torch_factory(variant: str, source: str = "default") -> Factory:
         if settings.get("threads"):
             torch.set_num_threads(int(settings["threads"]))
         runner = build_runner(variant, source)
-        if settings.get("compile"):
-            runner.model.forward = torch.compile(runner.model.forward, dynamic=True)
+        if settings.get("compile"):  # the compile=true option: static KV cache, compiled decode step
+            runner.compile_decoding()
         return runner
     return build
 

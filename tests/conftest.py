@@ -89,3 +89,20 @@ def quality_against_fp32(default_model, tokenizer, eval_ids, small_eval_settings
             runner.close()
 
     return measure
+
+
+@pytest.fixture(scope="session")
+def biased_checkpoint(tmp_path_factory, default_model):
+    """A tiny random Qwen2 (q/k/v biases, bf16 shards): exercises biases and a checkpoint dtype unlike fp32."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    folder = tmp_path_factory.mktemp("tiny-qwen2")
+    config = Qwen2Config(vocab_size=4096, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, architectures=["Qwen2ForCausalLM"])
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).to(torch.bfloat16).save_pretrained(folder, max_shard_size="200KB")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(f"{default_model}/{name}", folder / name)
+    return str(folder)

@@ -16,7 +16,9 @@ from transformers import BitsAndBytesConfig
 
 from edgekit.errors import VariantError
 from edgekit.guard import guarded_load, guarded_packed_load
+from edgekit.loading import model_config
 from edgekit.packed import KERNEL_GROUPS, packed_linear_bytes
+from edgekit.plan import config_dtype
 from edgekit.registry import DTYPE_BYTES, Variant, dense_linear_bytes, register
 from edgekit.runners import TorchRunner
 
@@ -85,6 +87,13 @@ class _DropMessage(logging.Filter):
 _INT8_CAST_NOTICE = _DropMessage("MatMul8bitLt: inputs will be cast")
 
 
+def _checkpoint_dtype(source: str) -> torch.dtype:
+    """bitsandbytes leaves embeddings, norms and the head in the checkpoint's dtype, whichever way
+    the model loads (quantize-on-load or ``from_pretrained``), as the planner prices them: holding
+    them in fp32 instead put an int8 7B on CUDA 7.4% over its plan."""
+    return DTYPES[config_dtype(model_config(source))]
+
+
 @register(r"int8", "pytorch", "bitsandbytes LLM.int8 (option threshold=6.0)", ("int8",),
           linear_bytes=_int8_bytes, options=("threshold",), load="bitsandbytes")
 def build_bnb_int8(variant: Variant, source: str, tokenizer):
@@ -93,7 +102,7 @@ def build_bnb_int8(variant: Variant, source: str, tokenizer):
     logging.getLogger("bitsandbytes.autograd._functions").addFilter(_INT8_CAST_NOTICE)
 
     config = BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=float(variant.option("threshold", 6.0)))
-    return torch_runner(variant, source, tokenizer, quantization_config=config, dtype=torch.float32)
+    return torch_runner(variant, source, tokenizer, quantization_config=config, dtype=_checkpoint_dtype(source))
 
 
 @register(r"(?P<quant_type>nf4|fp4)", "pytorch",
@@ -106,7 +115,7 @@ def build_bnb_4bit(variant: Variant, source: str, tokenizer):
         load_in_4bit=True, bnb_4bit_quant_type=variant.name,
         bnb_4bit_use_double_quant=bool(variant.option("double_quant", False)),
         bnb_4bit_compute_dtype=compute)
-    return torch_runner(variant, source, tokenizer, quantization_config=config, dtype=compute)
+    return torch_runner(variant, source, tokenizer, quantization_config=config, dtype=_checkpoint_dtype(source))
 
 
 @register(r"int(?P<bits>[2348])-g(?P<group_size>\d+)", "pytorch",
