@@ -153,17 +153,9 @@ def _dense_dtype(config, variant: "str | Variant") -> str:
     return variant.entry.dense(variant, config_dtype(config))
 
 
-def held_config(config, variant: "str | Variant"):
-    """The config of the model as ``variant`` holds it: its registry entry's ``held_config`` where the
-    variant changes shapes (structured pruning removes channels, KV groups, layers), else ``config``."""
-    config, variant = load_config(config), Variant.parse(variant)
-    return variant.entry.held_config(variant, config) if variant.entry.held_config else config
-
-
 def module_bytes(config, variant: str, layer_schemes: dict[str, str] | None = None) -> dict[str, int]:
-    """Weight bytes per top-level module in load order (embeddings, each decoder block, norm, head),
-    at the shapes the variant holds (:func:`held_config`)."""
-    config = held_config(config, variant)
+    """Weight bytes per top-level module in load order (embeddings, each decoder block, norm, head)."""
+    config = load_config(config)
     _, linears, others = _layout(config)
     dense = _dense_dtype(config, variant)
     layer_schemes = dict(layer_schemes or {})
@@ -194,12 +186,37 @@ def activation_dtype(config, variant: str) -> str:
 
 
 def kv_cache_bytes(config, context: int, batch: int = 1, dtype: str = "fp16") -> int:
-    """Keys and values of every layer for ``batch`` sequences of ``context`` tokens."""
+    """Keys and values of every layer for ``batch`` sequences of ``context`` tokens.
+
+    ``dtype`` is fp32/bf16/fp16 or a llama.cpp cache type (``f16``, ``q8_0``, ``q4_0``...: its
+    ``type_k``/``type_v``), priced by gguf's own table of block sizes: a row of one head's values is
+    cut into blocks (q8_0: 32 int8 codes and an fp16 scale, 34 bytes; q4_0: 32 4-bit codes and a
+    scale, 18 bytes), so the head dimension must be a multiple of the block."""
     config = load_config(config)
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    return 2 * config.num_hidden_layers * kv_heads * head_dim * context * batch * DTYPE_BYTES[dtype]
+    rows = 2 * config.num_hidden_layers * kv_heads * context * batch
+    if dtype in DTYPE_BYTES:
+        return rows * head_dim * DTYPE_BYTES[dtype]
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    try:
+        block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType[dtype.upper()]]
+    except KeyError:
+        raise PlanError(f"unknown KV cache type {dtype!r}; use {', '.join(DTYPE_BYTES)} or a llama.cpp cache "
+                        "type such as f16, q8_0, q4_0") from None
+    if head_dim % block:
+        raise PlanError(f"a {dtype} KV cache stores blocks of {block} values, and this model's heads have "
+                        f"{head_dim}; use f16 or a type whose block divides {head_dim}")
+    return rows * head_dim // block * block_bytes
+
+
+def kv_cache_dtype(config, variant: "str | Variant") -> str:
+    """What the KV cache is held in under ``variant``: its option ``kv`` (gguf-q4_0:kv=q8_0), else the
+    variant's compute dtype."""
+    variant = Variant.parse(variant)
+    return variant.option("kv") or activation_dtype(config, variant)
 
 
 def activation_bytes(config, context: int, batch: int = 1, dtype: str = "fp16") -> int:
@@ -362,12 +379,10 @@ def _model_name(config, cfg) -> str:
     return getattr(cfg, "_name_or_path", "") or cfg.model_type
 
 
-def streamed_load(cfg, variant: Variant, device_kind: str = "cpu") -> bool:
+def streamed_load(cfg, variant: Variant) -> bool:
     """Whether a quantizing load reads the checkpoint tensor by tensor (edgekit.quantize_on_load):
-    the option ``low_memory``; by default always on an accelerator (whose memory is the scarce
-    one: loading in full precision first peaked at 1.6x the nf4 model on an H100) and on a CPU
-    once the checkpoint is over 1 GiB."""
-    return bool(variant.option("low_memory", device_kind != "cpu" or weight_bytes(cfg, config_dtype(cfg)) > GIB))
+    the option ``low_memory``, by default once the checkpoint is over 1 GiB."""
+    return bool(variant.option("low_memory", weight_bytes(cfg, config_dtype(cfg)) > GIB))
 
 
 def load_peak_bytes(cfg, variant: "str | Variant", total: int, working: int, device_kind: str) -> tuple[int, str]:
@@ -378,11 +393,11 @@ def load_peak_bytes(cfg, variant: "str | Variant", total: int, working: int, dev
     kind = variant.entry.load
     fp32 = weight_bytes(cfg, "fp32")
     if kind == "bitsandbytes":
-        if streamed_load(cfg, variant, device_kind):
+        if device_kind == "cpu" and streamed_load(cfg, variant):
             return total, "quantized tensor by tensor while loading"
         return total + weight_bytes(cfg, config_dtype(cfg)), ("transformers holds the full-precision checkpoint while bitsandbytes quantizes it; "
                                     "the option low_memory=true quantizes while loading")
-    if kind == "packed" and streamed_load(cfg, variant, device_kind):
+    if kind == "packed" and streamed_load(cfg, variant):
         largest = max(out_f * in_f for _, out_f, in_f, _ in _layout(cfg)[1])
         embedding = getattr(cfg, "vocab_size", 0) * getattr(cfg, "hidden_size", 0)
         return total + 4 * max(largest, embedding), "packed tensor by tensor while loading, one fp32 tensor at a time"
@@ -399,9 +414,8 @@ def _plan(cfg, variant: str, context: int, batch: int, profile: DeviceProfile, s
     sizes = module_bytes(cfg, variant)
     dtype = activation_dtype(cfg, variant)
     weights = sum(sizes.values())
-    held = held_config(cfg, variant)  # the load's peak below starts from cfg, the model as it is read
-    kv = kv_cache_bytes(held, context, batch, dtype)
-    act = activation_bytes(held, context, batch, dtype)
+    kv = kv_cache_bytes(cfg, context, batch, kv_cache_dtype(cfg, variant))
+    act = activation_bytes(cfg, context, batch, dtype)
     overhead = profile.runtime_overhead_bytes
     total = weights + kv + act + overhead
     peak, peak_reason = load_peak_bytes(cfg, variant, total, kv + act + overhead, profile.kind)
@@ -423,7 +437,7 @@ def _plan(cfg, variant: str, context: int, batch: int, profile: DeviceProfile, s
     # happens on the machine that exports (the guard checks it there), not on the device it targets
     peak_budget = budget if not on_accelerator or profile.unified else profile.host_budget
     peak_fits = peak <= peak_budget or Variant.parse(variant).entry.load == "export"
-    plan = MemoryPlan(str(cfg.model_type), variant, profile.name, profile.kind, context, batch, _layout(held)[0],
+    plan = MemoryPlan(str(cfg.model_type), variant, profile.name, profile.kind, context, batch, _layout(cfg)[0],
                       weights, kv, act, overhead, total, budget, fits and peak_fits, "", offload=offload,
                       peak_bytes=peak, peak_reason=peak_reason)
     if suggest and not plan.fits:
@@ -482,7 +496,7 @@ def _alternatives(cfg, variant: str, context: int, batch: int, profile: DevicePr
     with this variant. The advice uses the guard's own arithmetic, so it names only what the
     guard admits."""
     plans = [_plan(cfg, v, context, batch, profile, suggest=False) for v in offered_variants()
-             if v != variant and profile.can_run(Variant.parse(v).name) and _applies(cfg, v)]
+             if v != variant and profile.can_run(Variant.parse(v).name)]
     fitting = [p.variant for p in sorted((p for p in plans if p.fits), key=lambda p: -p.weight_bytes)]
     longest = None
     c = context // 2
@@ -492,15 +506,6 @@ def _alternatives(cfg, variant: str, context: int, batch: int, profile: DevicePr
             break
         c //= 2
     return {"variants": fitting, "context": longest}
-
-
-def _applies(cfg, variant: str) -> bool:
-    """Whether ``variant`` can shape this model at all (prune-heads-50% cannot split one KV head)."""
-    try:
-        held_config(cfg, variant)
-    except VariantError:
-        return False
-    return True
 
 
 def alternatives_text(alternatives: dict, offload: bool = True) -> str:
