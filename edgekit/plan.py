@@ -153,9 +153,17 @@ def _dense_dtype(config, variant: "str | Variant") -> str:
     return variant.entry.dense(variant, config_dtype(config))
 
 
+def held_config(config, variant: "str | Variant"):
+    """The config of the model as ``variant`` holds it: its registry entry's ``held_config`` where the
+    variant changes shapes (structured pruning removes channels, KV groups, layers), else ``config``."""
+    config, variant = load_config(config), Variant.parse(variant)
+    return variant.entry.held_config(variant, config) if variant.entry.held_config else config
+
+
 def module_bytes(config, variant: str, layer_schemes: dict[str, str] | None = None) -> dict[str, int]:
-    """Weight bytes per top-level module in load order (embeddings, each decoder block, norm, head)."""
-    config = load_config(config)
+    """Weight bytes per top-level module in load order (embeddings, each decoder block, norm, head),
+    at the shapes the variant holds (:func:`held_config`)."""
+    config = held_config(config, variant)
     _, linears, others = _layout(config)
     dense = _dense_dtype(config, variant)
     layer_schemes = dict(layer_schemes or {})
@@ -379,10 +387,12 @@ def _model_name(config, cfg) -> str:
     return getattr(cfg, "_name_or_path", "") or cfg.model_type
 
 
-def streamed_load(cfg, variant: Variant) -> bool:
+def streamed_load(cfg, variant: Variant, device_kind: str = "cpu") -> bool:
     """Whether a quantizing load reads the checkpoint tensor by tensor (edgekit.quantize_on_load):
-    the option ``low_memory``, by default once the checkpoint is over 1 GiB."""
-    return bool(variant.option("low_memory", weight_bytes(cfg, config_dtype(cfg)) > GIB))
+    the option ``low_memory``; by default always on an accelerator (whose memory is the scarce
+    one: loading in full precision first peaked at 1.6x the nf4 model on an H100) and on a CPU
+    once the checkpoint is over 1 GiB."""
+    return bool(variant.option("low_memory", device_kind != "cpu" or weight_bytes(cfg, config_dtype(cfg)) > GIB))
 
 
 def load_peak_bytes(cfg, variant: "str | Variant", total: int, working: int, device_kind: str) -> tuple[int, str]:
@@ -393,11 +403,11 @@ def load_peak_bytes(cfg, variant: "str | Variant", total: int, working: int, dev
     kind = variant.entry.load
     fp32 = weight_bytes(cfg, "fp32")
     if kind == "bitsandbytes":
-        if device_kind == "cpu" and streamed_load(cfg, variant):
+        if streamed_load(cfg, variant, device_kind):
             return total, "quantized tensor by tensor while loading"
         return total + weight_bytes(cfg, config_dtype(cfg)), ("transformers holds the full-precision checkpoint while bitsandbytes quantizes it; "
                                     "the option low_memory=true quantizes while loading")
-    if kind == "packed" and streamed_load(cfg, variant):
+    if kind == "packed" and streamed_load(cfg, variant, device_kind):
         largest = max(out_f * in_f for _, out_f, in_f, _ in _layout(cfg)[1])
         embedding = getattr(cfg, "vocab_size", 0) * getattr(cfg, "hidden_size", 0)
         return total + 4 * max(largest, embedding), "packed tensor by tensor while loading, one fp32 tensor at a time"
@@ -414,8 +424,9 @@ def _plan(cfg, variant: str, context: int, batch: int, profile: DeviceProfile, s
     sizes = module_bytes(cfg, variant)
     dtype = activation_dtype(cfg, variant)
     weights = sum(sizes.values())
-    kv = kv_cache_bytes(cfg, context, batch, kv_cache_dtype(cfg, variant))
-    act = activation_bytes(cfg, context, batch, dtype)
+    held = held_config(cfg, variant)  # the load's peak below starts from cfg, the model as it is read
+    kv = kv_cache_bytes(held, context, batch, kv_cache_dtype(cfg, variant))
+    act = activation_bytes(held, context, batch, dtype)
     overhead = profile.runtime_overhead_bytes
     total = weights + kv + act + overhead
     peak, peak_reason = load_peak_bytes(cfg, variant, total, kv + act + overhead, profile.kind)
@@ -437,7 +448,7 @@ def _plan(cfg, variant: str, context: int, batch: int, profile: DeviceProfile, s
     # happens on the machine that exports (the guard checks it there), not on the device it targets
     peak_budget = budget if not on_accelerator or profile.unified else profile.host_budget
     peak_fits = peak <= peak_budget or Variant.parse(variant).entry.load == "export"
-    plan = MemoryPlan(str(cfg.model_type), variant, profile.name, profile.kind, context, batch, _layout(cfg)[0],
+    plan = MemoryPlan(str(cfg.model_type), variant, profile.name, profile.kind, context, batch, _layout(held)[0],
                       weights, kv, act, overhead, total, budget, fits and peak_fits, "", offload=offload,
                       peak_bytes=peak, peak_reason=peak_reason)
     if suggest and not plan.fits:
@@ -496,7 +507,7 @@ def _alternatives(cfg, variant: str, context: int, batch: int, profile: DevicePr
     with this variant. The advice uses the guard's own arithmetic, so it names only what the
     guard admits."""
     plans = [_plan(cfg, v, context, batch, profile, suggest=False) for v in offered_variants()
-             if v != variant and profile.can_run(Variant.parse(v).name)]
+             if v != variant and profile.can_run(Variant.parse(v).name) and _applies(cfg, v)]
     fitting = [p.variant for p in sorted((p for p in plans if p.fits), key=lambda p: -p.weight_bytes)]
     longest = None
     c = context // 2
@@ -506,6 +517,15 @@ def _alternatives(cfg, variant: str, context: int, batch: int, profile: DevicePr
             break
         c //= 2
     return {"variants": fitting, "context": longest}
+
+
+def _applies(cfg, variant: str) -> bool:
+    """Whether ``variant`` can shape this model at all (prune-heads-50% cannot split one KV head)."""
+    try:
+        held_config(cfg, variant)
+    except VariantError:
+        return False
+    return True
 
 
 def alternatives_text(alternatives: dict, offload: bool = True) -> str:
