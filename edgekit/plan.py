@@ -417,6 +417,9 @@ def load_peak_bytes(cfg, variant: "str | Variant", total: int, working: int, dev
         return max(total, 5 * fp32 + working), "teacher, student, gradients and Adam's two moments in fp32"
     if kind == "export":
         return max(total, 2 * fp32 + working), "the exporter holds the fp32 model and the graph it writes"
+    if kind == "streamed-export":
+        return (max(total, 2 * (total - working) + working),
+                "written from the checkpoint one tensor at a time; compiling holds the quantized model twice")
     return total, "the checkpoint loads as it is held"
 
 
@@ -447,7 +450,7 @@ def _plan(cfg, variant: str, context: int, batch: int, profile: DeviceProfile, s
     # the load's own peak lands in host memory (an accelerator gets the weights after it); an export
     # happens on the machine that exports (the guard checks it there), not on the device it targets
     peak_budget = budget if not on_accelerator or profile.unified else profile.host_budget
-    peak_fits = peak <= peak_budget or Variant.parse(variant).entry.load == "export"
+    peak_fits = peak <= peak_budget or Variant.parse(variant).entry.load in ("export", "streamed-export")
     plan = MemoryPlan(str(cfg.model_type), variant, profile.name, profile.kind, context, batch, _layout(held)[0],
                       weights, kv, act, overhead, total, budget, fits and peak_fits, "", offload=offload,
                       peak_bytes=peak, peak_reason=peak_reason)

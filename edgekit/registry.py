@@ -42,6 +42,8 @@ LOAD_KINDS = {
     "full-precision": "the model loads in fp32 before it is quantized or packed",
     "training": "teacher, student, gradients and Adam's two moments in fp32",
     "export": "the exporter holds the fp32 model and the graph it writes",
+    "streamed-export": "the exporter reads the checkpoint one tensor at a time and writes the quantized artifact, "
+                       "which the runtime then holds while compiling and loading it",
 }
 # Options the load guard reads for every PyTorch variant (edgekit.guard.guarded_load).
 GUARD_OPTIONS = ("context", "profile", "offload", "low_memory", "device")
