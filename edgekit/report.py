@@ -1,11 +1,14 @@
 """Reports of a comparison: one self-contained HTML page (figures embedded as base64 PNG) and
 a Markdown file with its figure beside it, written from the same results the dashboard shows.
 
-A report holds the comparison table (quality with its uncertainty, bytes, latency), the
-figure (Δppl and KL vs weight bytes with the Pareto front, latency percentiles and, when a
-device is named, the memory plan per variant on that device), every failed variant with its
-reason, the settings and the environment the run was measured in. Earlier runs from the
-:class:`~edgekit.results.ResultStore` can be laid beside the new one. The layout follows
+A report holds, for each model, the comparison table (quality with its uncertainty, bytes,
+latency), the figure (Δppl and KL vs weight bytes with the Pareto front, latency percentiles
+and, when a device is named, the memory plan per variant on that device), every failed variant
+with its reason and the settings it was measured with; then the environment. A sweep over
+several models gets a section per model, each against its own baseline: a Δppl or KL is only
+meaningful against the baseline of the same weights, so rows of different models never share
+a table or a Pareto front. Earlier runs from the :class:`~edgekit.results.ResultStore` can be
+laid beside the new one (each model's section takes that model's rows). The layout follows
 llama.cpp's ``perplexity --kl-divergence`` summary: each quality figure with its ± error.
 """
 from __future__ import annotations
@@ -33,9 +36,29 @@ def run_label(results: list[Result]) -> str:
     return f"{first.created[:16].replace('T', ' ')} ({first.run_id[:6]}, {first.model_revision})"
 
 
+def by_model(results: list[Result]) -> dict[str, list[Result]]:
+    """``results`` split into the groups that share a baseline: one per model (per model and eval
+    text when a sweep scored several texts), in the order they first appear (a sweep's cell order);
+    the keys are the groups' headings."""
+    texts = {r.settings.get("eval_text") for r in results}
+    groups: dict[str, list[Result]] = {}
+    for r in results:
+        heading = r.model if len(texts) == 1 else f"{r.model} on {r.settings.get('eval_text')}"
+        groups.setdefault(heading, []).append(r)
+    return groups
+
+
 def comparison_frame(results: list[Result], earlier: dict[str, list[Result]] | None = None) -> pd.DataFrame:
     """The summary table of ``results``; with ``earlier`` runs ({label: results}) their rows
-    follow, each row naming its run in a first ``run`` column."""
+    follow, each row naming its run in a first ``run`` column. Results of several models (a
+    sweep) come model by model under a first ``model`` column, each model's earlier rows after
+    its own."""
+    groups = by_model(results)
+    if len(groups) > 1:
+        frames = [comparison_frame(rs, _of_model(earlier, rs[0].model)).assign(model=heading)
+                  for heading, rs in groups.items()]
+        frame = pd.concat(frames, ignore_index=True)
+        return frame[["model"] + [c for c in frame.columns if c != "model"]]
     runs = {CURRENT_RUN: results, **(earlier or {})}
     frames = [summary_frame(rs).assign(run=label) for label, rs in runs.items() if rs]
     if not frames:
@@ -44,6 +67,10 @@ def comparison_frame(results: list[Result], earlier: dict[str, list[Result]] | N
     if len(frames) == 1:
         return frame.drop(columns="run")
     return frame[["run"] + [c for c in frame.columns if c != "run"]]
+
+
+def _of_model(earlier: dict[str, list[Result]] | None, model: str) -> dict[str, list[Result]]:
+    return {label: [r for r in rs if r.model == model] for label, rs in (earlier or {}).items()}
 
 
 def device_memory_frame(model: str, variants: list[str], device, context: int = 4096, batch: int = 1,
@@ -71,40 +98,39 @@ def device_memory_frame(model: str, variants: list[str], device, context: int = 
 
 def write_report(results: list[Result], out_dir, earlier: dict[str, list[Result]] | None = None,
                  device: str | None = None, plan_model: str | None = None, context: int | None = None) -> Path:
-    """Write ``report.html`` (self-contained) and ``report.md`` + ``report.png`` into
-    ``out_dir``; returns the HTML path. ``device`` adds the memory plan of every variant of
-    ``plan_model`` (default: the compared model) on that device profile."""
+    """Write ``report.html`` (self-contained) and ``report.md`` with its figures into ``out_dir``;
+    returns the HTML path. Each model gets its section, table and figure (``report.png``, or
+    ``report-1.png``, ``report-2.png``... for several models). ``device`` adds the memory plan of
+    every variant of ``plan_model`` (default: the section's model) on that device profile."""
 
     if not results:
         raise InputError("there are no results to report; run a comparison first")
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    table = comparison_frame(results, earlier)
-    plot_frame = table if "run" in table else table.assign(run="")
-    memory = None
-    if device:
-        plan_model = plan_model or results[0].model
-        plan_context = context or results[0].settings.get("context", 4096)
-        measured = results if plan_model == results[0].model else None
-        memory = device_memory_frame(plan_model, [r.variant for r in results], device, plan_context,
-                                     measured=measured)
-    figure = plots.comparison_figure(plot_frame, memory)
-    png = plots.figure_png(figure)
-    (out / "report.png").write_bytes(png)
-    sections = _sections(results, table, memory)
+    groups = by_model(results)
+    sections = []
+    for number, (heading, rs) in enumerate(groups.items(), 1):
+        model = rs[0].model
+        table = comparison_frame(rs, earlier if len(groups) == 1 else _of_model(earlier, model))
+        memory = None
+        if device:
+            planned = plan_model or model
+            memory = device_memory_frame(planned, [r.variant for r in rs], device,
+                                         context or rs[0].settings.get("context", 4096),
+                                         measured=rs if planned == model else None)
+        png = plots.figure_png(plots.comparison_figure(table if "run" in table else table.assign(run=""), memory))
+        figure_name = "report.png" if len(groups) == 1 else f"report-{number}.png"
+        (out / figure_name).write_bytes(png)
+        sections.append(_section(heading, rs, table, memory, figure_name, png))
     (out / "report.md").write_text(_markdown(results, sections), encoding="utf-8")
     html_path = out / "report.html"
-    html_path.write_text(_html(results, sections, png), encoding="utf-8")
+    html_path.write_text(_html(results, sections), encoding="utf-8")
     return html_path
 
 
-def _sections(results: list[Result], table: pd.DataFrame, memory: pd.DataFrame | None) -> dict:
-    failed = [(r.variant, r.error) for r in results if r.status != "ok"]
-    settings = dict(results[0].settings)
-    env = results[0].environment
-    environment = {"edgekit": env.get("edgekit"), "git revision": env.get("git_revision"), "cpu": env.get("cpu"),
-                   "cores": env.get("cpu_cores"), "torch threads": env.get("torch_threads"), "gpu": env.get("gpu"),
-                   "python": env.get("python"), **env.get("versions", {})}
+def _section(heading: str, results: list[Result], table: pd.DataFrame, memory: pd.DataFrame | None,
+             figure_name: str, png: bytes) -> dict:
+    first = results[0]
     plan_table = None
     if memory is not None:
         gib = 1024 ** 3
@@ -114,17 +140,31 @@ def _sections(results: list[Result], table: pd.DataFrame, memory: pd.DataFrame |
                for key, label in (("weight_bytes", "weights GiB"), ("kv_cache_bytes", "KV GiB"),
                                   ("total_bytes", "total GiB"), ("budget_bytes", "budget GiB"))},
             "verdict": memory["verdict"]})
-    return {"table": table, "failed": failed, "settings": settings, "environment": environment,
-            "plan": plan_table, "plan_title": None if memory is None else
+    return {"heading": heading, "table": table, "figure": figure_name, "png": png,
+            "about": f"baseline {first.settings.get('baseline', first.variant)}, weights revision "
+                     f"{first.model_revision}, run {first.run_id}",
+            "failed": [(r.variant, r.error) for r in results if r.status != "ok"],
+            "settings": dict(first.settings), "plan": plan_table, "plan_title": None if memory is None else
             f"Memory plan: {memory['model'].iloc[0]} on {memory['device'].iloc[0]}, context {memory['context'].iloc[0]}"}
 
 
-def _title(results: list[Result]) -> tuple[str, str]:
+def _environment(results: list[Result]) -> dict:
+    env = results[0].environment
+    return {"edgekit": env.get("edgekit"), "git revision": env.get("git_revision"), "cpu": env.get("cpu"),
+            "cores": env.get("cpu_cores"), "torch threads": env.get("torch_threads"), "gpu": env.get("gpu"),
+            "python": env.get("python"), **env.get("versions", {})}
+
+
+def _title(results: list[Result], sections: list[dict]) -> tuple[str, str]:
     first = results[0]
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return (f"edgekit comparison: {first.model}",
-            f"run {first.run_id}, measured {first.created}, report written {when}; baseline "
-            f"{first.settings.get('baseline', results[0].variant)}")
+    if len(sections) == 1:
+        return (f"edgekit comparison: {first.model}",
+                f"run {first.run_id}, measured {first.created}, report written {when}; baseline "
+                f"{first.settings.get('baseline', first.variant)}")
+    return (f"edgekit sweep: {len(sections)} models",
+            f"{', '.join(s['heading'] for s in sections)}; measured from {min(r.created for r in results)}, "
+            f"report written {when}; each model against its own baseline")
 
 
 READING_NOTE = ("Δppl % is the perplexity change against the baseline with its 95% interval; KL is the mean "
@@ -134,16 +174,21 @@ READING_NOTE = ("Δppl % is the perplexity change against the baseline with its 
                 "machine they ran on.")
 
 
-def _markdown(results: list[Result], s: dict) -> str:
-    title, subtitle = _title(results)
-    lines = [f"# {title}", "", subtitle, "", "## Results", "", _md_table(s["table"]), "", READING_NOTE, "",
-             "![comparison](report.png)", ""]
-    if s["failed"]:
-        lines += ["## Failed variants", ""] + [f"- **{v}**: {e}" for v, e in s["failed"]] + [""]
-    if s["plan"] is not None:
-        lines += [f"## {s['plan_title']}", "", _md_table(s["plan"]), ""]
-    lines += ["## Settings", "", "```json", json.dumps(s["settings"], indent=1, default=str), "```", "",
-              "## Environment", "", *[f"- {k}: {v}" for k, v in s["environment"].items() if v is not None], ""]
+def _markdown(results: list[Result], sections: list[dict]) -> str:
+    title, subtitle = _title(results, sections)
+    lines = [f"# {title}", "", subtitle, "", READING_NOTE, ""]
+    several = len(sections) > 1
+    h = "###" if several else "##"  # one model: its parts are the report's sections
+    for s in sections:
+        if several:
+            lines += [f"## {s['heading']}", "", s["about"], ""]
+        lines += [f"{h} Results", "", _md_table(s["table"]), "", f"![comparison]({s['figure']})", ""]
+        if s["failed"]:
+            lines += [f"{h} Failed variants", ""] + [f"- **{v}**: {e}" for v, e in s["failed"]] + [""]
+        if s["plan"] is not None:
+            lines += [f"{h} {s['plan_title']}", "", _md_table(s["plan"]), ""]
+        lines += [f"{h} Settings", "", "```json", json.dumps(s["settings"], indent=1, default=str), "```", ""]
+    lines += ["## Environment", "", *[f"- {k}: {v}" for k, v in _environment(results).items() if v is not None], ""]
     return "\n".join(lines)
 
 
@@ -165,22 +210,30 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.note{color:
 .error{color:#b00020}img{max-width:100%}"""
 
 
-def _html(results: list[Result], s: dict, png: bytes) -> str:
-    title, subtitle = _title(results)
+def _html(results: list[Result], sections: list[dict]) -> str:
+    title, subtitle = _title(results, sections)
     e = html.escape
-    table = s["table"].to_html(index=False, na_rep="", float_format=lambda x: f"{x:.4g}", border=0)
+    several = len(sections) > 1
+    h = "h3" if several else "h2"
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
              f"<style>{STYLE}</style></head><body>", f"<h1>{e(title)}</h1><p>{e(subtitle)}</p>",
-             "<h2>Results</h2>", table, f"<p class='note'>{e(READING_NOTE)}</p>",
-             f"<img alt='comparison' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"]
-    if s["failed"]:
-        parts += ["<h2>Failed variants</h2><ul>"] + [f"<li class='error'><b>{e(v)}</b>: {e(str(err))}</li>"
-                                                    for v, err in s["failed"]] + ["</ul>"]
-    if s["plan"] is not None:
-        parts += [f"<h2>{e(s['plan_title'])}</h2>",
-                  s["plan"].to_html(index=False, na_rep="", float_format=lambda x: f"{x:.3g}", border=0)]
-    parts += ["<h2>Settings</h2>", f"<pre>{e(json.dumps(s['settings'], indent=1, default=str))}</pre>",
-              "<h2>Environment</h2><ul>"] + [f"<li>{e(str(k))}: {e(str(v))}</li>"
-                                             for k, v in s["environment"].items() if v is not None]
+             f"<p class='note'>{e(READING_NOTE)}</p>"]
+    for s in sections:
+        if several:
+            parts += [f"<section><h2>{e(s['heading'])}</h2><p>{e(s['about'])}</p>"]
+        parts += [f"<{h}>Results</{h}>",
+                  s["table"].to_html(index=False, na_rep="", float_format=lambda x: f"{x:.4g}", border=0),
+                  f"<img alt='comparison' src='data:image/png;base64,{base64.b64encode(s['png']).decode()}'>"]
+        if s["failed"]:
+            parts += [f"<{h}>Failed variants</{h}><ul>"] + [f"<li class='error'><b>{e(v)}</b>: {e(str(err))}</li>"
+                                                           for v, err in s["failed"]] + ["</ul>"]
+        if s["plan"] is not None:
+            parts += [f"<{h}>{e(s['plan_title'])}</{h}>",
+                      s["plan"].to_html(index=False, na_rep="", float_format=lambda x: f"{x:.3g}", border=0)]
+        parts += [f"<{h}>Settings</{h}>", f"<pre>{e(json.dumps(s['settings'], indent=1, default=str))}</pre>"]
+        if several:
+            parts.append("</section>")
+    parts += ["<h2>Environment</h2><ul>"] + [f"<li>{e(str(k))}: {e(str(v))}</li>"
+                                            for k, v in _environment(results).items() if v is not None]
     parts.append("</ul></body></html>")
     return "\n".join(parts)

@@ -85,3 +85,57 @@ def test_memory_plan_against_a_device(cli_run, tmp_path):
 def test_nothing_to_report(tmp_path):
     with pytest.raises(InputError, match="run a comparison first"):
         write_report([], tmp_path)
+
+
+@pytest.fixture(scope="module")
+def two_models(cli_run, tmp_path_factory):
+    """The CLI run of the default model and a comparison of a tiny random-weight Llama: a sweep's two models."""
+    import sys
+    from pathlib import Path
+
+    from edgekit.compare import compare
+    from edgekit.measure import EvalSettings
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from make_random_checkpoint import PRESETS, write_checkpoint
+
+    shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=256)
+    tiny = write_checkpoint({**PRESETS["214m"], **shape}, tmp_path_factory.mktemp("random-llama") / "tiny")
+    other = compare(str(tiny), ["fp32", "int4-g32"], "eval", EvalSettings(context=64, stride=32, max_tokens=256),
+                    latency=None, progress=False)
+    return cli_run[1], other
+
+
+def test_a_sweep_over_two_models_gets_a_section_and_a_baseline_per_model(two_models, tmp_path):
+    first, second = two_models
+    tiny = second[0].model
+    frame = comparison_frame(first + second)
+    assert frame.columns[0] == "model" and list(frame["model"]) == ["default"] * len(first) + [tiny] * 2
+    assert list(frame["variant"]) == [r.variant for r in first + second]
+    assert (frame.groupby("model", sort=False)["KL"].first() == 0).all()  # each model's first row is its baseline
+
+    page = write_report(first + second, tmp_path / "sweep", device="laptop-16gb").read_text()
+    assert "edgekit sweep: 2 models" in page
+    sections = page.split("<section>")[1:]
+    assert len(sections) == 2 and "<h2>default</h2>" in sections[0] and f"<h2>{tiny}</h2>" in sections[1]
+    assert "int4-g128" in sections[0] and "int4-g128" not in sections[1]
+    assert "int4-g32" in sections[1] and "int4-g32" not in sections[0]
+    assert "Failed variants" in sections[0] and "Failed variants" not in sections[1]
+    assert all(s.count("data:image/png;base64,") == 1 for s in sections)  # a figure each, its own Pareto front
+    assert f"Memory plan: {tiny} on laptop-16gb" in sections[1]
+
+    markdown = (tmp_path / "sweep" / "report.md").read_text()
+    assert "![comparison](report-1.png)" in markdown and "![comparison](report-2.png)" in markdown
+    assert all((tmp_path / "sweep" / f"report-{i}.png").read_bytes()[:4] == b"\x89PNG" for i in (1, 2))
+    tiny_part = markdown.split(f"## {tiny}", 1)[1]
+    fp32 = next(r for r in second if r.variant == "fp32")
+    assert f"{fp32.metrics['perplexity']:.4g}" in tiny_part  # the random model's own baseline, in its own section
+
+
+def test_earlier_runs_join_the_section_of_their_model(two_models):
+    first, second = two_models
+    frame = comparison_frame(first + second, {"yesterday": first[:1]})
+    rows = frame[frame["run"] == "yesterday"]
+    assert list(rows["model"]) == ["default"] and list(rows["variant"]) == ["fp32"]
+    assert list(frame["model"]).index(second[0].model) > rows.index[0]  # after default's own rows
