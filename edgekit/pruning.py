@@ -183,6 +183,15 @@ def prune_unstructured(model: nn.Module, spec: PruneSpec, calib: torch.Tensor | 
     return masks
 
 
+def storage(variant: "str | Variant") -> str:
+    """How ``variant``'s weights are stored, for tables that report bytes honestly: ``pruned shapes`` (structured:
+    smaller matrices), ``dense zeros`` (unstructured and N:M: the zeros are stored, see the module docstring),
+    ``dense`` (no pruning)."""
+    if not Variant.parse(variant).name.startswith("prune-"):
+        return "dense"
+    return "pruned shapes" if PruneSpec.of(variant).structured else "dense zeros"
+
+
 def sparsity(model: nn.Module) -> float:
     """Share of exact zeros among the decoder-block linear weights."""
     layers = block_linears(model).values()
@@ -240,8 +249,9 @@ def _config_dims(config) -> tuple[int, int, int]:
 
 
 def pruned_config(config, variant: "str | Variant"):
-    """The config of ``variant``'s pruned model, from the original config alone (what the planner prices:
-    ``weight_bytes(pruned_config(c, v), v)`` is exact). Unstructured variants keep the config."""
+    """The config of ``variant``'s pruned model, from the original config alone. The registry entries hand it
+    to the planner (``held_config``), so ``plan.weight_bytes(c, v)`` prices it exactly; pass the original
+    config there, not this one. Unstructured variants keep the config."""
     spec, name = PruneSpec.of(variant), Variant.parse(variant).name
     cfg = copy.deepcopy(load_config(config))
     if spec.method == "mlp":
