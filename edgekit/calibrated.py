@@ -19,7 +19,9 @@ footprint, measurement and export are shared and only the choice of codes differ
   for ``o_proj`` when shapes match, ``up_proj`` rows for ``down_proj``), then RTN.
 
 Both run block by block over the calibration split (:mod:`edgekit.calibration`), each block
-calibrated on the outputs of the blocks already quantized, as both papers do. Mixed precision
+calibrated on the outputs of the blocks already quantized, as both papers do; a checkpoint over
+1 GiB (or the option ``low_memory=true``) is calibrated so straight from its shards, one fp32
+layer in memory at a time (:mod:`edgekit.layerwise`), with the same codes. Mixed precision
 lives in :mod:`edgekit.mixed`, QAT in :mod:`edgekit.qat`.
 """
 from __future__ import annotations
@@ -27,11 +29,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgekit.calibration import calibration_ids, quantize_blockwise, single_thread
+from edgekit.calibration import SAMPLES, SEQ_LEN, calibration_ids, quantize_blockwise, single_thread
 from edgekit.errors import VariantError
-from edgekit.packed import PackedLinear, dequantize, group_count, quantize_rtn, replace_module, rtn_quantize
+from edgekit.layerwise import calibrated_model
+from edgekit.packed import PackedLinear, dequantize, group_count, replace_module, rtn_quantize
 from edgekit.registry import Variant, register
-from edgekit.runtimes.pytorch import held_in_fp32, packed_bytes, torch_runner
+from edgekit.runners import TorchRunner
+from edgekit.runtimes.pytorch import device_of, held_in_fp32, packed_bytes
 
 
 # ---------------------------------------------------------------- GPTQ
@@ -51,8 +55,13 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
-    H += damp * torch.mean(torch.diag(H)) * torch.eye(cols, device=H.device)
-    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    H.diagonal().add_(damp * torch.mean(torch.diag(H)))
+    # each [in, in] step replaces the one before: for a 7B's down_proj (11008 inputs) a step is 0.48 GB
+    L = torch.linalg.cholesky(H)
+    del H
+    Hinv = torch.cholesky_inverse(L)
+    del L
+    Hinv = torch.linalg.cholesky(Hinv, upper=True)
     qmax = (1 << bits) - 1
     codes = torch.zeros(out_features, cols, dtype=torch.uint8, device=W.device)
     scales = torch.zeros(out_features, group_count(cols, group_size), device=W.device)  # a ragged last group counts
@@ -78,8 +87,10 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_
 
 
 def quantize_gptq(model: nn.Module, calib: torch.Tensor, bits: int, group_size: int,
-                  skip: frozenset[str] = frozenset(), damp: float = 0.01, progress: bool = True) -> nn.Module:
-    """Replace every decoder-block linear (except ``skip``) by a GPTQ PackedLinear, block by block, in place."""
+                  skip: frozenset[str] = frozenset(), damp: float = 0.01, progress: bool = True,
+                  load_block=None) -> nn.Module:
+    """Replace every decoder-block linear (except ``skip``) by a GPTQ PackedLinear, block by block, in place
+    (``load_block`` as in :func:`edgekit.calibration.quantize_blockwise`)."""
     def quantize_block(block, names, feed):
         names = [n for n in names if n not in skip]
         sums, rows = {}, dict.fromkeys(names, 0)
@@ -92,10 +103,11 @@ def quantize_gptq(model: nn.Module, calib: torch.Tensor, bits: int, group_size: 
         for name in names:
             linear = model.get_submodule(name)
             with single_thread():
-                codes, scale, zero = gptq_quantize(linear.weight, 2 * sums[name] / rows[name], bits, group_size, damp)
+                codes, scale, zero = gptq_quantize(linear.weight, 2 * sums.pop(name) / rows[name], bits, group_size, damp)
             replace_module(model, name, PackedLinear.from_codes(codes, scale, zero, bits, group_size, linear.bias))
 
-    return quantize_blockwise(model, calib, quantize_block, f"GPTQ int{bits}-g{group_size}", progress)
+    return quantize_blockwise(model, calib, quantize_block, f"GPTQ int{bits}-g{group_size}", progress,
+                              load_block=load_block)
 
 
 # ---------------------------------------------------------------- AWQ
@@ -140,15 +152,17 @@ def _awq_groups(model: nn.Module, block: str) -> list[tuple[nn.Module, list[str]
 
 @torch.no_grad()
 def quantize_awq(model: nn.Module, calib: torch.Tensor, bits: int, group_size: int,
-                 skip: frozenset[str] = frozenset(), max_rows: int = 4096, progress: bool = True) -> nn.Module:
-    """AWQ-scale then RTN-quantize every decoder-block linear (except ``skip``), block by block, in place."""
+                 skip: frozenset[str] = frozenset(), max_rows: int = 4096, progress: bool = True,
+                 load_block=None) -> nn.Module:
+    """AWQ-scale then RTN-quantize every decoder-block linear (except ``skip``), block by block, in place
+    (``load_block`` as in :func:`edgekit.calibration.quantize_blockwise`)."""
     def quantize_block(block, names, feed):
         groups = _awq_groups(model, block)
         inputs: dict[str, list[torch.Tensor]] = {}
         feed([members[0] for _, members in groups], lambda n, x: inputs.setdefault(n, []).append(x))
         scales = []
         for prev, members in groups:
-            x = torch.cat(inputs[members[0]])
+            x = torch.cat(inputs.pop(members[0]))
             x = x[torch.linspace(0, len(x) - 1, min(max_rows, len(x))).long()]
             with single_thread():
                 scales.append(awq_scale(x, [model.get_submodule(m).weight for m in members], bits, group_size))
@@ -165,33 +179,42 @@ def quantize_awq(model: nn.Module, calib: torch.Tensor, bits: int, group_size: i
             if name not in skip:
                 replace_module(model, name, PackedLinear.from_linear(model.get_submodule(name), bits, group_size))
 
-    return quantize_blockwise(model, calib, quantize_block, f"AWQ int{bits}-g{group_size}", progress)
+    return quantize_blockwise(model, calib, quantize_block, f"AWQ int{bits}-g{group_size}", progress,
+                              load_block=load_block)
 
 
 # ---------------------------------------------------------------- registry entries
 def _calibration(variant: Variant, tokenizer) -> torch.Tensor:
-    return calibration_ids(tokenizer, int(variant.option("samples", 16)), int(variant.option("seq_len", 256)),
+    return calibration_ids(tokenizer, int(variant.option("samples", SAMPLES)), int(variant.option("seq_len", SEQ_LEN)),
                            int(variant.option("seed", 0)))
 
 
 def apply_scheme(model: nn.Module, scheme: Variant, tokenizer, skip: frozenset[str] = frozenset(),
-                 calib_from: Variant | None = None) -> nn.Module:
-    """Quantize ``model`` in place with an RTN, GPTQ or AWQ scheme (calibration options read from ``calib_from``)."""
+                 calib_from: Variant | None = None, load_block=None) -> nn.Module:
+    """Quantize ``model`` in place with an RTN, GPTQ or AWQ scheme (calibration options read from ``calib_from``),
+    block by block (``load_block`` as in :func:`edgekit.calibration.quantize_blockwise`)."""
     method = scheme.field("method")
+    bits, group_size = scheme.bits, scheme.group_size
     if method is None:
-        return quantize_rtn(model, scheme.bits, scheme.group_size, skip)
+        def rtn_block(block, names, feed):
+            for name in names:
+                if name not in skip:
+                    replace_module(model, name, PackedLinear.from_linear(model.get_submodule(name), bits, group_size))
+        return quantize_blockwise(model, None, rtn_block, f"RTN int{bits}-g{group_size}", load_block=load_block)
     calib = _calibration(calib_from or scheme, tokenizer)
     if method == "gptq":
-        return quantize_gptq(model, calib, scheme.bits, scheme.group_size, skip,
-                             damp=float((calib_from or scheme).option("damp", 0.01)))
-    return quantize_awq(model, calib, scheme.bits, scheme.group_size, skip)
+        return quantize_gptq(model, calib, bits, group_size, skip, damp=float((calib_from or scheme).option("damp", 0.01)),
+                             load_block=load_block)
+    return quantize_awq(model, calib, bits, group_size, skip, load_block=load_block)
 
 
 @register(r"(?P<method>gptq|awq)-int(?P<bits>[234])-g(?P<group_size>\d+)", "pytorch",
           "calibrated weight-only GPTQ / AWQ into packed codes (options samples=16, seq_len=256, seed=0, damp=0.01)",
           ("gptq-int4-g128", "gptq-int4-g64", "gptq-int3-g128", "gptq-int2-g64", "awq-int4-g128", "awq-int3-g128"),
-          linear_bytes=packed_bytes, options=("samples", "seq_len", "seed", "damp"), dense=held_in_fp32)
+          linear_bytes=packed_bytes, options=("samples", "seq_len", "seed", "damp"), load="calibrated",
+          dense=held_in_fp32)
 def build_calibrated(variant: Variant, source: str, tokenizer):
-    runner = torch_runner(variant, source, tokenizer, dtype=torch.float32)
-    apply_scheme(runner.model, variant, tokenizer)
-    return runner
+    model = calibrated_model(variant, source, lambda model, load_block: apply_scheme(model, variant, tokenizer,
+                                                                                     load_block=load_block),
+                             device_of(variant))
+    return TorchRunner(str(variant), model, tokenizer)

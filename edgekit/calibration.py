@@ -8,6 +8,7 @@ AWQ (Lin et al. 2023) both do, and stops each pass as soon as the hooks have wha
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import Callable
 
 import numpy as np
 import torch
@@ -20,7 +21,11 @@ from edgekit.progress import tqdm
 
 
 # ---------------------------------------------------------------- calibration data
-def calibration_ids(tokenizer, samples: int = 16, seq_len: int = 256, seed: int = 0) -> torch.Tensor:
+SAMPLES, SEQ_LEN = 16, 256  # the calibration windows every calibrated variant takes by default (and the planner prices)
+BATCH_SIZE = 8  # windows run through the model at once
+
+
+def calibration_ids(tokenizer, samples: int = SAMPLES, seq_len: int = SEQ_LEN, seed: int = 0) -> torch.Tensor:
     """``samples`` random windows of ``seq_len`` tokens from the calibration split (seeded), [samples, seq_len]."""
     ids = tokenizer(read_split("calibration"), return_tensors="pt", add_special_tokens=False,
                     verbose=False)["input_ids"][0]
@@ -50,7 +55,7 @@ def single_thread():
 def _feed_until_stopped(model: nn.Module, calib: torch.Tensor, batch_size: int, handles: list) -> None:
     """Run the calibration batches through ``model``; a hook among ``handles`` ends each pass early
     by raising _StopForward once it has what it needs. The hooks are removed afterwards."""
-    device = next(model.parameters()).device
+    device = model.get_input_embeddings().weight.device  # a layer-wise model has nothing else loaded yet
     try:
         for start in range(0, len(calib), batch_size):
             try:
@@ -62,7 +67,7 @@ def _feed_until_stopped(model: nn.Module, calib: torch.Tensor, batch_size: int, 
             handle.remove()
 
 
-def collect_inputs(model: nn.Module, names: list[str], calib: torch.Tensor, on_input, batch_size: int = 8) -> None:
+def collect_inputs(model: nn.Module, names: list[str], calib: torch.Tensor, on_input, batch_size: int = BATCH_SIZE) -> None:
     """Run ``calib`` through ``model`` and call ``on_input(name, x)`` with each named linear's input
     ``x`` ([tokens, in_features]); the forward stops after the last of their blocks."""
     order = list(blocks_in_order(model))
@@ -93,28 +98,31 @@ def hessians(model: nn.Module, names: list[str], calib: torch.Tensor) -> dict[st
 
 
 @torch.no_grad()
-def quantize_blockwise(model: nn.Module, calib: torch.Tensor, quantize_block, desc: str,
-                       progress: bool = True, batch_size: int = 8) -> nn.Module:
+def quantize_blockwise(model: nn.Module, calib: torch.Tensor | None, quantize_block, desc: str,
+                       progress: bool = True, batch_size: int = BATCH_SIZE,
+                       load_block: Callable[[str], None] | None = None) -> nn.Module:
     """The sequential driver both papers use: the calibration batches' inputs to the first block are
     captured once, then each block in turn is calibrated on them (``quantize_block(block, names,
     feed)``; ``feed(names, on_input)`` replays the block with input hooks on those linears) and,
-    quantized, produces the next block's inputs."""
+    quantized, produces the next block's inputs.
+
+    ``load_block(block)``, where given, materializes a block's weights just before its turn: a model
+    built on the meta device is so calibrated one layer at a time from its shards
+    (:mod:`edgekit.layerwise`). With ``calib=None`` nothing runs: each block is quantized in turn
+    with ``feed=None``, for schemes that need no calibration (RTN)."""
     blocks = blocks_in_order(model)
-    states = []
-
-    def grab(module, args, kwargs):
-        hidden = args[0] if args else kwargs["hidden_states"]
-        states.append((hidden, {k: v for k, v in kwargs.items() if k != "hidden_states"}))
-        raise _StopForward
-
-    handle = model.get_submodule(next(iter(blocks))).register_forward_pre_hook(grab, with_kwargs=True)
-    _feed_until_stopped(model, calib, batch_size, [handle])
+    states = None if calib is None else _first_block_inputs(model, next(iter(blocks)), calib, batch_size)
 
     def run(module):
         outs = [module(hidden, **kwargs) for hidden, kwargs in states]
         return [(out[0] if isinstance(out, tuple) else out, kwargs) for out, (_, kwargs) in zip(outs, states)]
 
     for block, names in tqdm(blocks.items(), desc=desc, unit="block", disable=not progress, leave=False):
+        if load_block is not None:
+            load_block(block)
+        if states is None:
+            quantize_block(block, names, None)
+            continue
         module = model.get_submodule(block)
 
         def feed(wanted, on_input):
@@ -130,3 +138,18 @@ def quantize_blockwise(model: nn.Module, calib: torch.Tensor, quantize_block, de
         quantize_block(block, names, feed)
         states = run(module)
     return model
+
+
+def _first_block_inputs(model: nn.Module, first_block: str, calib: torch.Tensor, batch_size: int) -> list:
+    """(hidden states, the other keyword arguments) each calibration batch brings to the first block;
+    the forward stops there, so no decoder block needs its weights yet."""
+    states = []
+
+    def grab(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        states.append((hidden, {k: v for k, v in kwargs.items() if k != "hidden_states"}))
+        raise _StopForward
+
+    handle = model.get_submodule(first_block).register_forward_pre_hook(grab, with_kwargs=True)
+    _feed_until_stopped(model, calib, batch_size, [handle])
+    return states

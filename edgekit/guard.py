@@ -41,13 +41,15 @@ def _plan_here(variant: Variant, source: str, device: str) -> tuple[MemoryPlan, 
     return plan, fits or bool(variant.option("offload") and variant.name in OFFLOADABLE)
 
 
-def admit(variant: "str | Variant", source: str, device: str = "cpu", what: str = "load") -> MemoryPlan:
+def admit(variant: "str | Variant", source: str, device: str = "cpu", what: str = "load",
+          advice: str | None = None) -> MemoryPlan:
     """The plan of ``variant`` of ``source`` if it fits this machine (load peak included); else
-    :class:`PlanError` saying what would fit. Reads the config only, never a weight."""
+    :class:`PlanError` saying what would fit (or ``advice``, for a job no other variant can do).
+    Reads the config only, never a weight."""
     variant = Variant.parse(variant)
     plan, admitted = _plan_here(variant, source, device)
     if not admitted:
-        raise PlanError(refusal(variant, source, plan, device, what))
+        raise PlanError(refusal(variant, source, plan, device, what, advice))
     return plan
 
 
@@ -77,17 +79,23 @@ def guarded_packed_load(variant: "str | Variant", source: str, device: str = "cp
                         variant.group_size)
 
 
-def guarded_fp32_load(variant: "str | Variant", source: str, device: str = "cpu", what: str = "load"):
+def guarded_fp32_load(variant: "str | Variant", source: str, device: str = "cpu", what: str = "load",
+                      advice: str | None = None):
     """The fp32 model a calibrated / sensitivity / training path starts from, admitted under ``variant``
     (whose registry entry prices the whole job's peak)."""
-    admit(variant, source, device, what)
+    admit(variant, source, device, what, advice)
     return load_model(source, device_map={"": device}, dtype=torch.float32)
 
 
-def refusal(variant: Variant, source: str, plan: MemoryPlan, device: str = "cpu", what: str = "load") -> str:
-    """One line: what was refused, what it needs, and only alternatives this guard itself admits."""
+def refusal(variant: Variant, source: str, plan: MemoryPlan, device: str = "cpu", what: str = "load",
+            advice: str | None = None) -> str:
+    """One line: what was refused, what it needs, and only alternatives this guard itself admits (or ``advice``)."""
     need = max(plan.total_bytes, plan.peak_bytes)
     why = f" ({plan.peak_reason})" if plan.peak_bytes > plan.total_bytes else ""
+    refused = (f"refusing to {what} {source} as {variant}: it needs about {need / GIB:.2f} GiB{why} at context "
+               f"{plan.context}, and {plan.device} has {plan.budget_bytes / GIB:.2f} GiB usable.")
+    if advice:
+        return f"{refused} {advice}"
     profile = dict(variant.options).get("profile")
     admitted = []
     for name in plan.alternatives.get("variants", []):
@@ -98,6 +106,4 @@ def refusal(variant: Variant, source: str, plan: MemoryPlan, device: str = "cpu"
             candidate = Variant.parse(f"{name}:profile={profile}")
         if _plan_here(candidate, source, device)[1]:
             admitted.append(name)
-    advice = alternatives_text({**plan.alternatives, "variants": admitted}, offload=variant.name in OFFLOADABLE)
-    return (f"refusing to {what} {source} as {variant}: it needs about {need / GIB:.2f} GiB{why} at context "
-            f"{plan.context}, and {plan.device} has {plan.budget_bytes / GIB:.2f} GiB usable. {advice}")
+    return f"{refused} {alternatives_text({**plan.alternatives, 'variants': admitted}, offload=variant.name in OFFLOADABLE)}"

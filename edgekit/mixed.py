@@ -3,7 +3,10 @@
 ``mixed-<scheme>-kN`` keeps the N decoder linears that :mod:`edgekit.sensitivity` ranks most
 sensitive under ``<scheme>``'s bits (RTN ranking on the eval text, cached under the work folder)
 at int8 (packed 8-bit; option ``high=fp16``), and quantizes the rest with ``<scheme>`` (RTN,
-GPTQ or AWQ). The planner prices the exact per-layer mix with :func:`mixed_layer_schemes`.
+GPTQ or AWQ), block by block: layer by layer from the shards for a checkpoint over 1 GiB (or with
+``low_memory=true``; :mod:`edgekit.layerwise`), as the calibrated variants do. The ranking itself
+scores the whole fp32 model and is guarded on its own (:func:`edgekit.sensitivity.layer_sensitivity`).
+The planner prices the exact per-layer mix with :func:`mixed_layer_schemes`.
 """
 from __future__ import annotations
 
@@ -13,10 +16,13 @@ from torch import nn
 from edgekit.calibrated import apply_scheme
 from edgekit.errors import VariantError
 from edgekit.guard import admit
+from edgekit.layerwise import calibrated_model
+from edgekit.layout import split_block
 from edgekit.packed import PackedLinear, replace_module
 from edgekit.plan import decoder_linears
 from edgekit.registry import Variant, register
-from edgekit.runtimes.pytorch import device_of, held_in_fp32, packed_bytes, torch_runner
+from edgekit.runners import TorchRunner
+from edgekit.runtimes.pytorch import device_of, held_in_fp32, packed_bytes
 from edgekit.sensitivity import ranking
 
 
@@ -72,15 +78,21 @@ def _base_scheme_bytes(variant: Variant, out_f: int, in_f: int, bias: bool, dens
           "the k most sensitive block linears at int8 (options high=fp16, rank_tokens=2048), the rest at <scheme>",
           ("mixed-int4-g128-k4", "mixed-int3-g64-k6", "mixed-int2-g64-k8", "mixed-gptq-int3-g128-k4"),
           linear_bytes=_base_scheme_bytes, options=("high", "rank_tokens", "samples", "seq_len", "seed", "damp"),
-          dense=held_in_fp32)
+          load="calibrated", dense=held_in_fp32)
 def build_mixed(variant: Variant, source: str, tokenizer):
     scheme = Variant.parse(variant.field("scheme"))
-    admit(variant, source, device_of(variant))  # before the sensitivity ranking loads anything
+    device = device_of(variant)
+    admit(variant, source, device)  # before the sensitivity ranking loads anything
     kept = mixed_kept_layers(variant, source)
-    runner = torch_runner(variant, source, tokenizer, dtype=torch.float32)
     high = variant.option("high", "int8")
-    for name in kept:
-        replace_module(runner.model, name, high_precision_layer(runner.model.get_submodule(name), high,
-                                                                scheme.group_size))
-    apply_scheme(runner.model, scheme, tokenizer, skip=frozenset(kept), calib_from=variant)
-    return runner
+
+    def quantize(model, load_block):
+        def load_and_keep(block):  # the kept layers change before their block is calibrated, as the rest run
+            if load_block is not None:
+                load_block(block)
+            for name in kept:
+                if split_block(name)[0] == block:
+                    replace_module(model, name, high_precision_layer(model.get_submodule(name), high, scheme.group_size))
+        apply_scheme(model, scheme, tokenizer, skip=frozenset(kept), calib_from=variant, load_block=load_and_keep)
+
+    return TorchRunner(str(variant), calibrated_model(variant, source, quantize, device), tokenizer)

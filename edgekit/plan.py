@@ -30,6 +30,7 @@ from typing import Any
 import psutil
 import torch
 
+from edgekit.calibration import BATCH_SIZE, SAMPLES, SEQ_LEN
 from edgekit.data import data_dir
 from edgekit.errors import ModelSourceError, PlanError, VariantError
 from edgekit.layout import block_linears, top_module
@@ -395,6 +396,21 @@ def streamed_load(cfg, variant: Variant, device_kind: str = "cpu") -> bool:
     return bool(variant.option("low_memory", device_kind != "cpu" or weight_bytes(cfg, config_dtype(cfg)) > GIB))
 
 
+def layer_calibration_bytes(cfg, variant: Variant) -> int:
+    """What calibrating one decoder layer holds beside the quantized model (:mod:`edgekit.layerwise`): the
+    layer in fp32, the calibration windows' hidden states into and out of it, one batch's forward through
+    it, and its statistics: GPTQ's Hessian of each linear plus three [in, in] steps of the widest one's
+    Cholesky factorization (AWQ's captured inputs and scale search are smaller)."""
+    _, linears, _ = _layout(cfg)
+    first = top_module(linears[0][0] + ".weight")
+    layer = [(out_f, in_f, bias) for name, out_f, in_f, bias in linears if top_module(name + ".weight") == first]
+    seq_len = int(variant.option("seq_len", SEQ_LEN))
+    states = 2 * int(variant.option("samples", SAMPLES)) * seq_len * cfg.hidden_size
+    weights = sum(out_f * in_f + (out_f if bias else 0) for out_f, in_f, bias in layer)
+    statistics = sum(in_f * in_f for _, in_f, _ in layer) + 3 * max(in_f for _, in_f, _ in layer) ** 2
+    return 4 * (weights + states + statistics) + activation_bytes(cfg, seq_len, BATCH_SIZE, "fp32")
+
+
 def load_peak_bytes(cfg, variant: "str | Variant", total: int, working: int, device_kind: str) -> tuple[int, str]:
     """The most memory the load (or export, or training run) of ``variant`` holds at once, and why:
     the arithmetic of each load kind in :data:`edgekit.registry.LOAD_KINDS`. ``total`` is the
@@ -411,7 +427,10 @@ def load_peak_bytes(cfg, variant: "str | Variant", total: int, working: int, dev
         largest = max(out_f * in_f for _, out_f, in_f, _ in _layout(cfg)[1])
         embedding = getattr(cfg, "vocab_size", 0) * getattr(cfg, "hidden_size", 0)
         return total + 4 * max(largest, embedding), "packed tensor by tensor while loading, one fp32 tensor at a time"
-    if kind in ("full-precision", "packed"):
+    if kind == "calibrated" and streamed_load(cfg, variant, device_kind):
+        return (max(total, total - working + layer_calibration_bytes(cfg, variant)),
+                "calibrated layer by layer from the shards: one fp32 layer and its calibration activations at a time")
+    if kind in ("full-precision", "packed", "calibrated"):
         return max(total, fp32 + working), "the model loads in full precision before it is quantized"
     if kind == "training":
         return max(total, 5 * fp32 + working), "teacher, student, gradients and Adam's two moments in fp32"

@@ -53,7 +53,7 @@ def checkpoint_shards(folder: str | Path) -> list[Path]:
     return shards
 
 
-def _meta_model(source: str, dtype: torch.dtype | None = None):
+def meta_model(source: str, dtype: torch.dtype | None = None):
     """(folder, config, the model on the meta device, the dtype the rest of it is held in)."""
     folder = Path(resolve_source(source))
     if not folder.is_dir():
@@ -63,6 +63,30 @@ def _meta_model(source: str, dtype: torch.dtype | None = None):
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     return folder, config, model, dtype
+
+
+def tensor_shards(folder: str | Path) -> dict[str, Path]:
+    """Which shard holds each tensor of a local model folder (read from the shards' headers only)."""
+    locations: dict[str, Path] = {}
+    for shard in checkpoint_shards(folder):
+        with safe_open(str(shard), framework="pt", device="cpu") as tensors:
+            locations.update(dict.fromkeys(tensors.keys(), shard))
+    return locations
+
+
+def place_tensors(model, keys: list[str], locations: dict[str, Path], dtype: torch.dtype, device: str) -> None:
+    """Read ``keys`` from their memory-mapped shards into ``model`` (meta parameters become real ones), each
+    copied out at ``dtype`` so no view pins a shard: the reader of anything that loads part of a model at a time."""
+    by_shard: dict[Path, list[str]] = {}
+    for key in keys:
+        by_shard.setdefault(locations[key], []).append(key)
+    for shard, names in by_shard.items():
+        with safe_open(str(shard), framework="pt", device="cpu") as tensors:
+            for key in names:
+                value = tensors.get_tensor(key)
+                set_module_tensor_to_device(model, key, device, value=value.to(dtype, copy=True))
+                del value
+                _return_freed_heap()
 
 
 def _stream_into(model, folder: Path, config, dtype: torch.dtype, targets: set[str], on_weight, device: str,
@@ -99,7 +123,7 @@ def load_bnb_quantized(source: str, quantization_config, device: str = "cpu"):
     four_bit = bool(quantization_config.load_in_4bit)
     if not four_bit and not quantization_config.load_in_8bit:
         raise VariantError("quantize-on-load needs a 4-bit or 8-bit BitsAndBytesConfig")
-    folder, config, model, dtype = _meta_model(source)
+    folder, config, model, dtype = meta_model(source)
     quantized = {}
     for name, linear in block_linears(model).items():
         if four_bit:
@@ -125,7 +149,7 @@ def load_bnb_quantized(source: str, quantization_config, device: str = "cpu"):
 def load_packed_quantized(source: str, bits: int, group_size: int, device: str = "cpu"):
     """Load ``source`` as edgekit's packed RTN codes, packing each decoder linear weight as it is read;
     the rest of the model in fp32. Returns the model in eval mode."""
-    folder, config, model, dtype = _meta_model(source, torch.float32)
+    folder, config, model, dtype = meta_model(source, torch.float32)
     targets = block_linears(model)
     check_group(next(iter(targets.values())).in_features, group_size)
 

@@ -39,6 +39,9 @@ LOAD_KINDS = {
                     "unless it quantizes while loading (low_memory=true)",
     "packed": "packed tensor by tensor while loading (low_memory=true, the default over 1 GiB); "
               "else the model loads in fp32 before it is packed",
+    "calibrated": "calibrated layer by layer from the shards, one fp32 decoder layer and its calibration "
+                  "activations at a time (low_memory=true, the default over 1 GiB); else the model loads in "
+                  "fp32 before it is calibrated",
     "full-precision": "the model loads in fp32 before it is quantized or packed",
     "training": "teacher, student, gradients and Adam's two moments in fp32",
     "export": "the exporter holds the fp32 model and the graph it writes",

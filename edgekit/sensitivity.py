@@ -11,6 +11,10 @@ per-layer sensitivity study of HAWQ (Dong et al. 2019), measured here directly b
 instead of a Hessian proxy. A layer "quantized" with the ``fp32`` scheme is left unchanged,
 so its sensitivity is exactly zero: a check that the sweep restores every layer it touches.
 
+The whole model is held in fp32 (it is scored once per target), so the guard prices the ranking
+as the fp32 model whatever the scheme, and refuses it, with that reason, where that does not fit
+(a 7B on a 24 GB machine): a layer-by-layer ranking would not measure the same whole-model KL.
+
 Schemes: ``fp32`` (unchanged), RTN ``int{2,3,4,8}-gN`` and ``gptq-int{2,3,4}-gN`` (each layer's
 Hessian from one calibration pass of the unquantized model, which is exact here since the
 rest of the model stays at baseline). Results go to the store with ``kind="sensitivity"``.
@@ -40,6 +44,10 @@ from edgekit.results import Result, ResultStore, new_run_id
 from edgekit.runners import TorchRunner
 
 SENSITIVITY_SETTINGS = EvalSettings(context=256, stride=128, max_tokens=2048, batch_size=8)
+# Why the ranking is priced as the fp32 model whatever the scheme, and refused rather than streamed
+WHOLE_MODEL_ONLY = ("The ranking scores the whole fp32 model once per layer, the rest at baseline; layer by layer "
+                    "it would not measure the same whole-model KL (and would read every shard once per layer). "
+                    "Rank a model that fits here, or use gptq-*/awq-* (mixed-* variants need this ranking).")
 
 
 def _quantizer(scheme: str, model: nn.Module, tokenizer, samples: int, seq_len: int):
@@ -83,8 +91,7 @@ def layer_sensitivity(model: str = "default", scheme: str = "int4-g128", by: str
     source = resolve_source(model)
     tokenizer = load_tokenizer(source)
     ids = eval_token_ids(tokenizer, eval_text)
-    # priced as the scheme's own job: the fp32 model plus one layer quantized at a time
-    net = guarded_fp32_load("fp32" if scheme == "fp32" else scheme, source, what="rank the layers of")
+    net = guarded_fp32_load("fp32", source, what="rank the layers of", advice=WHOLE_MODEL_ONLY)
     runner = TorchRunner("fp32", net, tokenizer)
     quantize = _quantizer(scheme, net, tokenizer, calibration_samples, calibration_seq_len)
     base = score(runner, ids, settings, keep_logprobs=True, progress=False)
