@@ -9,11 +9,13 @@ Follows the ONNX Runtime guide "Quantize ONNX models"
 - **static int8 QDQ** (``quantize_static``): activation ranges calibrated (MinMax) on
   windows of the ``calibration`` corpus split, written as QuantizeLinear/DequantizeLinear
   pairs around each MatMul, which ONNX Runtime fuses into integer kernels.
-- **4-bit weight-only** (``MatMulNBitsQuantizer``): each MatMul weight packed into
-  ``MatMulNBits`` blocks of 32/64/128 weights with one scale (and a zero point unless
-  symmetric). ``accuracy_level`` picks the compute type of the CPU kernel: 0 (unset) and
-  1 dequantize to fp32; 4 quantizes activations to int8 and runs int8 dot products, which
-  is what makes it fast on CPUs.
+- **4-bit weight-only** (``MatMulNBits``): each linear weight packed into blocks of
+  32/64/128 weights with one scale (and a zero point unless symmetric). ``accuracy_level``
+  picks the compute type of the CPU kernel: 0 (unset) and 1 dequantize to fp32; 4 quantizes
+  activations to int8 and runs int8 dot products, which is what makes it fast on CPUs. These
+  graphs are not quantized after an export: :mod:`edgekit.runtimes.onnxruntime.build` writes them
+  from the checkpoint one weight at a time (with the per-tensor kernel of ORT's
+  ``MatMulNBitsQuantizer``), so a 7B never sits in memory; :func:`check_int4` refuses bad settings.
 """
 from __future__ import annotations
 
@@ -22,7 +24,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from edgekit.errors import VariantError
 from edgekit.progress import tqdm
@@ -63,25 +64,13 @@ def quantize_int8_dynamic(source: str | Path, target: str | Path, per_channel: b
     return target
 
 
-def quantize_int4(source: str | Path, target: str | Path, block_size: int = 32, symmetric: bool = False,
-                  accuracy_level: int = 0) -> Path:
-    """4-bit weight-only MatMulNBits: ``block_size`` weights share a scale (and a zero point unless symmetric)."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
-
+def check_int4(block_size: int, accuracy_level: int) -> None:
+    """Refuse a MatMulNBits block size or accuracy level ONNX Runtime's CPU kernel does not take."""
     if block_size not in BLOCK_SIZES:
         raise VariantError(f"block size {block_size} is not supported by MatMulNBits; use one of {BLOCK_SIZES}")
     if accuracy_level not in ACCURACY_LEVELS:
         raise VariantError(f"accuracy_level={accuracy_level}; choose one of {ACCURACY_LEVELS} "
                            "(0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute)")
-    source, target = Path(source), Path(target)
-    config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric,
-                                          accuracy_level=accuracy_level or None, op_types_to_quantize=("MatMul",))
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), block_size=block_size, is_symmetric=symmetric,
-                                     accuracy_level=accuracy_level or None, algo_config=config)
-    with _quiet_quantizer_logs():
-        quantizer.process()
-        quantizer.model.save_model_to_file(str(target), use_external_data_format=_is_large(source))
-    return target
 
 
 class CalibrationWindows:
