@@ -94,6 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None, help="device profile whose host memory budget readiness checks "
                                                   "(default: this machine)")
 
+    dc = sub.add_parser("decide", help="recommend a variant and runtime from measured results, for a device and limits")
+    dc.add_argument("--store", type=Path, default=None, help="SQLite results file (default: ./edgekit-results/results.sqlite)")
+    dc.add_argument("--device", default="laptop-16gb", help="device profile name or JSON file")
+    dc.add_argument("--max-kl", type=float, default=None, help="largest KL from the baseline (95%% upper bound)")
+    dc.add_argument("--max-delta-ppl", type=float, default=None, help="largest perplexity change in %% (95%% upper bound)")
+    dc.add_argument("--min-tokens-per-s", type=float, default=None, help="slowest acceptable decode speed")
+    dc.add_argument("--max-p99-ms", type=float, default=None, help="largest acceptable P99 ms per token")
+    dc.add_argument("--context", type=int, default=2048, help="context the memory plan is made for")
+    dc.add_argument("--model", default=None, help="which model's rows, when the store holds several")
+
     vs = sub.add_parser("variants", help="every variant: its runtime, what it is, the options it takes")
     vs.add_argument("--family", default=None, help="only this runtime (pytorch, onnxruntime, openvino, llama.cpp)")
 
@@ -199,6 +209,17 @@ def run_serve(args) -> None:
           max_queue=args.max_queue, timeout_s=args.timeout_s, device=args.device)
 
 
+def run_decide(args) -> int:
+    from edgekit.decide import decide
+    from edgekit.results import default_store_path
+
+    decision = decide(args.store or default_store_path(), args.device, max_kl=args.max_kl,
+                      max_delta_ppl_pct=args.max_delta_ppl, min_tokens_per_s=args.min_tokens_per_s,
+                      max_p99_ms=args.max_p99_ms, context=args.context, model=args.model)
+    print(decision.summary())
+    return 0 if decision.recommended else 1
+
+
 def run_variants(args) -> None:
     from edgekit.registry import entries
 
@@ -233,20 +254,20 @@ class _pandas_wide:
 
 COMMANDS = {"compare": run_compare, "sweep": run_sweep, "plan": run_plan, "export": run_export, "verify": run_verify,
             "run": run_run, "serve": run_serve, "doctor": run_doctor,
-            "variants": run_variants}
+            "variants": run_variants, "decide": run_decide}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)  # None, or a command's own exit status (decide: 1 when nothing qualifies)
     except EdgekitError as exc:
         print(f"edgekit: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("edgekit: interrupted; results measured so far are in the store", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":
