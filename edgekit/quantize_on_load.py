@@ -56,13 +56,24 @@ def checkpoint_shards(folder: str | Path) -> list[Path]:
 def meta_model(source: str, dtype: torch.dtype | None = None):
     """(folder, config, the model on the meta device, the dtype the rest of it is held in)."""
     folder = Path(resolve_source(source))
-    if not folder.is_dir():
-        raise ModelSourceError(f"quantize-on-load reads a local folder of safetensors shards; download {source} first")
+    if not folder.is_dir():  # a hub id: its files, as from_pretrained would fetch them (or find them cached)
+        folder = Path(_hub_snapshot(str(source)))
     config = model_config(str(folder))
     dtype = dtype or {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[config_dtype(config)]
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     return folder, config, model, dtype
+
+
+def _hub_snapshot(repo_id: str) -> str:
+    """The local folder of a hub model's config, tokenizer and safetensors shards (downloaded once, then cached)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model"])
+    except Exception as exc:  # offline and not cached, no such repo, gated...
+        raise ModelSourceError(f"quantize-on-load could not fetch {repo_id!r} ({str(exc).splitlines()[0]}); "
+                               "download it and pass its local folder") from None
 
 
 def tensor_shards(folder: str | Path) -> dict[str, Path]:

@@ -41,3 +41,14 @@ def test_bitsandbytes_holds_the_rest_in_the_checkpoint_dtype(biased_checkpoint):
         runner = build_runner(f"int8:low_memory={low_memory}", biased_checkpoint)
         assert runner.weight_bytes() == weight_bytes(biased_checkpoint, "int8")
         assert runner.model.get_input_embeddings().weight.dtype == torch.bfloat16
+
+
+def test_quantize_on_load_of_a_hub_id_fetches_it_or_says_what_to_do():
+    """A hub id streams from its snapshot (as from_pretrained would fetch it); offline and uncached, one clear line."""
+    from transformers import BitsAndBytesConfig
+
+    from edgekit.errors import ModelSourceError
+    from edgekit.quantize_on_load import load_bnb_quantized
+
+    with pytest.raises(ModelSourceError, match="download it and pass its local folder"):
+        load_bnb_quantized("edgekit-tests/no-such-model", BitsAndBytesConfig(load_in_4bit=True))
