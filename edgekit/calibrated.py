@@ -51,7 +51,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_
     """GPTQ codes, scales and zeros of one weight [out, in] given its Hessian [in, in]."""
     W = weight.detach().float().clone()
     out_features, cols = W.shape
-    H = hessian.clone().float()
+    H = hessian.to(W.device, torch.float32, copy=True)  # statistics are gathered on the CPU; the weight may be on a GPU
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
@@ -164,6 +164,7 @@ def quantize_awq(model: nn.Module, calib: torch.Tensor, bits: int, group_size: i
         for prev, members in groups:
             x = torch.cat(inputs.pop(members[0]))
             x = x[torch.linspace(0, len(x) - 1, min(max_rows, len(x))).long()]
+            x = x.to(model.get_submodule(members[0]).weight.device)  # captured on the CPU, searched beside the weights
             with single_thread():
                 scales.append(awq_scale(x, [model.get_submodule(m).weight for m in members], bits, group_size))
         for (prev, members), s in zip(groups, scales):  # fold 1/s before, s into the linears: same function
