@@ -9,15 +9,17 @@ import ipywidgets as w
 
 from edgekit.compare import DEFAULT_VARIANTS, LatencySettings, compare
 from edgekit.data import work_dir
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, InputError
 from edgekit.measure import EvalSettings
 from edgekit.models import model_names
 from edgekit.plan import device_profiles, known_models, plan_memory
 from edgekit.plots import comparison_figure, figure_png, plot_memory_vs_device, plot_quant_grid
 from edgekit.reference_quant import Scheme, fake_quantize, group_grid, quantization_error
 from edgekit.registry import Variant, offered_variants
-from edgekit.report import comparison_frame, device_memory_frame, run_label, write_report
+from edgekit.report import by_model, comparison_frame, device_memory_frame, run_label, write_report
 from edgekit.results import ResultStore
+from edgekit.side_by_side import SideBySide, side_by_side
+from edgekit.sweep import run_sweep
 
 
 def error_html(exc: Exception) -> str:
@@ -73,20 +75,35 @@ class Dashboard:
     context and stride, press run; per-variant progress, the table filling in as results
     arrive, the plots of :mod:`edgekit.plots`, earlier runs from the store laid beside, and a
     report button. ``Dashboard(...).run()`` does the same without a click (headless use).
+
+    In **sweep** mode it measures several models (named models or folders) x the variants through
+    :func:`edgekit.sweep.run_sweep` on a local Ray cluster of ``sweep_cpus`` CPUs (or the Ray this
+    process already joined): the table (a ``model`` column first) and one figure per model fill in
+    as cells land, and the report gets a section per model. **Side by side** continues a prompt with
+    fp32 and with a chosen variant (:func:`edgekit.side_by_side.side_by_side`), the first differing
+    token marked.
     """
 
     def __init__(self, model: str = "default", variants=("fp32", "int8", "nf4", "int4-g128"),
                  eval_text: str = "eval", context: int = 256, stride: int = 128, max_tokens: int = 2048,
                  latency_runs: int = 3, new_tokens: int = 16, device: str = "laptop-16gb",
-                 plan_model: str = "compared model", store=None, resume: bool = False) -> None:
+                 plan_model: str = "compared model", store=None, resume: bool = False, mode: str = "compare",
+                 models=("default",), sweep_cpus: int = 2, prompt: str = "HAMLET:\nTo be, or not to be,",
+                 generate_variant: str | None = None) -> None:
 
         self.store = store or ResultStore()
         self.results: list = []
         self.report_path = None
+        self.sweep_cpus = sweep_cpus
+        self._figures: dict = {}  # model -> PNG of its figure, redrawn when one of its cells lands
         names = offered_variants()
+        self.mode = w.ToggleButtons(options=[("compare one model", "compare"), ("sweep models (Ray)", "sweep")],
+                                    value=mode, description="mode")
         self.model = model_source_picker(model)
-        self.variants = w.SelectMultiple(options=names + [v for v in variants if v not in names], value=tuple(variants),
-                                         rows=10, description="variants")
+        self.models = w.SelectMultiple(options=model_names(), rows=3, description="models")
+        self.typed_models = w.Text(description="+ typed", placeholder="./folder org/name (space-separated)",
+                                   layout=w.Layout(width="320px"))
+        self.variants = w.SelectMultiple(options=names, rows=10, description="variants")
         self.typed = w.Text(description="+ typed", placeholder="int3-g64 nf4:double_quant=true (space-separated)",
                             layout=w.Layout(width="320px"))
         self.eval_text = w.Combobox(value=eval_text, options=["eval", "eval_milton"], ensure_option=False,
@@ -103,6 +120,14 @@ class Dashboard:
                                         layout=w.Layout(width="420px"))
         self.resume = w.Checkbox(value=resume, description="skip variants already measured", indent=False)
         self.run_button = w.Button(description="Run comparison", button_style="primary", icon="play")
+        self.generate_model = model_source_picker(model)
+        self.generate_variant = w.Combobox(value=generate_variant or list(variants)[-1], options=names,
+                                           ensure_option=False, description="variant")
+        self.generate_tokens = w.BoundedIntText(24, min=1, max=1024, description="tokens")
+        self.prompt = w.Textarea(value=prompt, description="prompt", layout=w.Layout(width="640px", height="60px"))
+        self.generate_button = w.Button(description="Continue with both", icon="columns")
+        self.generation = w.Output()
+        self.generate_button.on_click(lambda _: self.generate())
         self.report_button = w.Button(description="Write report", icon="file")
         self.progress = w.IntProgress(value=0, min=0, max=1, description="variants")
         self.status = w.HTML()
@@ -111,21 +136,48 @@ class Dashboard:
         self.report_button.on_click(lambda _: self.write_report())
         for control in (self.earlier, self.device, self.plan_model):
             control.observe(lambda _: self.refresh(), names="value")
+        self.sweep_models = w.VBox([self.models, self.typed_models])
+        self.mode.observe(lambda _: self._show_mode(), names="value")
+        self._show_mode()
+        self.pick(models, variants)
         self.refresh_runs()
         settings = w.VBox([self.context, self.stride, self.max_tokens, self.latency_runs, self.new_tokens])
         for control in settings.children:
             control.style.description_width = "90px"
         compare_to = w.VBox([self.device, self.plan_model, self.earlier])
+        generate = w.VBox([w.HTML("<b>Side by side</b>: the same prompt continued greedily by fp32 and by a variant; "
+                                  "the first token where they part is marked"),
+                           w.HBox([self.generate_model, self.generate_variant, self.generate_tokens,
+                                   self.generate_button]), self.prompt, self.generation])
         self.widget = w.VBox([
-            w.HBox([w.VBox([self.model, self.eval_text, self.variants, self.typed]), settings, compare_to]),
+            self.mode,
+            w.HBox([w.VBox([self.model, self.sweep_models, self.eval_text, self.variants, self.typed]), settings,
+                    compare_to]),
             w.HBox([self.run_button, self.report_button, self.progress, self.resume]), self.status, self.messages,
-            self.table, self.plots, self.log], layout=w.Layout(border="1px solid #ddd", padding="6px"))
+            self.table, self.plots, self.log, generate], layout=w.Layout(border="1px solid #ddd", padding="6px"))
         self.widget.add_class("edgekit-dashboard")
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
 
         display(self.widget)
+
+    def pick(self, models=None, variants=None) -> None:
+        """Set the sweep's models (named ones picked, folders and hub ids typed) and the variants (offered ones
+        picked, any other registry string added to the picker), as a click would."""
+        if models is not None:
+            self.models.value = tuple(m for m in models if m in self.models.options)
+            self.typed_models.value = " ".join(m for m in models if m not in self.models.options)
+        if variants is not None:
+            extra = [v for v in variants if v not in self.variants.options]
+            self.variants.options = [*self.variants.options, *extra]
+            self.variants.value = tuple(variants)
+
+    def _show_mode(self) -> None:
+        sweep = self.mode.value == "sweep"
+        self.model.layout.display = "none" if sweep else None
+        self.sweep_models.layout.display = None if sweep else "none"
+        self.run_button.description = "Run sweep" if sweep else "Run comparison"
 
     def refresh_runs(self) -> None:
         """Offer the store's earlier comparison runs to lay beside the current one."""
@@ -148,11 +200,11 @@ class Dashboard:
         return runs
 
     def run(self) -> list:
-        """Run the comparison with the current settings; the table and plots fill in as it goes."""
+        """Run the comparison (or the sweep) with the current settings; the table and plots fill in as it goes."""
 
-        self.results = []
-        self.messages.clear_output()
-        self.table.clear_output()
+        self.results, self._figures = [], {}
+        self.messages.outputs = ()  # (clear_output needs a frontend to take effect)
+        self.table.outputs = ()
         self.run_button.disabled = True
         finished = False
         try:
@@ -163,11 +215,22 @@ class Dashboard:
                 latency = (LatencySettings(new_tokens=self.new_tokens.value, runs=self.latency_runs.value)
                            if self.latency_runs.value else None)
                 variants = self.chosen_variants()
-                self.progress.max = len(set(variants) | {"fp32"})
+                per_model = len(set(variants) | {"fp32"})
                 self.progress.value = 0
-                self.status.value = f"measuring {self.progress.max} variants of {html.escape(self.model.value)}…"
-                compare(self.model.value, variants, self.eval_text.value, settings, latency,
-                        store=self.store, on_result=self._on_result, resume=self.resume.value)
+                if self.mode.value == "sweep":
+                    models = self.chosen_models()
+                    self.progress.max, self.progress.description = len(models) * per_model, "cells"
+                    self.status.value = (f"measuring {self.progress.max} cells ({len(models)} models x {per_model} "
+                                         f"variants) as Ray tasks…")
+                    landed = run_sweep(models, variants, [self.eval_text.value], settings, latency, store=self.store,
+                                       num_cpus=self.sweep_cpus, resume=self.resume.value, on_result=self._on_result)
+                    self.results = landed  # cell order (models as picked), not the order the cells landed in
+                    self.refresh(stale=())
+                else:
+                    self.progress.max, self.progress.description = per_model, "variants"
+                    self.status.value = f"measuring {per_model} variants of {html.escape(self.model.value)}…"
+                    compare(self.model.value, variants, self.eval_text.value, settings, latency,
+                            store=self.store, on_result=self._on_result, resume=self.resume.value)
                 finished = True
         finally:
             self.run_button.disabled = False
@@ -185,54 +248,99 @@ class Dashboard:
             Variant.parse(name)
         return list(dict.fromkeys([*self.variants.value, *typed]))
 
+    def chosen_models(self) -> list[str]:
+        """The sweep's models: the picked named models, then any folder or hub id typed beside them."""
+        models = list(dict.fromkeys([*self.models.value, *self.typed_models.value.split()]))
+        if not models:
+            raise InputError("a sweep needs at least one model: pick a named model or type a folder or hub id")
+        return models
+
     def _on_result(self, result) -> None:
         self.results.append(result)
         self.progress.value = len(self.results)
         self.status.value = self._status_html(done=False)
         self.log.clear_output(wait=True)
-        self.refresh()
+        self.refresh(stale=[result.model])
 
     def _status_html(self, done: bool) -> str:
+        several = len({r.model for r in self.results}) > 1
         marks = " ".join(f'<span style="color:{"#b00020" if r.status != "ok" else "#137333"}">'
-                         f'{"✗" if r.status != "ok" else "✓"} {html.escape(r.variant)}</span>' for r in self.results)
+                         f'{"✗" if r.status != "ok" else "✓"} '
+                         f'{html.escape(f"{r.model} {r.variant}" if several else r.variant)}</span>'
+                         for r in self.results)
         head = "done" if done else f"measured {len(self.results)}/{self.progress.max}"
         return f"<b>{head}</b>: {marks}"
 
     def frame(self):
-        """The table shown: this run's summary, with the chosen earlier runs' rows after it."""
+        """The table shown: this run's summary, with the chosen earlier runs' rows after it (in a sweep,
+        model by model under a first ``model`` column)."""
 
         return comparison_frame(self.results, self._earlier_results())
 
-    def memory_frame(self):
-        """The memory plan of this run's variants on the chosen device."""
+    def models_measured(self) -> list[str]:
+        """The models of this run's results, in the order their cells landed."""
+        return list(dict.fromkeys(r.model for r in self.results))
+
+    def memory_frame(self, model: str | None = None):
+        """The memory plan of ``model``'s variants (default: the first model's) on the chosen device."""
 
         if not self.results:
             return None
-        model = self.results[0].model if self.plan_model.value == "compared model" else self.plan_model.value
+        model = model or self.results[0].model
+        results = [r for r in self.results if r.model == model]
+        planned = model if self.plan_model.value == "compared model" else self.plan_model.value
         context = self.context.value if self.plan_model.value == "compared model" else 4096
-        measured = self.results if model == self.results[0].model else None
-        return device_memory_frame(model, [r.variant for r in self.results], self.device.value, context,
-                                   measured=measured)
+        return device_memory_frame(planned, [r.variant for r in results], self.device.value, context,
+                                   measured=results if planned == model else None)
 
-    def figure(self):
+    def figure(self, model: str | None = None):
+        """The figure of ``model``'s results (default: the first model's), its earlier runs beside them."""
 
-        frame = self.frame()
-        return comparison_figure(frame if "run" in frame else frame.assign(run=""), self.memory_frame())
+        model = model or (self.results[0].model if self.results else None)
+        results = [r for r in self.results if r.model == model]
+        earlier = self._earlier_results()
+        if len(self.models_measured()) > 1:  # a sweep: each model's figure takes that model's earlier rows
+            earlier = {label: [r for r in rs if r.model == model] for label, rs in earlier.items()}
+        frame = comparison_frame(results, earlier)
+        figure = comparison_figure(frame if "run" in frame else frame.assign(run=""), self.memory_frame(model))
+        if len(self.models_measured()) > 1:
+            figure.suptitle(model)
+        return figure
 
-    def refresh(self) -> None:
-        """Redraw the table and plots from the results so far."""
+    def refresh(self, stale=None) -> None:
+        """Redraw the table and the plots from the results so far; ``stale`` names the models whose figures
+        changed (after a landed cell, only its model's), None all of them."""
         from IPython.display import HTML, Image
-
 
         if not self.results and not self.earlier.value:
             return
         with errors_shown_in(self.messages):
             frame = self.frame()
-            figure = figure_png(self.figure())
+            figures = {} if stale is None else {m: png for m, png in self._figures.items() if m not in stale}
+            self._figures = {model: figures.get(model) or figure_png(self.figure(model))
+                             for model in self.models_measured() or [None]}
             self.table.outputs = ()
             self.table.append_display_data(HTML(frame.style.format(precision=4, na_rep="").hide(axis="index").to_html()))
             self.plots.outputs = ()
-            self.plots.append_display_data(Image(figure))
+            for png in self._figures.values():
+                self.plots.append_display_data(Image(png))
+
+    def generate(self) -> SideBySide | None:
+        """Continue the prompt with fp32 and with the chosen variant; shows both, side by side."""
+
+        self.generation.outputs = ()
+        self.generate_button.disabled = True
+        try:
+            with errors_shown_in(self.generation):
+                result = side_by_side(self.generate_model.value, self.generate_variant.value, self.prompt.value,
+                                      max_new_tokens=self.generate_tokens.value)
+                from IPython.display import HTML
+
+                self.generation.append_display_data(HTML(side_by_side_html(result)))
+                return result
+        finally:
+            self.generate_button.disabled = False
+        return None
 
     def write_report(self, out_dir=None):
         """Write the HTML and Markdown report of what the dashboard shows; returns the HTML path."""
@@ -246,6 +354,26 @@ class Dashboard:
 
             self.messages.append_display_data(HTML(f"report written: <code>{html.escape(str(self.report_path))}</code>"))
         return self.report_path
+
+
+def side_by_side_html(result: SideBySide) -> str:
+    """Two columns, the baseline's continuation and the variant's: the prompt in grey, the shared text
+    plain, the first token that differs highlighted, the rest (which follows from it) muted."""
+    e = html.escape
+
+    def column(c) -> str:
+        return (f'<div style="flex:1;min-width:0"><b>{e(c.variant)}</b><div style="white-space:pre-wrap;'
+                f'font-family:monospace;border:1px solid #ddd;padding:6px"><span style="color:#888">{e(result.prompt)}'
+                f'</span>{e(c.common)}<mark style="background:#ffd54f" title="first differing token">{e(c.first)}'
+                f'</mark><span style="color:#666">{e(c.rest)}</span></div></div>')
+
+    n = len(result.baseline.tokens)
+    verdict = (f"identical for all {n} generated tokens" if result.first_difference is None else
+               f"the same for {result.same_tokens} of {n} generated tokens, then token {result.same_tokens + 1} "
+               f"differs (marked); what follows it differs because greedy decoding continues from each one's "
+               f"own text")
+    return (f'<div style="display:flex;gap:12px">{column(result.baseline)}{column(result.variant)}</div>'
+            f'<div style="color:#555;font-size:12px">{e(verdict)}</div>')
 
 
 class MemoryPlanner:

@@ -1,5 +1,7 @@
 """edgekit.widgets.Dashboard: wired to the real comparison without a frontend; a failing
 variant shows its reason and the rest go on; earlier runs and the report work from it."""
+import html
+
 import pytest
 
 from edgekit.results import ResultStore
@@ -93,3 +95,53 @@ def test_quant_knobs_redraw_the_grid_of_the_scheme_they_describe():
     assert knobs.scheme().codebook == "nf4" and knobs.bits.disabled
     values, levels = group_grid(weight, knobs.scheme())
     assert len(levels) == 16 and len(values) == 32
+
+
+def test_sweep_mode_runs_two_models_on_ray_and_fills_a_section_per_model(tmp_path):
+    """Sweep mode: the default model and a typed folder (a tiny random-weight Llama), fp32 only: two Ray cells."""
+    pytest.importorskip("ray")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from make_random_checkpoint import PRESETS, write_checkpoint
+
+    shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=256)
+    tiny = str(write_checkpoint({**PRESETS["214m"], **shape}, tmp_path / "tiny"))
+    dash = Dashboard(mode="sweep", models=("default", tiny), variants=("fp32",), store=ResultStore(tmp_path / "r.sqlite"),
+                     **FAST)
+    assert dash.models.value == ("default",) and dash.typed_models.value == tiny  # a folder is typed, not picked
+    assert dash.run_button.description == "Run sweep" and dash.model.layout.display == "none"
+    seen = []
+    dash.table.observe(lambda change: seen.append(len(dash.results)), names="outputs")
+    results = dash.run()
+    assert [(r.model, r.variant, r.status) for r in results] == [("default", "fp32", "ok"), (tiny, "fp32", "ok")]
+    assert 1 in seen and 2 in seen  # the table was redrawn as each cell landed, not only at the end
+    assert dash.progress.value == dash.progress.max == 2 and dash.progress.description == "cells"
+    assert dash.status.value.startswith("<b>done</b>") and f"✓ {tiny} fp32" in dash.status.value
+    frame = dash.frame()
+    assert list(frame["model"]) == ["default", tiny] and list(frame["KL"]) == [0, 0]  # each against its own fp32
+    assert len(dash.plots.outputs) == 2  # one figure per model
+    assert {r.model for r in ResultStore(tmp_path / "r.sqlite").results()} == {"default", tiny}
+    page = dash.write_report(tmp_path / "report").read_text()
+    assert page.count("<section>") == 2
+
+    dash.models.value, dash.typed_models.value = (), ""
+    assert dash.run() == [] and "at least one model" in dash.messages.outputs[0]["data"]["text/html"]
+    dash.mode.value = "compare"
+    assert dash.run_button.description == "Run comparison" and dash.sweep_models.layout.display == "none"
+
+
+def test_side_by_side_marks_where_the_variant_parts_from_fp32(tmp_path):
+    dash = Dashboard(store=ResultStore(tmp_path / "r.sqlite"), variants=("fp32", "int2-g64"))
+    assert dash.generate_variant.value == "int2-g64"
+    dash.generate_tokens.value = 16
+    parted = dash.generate()
+    assert parted.first_difference is not None and parted.variant.variant == "int2-g64"
+    (shown,) = dash.generation.outputs
+    page = shown["data"]["text/html"]
+    assert page.count("<mark") == 2 and f"then token {parted.same_tokens + 1} differs" in page
+    assert html.escape(parted.variant.first) in page and not dash.generate_button.disabled
+    dash.generate_variant.value = "int5-g7"
+    assert dash.generate() is None and "VariantError" in dash.generation.outputs[0]["data"]["text/html"]
