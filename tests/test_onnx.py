@@ -137,3 +137,31 @@ def test_runtime_settings_from_manifest_apply_unless_overridden(onnx_artifact, t
     assert load_artifact(folder, io_binding=True).settings["io_binding"] is True
     with pytest.raises(InputError, match="unknown ONNX Runtime option"):
         load_artifact(folder, threads=2)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_streamed_int4_graph_equals_the_quantized_optimum_export(symmetric, default_model, eval_ids, tmp_path):
+    """The graph written weight by weight (build.py) computes what ORT's own MatMulNBitsQuantizer makes
+    of optimum's fp32 export: same codes and scales, same logits at fp32 compute (accuracy_level=1)."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    from edgekit.artifact import copy_side_files
+    from edgekit.runtimes.onnxruntime.build import build_int4_decoder
+    from edgekit.runtimes.onnxruntime.export import cached_export
+
+    built, reference = tmp_path / "built", tmp_path / "reference"
+    build_int4_decoder(default_model, built, 32, symmetric, 1)
+    config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=symmetric, accuracy_level=1,
+                                          op_types_to_quantize=("MatMul",))
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(cached_export(default_model))), algo_config=config)
+    quantizer.process()
+    reference.mkdir()
+    quantizer.model.save_model_to_file(str(reference / "model.onnx"))
+    for folder in (built, reference):
+        copy_side_files(default_model, folder)
+    ids = eval_ids[:256].reshape(2, 128)
+    a, b = ORTRunner(built).logits(ids), ORTRunner(reference).logits(ids)
+    assert (a - b).abs().max() < 1e-3
+    generated = list(ORTRunner(built).generate_stream(ids[:1, :16], 6))
+    assert generated == list(ORTRunner(reference).generate_stream(ids[:1, :16], 6))
