@@ -1,9 +1,13 @@
 """llama.cpp as a backend: Hugging Face Llama -> GGUF -> Q8_0 / Q4_0 / Q4_K_M -> a Runner.
 
 Follows llama.cpp's own path ("Prepare and Quantize" in its README): the converter that
-ships in llama.cpp's sources (``convert_hf_to_gguf.py``) writes an f32 GGUF, then
-``llama_model_quantize`` (the library behind ``llama-quantize``, called through
-llama-cpp-python) writes the quantized file. Unlike the PyTorch schemes, llama.cpp also
+ships in llama.cpp's sources (``convert_hf_to_gguf.py``) writes a GGUF at the checkpoint's
+own float type (f32, bf16 or f16: lossless, never upcast, so a bf16 7B's intermediate is
+13.5 GB on disk rather than 27), reading the shards lazily tensor by tensor (the converter's
+default), then ``llama_model_quantize`` (the library behind ``llama-quantize``, called through
+llama-cpp-python) writes the quantized file, also tensor by tensor. The intermediate is cached
+for the next variant when it is small (:data:`KEEP_INTERMEDIATE_BYTES`) and deleted once the
+quantized file exists when it is not. Unlike the PyTorch schemes, llama.cpp also
 quantizes the token embeddings and, for the K-quants, keeps the output head at a higher
 type (Q6_K): its bytes are the bytes of the whole file, not of the linear layers alone.
 
@@ -49,14 +53,18 @@ from edgekit.artifact import cached_artifact as shared_cache
 from edgekit.data import read_split, staged, work_dir
 from edgekit.errors import ModelSourceError, VariantError
 from edgekit.guard import admit
-from edgekit.loading import load_tokenizer, model_key, resolve_source
+from edgekit.loading import load_tokenizer, model_config, model_key, resolve_source
 from edgekit.models import original_gguf
 from edgekit.native_build import CONVERTER, CONVERTER_PACKAGES, converter_dir, llama_cpp_version
+from edgekit.plan import config_dtype
 from edgekit.registry import Variant, register
 
 MODEL_FILE = "model.gguf"
 # llama.cpp file types (enum llama_ftype in llama.h) for each variant's quantization
 FTYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q4_k_m": 15}
+# the converter's --outtype for each checkpoint dtype (edgekit.plan.config_dtype)
+INTERMEDIATE_TYPES = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+KEEP_INTERMEDIATE_BYTES = 2 << 30  # intermediates above this are deleted after quantizing
 # bits per weight of each GGUF block format, its per-block scales included (llama.cpp ggml-quants)
 BITS_PER_WEIGHT = {"f32": 32, "f16": 16, "q8_0": 8.5, "q4_0": 4.5, "q4_k_m": 4.5}
 # the types llama.cpp accepts for its KV cache (common/arg.cpp, --cache-type-k / --cache-type-v)
@@ -116,21 +124,36 @@ def convert_to_gguf(source: str, out_path: Path, outtype: str = "f32") -> Path:
     return out_path
 
 
-def cached_f32_gguf(source: str) -> Path:
-    """The converter's f32 GGUF of ``source``, made once per model version; every quantization starts from it.
+def intermediate_type(source: str) -> str:
+    """The GGUF type the converter writes for ``source``: its checkpoint's own float type."""
+    return INTERMEDIATE_TYPES[config_dtype(model_config(source))]
+
+
+@contextmanager
+def intermediate_gguf(source: str) -> Iterator[Path]:
+    """The unquantized GGUF of ``source`` every quantization starts from: cached once per model
+    version when it is small, else written to a scratch folder and deleted when the block ends.
 
     A named model published as GGUF (``smollm2-135m``, :mod:`edgekit.models`) keeps that file in its
     folder: it is dequantized to f32 by ``llama-quantize --allow-requantize``, which keeps the file's own
     tokenizer (the converter, run on the folder transformers saved from it, writes a broken vocabulary)."""
-    path = work_dir() / "gguf-exports" / model_key(source) / "model-f32.gguf"
-    if not path.is_file():
-        folder = Path(resolve_source(source))
-        original = original_gguf(folder) if folder.is_dir() else None
+    folder = Path(resolve_source(source))
+    original = original_gguf(folder) if folder.is_dir() else None
+    outtype = "f32" if original is not None else intermediate_type(source)
+    cached = work_dir() / "gguf-exports" / model_key(source) / f"model-{outtype}.gguf"
+    if cached.is_file():
+        yield cached
+        return
+    with tempfile.TemporaryDirectory(prefix="edgekit-gguf-", dir=work_dir()) as scratch:
+        path = Path(scratch) / cached.name
         if original is not None:
-            staged(path.parent, lambda out: quantize_gguf(original, out / path.name, "f32", allow_requantize=True))
+            quantize_gguf(original, path, "f32", allow_requantize=True)
         else:
-            staged(path.parent, lambda out: convert_to_gguf(source, out / path.name, "f32"))
-    return path
+            convert_to_gguf(source, path, outtype)
+        if path.stat().st_size <= KEEP_INTERMEDIATE_BYTES:
+            staged(cached.parent, lambda out: shutil.copyfile(path, out / cached.name))
+            path = cached if cached.is_file() else path  # (a folder another version left keeps its own)
+        yield path
 
 
 def quantize_gguf(f32_path: Path, out_path: Path, quant: str, threads: int | None = None,
@@ -209,11 +232,11 @@ def export_artifact(variant: "str | Variant", source: str, out_dir) -> Manifest:
     quant = variant.field("quant")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    f32 = cached_f32_gguf(source)
-    if quant == "f32":
-        shutil.copyfile(f32, out_dir / MODEL_FILE)
-    else:
-        quantize_gguf(f32, out_dir / MODEL_FILE, quant, variant.option("threads"))
+    with intermediate_gguf(source) as unquantized:
+        if unquantized.name == f"model-{quant}.gguf":
+            shutil.copyfile(unquantized, out_dir / MODEL_FILE)
+        else:
+            quantize_gguf(unquantized, out_dir / MODEL_FILE, quant, variant.option("threads"))
     tokenizer = load_tokenizer(source)
     check_tokenizer(out_dir / MODEL_FILE, tokenizer, read_split("eval")[:4000])
     copy_side_files(source, out_dir)
@@ -362,7 +385,7 @@ def _gguf_bytes(variant: Variant, out_f: int, in_f: int, bias: bool, dense: str)
 @register(r"gguf-(?P<quant>f32|f16|q8_0|q4_0|q4_k_m)", "llama.cpp",
           "llama.cpp GGUF via llama-cpp-python (options threads, n_ctx, kv: the KV cache type)",
           ("gguf-f16", "gguf-q8_0", "gguf-q4_0", "gguf-q4_k_m"), linear_bytes=_gguf_bytes,
-          options=("threads", "n_ctx", "kv"), load="as-is", dense=lambda variant, checkpoint: "fp16",
+          options=("threads", "n_ctx", "kv"), load="streamed-export", dense=lambda variant, checkpoint: "fp16",
           exporter=export_artifact)
 def build_gguf(variant: Variant, source: str, tokenizer) -> LlamaCppRunner:
     return load_artifact(cached_artifact(variant, source), threads=variant.option("threads"),
