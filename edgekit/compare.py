@@ -2,7 +2,10 @@
 
 The baseline (fp32 unless told otherwise) runs first and keeps its log-probabilities, so
 each variant after it gets KL divergence and top-1 agreement on exactly the same tokens
-beside its perplexity delta. Each variant's result is written to the store the moment it
+beside its perplexity delta. They are kept on disk, never beside a variant in memory: whole
+while they take at most ``FULL_BASELINE_MAX_BYTES`` (a 7B's 32000-token vocabulary over 16k
+tokens is 2.1 GB), otherwise as the baseline's ``BASELINE_TOP_K`` most likely tokens and the
+tail's mass (:func:`edgekit.measure.score`'s ``top_k``; a row says which in ``kl_base_top_k``). Each variant's result is written to the store the moment it
 finishes; a variant that fails records its reason in its row and the sweep goes on.
 """
 from __future__ import annotations
@@ -20,12 +23,17 @@ import pandas as pd
 from edgekit.data import eval_token_ids, work_dir
 from edgekit.errors import EdgekitError, InputError
 from edgekit.loading import load_tokenizer, model_revision, resolve_source
-from edgekit.measure import EvalSettings, Scores, delta_reading, measure_latency, score
+from edgekit.measure import (EvalSettings, Scores, delta_reading, measure_latency, score, scored_positions,
+                             sliding_windows)
 from edgekit.memory import PeakMemory, release_memory
 from edgekit.registry import Variant, build_runner
 from edgekit.results import Result, ResultStore, new_run_id
 
 DEFAULT_VARIANTS = ("fp32", "int8", "nf4", "fp4", "int4-g32", "int4-g128", "int2-g64")
+FULL_BASELINE_MAX_BYTES = 2 << 30
+# On the default model (vocabulary 4096, ~17% of the mass outside the top 64) a top-256 baseline's KL is
+# 6.5% below the full one's (top-64: 16%), the same share for int8, int4-g32 and int2-g64; top-1 is exact.
+BASELINE_TOP_K = 256
 
 
 @dataclass(frozen=True)
@@ -40,14 +48,15 @@ def compare(model: str = "default", variants: Iterable[str] = DEFAULT_VARIANTS, 
             settings: EvalSettings = EvalSettings(), latency: LatencySettings | None = LatencySettings(),
             baseline: str = "fp32", store: ResultStore | None = None,
             on_result: Callable[[Result], None] | None = None, progress: bool = True,
-            resume: bool = False) -> list[Result]:
+            resume: bool = False, baseline_top_k: int | None | str = "auto") -> list[Result]:
     """Measure ``baseline`` then every variant; returns the results in order (errors included).
 
     With ``resume`` (and a ``store``), a variant the store already holds as measured for the same
     model weights (revision), eval tokens and settings is taken from the store, not measured again,
     so a comparison that was killed goes on where it stopped. The baseline's scores are kept on
     disk under the work folder, so the variants measured after a resume get KL and top-1 against
-    the very same baseline.
+    the very same baseline. ``baseline_top_k``: "auto" keeps them whole up to ``FULL_BASELINE_MAX_BYTES``
+    and as the top ``BASELINE_TOP_K`` beyond; None always whole; k the top k.
     """
     parsed = [Variant.parse(v) for v in variants]  # fail on a bad name before any work
     base_name = str(Variant.parse(baseline))
@@ -55,6 +64,7 @@ def compare(model: str = "default", variants: Iterable[str] = DEFAULT_VARIANTS, 
     source = resolve_source(model)
     tokenizer = load_tokenizer(model)
     ids, prompt, run_settings = run_inputs(tokenizer, eval_text, settings, latency, names[0])
+    kept_top_k(baseline_top_k, ids, settings, len(tokenizer))  # a bad value fails before any work
     run_id = new_run_id()
     revision = model_revision(str(model))
     base_dir = _baseline_dir(revision, run_settings)
@@ -71,7 +81,8 @@ def compare(model: str = "default", variants: Iterable[str] = DEFAULT_VARIANTS, 
             continue
         is_baseline = name == names[0]
         result, scores = measure_variant(str(model), name, source, tokenizer, ids, settings, latency, prompt,
-                                         base, is_baseline, run_settings, run_id, revision, progress)
+                                         base, is_baseline, run_settings, run_id, revision, progress,
+                                         baseline_top_k)
         if is_baseline and scores is not None:
             base = scores
             scores.save(base_dir)
@@ -101,8 +112,8 @@ def run_inputs(tokenizer, eval_text: str, settings: EvalSettings, latency: Laten
 
 def measure_variant(model: str, name: str, source, tokenizer, ids, settings: EvalSettings,
                     latency: LatencySettings | None, prompt, base: Scores | None, is_baseline: bool,
-                    run_settings: dict, run_id: str, revision: str, progress: bool = True
-                    ) -> tuple[Result, Scores | None]:
+                    run_settings: dict, run_id: str, revision: str, progress: bool = True,
+                    baseline_top_k: int | None | str = "auto") -> tuple[Result, Scores | None]:
     """One cell: variant ``name`` of ``model`` measured on ``ids`` (against ``base`` unless it is the baseline).
 
     Returns its result, and its scores (None when it failed). A failure is recorded in the result, never
@@ -111,14 +122,26 @@ def measure_variant(model: str, name: str, source, tokenizer, ids, settings: Eva
     result = Result(model=model, variant=name, settings=run_settings, run_id=run_id, model_revision=revision)
     scores = None
     try:
+        top_k = kept_top_k(baseline_top_k, ids, settings, len(tokenizer)) if is_baseline else None
         result.metrics, scores = _measure_one(name, source, tokenizer, ids, settings, latency, prompt,
-                                              base, is_baseline, progress)
+                                              base, is_baseline, progress, top_k)
     except EdgekitError as exc:
         result.status, result.error = "error", str(exc)
     except Exception as exc:  # one variant's failure must not end the sweep
         result.status, result.error = "error", f"{type(exc).__name__}: {exc}"
         result.metrics = {"traceback": traceback.format_exc(limit=4)}
     return result, scores
+
+
+def kept_top_k(baseline_top_k: int | None | str, ids, settings: EvalSettings, vocab: int) -> int | None:
+    """How many log-probabilities a token of the baseline keeps (None: all) under ``baseline_top_k``."""
+    if baseline_top_k != "auto":
+        if baseline_top_k is not None and not isinstance(baseline_top_k, int):
+            raise InputError(f"baseline_top_k={baseline_top_k!r}; give 'auto', None (keep all) or a number of tokens")
+        return baseline_top_k
+    n_tokens = min(len(ids), settings.max_tokens or len(ids))
+    scored = sum(len(scored_positions(w)) for w in sliding_windows(n_tokens, settings.context, settings.stride))
+    return None if scored * vocab * 4 <= FULL_BASELINE_MAX_BYTES else BASELINE_TOP_K
 
 
 def _baseline_dir(revision: str, run_settings: dict) -> Path:
@@ -134,7 +157,7 @@ def _measured(store: ResultStore, model: str, revision: str, run_settings: dict)
             if r.status == "ok" and r.model_revision == revision and r.settings == same}
 
 
-def _measure_one(name, source, tokenizer, ids, settings, latency, prompt, base, is_baseline, progress):
+def _measure_one(name, source, tokenizer, ids, settings, latency, prompt, base, is_baseline, progress, top_k):
     release_memory()
     with PeakMemory() as peak:
         start = time.perf_counter()
@@ -143,13 +166,14 @@ def _measure_one(name, source, tokenizer, ids, settings, latency, prompt, base, 
         try:
             start = time.perf_counter()
             scores = score(runner, ids, settings, baseline=None if is_baseline else base,
-                           keep_logprobs=is_baseline, progress=progress)
+                           keep_logprobs=is_baseline, progress=progress, top_k=top_k)
             eval_s = time.perf_counter() - start
             metrics = {**scores.perplexity(), "load_s": load_s, "eval_s": eval_s,
                        "weight_bytes": runner.weight_bytes()}
             if is_baseline:
                 metrics.update(delta_ppl_pct=0.0, delta_ppl_pct_ci95=[0.0, 0.0], kl_divergence=0.0,
-                               kl_divergence_se=0.0, top1_agreement=1.0, top1_agreement_se=0.0)
+                               kl_divergence_se=0.0, top1_agreement=1.0, top1_agreement_se=0.0,
+                               kl_base_top_k=top_k)
             elif base is not None:
                 metrics.update(scores.against(base))
             if latency:
@@ -205,7 +229,9 @@ COMPARE_JSON_KEYS = ("variant", "status", "error", "perplexity", "perplexity_ci9
                      "delta_ppl_pct_ci95", "kl_divergence", "kl_divergence_se", "top1_agreement",
                      "top1_agreement_se", "weight_bytes", "peak_rss_bytes", "peak_rss_anon_bytes",
                      "peak_rss_file_bytes", "ttft_ms", "decode_tokens_per_s", "latency_ms_p50", "latency_ms_p95",
-                     "latency_ms_p99", "scored_tokens", "windows", "load_s", "eval_s")
+                     "latency_ms_p99", "scored_tokens", "windows", "load_s", "eval_s",
+                     "delta_ppl_pct_ci95_bootstrap", "kl_divergence_ci95_bootstrap", "top1_agreement_ci95_bootstrap",
+                     "kl_base_top_k")
 
 
 def results_json(results: list[Result]) -> list[dict]:

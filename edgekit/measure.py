@@ -23,6 +23,22 @@ perplexity lands *below* its baseline beyond its interval is a property of the t
 (the interval assumes windows independent; neighbouring windows of one text are not quite),
 not a better model.
 
+Per-token figures (the KL, the top-1 agreement and the log-likelihood difference of each scored
+token) also get a circular block bootstrap interval (Politis & Romano 1992) beside the window
+t-interval: the scored tokens, in text order, are resampled in blocks long enough to keep their
+autocorrelation (length chosen by the Politis & White 2004 rule, with the Patton, Politis & White
+2009 correction), seeded so a run is reproducible. An iid bootstrap or a naive standard error over
+tokens treats every token as independent and is far too narrow on text.
+
+A baseline's log-probabilities are kept whole (``[scored, vocab]`` float32, memory-mapped) or,
+for a large vocabulary or token budget, as its ``top_k`` most likely tokens and the log of the
+mass of all the others. llama.cpp's ``--kl-divergence-base`` file keeps every token at 16 bits
+instead; top-k is smaller still (k = 64: 0.5 KB a token against 128 KB of float32 for a vocabulary
+of 32000). Top-1 agreement against it is exact (the baseline's argmax is its first entry). The KL
+is that of the two distributions with the tail merged into one outcome: by the log-sum inequality
+it is never above the full-vocabulary KL, and falls short of it by the tail's mass times the KL
+within the tail, small when the baseline's top k hold nearly all of its mass.
+
 Latency times :meth:`Runner.generate_stream` from outside: time to first token (prefill),
 then the gap between successive tokens (decode), over repeated runs after a warm-up that
 lasts until the per-token time is steady, with CUDA events on a GPU; the achieved memory
@@ -129,6 +145,59 @@ def ratio_stat(numerators: np.ndarray, denominators: np.ndarray) -> tuple[float,
     return float(mean), float(se)
 
 
+def block_length(values: np.ndarray) -> int:
+    """Block length for a circular block bootstrap of the mean of ``values`` (a series in order).
+
+    The Politis & White (2004) automatic choice with the correction of Patton, Politis & White
+    (2009): autocorrelations up to the first run of insignificant lags set a flat-top lag window;
+    the optimal length is (2 G^2 / D)^(1/3) n^(1/3), with G the window's sum of |k| R(k) and
+    D = 4/3 (sum of R(k))^2. 1 for a series without variance or correlation."""
+    x = np.asarray(values, float)
+    n = len(x)
+    x = x - x.mean()
+    if n < 4 or not np.any(x):
+        return 1
+    spectrum = np.fft.rfft(x, 2 * n)
+    kn = max(5, int(math.log10(n)))
+    max_lag = min(n - 1, int(math.ceil(math.sqrt(n))) + kn)
+    acov = np.fft.irfft(spectrum * spectrum.conj(), 2 * n)[: max_lag + 1] / n
+    insignificant = np.abs(acov[1:] / acov[0]) < 2 * math.sqrt(math.log10(n) / n)
+    runs = [m for m in range(max_lag - kn + 1) if insignificant[m : m + kn].all()]
+    m_hat = runs[0] if runs else max_lag
+    window = min(2 * max(m_hat, 1), max_lag)
+    lags = np.arange(-window, window + 1)
+    flat_top = np.clip(2 * (1 - np.abs(lags / window)), 0, 1)
+    cov = acov[np.abs(lags)]
+    long_run, g = float((flat_top * cov).sum()), float((flat_top * np.abs(lags) * cov).sum())
+    if long_run <= 0:
+        return 1
+    b = (2 * g ** 2 / (4 / 3 * long_run ** 2)) ** (1 / 3) * n ** (1 / 3)
+    return int(np.clip(math.ceil(b), 1, math.ceil(min(3 * math.sqrt(n), n / 3))))
+
+
+def block_bootstrap_interval(values: np.ndarray, level: float = 0.95, block: int | None = None,
+                             resamples: int = 2000, seed: int = 0) -> tuple[float, float, float, int]:
+    """``(mean, low, high, block)``: the mean of a series and its circular block bootstrap percentile interval.
+
+    Each resample joins blocks of ``block`` consecutive values (wrapping at the end; the Politis &
+    White length, :func:`block_length`, unless given) at uniformly drawn starts, cut to the
+    series' length; block sums come from one cumulative sum, so a resample costs n / block
+    additions. ``block=1`` is the iid bootstrap, too narrow for autocorrelated series."""
+    x = np.asarray(values, float)
+    n = len(x)
+    if n < 2:
+        raise InputError(f"a bootstrap needs at least 2 values, got {n}; score more tokens")
+    block = block_length(x) if block is None else int(block)
+    if not 1 <= block <= n:
+        raise InputError(f"block={block} must be between 1 and the number of values ({n})")
+    blocks, last = -(-n // block), n - (-(-n // block) - 1) * block
+    sums = np.concatenate([[0.0], np.cumsum(np.concatenate([x, x[:block]]))])
+    starts = np.random.default_rng(seed).integers(0, n, (resamples, blocks))
+    totals = (sums[starts[:, :-1] + block] - sums[starts[:, :-1]]).sum(1) + sums[starts[:, -1] + last] - sums[starts[:, -1]]
+    low, high = np.quantile(totals / n, [(1 - level) / 2, (1 + level) / 2])
+    return float(x.mean()), float(low), float(high), block
+
+
 @dataclass
 class Scores:
     """Per-window sums of one runner on a token sequence; enough to rebuild every statistic."""
@@ -140,6 +209,12 @@ class Scores:
     top1: np.ndarray | None = None       # [scored] argmax ids, kept for a baseline
     kl: np.ndarray | None = None         # per-window summed KL vs the baseline
     agree: np.ndarray | None = None      # per-window top-1 agreements with the baseline
+    token_nll: np.ndarray | None = None    # [scored] each scored token's negative log-likelihood, text order
+    token_kl: np.ndarray | None = None     # [scored] each scored token's KL vs the baseline
+    token_agree: np.ndarray | None = None  # [scored] 1 where the top-1 matched the baseline's
+    top_ids: np.ndarray | None = None      # [scored, k] a top-k baseline's most likely token ids, likeliest first
+    top_logprobs: np.ndarray | None = None  # [scored, k] their log-probabilities
+    tail_logprob: np.ndarray | None = None  # [scored] log of the probability of every token outside the top k
 
     @property
     def scored_tokens(self) -> int:
@@ -154,7 +229,10 @@ class Scores:
     def save(self, folder: Path) -> Path:
         """Keep these scores (a baseline's log-probabilities included) in ``folder``, written whole or not at all."""
         arrays = {k: v for k, v in (("nll", self.nll), ("counts", self.counts), ("top1", self.top1),
-                                    ("kl", self.kl), ("agree", self.agree)) if v is not None}
+                                    ("kl", self.kl), ("agree", self.agree), ("token_nll", self.token_nll),
+                                    ("token_kl", self.token_kl), ("token_agree", self.token_agree),
+                                    ("top_ids", self.top_ids), ("top_logprobs", self.top_logprobs),
+                                    ("tail_logprob", self.tail_logprob)) if v is not None}
 
         def write(out: Path) -> None:
             np.savez(out / "sums.npz", tokens=np.array(self.tokens), **arrays)
@@ -172,8 +250,20 @@ class Scores:
         return cls(tokens=int(arrays.pop("tokens")), logprobs=np.load(logprobs, mmap_mode="r") if logprobs.is_file()
                    else None, **arrays)
 
-    def against(self, baseline: "Scores") -> dict:
-        """Delta perplexity (paired), KL and top-1 agreement against ``baseline``."""
+    @property
+    def base_top_k(self) -> int | None:
+        """k when these are a baseline kept as its top-k log-probabilities, else None."""
+        return None if self.top_ids is None else int(self.top_ids.shape[1])
+
+    def tail_mass(self) -> float | None:
+        """A top-k baseline's mean probability outside its top k (None for a full one): about the share of
+        the KL that merging the tail leaves out, when the variant's error is spread evenly over the vocabulary."""
+        return None if self.tail_logprob is None else float(np.exp(self.tail_logprob.astype(float)).mean())
+
+    def against(self, baseline: "Scores", bootstrap: bool = True) -> dict:
+        """Delta perplexity (paired), KL and top-1 agreement against ``baseline``, with window t-intervals
+        (``*_ci95``) and, with ``bootstrap`` and per-token figures on both sides, block bootstrap
+        intervals over the scored tokens (``*_ci95_bootstrap``, :func:`block_bootstrap_interval`)."""
         _check_same_tokens(self, baseline)
         delta, lo, hi = ratio_interval(self.nll - baseline.nll, self.counts)
         out = {"delta_ppl_pct": 100 * math.expm1(delta),
@@ -184,7 +274,15 @@ class Scores:
             top1, top1_se = ratio_stat(self.agree, self.counts)
             out.update(kl_divergence=kl, kl_divergence_se=kl_se, top1_agreement=top1, top1_agreement_se=top1_se,
                        kl_divergence_ci95=list(ratio_interval(self.kl, self.counts)[1:]),
-                       top1_agreement_ci95=list(ratio_interval(self.agree, self.counts)[1:]))
+                       top1_agreement_ci95=list(ratio_interval(self.agree, self.counts)[1:]),
+                       kl_base_top_k=baseline.base_top_k, kl_base_tail_mass=baseline.tail_mass())
+        if bootstrap and self.token_nll is not None and baseline.token_nll is not None:
+            mean, lo, hi, block = block_bootstrap_interval(self.token_nll.astype(float) - baseline.token_nll)
+            out.update(delta_ppl_pct_ci95_bootstrap=[100 * math.expm1(lo), 100 * math.expm1(hi)],
+                       bootstrap_block_tokens=block)
+            for key, values in (("kl_divergence", self.token_kl), ("top1_agreement", self.token_agree)):
+                if values is not None:
+                    out[f"{key}_ci95_bootstrap"] = list(block_bootstrap_interval(values)[1:3])
         return out
 
 
@@ -218,14 +316,19 @@ def _which(lo: float, hi: float) -> str:
 
 
 def score(runner, token_ids: torch.Tensor, settings: EvalSettings = EvalSettings(),
-          baseline: Scores | None = None, keep_logprobs: bool = False, progress: bool = True) -> Scores:
-    """Run ``runner`` over the sliding windows of ``token_ids`` (1-D) and collect per-window sums.
+          baseline: Scores | None = None, keep_logprobs: bool = False, progress: bool = True,
+          top_k: int | None = None) -> Scores:
+    """Run ``runner`` over the sliding windows of ``token_ids`` (1-D) and collect per-window sums
+    and per-token figures.
 
     With ``baseline`` (from a run with ``keep_logprobs=True`` on the same ids and
     settings), KL divergence and top-1 agreement are computed on exactly its scored tokens.
     ``keep_logprobs`` stores this runner's log-probabilities in a temporary memory-mapped
-    file, so a large vocabulary does not have to fit in RAM.
+    file, so a large vocabulary does not have to fit in RAM; with ``top_k`` only the k most
+    likely tokens' and the tail's (see the module docstring for what KL against them means).
     """
+    if top_k is not None and not 1 <= top_k:
+        raise InputError(f"top_k={top_k}; keep at least the most likely token (top_k >= 1), or None for all")
     ids = token_ids.reshape(-1)
     if settings.max_tokens:
         ids = ids[: settings.max_tokens]
@@ -234,9 +337,12 @@ def score(runner, token_ids: torch.Tensor, settings: EvalSettings = EvalSettings
     if baseline is not None and baseline.scored_tokens != n_scored:
         raise InputError("the baseline was scored on other tokens or settings; score both on the same text and settings")
     nll, counts = np.zeros(len(windows)), np.zeros(len(windows), dtype=np.int64)
+    token_nll = np.zeros(n_scored, dtype=np.float32)
     kl = np.zeros(len(windows)) if baseline is not None else None
     agree = np.zeros(len(windows)) if baseline is not None else None
-    logprobs = top1 = None
+    token_kl = np.zeros(n_scored, dtype=np.float32) if baseline is not None else None
+    token_agree = np.zeros(n_scored, dtype=np.uint8) if baseline is not None else None
+    kept = {}
     offset = 0
     bar = tqdm(total=len(windows), desc=f"score {runner.name}", unit="win", disable=not progress, leave=False)
     for batch in _batches_of_equal_length(windows, settings.batch_size):
@@ -245,24 +351,62 @@ def score(runner, token_ids: torch.Tensor, settings: EvalSettings = EvalSettings
         logp_all = torch.log_softmax(logits.float(), dim=-1)
         for row, i in enumerate(batch):
             pos = torch.from_numpy(scored_positions(windows[i]))
+            here = slice(offset, offset + len(pos))
             targets = input_ids[row, pos + 1]
             logp = logp_all[row, pos]
-            nll[i] = float(-logp.gather(1, targets[:, None]).sum())
+            token_nll[here] = -logp.gather(1, targets[:, None])[:, 0].numpy()
+            nll[i] = float(token_nll[here].astype(float).sum())
             counts[i] = len(pos)
             if keep_logprobs:
-                if logprobs is None:
-                    logprobs = _scratch_array((n_scored, logp.shape[-1]))
-                    top1 = np.zeros(n_scored, dtype=np.int64)
-                logprobs[offset : offset + len(pos)] = logp.numpy()
-                top1[offset : offset + len(pos)] = logp.argmax(-1).numpy()
+                _keep(kept, logp, here, n_scored, top_k)
             if baseline is not None:
-                base = torch.from_numpy(np.asarray(baseline.logprobs[offset : offset + len(pos)]))
-                kl[i] = float((base.exp() * (base - logp)).sum())
-                agree[i] = float((logp.argmax(-1).numpy() == baseline.top1[offset : offset + len(pos)]).sum())
+                token_kl[here] = _kl_from(baseline, here, logp).numpy()
+                token_agree[here] = logp.argmax(-1).numpy() == baseline.top1[here]
+                kl[i], agree[i] = float(token_kl[here].astype(float).sum()), float(token_agree[here].sum())
             offset += len(pos)
         bar.update(len(batch))
     bar.close()
-    return Scores(len(ids), nll, counts, logprobs, top1, kl, agree)
+    return Scores(len(ids), nll, counts, kl=kl, agree=agree, token_nll=token_nll, token_kl=token_kl,
+                  token_agree=token_agree, **kept)
+
+
+def _keep(kept: dict, logp: torch.Tensor, here: slice, n_scored: int, top_k: int | None) -> None:
+    """Store a baseline's log-probabilities of the tokens ``here``: whole, or its top k and the tail's mass."""
+    if not kept:
+        kept["top1"] = np.zeros(n_scored, dtype=np.int64)
+        if top_k is None:
+            kept["logprobs"] = _scratch_array((n_scored, logp.shape[-1]))
+        else:
+            k = min(top_k, logp.shape[-1] - 1)
+            kept.update(top_ids=np.zeros((n_scored, k), dtype=np.int32),
+                        top_logprobs=np.zeros((n_scored, k), dtype=np.float32),
+                        tail_logprob=np.zeros(n_scored, dtype=np.float32))
+    kept["top1"][here] = logp.argmax(-1).numpy()
+    if top_k is None:
+        kept["logprobs"][here] = logp.numpy()
+        return
+    top = logp.topk(kept["top_ids"].shape[1], dim=-1)
+    kept["top_ids"][here], kept["top_logprobs"][here] = top.indices.numpy(), top.values.numpy()
+    kept["tail_logprob"][here] = _tail_logprob(logp, top.indices).numpy()
+
+
+def _tail_logprob(logp: torch.Tensor, top_ids: torch.Tensor) -> torch.Tensor:
+    """log of the probability outside ``top_ids`` in each row, summed over the tail itself (no 1 - sum cancellation)."""
+    return logp.scatter(-1, top_ids, float("-inf")).logsumexp(-1)
+
+
+def _kl_from(baseline: Scores, here: slice, logp: torch.Tensor) -> torch.Tensor:
+    """KL(baseline || this runner) of each scored token ``here``; over the baseline's top k and its tail when it
+    kept only those (a lower bound of the full KL, see the module docstring)."""
+    if baseline.top_ids is None:
+        base = torch.from_numpy(np.asarray(baseline.logprobs[here]))
+        return (base.exp() * (base - logp)).sum(-1)
+    top_ids = torch.from_numpy(np.asarray(baseline.top_ids[here], dtype=np.int64))
+    base_top = torch.from_numpy(np.asarray(baseline.top_logprobs[here]))
+    base_tail = torch.from_numpy(np.asarray(baseline.tail_logprob[here]))
+    here_top, here_tail = logp.gather(-1, top_ids), _tail_logprob(logp, top_ids)
+    return ((base_top.exp() * (base_top - here_top)).sum(-1)
+            + torch.where(base_tail > float("-inf"), base_tail.exp() * (base_tail - here_tail), 0.0))
 
 
 def _batches_of_equal_length(windows: list[Window], size: int):

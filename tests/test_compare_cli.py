@@ -8,6 +8,7 @@ import pytest
 
 from edgekit.cli import main
 from edgekit.compare import COMPARE_JSON_KEYS
+from edgekit.errors import EdgekitError
 
 ISSUE_KEYS = {"variant", "perplexity", "delta_ppl_pct", "kl_divergence", "top1_agreement", "weight_bytes",
               "peak_rss_bytes", "ttft_ms", "decode_tokens_per_s", "latency_ms_p50", "latency_ms_p95",
@@ -51,3 +52,25 @@ def test_bad_input_exits_2_with_one_line(args, message, tmp_path, capsys):
     errors = [line for line in stderr.splitlines() if line.startswith("edgekit: error:")]
     assert len(errors) == 1 and message in errors[0], stderr
     assert "Traceback" not in stderr
+
+
+def test_compare_keeps_a_top_k_baseline_on_disk(tmp_path, monkeypatch):
+    """``baseline_top_k``: the baseline is kept on disk as its top-k log-probabilities; the rows say so, and a
+    resumed comparison measures the next variant against that file (the baseline model is not loaded again)."""
+    from edgekit.compare import compare
+    from edgekit.measure import EvalSettings, Scores
+    from edgekit.results import ResultStore
+
+    monkeypatch.setenv("EDGEKIT_HOME", str(tmp_path))
+    settings, store = EvalSettings(128, 64, 384), ResultStore(tmp_path / "r.sqlite")
+    first = compare("default", ["fp32", "int8"], settings=settings, latency=None, store=store, progress=False,
+                    baseline_top_k=64)
+    assert [r.metrics["kl_base_top_k"] for r in first] == [64, 64]
+    kept = [Scores.load(folder) for folder in (tmp_path / "baselines").iterdir()]
+    assert len(kept) == 1 and kept[0].logprobs is None and kept[0].top_ids.shape == (383, 64)
+    more = compare("default", ["fp32", "int8", "int4-g32"], settings=settings, latency=None, store=store,
+                   progress=False, resume=True)
+    assert [r.run_id for r in more[:2]] == [r.run_id for r in first] and more[2].run_id != first[0].run_id
+    assert more[2].metrics["kl_base_top_k"] == 64 and more[2].metrics["kl_divergence"] > 0
+    with pytest.raises(EdgekitError, match="baseline_top_k"):
+        compare("default", ["fp32"], settings=settings, latency=None, baseline_top_k="all")
