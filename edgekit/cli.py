@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--variants", type=_name_list, default=None,
                    help="comma-separated variant names, options after a colon (`edgekit variants` lists them)")
     c.add_argument("--eval-text", default="eval", help="a corpus split (eval, eval_milton) or a text file")
+    c.add_argument("--baseline", default="fp32",
+                   help="the variant every other is measured against (bf16 for a 7B that cannot load in fp32)")
     c.add_argument("--context", type=int, default=256)
     c.add_argument("--stride", type=int, default=128)
     c.add_argument("--max-tokens", type=int, default=16384, help="evaluate the first N tokens (0: all)")
@@ -130,7 +132,7 @@ def run_compare(args) -> None:
         print(f"  {result.variant}: {status}", file=sys.stderr, flush=True)
 
     results = compare(args.model, args.variants or DEFAULT_VARIANTS, args.eval_text, settings, latency,
-                      store=store, on_result=show, resume=args.resume)
+                      baseline=args.baseline, store=store, on_result=show, resume=args.resume)
     with _pandas_wide():
         print(summary_frame(results).to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     print(f"results stored in {store.path} (run {results[0].run_id})", file=sys.stderr)
