@@ -347,7 +347,8 @@ class Dashboard:
 
         with errors_shown_in(self.messages):
             model = None if self.plan_model.value == "compared model" else self.plan_model.value
-            out = out_dir or work_dir() / "reports" / (self.results[0].run_id if self.results else "empty")
+            newest = max(self.results, key=lambda r: r.created).run_id if self.results else "empty"
+            out = out_dir or work_dir() / "reports" / newest  # a resumed sweep's old rows keep their own run ids
             self.report_path = write_report(self.results, out, self._earlier_results(), device=self.device.value,
                                             plan_model=model, context=None if model is None else 4096)
             from IPython.display import HTML
