@@ -7,6 +7,7 @@ import pytest
 from edgekit.data import data_dir
 from edgekit.errors import PlanError
 from edgekit.guard import admit
+from edgekit.plan import GIB
 from edgekit.registry import Variant, build_runner, export_artifact
 
 SIDE = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -79,3 +80,33 @@ def test_the_advice_names_only_what_the_guard_admits(seven_b):
     for name in offered:
         option = ":profile=laptop-16gb" if Variant.parse(name).family == "pytorch" else ""
         admit(name + option, seven_b)
+
+
+class _Memory:
+    """What ``psutil.virtual_memory()`` reports, faked: the guard budgets this machine by ``available``."""
+
+    def __init__(self, available: int) -> None:
+        self.available = available
+
+
+@pytest.fixture
+def available_ram(monkeypatch):
+    """Set the RAM the guard sees as available on this machine, in GiB."""
+    return lambda gib: monkeypatch.setattr("edgekit.plan.psutil.virtual_memory", lambda: _Memory(int(gib * GIB)))
+
+
+@pytest.mark.parametrize("variant", ["onnx-int4-g32", "ov-int4-g128", "gguf-q4_0"])
+def test_streamed_exports_of_a_7b_fit_20_gib_and_are_refused_on_a_tiny_budget(variant, seven_b, available_ram,
+                                                                               tmp_path):
+    available_ram(20.5)  # a 24 GB machine with others at work: 20 GiB usable after the guard's margin
+    plan = admit(variant, seven_b, what="export")
+    assert plan.peak_bytes < 20 * GIB and "one tensor at a time" in plan.peak_reason
+    available_ram(1)
+    out = tmp_path / "artifact"
+    assert "refusing to export" in _refused(export_artifact, variant, seven_b, out)
+    assert not out.exists()
+
+
+def test_an_export_through_the_fp32_model_is_refused_for_a_7b(seven_b, available_ram):
+    available_ram(20.5)
+    assert "fp32 model" in _refused(admit, "onnx-int8", seven_b, what="export")

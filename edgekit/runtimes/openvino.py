@@ -1,12 +1,16 @@
-"""OpenVINO as a compile target: the exported ONNX model, NNCF weight compression, a Runner.
+"""OpenVINO as a compile target: an ONNX model read into OpenVINO IR, a Runner.
 
-Follows OpenVINO's "Weight Compression" guide (NNCF ``compress_weights``, data-free): the
-plain fp32 ONNX export of the model (the same one the ONNX variants start from,
-:func:`edgekit.runtimes.onnxruntime.cached_export`) is read with ``openvino.Core.read_model``,
-its weights compressed to int8 (per output channel) or int4 (per group of ``group_size``
-input channels; NNCF keeps the embeddings and the head at int8, as its default backup mode
-does) and saved as OpenVINO IR (``openvino_model.xml`` + ``.bin``) in an artifact folder
-with the edgekit manifest. The artifact is compiled for a device at load time: ``CPU``, or
+``ov-int8`` follows OpenVINO's "Weight Compression" guide (NNCF ``compress_weights``,
+data-free): the plain fp32 ONNX export of the model (the one the ONNX variants start from,
+:func:`edgekit.runtimes.onnxruntime.cached_export`) is read with ``openvino.Core.read_model``
+and its weights compressed to int8 per output channel. ``ov-int4-g<N>`` starts from the
+4-bit graph that :mod:`edgekit.runtimes.onnxruntime.build` writes from the checkpoint one
+weight at a time (MatMulNBits blocks of ``N`` input channels, symmetric unless ``sym=false``,
+the LM head included; embeddings int8 per row, as NNCF's backup mode keeps them): OpenVINO's ONNX reader turns each MatMulNBits into
+its own compressed-weight pattern (u4/i4 constants, a scale per group), which the CPU plugin
+runs as int4 weights. That is the path that fits a 7B: NNCF would need the fp32 graph in
+memory first. Either way the result is saved as OpenVINO IR (``openvino_model.xml`` +
+``.bin``) in an artifact folder with the edgekit manifest. The artifact is compiled for a device at load time: ``CPU``, or
 ``GPU`` / ``NPU`` where OpenVINO sees one; a device that is not present falls back to the
 CPU with a :class:`DeviceFallbackWarning`, never silently.
 
@@ -21,6 +25,7 @@ request's ``present`` tensors feed the other's ``past`` inputs without a copy.
 """
 from __future__ import annotations
 
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -35,7 +40,9 @@ from edgekit.errors import VariantError
 from edgekit.guard import admit
 from edgekit.loading import model_key
 from edgekit.registry import Variant, group_codes_bytes, per_channel_int8_bytes, register
+from edgekit.runtimes.onnxruntime.build import build_int4_decoder
 from edgekit.runtimes.onnxruntime.export import cached_export
+from edgekit.runtimes.onnxruntime.quantize import check_int4
 
 MODEL_XML = "openvino_model.xml"
 MODEL_BIN = "openvino_model.bin"
@@ -65,14 +72,14 @@ def select_device(requested: str, available: list[str] | None = None) -> str:
 def compression_settings(variant: Variant) -> dict:
     """The NNCF settings a variant stands for (mode, group size, symmetry)."""
     bits = variant.bits
-    if (bits == 4) != (variant.group_size is not None):
-        raise VariantError(f"{variant.name}: int4 needs a group size and int8 takes none; "
-                           "write ov-int8, ov-int4-g32 or ov-int4-g128")
     sym = bool(variant.option("sym", bits == 4))
-    return {"scheme": "NNCF data-free weight compression", "bits": bits,
-            "mode": f"int{bits}_{'sym' if sym else 'asym'}",
-            "group_size": variant.group_size if bits == 4 else -1, "symmetric": sym,
-            "embeddings_and_head": "int8 (NNCF backup mode)" if bits == 4 else "int8"}
+    if bits == 4:
+        check_int4(variant.group_size, 0)  # the graph is MatMulNBits: its block sizes
+        return {"scheme": "4-bit MatMulNBits graph built from the checkpoint, read by OpenVINO", "bits": 4,
+                "mode": f"int4_{'sym' if sym else 'asym'}", "group_size": variant.group_size, "symmetric": sym,
+                "embeddings_and_head": "embeddings int8 per row, head int4"}
+    return {"scheme": "NNCF data-free weight compression", "bits": 8, "mode": f"int8_{'sym' if sym else 'asym'}",
+            "group_size": -1, "symmetric": sym, "embeddings_and_head": "int8"}
 
 
 def artifact_name(variant: Variant) -> str:
@@ -81,18 +88,15 @@ def artifact_name(variant: Variant) -> str:
     return variant.name + ("" if sym is None else f":sym={str(sym).lower()}")
 
 
-def compress(model, settings: dict):
-    """Compress an ``openvino.Model``'s weights in place with NNCF; returns the model."""
+def compress_int8(model, settings: dict):
+    """Compress an ``openvino.Model``'s weights to int8 in place with NNCF; returns the model."""
     import nncf
 
-    mode = getattr(nncf.CompressWeightsMode, settings["mode"].upper())
-    if settings["bits"] == 8:
-        return nncf.compress_weights(model, mode=mode)
-    return nncf.compress_weights(model, mode=mode, group_size=settings["group_size"], ratio=1.0)
+    return nncf.compress_weights(model, mode=getattr(nncf.CompressWeightsMode, settings["mode"].upper()))
 
 
 def export_artifact(variant: "str | Variant", source: str, out_dir) -> Manifest:
-    """ONNX export -> NNCF compression -> OpenVINO IR in ``out_dir`` with a manifest."""
+    """int8: ONNX export -> NNCF; int4: the streamed 4-bit ONNX graph -> OpenVINO IR in ``out_dir``."""
     import openvino as ov
 
     variant = Variant.parse(variant)
@@ -100,8 +104,15 @@ def export_artifact(variant: "str | Variant", source: str, out_dir) -> Manifest:
     settings = compression_settings(variant)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = compress(_core().read_model(str(cached_export(source))), settings)
-    ov.save_model(model, str(out_dir / MODEL_XML), compress_to_fp16=False)
+    if settings["bits"] == 8:
+        model = compress_int8(_core().read_model(str(cached_export(source))), settings)
+        ov.save_model(model, str(out_dir / MODEL_XML), compress_to_fp16=False)
+    else:
+        with tempfile.TemporaryDirectory(prefix="edgekit-ov-build-", dir=work_dir()) as work:
+            graph = build_int4_decoder(source, work, settings["group_size"], settings["symmetric"], 0,
+                                       int8_embeddings=True)
+            model = _core().read_model(str(graph))
+            ov.save_model(model, str(out_dir / MODEL_XML), compress_to_fp16=False)
     copy_side_files(source, out_dir)
     signature = {"inputs": {i.get_any_name(): str(i.get_partial_shape()) for i in model.inputs},
                  "outputs": {o.get_any_name(): str(o.get_partial_shape()) for o in model.outputs[:1]}}
@@ -188,17 +199,21 @@ def cached_artifact(variant: Variant, source: str) -> Path:
 
 
 def _ov_bytes(variant: Variant, out_f: int, in_f: int, bias: bool, dense: str) -> int:
-    if variant.bits == 8 or variant.group_size is None:
+    if variant.bits == 8:
         return per_channel_int8_bytes(variant, out_f, in_f, bias, dense)
     return group_codes_bytes(out_f, in_f, bias, 4, variant.group_size)
 
 
-@register(r"ov-int(?P<bits>8|4)(?:-g(?P<group_size>\d+))?", "openvino",
-          "OpenVINO IR with NNCF weight compression (options sym, device=CPU|GPU|NPU, threads)",
-          ("ov-int8", "ov-int4-g32", "ov-int4-g128"), linear_bytes=_ov_bytes, options=("sym", "device", "threads"),
+@register(r"ov-int(?P<bits>4)-g(?P<group_size>\d+)", "openvino",
+          "OpenVINO IR of the 4-bit graph built from the checkpoint tensor by tensor (options sym, device, threads)",
+          ("ov-int4-g32", "ov-int4-g128"), linear_bytes=_ov_bytes, options=("sym", "device", "threads"),
+          load="streamed-export", dense=lambda variant, checkpoint: "fp16", exporter=export_artifact)
+@register(r"ov-int(?P<bits>8)", "openvino",
+          "OpenVINO IR, NNCF int8 weight compression of the fp32 ONNX export (options sym, device=CPU|GPU|NPU, threads)",
+          ("ov-int8",), linear_bytes=_ov_bytes, options=("sym", "device", "threads"),
           load="export", dense=lambda variant, checkpoint: "fp16", exporter=export_artifact)
 def build_openvino(variant: Variant, source: str, tokenizer) -> OpenVINORunner:
-    compression_settings(variant)  # refuse a bad bits/group combination before exporting anything
+    compression_settings(variant)  # refuse a group size MatMulNBits does not take before exporting anything
     return load_artifact(cached_artifact(variant, source), device=variant.option("device"),
                          threads=variant.option("threads", torch.get_num_threads()), tokenizer=tokenizer)
 

@@ -15,8 +15,10 @@ The graph keeps the interface optimum exports for ``text-generation-with-past`` 
 :class:`~edgekit.runtimes.onnxruntime.runner.ORTRunner` and OpenVINO's reader take it as they
 take an optimum export. Attention is written in standard ONNX ops (rotary embedding from
 transformers' own ``ROPE_INIT_FUNCTIONS``, causal plus padding mask, grouped KV heads
-repeated), so only ``com.microsoft.MatMulNBits`` is a contrib op; embeddings, norms and
-rotary tables stay fp32, every linear (the LM head included) is MatMulNBits.
+repeated), so only ``com.microsoft.MatMulNBits`` is a contrib op; norms and rotary tables
+stay fp32, every linear (the LM head included) is MatMulNBits, and the token embeddings are
+fp32 or, with ``int8_embeddings`` (OpenVINO's int4 recipe: NNCF keeps them at int8 too), int8
+codes with one scale per row, dequantized after the lookup in standard ops.
 
 Supported: the Llama block layout (``llama``, ``mistral``, ``qwen2``: RMSNorm, rotary, SiLU-gated
 MLP, optional q/k/v bias). Attention is full causal: a sliding window (Mistral/Qwen2 option) is not
@@ -142,7 +144,7 @@ def _rope_tables(config, positions: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_int4_decoder(source: str, out_dir: str | Path, block_size: int, symmetric: bool,
-                       accuracy_level: int) -> Path:
+                       accuracy_level: int, int8_embeddings: bool = False) -> Path:
     """Write ``out_dir/model.onnx`` (+ ``model.onnx_data``): the decoder of ``source`` with 4-bit
     MatMulNBits linears, streaming the checkpoint tensor by tensor. Returns the model path."""
     folder = Path(resolve_source(source))
@@ -157,7 +159,7 @@ def build_int4_decoder(source: str, out_dir: str | Path, block_size: int, symmet
     weights = _Weights(folder)
     w = _Writer(out_dir, block_size, symmetric, accuracy_level)
     try:
-        graph = _decoder_graph(w, weights, config)
+        graph = _decoder_graph(w, weights, config, int8_embeddings)
     finally:
         w.close()
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
@@ -172,7 +174,19 @@ def build_int4_decoder(source: str, out_dir: str | Path, block_size: int, symmet
     return path
 
 
-def _decoder_graph(w: _Writer, weights: _Weights, config) -> onnx.GraphProto:
+def _embedding(w: _Writer, table: torch.Tensor, int8: bool) -> str:
+    """The rows of ``input_ids``: a Gather from the fp32 table, or from int8 codes times each row's scale."""
+    if not int8:
+        return w.node("Gather", [w.external("embed_tokens", table.float().numpy()), "input_ids"])
+    table = table.float()
+    scales = (table.abs().amax(dim=1, keepdim=True) / 127).clamp(min=1e-12)
+    codes = torch.round(table / scales).to(torch.int8)
+    rows = w.node("Cast", [w.node("Gather", [w.external("embed_tokens_int8", codes.numpy()), "input_ids"])],
+                  to=TensorProto.FLOAT)
+    return w.node("Mul", [rows, w.node("Gather", [w.external("embed_tokens_scales", scales.numpy()), "input_ids"])])
+
+
+def _decoder_graph(w: _Writer, weights: _Weights, config, int8_embeddings: bool) -> onnx.GraphProto:
     hidden, heads = config.hidden_size, config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or hidden // heads
@@ -240,7 +254,7 @@ def _decoder_graph(w: _Writer, weights: _Weights, config) -> onnx.GraphProto:
     sin_b = w.node("Unsqueeze", [w.node("Gather", [sin_c, "position_ids"]), one])
 
     embed = weights.get(prefix + "embed_tokens.weight")
-    x = w.node("Gather", [w.external("embed_tokens", embed.float().numpy()), "input_ids"])
+    x = _embedding(w, embed, int8_embeddings)
     tied_head = embed if getattr(config, "tie_word_embeddings", False) or "lm_head.weight" not in weights else None
     del embed
 
