@@ -50,3 +50,11 @@ def test_gptq_on_a_ragged_width():
     error = (x @ (dequantize(codes, scale, zero, 64) - weight).T).pow(2).mean()
     rtn = (x @ (rtn_dequantized(weight, 4, 64) - weight).T).pow(2).mean()
     assert error < rtn  # GPTQ still beats round-to-nearest on the output it minimizes
+
+
+def test_gptq_solves_beside_the_weight():
+    """The calibration driver accumulates Hessians on the CPU; GPTQ solves on the weight's device (a GPU run
+    mixed cuda:0 and cpu here). A meta weight with a CPU Hessian shows where each tensor goes."""
+    weight = torch.empty(32, 64, device=META)
+    codes, scale, zero = gptq_quantize(weight, torch.eye(64), 4, 32)
+    assert {codes.device, scale.device, zero.device} == {META}
