@@ -298,16 +298,23 @@ def paired_difference(a: Scores, b: Scores, level: float = 0.95) -> dict:
     share: both saw the same windows, so the text's difficulty cancels in ``a - b``. Returns
     the perplexity ratio of ``a`` over ``b`` in percent with its t-interval, and, when both were
     scored against the same baseline, the KL and top-1 differences (a minus b) with theirs; each
-    ``*_reading`` says "a lower", "b lower" or "indistinguishable" at ``level``.
+    ``*_reading`` says "a lower", "b lower" or "indistinguishable" at ``level``. With per-token
+    figures on both sides each interval also comes as a block bootstrap over the tokens (``*_ci_bootstrap``).
     """
     _check_same_tokens(a, b)
     d, lo, hi = ratio_interval(a.nll - b.nll, a.counts, level)
     out = {"delta_ppl_pct": 100 * math.expm1(d), "delta_ppl_pct_ci": [100 * math.expm1(lo), 100 * math.expm1(hi)],
            "delta_ppl_reading": _which(lo, hi), "windows": len(a.counts), "level": level}
-    for key, x, y in (("kl_divergence", a.kl, b.kl), ("top1_agreement", a.agree, b.agree)):
+    if a.token_nll is not None and b.token_nll is not None:
+        _, lo, hi, _ = block_bootstrap_interval(a.token_nll.astype(float) - b.token_nll, level)
+        out["delta_ppl_pct_ci_bootstrap"] = [100 * math.expm1(lo), 100 * math.expm1(hi)]
+    for key, x, y, tx, ty in (("kl_divergence", a.kl, b.kl, a.token_kl, b.token_kl),
+                              ("top1_agreement", a.agree, b.agree, a.token_agree, b.token_agree)):
         if x is not None and y is not None:
             m, lo, hi = ratio_interval(np.asarray(x) - np.asarray(y), a.counts, level)
             out.update({f"{key}_diff": m, f"{key}_diff_ci": [lo, hi], f"{key}_reading": _which(lo, hi)})
+            if tx is not None and ty is not None:
+                out[f"{key}_diff_ci_bootstrap"] = list(block_bootstrap_interval(tx.astype(float) - ty, level)[1:3])
     return out
 
 

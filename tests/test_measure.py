@@ -279,6 +279,9 @@ def test_paired_difference_between_two_variants(table, ids):
     assert lo < d["delta_ppl_pct"] < hi < 0
     by_hand = 100 * math.expm1((near.nll.sum() - far.nll.sum()) / near.counts.sum())
     assert d["delta_ppl_pct"] == pytest.approx(by_hand)
+    lo, hi = d["kl_divergence_diff_ci_bootstrap"]
+    assert lo <= d["kl_divergence_diff"] <= hi < 0  # the tokens' bootstrap agrees: a is lower
+    assert d["delta_ppl_pct_ci_bootstrap"][1] < 0
     swapped = paired_difference(far, near)
     assert swapped["delta_ppl_reading"] == "b lower"
     assert swapped["kl_divergence_diff"] == pytest.approx(-d["kl_divergence_diff"])
