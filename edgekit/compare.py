@@ -5,8 +5,9 @@ each variant after it gets KL divergence and top-1 agreement on exactly the same
 beside its perplexity delta. They are kept on disk, never beside a variant in memory: whole
 while they take at most ``FULL_BASELINE_MAX_BYTES`` (a 7B's 32000-token vocabulary over 16k
 tokens is 2.1 GB), otherwise as the baseline's ``BASELINE_TOP_K`` most likely tokens and the
-tail's mass (:func:`edgekit.measure.score`'s ``top_k``; a row says which in ``kl_base_top_k``). Each variant's result is written to the store the moment it
-finishes; a variant that fails records its reason in its row and the sweep goes on.
+tail's mass (:func:`edgekit.measure.score`'s ``top_k``; a row says which in ``kl_base_top_k``).
+Each variant's result is written to the store the moment it finishes; a variant that fails
+records its reason in its row and the sweep goes on.
 """
 from __future__ import annotations
 
@@ -23,8 +24,7 @@ import pandas as pd
 from edgekit.data import eval_token_ids, work_dir
 from edgekit.errors import EdgekitError, InputError
 from edgekit.loading import load_tokenizer, model_revision, resolve_source
-from edgekit.measure import (EvalSettings, Scores, delta_reading, measure_latency, score, scored_positions,
-                             sliding_windows)
+from edgekit.measure import EvalSettings, Scores, delta_reading, measure_latency, score
 from edgekit.memory import PeakMemory, release_memory
 from edgekit.registry import Variant, build_runner
 from edgekit.results import Result, ResultStore, new_run_id
@@ -139,8 +139,7 @@ def kept_top_k(baseline_top_k: int | None | str, ids, settings: EvalSettings, vo
         if baseline_top_k is not None and not isinstance(baseline_top_k, int):
             raise InputError(f"baseline_top_k={baseline_top_k!r}; give 'auto', None (keep all) or a number of tokens")
         return baseline_top_k
-    n_tokens = min(len(ids), settings.max_tokens or len(ids))
-    scored = sum(len(scored_positions(w)) for w in sliding_windows(n_tokens, settings.context, settings.stride))
+    scored = min(len(ids), settings.max_tokens or len(ids))  # at most: every token but the first is scored once
     return None if scored * vocab * 4 <= FULL_BASELINE_MAX_BYTES else BASELINE_TOP_K
 
 
