@@ -48,9 +48,10 @@ def models(tmp_path_factory):
 def swept(cluster, models, tmp_path_factory):
     """The sweep, with one cell's worker process killed (SIGKILL) while it measures."""
     store = ResultStore(tmp_path_factory.mktemp("sweep") / "results.sqlite")
-    out = {}
+    out, landed = {}, []  # landed: (result, rows in the store when on_result saw it)
     sweep = threading.Thread(target=lambda: out.update(results=run_sweep(
-        models, VARIANTS, ["eval"], SETTINGS, latency=None, store=store, max_retries=2, progress=False)))
+        models, VARIANTS, ["eval"], SETTINGS, latency=None, store=store, max_retries=2, progress=False,
+        on_result=lambda r: landed.append((r, len(store.results()))))))
     sweep.start()
     killed = None
     while sweep.is_alive() and killed is None:
@@ -65,11 +66,11 @@ def swept(cluster, models, tmp_path_factory):
                 break
         time.sleep(0.02)
     sweep.join()
-    return out["results"], killed, store
+    return out["results"], killed, store, landed
 
 
 def test_every_cell_lands_once_and_the_killed_cell_is_retried(swept, models):
-    results, killed, store = swept
+    results, killed, store, _ = swept
     assert killed is not None, "no cell's worker was seen running"
     rows = store.results()
     assert Counter((r.model, r.variant) for r in rows) == {(m, v): 1 for m in models for v in VARIANTS}
@@ -88,8 +89,17 @@ def test_every_cell_lands_once_and_the_killed_cell_is_retried(swept, models):
     assert ppl[models[0]] < 200 < ppl[models[1]]  # trained vs random weights: two models, not one twice
 
 
+def test_each_cell_reaches_on_result_as_it_lands_after_its_row_is_stored(swept):
+    """The dashboard's sweep mode draws from on_result: every cell once, each already in the store."""
+    results, _, store, landed = swept
+    assert sorted((r.model, r.variant) for r, _ in landed) == sorted((r.model, r.variant) for r in results)
+    assert [rows for _, rows in landed] == list(range(1, len(results) + 1))  # one new row before each call
+    stored = store.results()
+    assert [(r.model, r.variant) for r, _ in landed] == [(r.model, r.variant) for r in stored]  # arrival order
+
+
 def test_rerun_measures_nothing_and_new_cells_reuse_the_kept_baseline(swept, models, tmp_path):
-    _, _, store = swept
+    _, _, store, _ = swept
     before = store.results()
     out = tmp_path / "sweep.json"
     args = ["sweep", "--models", ",".join(models), "--variants", ",".join(VARIANTS), *CLI_SETTINGS,
