@@ -7,10 +7,12 @@ there included), or here with ``--device cpu`` on small models:
   python benchmarks/gpu_check.py --device cpu --big-preset 214m   # the same code paths on a CPU
 
 For each variant it prints one row: its error, or which path its linear layers multiply on,
-planned vs measured weight bytes, the peak during load and scoring (CUDA max allocated, or
-RSS on a CPU), KL and top-1 agreement against the first row on a short eval text, and the
+planned vs measured weight bytes, the peak during the load alone and against the plan (quantized
+loads stream tensor by tensor: within 1.15x), the peak over load and scoring (CUDA max allocated,
+or RSS on a CPU), KL and top-1 agreement against the first row on a short eval text, and the
 steady decode tokens/s with the achieved bandwidth (weight bytes x tokens/s) and its fraction
-of the device's copy bandwidth (:func:`edgekit.measure.measure_latency`). Then: the int4 kernel
+of the device's copy bandwidth (:func:`edgekit.measure.measure_latency`); ``:compile=true`` rows
+decode on a static KV cache with a compiled step, as gpt-fast does. Then: the int4 kernel
 against the dequantize path on one model (logits, bytes, speed), a ragged layer (576 columns,
 groups of 128) on the kernel, and layer streaming. Figures are printed, never asserted.
 """
@@ -39,9 +41,9 @@ from edgekit.runners import TorchRunner  # noqa: E402
 
 SMALL_VARIANTS = ("fp32,fp16,bf16,int8,nf4,fp4,int4-g32,int4-g128,int3-g128,int2-g64,gptq-int4-g128,"
                   "awq-int4-g128,mixed-int4-g128-k4,qat-int2-g64:steps=8")
-BIG_VARIANTS = "fp16,nf4,int8,int4-g128,int4-g32"
-COLUMNS = ("variant", "path", "plan MB", "held MB", "held/plan", "peak MB", "KL", "top-1", "tok/s", "GB/s", "of copy",
-           "warm-ups", "load s")
+BIG_VARIANTS = "fp16,nf4,int8,int4-g128,int4-g32,fp16:compile=true,int4-g128:compile=true"
+COLUMNS = ("variant", "path", "plan MB", "held MB", "held/plan", "load peak MB", "load peak/plan", "peak MB", "KL",
+           "top-1", "tok/s", "GB/s", "of copy", "warm-ups", "load s")
 
 
 def with_device(variant: str, device: str) -> str:
@@ -53,10 +55,13 @@ def measure_row(variant: str, source: str, tokenizer, ids, settings, prompt, dev
     """Build, score and time one variant; returns (row, scores)."""
     release_memory()
     row = {"variant": variant}
+    key = "peak_cuda_allocated_bytes" if device == "cuda" else "peak_rss_bytes"
     with PeakMemory() as peak:
-        start = time.perf_counter()
-        runner = build_runner(with_device(variant, device), source, tokenizer)
-        row["load s"] = time.perf_counter() - start
+        with PeakMemory() as load_peak:
+            start = time.perf_counter()
+            runner = build_runner(with_device(variant, device), source, tokenizer)
+            row["load s"] = time.perf_counter() - start
+        row["load peak MB"] = load_peak.result[key] / 1e6
         try:
             scores = score(runner, ids, settings, baseline=base, keep_logprobs=base is None, progress=False)
             lat = measure_latency(runner, prompt, new_tokens, runs, progress=False)
@@ -67,10 +72,9 @@ def measure_row(variant: str, source: str, tokenizer, ids, settings, prompt, dev
             del runner
     try:
         plan = planned_bytes(source, variant)
-        row.update({"plan MB": plan / 1e6, "held/plan": held / plan})
+        row.update({"plan MB": plan / 1e6, "held/plan": held / plan, "load peak/plan": row["load peak MB"] * 1e6 / plan})
     except Exception as exc:  # a variant the planner cannot price is a finding, not a crash
         row["plan MB"] = f"not planned: {exc}"
-    key = "peak_cuda_allocated_bytes" if device == "cuda" else "peak_rss_bytes"
     row["peak MB"] = peak.result[key] / 1e6
     if base is not None:
         quality = scores.against(base)
@@ -179,6 +183,7 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--eval-tokens", type=int, default=1024)
+    p.add_argument("--big-first", action="store_true", help="the big checkpoint's section first (a short device lease)")
     args = p.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA device here; run with --device cpu")
@@ -193,13 +198,15 @@ def main() -> None:
                                args.new_tokens, args.runs),
         lambda: check_kernel_against_dequantize(source, args.device, args.new_tokens, args.runs),
         lambda: check_ragged(args.device),
-        lambda: check_streaming(source, args.device, 8),
     ]
     if args.big_preset != "none":
         big = lambda: big_checkpoint(args.big_preset, args.big_dir / args.big_preset)  # noqa: E731
         sections.append(lambda: check_variants(f"{args.big_preset}-shaped", big(), args.big_variants.split(","),
                                                args.device, EvalSettings(128, 128, 256, 2), args.new_tokens,
                                                args.runs))
+        if args.big_first:
+            sections.insert(0, sections.pop())
+    sections.append(lambda: check_streaming(source, args.device, 8))
     for section in sections:
         try:
             section()

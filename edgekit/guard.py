@@ -22,7 +22,7 @@ import torch
 from edgekit.data import work_dir
 from edgekit.errors import PlanError
 from edgekit.loading import load_model, model_config
-from edgekit.packed import quantize_rtn
+from edgekit.packed import cast_unpacked, quantize_rtn
 from edgekit.plan import GIB, MemoryPlan, alternatives_text, load_profile, plan_memory, streamed_load, this_machine
 from edgekit.quantize_on_load import load_bnb_quantized, load_packed_quantized
 from edgekit.registry import Variant
@@ -68,15 +68,17 @@ def guarded_load(variant: "str | Variant", source: str, device: str = "cpu", **l
     return load_model(source, device_map={"": device}, **load_kwargs)
 
 
-def guarded_packed_load(variant: "str | Variant", source: str, device: str = "cpu"):
-    """A packed RTN variant (``intB-gG``): packed tensor by tensor while loading when the plan says so
-    (``low_memory``, by default over 1 GiB of checkpoint), else loaded in fp32 and packed in place."""
+def guarded_packed_load(variant: "str | Variant", source: str, device: str = "cpu",
+                        dtype: torch.dtype = torch.float32):
+    """A packed RTN variant (``intB-gG``), the rest of the model in ``dtype``: packed tensor by tensor
+    while loading when the plan says so (``low_memory``, by default over 1 GiB of checkpoint or on an
+    accelerator), else loaded and packed in place (codes from fp32 weights either way)."""
     variant = Variant.parse(variant)
     admit(variant, source, device)
     if streamed_load(model_config(source), variant, torch.device(device).type):
-        return load_packed_quantized(source, variant.bits, variant.group_size, device)
-    return quantize_rtn(load_model(source, device_map={"": device}, dtype=torch.float32), variant.bits,
-                        variant.group_size)
+        return load_packed_quantized(source, variant.bits, variant.group_size, device, dtype)
+    model = load_model(source, device_map={"": device}, dtype=torch.float32)
+    return cast_unpacked(quantize_rtn(model, variant.bits, variant.group_size), dtype)
 
 
 def guarded_fp32_load(variant: "str | Variant", source: str, device: str = "cpu", what: str = "load",

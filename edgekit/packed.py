@@ -327,3 +327,16 @@ def quantize_rtn(model: nn.Module, bits: int, group_size: int, skip: frozenset[s
         if name not in skip:
             replace_module(model, name, PackedLinear.from_linear(linear, bits, group_size, kernel))
     return model
+
+
+def cast_unpacked(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Cast the parameters that are not packed (embeddings, norms, head) to ``dtype``, in place, as
+    ``from_pretrained(dtype=...)`` holds them: PackedLinear codes and scales keep the layout their path
+    reads, and buffers (RoPE's fp32 frequencies) stay (``model.to(dtype)`` would cast both)."""
+    for module in model.modules():
+        if isinstance(module, PackedLinear):
+            continue
+        for t in module.parameters(recurse=False):
+            if t.is_floating_point() and t.dtype != dtype:
+                t.data = t.data.to(dtype)
+    return model

@@ -157,10 +157,11 @@ def load_bnb_quantized(source: str, quantization_config, device: str = "cpu"):
     return _stream_into(model, folder, config, dtype, set(quantized), on_weight, device, "quantize-on-load")
 
 
-def load_packed_quantized(source: str, bits: int, group_size: int, device: str = "cpu"):
-    """Load ``source`` as edgekit's packed RTN codes, packing each decoder linear weight as it is read;
-    the rest of the model in fp32. Returns the model in eval mode."""
-    folder, config, model, dtype = meta_model(source, torch.float32)
+def load_packed_quantized(source: str, bits: int, group_size: int, device: str = "cpu",
+                          dtype: torch.dtype = torch.float32):
+    """Load ``source`` as edgekit's packed RTN codes, packing each decoder linear weight as it is read
+    (codes from its fp32 values); the rest of the model in ``dtype``. Returns the model in eval mode."""
+    folder, config, model, dtype = meta_model(source, dtype)
     targets = block_linears(model)
     check_group(next(iter(targets.values())).in_features, group_size)
 

@@ -52,3 +52,18 @@ def test_quantize_on_load_of_a_hub_id_fetches_it_or_says_what_to_do():
 
     with pytest.raises(ModelSourceError, match="download it and pass its local folder"):
         load_bnb_quantized("edgekit-tests/no-such-model", BitsAndBytesConfig(load_in_4bit=True))
+
+
+def test_packed_rest_in_bf16_as_on_a_gpu(default_model, tokenizer, eval_ids):
+    """compute_dtype=bf16 (the default on CUDA, as gpt-fast holds its models): embeddings, norms and head in
+    bf16, codes and scales untouched, priced as held, the same model whether packed while loading or after."""
+    ids = eval_ids[:128].reshape(2, 64)
+    fp32_rest = build_runner("int4-g32", default_model, tokenizer)
+    variant = "int4-g32:compute_dtype=bf16"
+    loaded = build_runner(f"{variant},low_memory=false", default_model, tokenizer)
+    streamed = build_runner(f"{variant},low_memory=true", default_model, tokenizer)
+    assert loaded.model.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert loaded.weight_bytes() == streamed.weight_bytes() == weight_bytes(default_model, variant)
+    torch.testing.assert_close(loaded.logits(ids), streamed.logits(ids), rtol=0, atol=0)
+    reference, got = fp32_rest.logits(ids), loaded.logits(ids)
+    assert (reference.argmax(-1) == got.argmax(-1)).float().mean() > 0.95

@@ -43,7 +43,8 @@ def torch_runner(variant: Variant, source: str, tokenizer, **kwargs) -> TorchRun
 
 
 def held_in_fp32(variant: Variant, checkpoint: str) -> str:
-    """Packed variants load (or stream) the model in fp32: embeddings, norms and head stay fp32."""
+    """Calibrated packed variants (GPTQ, AWQ, mixed, QAT) calibrate and hold the model in fp32:
+    embeddings, norms and head stay fp32."""
     return "fp32"
 
 
@@ -118,9 +119,19 @@ def build_bnb_4bit(variant: Variant, source: str, tokenizer):
     return torch_runner(variant, source, tokenizer, quantization_config=config, dtype=_checkpoint_dtype(source))
 
 
+def packed_rest_dtype(variant: Variant, checkpoint: str = "fp32") -> str:
+    """What an RTN packed model holds unpacked (embeddings, norms, head) and computes in: option
+    ``compute_dtype``, by default bf16 on CUDA (the int4 kernel's activations, as gpt-fast holds its
+    models) and fp32 elsewhere."""
+    _compute_dtype(variant, "fp32")  # refuses an unknown name
+    return variant.option("compute_dtype", "bf16" if device_of(variant) == "cuda" else "fp32")
+
+
 @register(r"int(?P<bits>[2348])-g(?P<group_size>\d+)", "pytorch",
-          "group-wise RTN weight-only, real packed codes (edgekit.packed); packed while loading over 1 GiB",
+          "group-wise RTN weight-only, real packed codes (edgekit.packed); packed while loading over 1 GiB "
+          "(option compute_dtype=fp32|bf16|fp16)",
           ("int4-g32", "int4-g64", "int4-g128", "int3-g64", "int3-g128", "int2-g32", "int2-g64"),
-          linear_bytes=packed_bytes, load="packed", dense=held_in_fp32)
+          linear_bytes=packed_bytes, options=("compute_dtype",), load="packed", dense=packed_rest_dtype)
 def build_packed(variant: Variant, source: str, tokenizer):
-    return TorchRunner(str(variant), guarded_packed_load(variant, source, device_of(variant)), tokenizer)
+    dtype = DTYPES[packed_rest_dtype(variant)]
+    return TorchRunner(str(variant), guarded_packed_load(variant, source, device_of(variant), dtype), tokenizer)
