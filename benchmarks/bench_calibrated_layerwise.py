@@ -78,18 +78,32 @@ def run_child(model: str, variant: str) -> dict:
     return json.loads(lines[0][len("RESULT "):])
 
 
-def report(rows: list[dict]) -> None:
-    print(f"{'variant':66} {'planned':>8} {'measured':>9} {'meas/plan':>9} {'bound':>7} {'meas/bound':>10} {'wall':>8}  weights")
-    for r in rows:
-        if "refused" in r:
-            print(f"{r['variant']:66} {r['refused']}")
-            continue
-        job = r["peak_rss"] - r["start_rss"]
-        bound = r["quantized"] + r["layer_fp32"] + r["activations"]
-        print(f"{r['variant']:66} {r['planned_peak'] / GB:7.2f}G {job / GB:8.2f}G {job / r['planned_peak']:9.2f} "
-              f"{bound / GB:6.2f}G {job / bound:10.2f} {r['wall_s']:7.1f}s  {r['state_sha256']}")
-    print("planned: the planner's load peak; measured: peak RSS above the process before the build (runtime "
+HEADER = (f"{'variant':66} {'planned':>8} {'measured':>9} {'meas/plan':>9} {'bound':>7} {'meas/bound':>10} {'wall':>8}  weights")
+LEGEND = ("planned: the planner's load peak; measured: peak RSS above the process before the build (runtime "
           "libraries excluded); bound: quantized model + one fp32 layer + calibration activations")
+
+
+def report(r: dict) -> None:
+    """One row, printed as it lands."""
+    if "refused" in r:
+        print(f"{r['variant']:66} {r['refused']}", flush=True)
+        return
+    job = r["peak_rss"] - r["start_rss"]
+    bound = r["quantized"] + r["layer_fp32"] + r["activations"]
+    print(f"{r['variant']:66} {r['planned_peak'] / GB:7.2f}G {job / GB:8.2f}G {job / r['planned_peak']:9.2f} "
+          f"{bound / GB:6.2f}G {job / bound:10.2f} {r['wall_s']:7.1f}s  {r['state_sha256']}", flush=True)
+
+
+def compare_paths(model: str, variant: str) -> None:
+    """Whole model, then layer by layer, each row as it lands; then whether their weights are identical."""
+    print(f"\n== {model}\n{HEADER}", flush=True)
+    rows = []
+    for flag in ("false", "true"):
+        rows.append(run_child(model, f"{variant},low_memory={flag}"))
+        report(rows[-1])
+    if all("state_sha256" in r for r in rows):
+        print("identical quantized weights:", rows[0]["state_sha256"] == rows[1]["state_sha256"])
+    print(LEGEND)
 
 
 def main() -> None:
@@ -98,6 +112,7 @@ def main() -> None:
     p.add_argument("--variant", default="gptq-int4-g128")
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--device", default="cpu", help="where the model is calibrated (peak RSS is measured on cpu)")
     p.add_argument("--model-7b", help="the 7B-shaped bf16 checkpoint (e.g. /tmp/ck7b/llama-2-7b), layer by layer only")
     p.add_argument("--only-7b", action="store_true", help="skip the 214M comparison")
     p.add_argument("--one", help=argparse.SUPPRESS)
@@ -105,22 +120,19 @@ def main() -> None:
     if args.one:  # child process: measure one build, print one JSON line
         print("RESULT " + json.dumps(measure_one(args.model, args.one)))
         return
-    options = f"samples={args.samples},seq_len={args.seq_len},context=256"
+    variant = f"{args.variant}:samples={args.samples},seq_len={args.seq_len},context=256,device={args.device}"
     if not args.only_7b:
         if not (Path(args.model) / "config.json").exists():
             sys.path.insert(0, str(HERE))
             from make_random_checkpoint import PRESETS, write_checkpoint
             write_checkpoint(PRESETS["214m"], Path(args.model))
-        rows = [run_child(args.model, f"{args.variant}:{options},low_memory={flag}") for flag in ("false", "true")]
-        report(rows)
-        if all("state_sha256" in r for r in rows):
-            print("identical quantized weights:", rows[0]["state_sha256"] == rows[1]["state_sha256"])
+        compare_paths(args.model, variant)
     if args.model_7b:
         import fcntl
 
         with open("/tmp/edgekit-7b.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # never two 7B jobs at once on this machine
-            report([run_child(args.model_7b, f"{args.variant}:{options},low_memory={flag}") for flag in ("false", "true")])
+            compare_paths(args.model_7b, variant)
 
 
 if __name__ == "__main__":
