@@ -427,10 +427,13 @@ def load_peak_bytes(cfg, variant: "str | Variant", total: int, working: int, dev
         largest = max(out_f * in_f for _, out_f, in_f, _ in _layout(cfg)[1])
         embedding = getattr(cfg, "vocab_size", 0) * getattr(cfg, "hidden_size", 0)
         return total + 4 * max(largest, embedding), "packed tensor by tensor while loading, one fp32 tensor at a time"
-    if kind == "calibrated" and streamed_load(cfg, variant, device_kind):
-        return (max(total, total - working + layer_calibration_bytes(cfg, variant)),
-                "calibrated layer by layer from the shards: one fp32 layer and its calibration activations at a time")
-    if kind in ("full-precision", "packed", "calibrated"):
+    if kind == "calibrated":
+        job = layer_calibration_bytes(cfg, variant)
+        if streamed_load(cfg, variant, device_kind):
+            return (max(total, total - working + job),
+                    "calibrated layer by layer from the shards: one fp32 layer and its calibration activations at a time")
+        return max(total, fp32 + max(working, job)), "the model loads in full precision before it is calibrated"
+    if kind in ("full-precision", "packed"):
         return max(total, fp32 + working), "the model loads in full precision before it is quantized"
     if kind == "training":
         return max(total, 5 * fp32 + working), "teacher, student, gradients and Adam's two moments in fp32"
