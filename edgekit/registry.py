@@ -50,11 +50,11 @@ LOAD_KINDS = {
 }
 # Options the load guard reads for every PyTorch variant (edgekit.guard.guarded_load).
 GUARD_OPTIONS = ("context", "profile", "offload", "low_memory", "device")
+# Options every PyTorch variant's runner reads after it is built (compile=true: see TorchRunner.compile_decoding)
+RUNNER_OPTIONS = ("compile",)
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 Builder = Callable[..., Any]
-# Options every PyTorch variant's runner reads after it is built (compile=true: see TorchRunner.compile_decoding)
-RUNNER_OPTIONS = ("compile",)
 # bytes of one ``out x in`` linear (with or without bias) under a variant; ``dense`` is the dtype
 # the variant leaves unquantized
 LinearBytes = Callable[["Variant", int, int, bool, str], int]
