@@ -7,6 +7,7 @@ a temporary folder, or to ``docs/dashboard.png`` with ``EDGEKIT_UPDATE_SCREENSHO
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -24,7 +25,9 @@ CHROMIUM = os.environ.get("EDGEKIT_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 # smaller settings than the notebook's own, so the browser run stays short
-FAST_PARAMETERS = {"VARIANTS": ["fp32", "nf4"], "MAX_TOKENS": 512, "LATENCY_RUNS": 1, "NEW_TOKENS": 4}
+# (the sweep then covers cells the comparison measured: they come from the store, no Ray cluster starts)
+FAST_PARAMETERS = {"VARIANTS": ["fp32", "nf4"], "MAX_TOKENS": 512, "LATENCY_RUNS": 1, "NEW_TOKENS": 4,
+                   "GENERATE_TOKENS": 8, "SWEEP_MODELS": ["default"], "SWEEP_VARIANTS": ["fp32", "nf4"]}
 
 
 def _free_port() -> int:
@@ -117,8 +120,9 @@ def test_dashboard_runs_in_a_real_browser(jupyter_lab):
 
             dashboard = page.locator(".edgekit-dashboard")
             dashboard.wait_for(timeout=90_000)
-            expect(dashboard.get_by_role("button", name="Run comparison")).to_be_visible()
-            expect(dashboard.locator("select[multiple]").first).to_be_visible()  # variants picker
+            expect(dashboard.get_by_role("button", name=re.compile("Run (comparison|sweep)"))).to_be_visible()
+            variants = dashboard.locator(".widget-select-multiple", has_text="variants").locator("select")
+            expect(variants).to_be_visible()
             expect(dashboard.locator("select option", has_text="int4-g128").first).to_be_attached()
             # the run ends with a tick per variant and the results table inside the widget
             expect(dashboard.get_by_text("done", exact=True)).to_be_visible(timeout=300_000)
