@@ -65,8 +65,6 @@ FTYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q4_k_m": 15}
 # the converter's --outtype for each checkpoint dtype (edgekit.plan.config_dtype)
 INTERMEDIATE_TYPES = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 KEEP_INTERMEDIATE_BYTES = 2 << 30  # intermediates above this are deleted after quantizing
-# bits per weight of each GGUF block format, its per-block scales included (llama.cpp ggml-quants)
-BITS_PER_WEIGHT = {"f32": 32, "f16": 16, "q8_0": 8.5, "q4_0": 4.5, "q4_k_m": 4.5}
 # the types llama.cpp accepts for its KV cache (common/arg.cpp, --cache-type-k / --cache-type-v)
 KV_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 
@@ -378,8 +376,17 @@ def cached_artifact(variant: Variant, source: str) -> Path:
     return shared_cache(folder, lambda out: export_artifact(variant, source, out))
 
 
+def bits_per_weight(quant: str) -> float:
+    """Bits a weight of a GGUF format takes, its per-block scales included, from gguf's own block table
+    (q4_k_m, a mix of Q4_K and Q6_K blocks, priced as its Q4_K majority)."""
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType[{"q4_k_m": "Q4_K"}.get(quant, quant.upper())]]
+    return 8 * block_bytes / block
+
+
 def _gguf_bytes(variant: Variant, out_f: int, in_f: int, bias: bool, dense: str) -> int:
-    return math.ceil(out_f * in_f * BITS_PER_WEIGHT[variant.field("quant")] / 8) + (4 * out_f if bias else 0)
+    return math.ceil(out_f * in_f * bits_per_weight(variant.field("quant")) / 8) + (4 * out_f if bias else 0)
 
 
 @register(r"gguf-(?P<quant>f32|f16|q8_0|q4_0|q4_k_m)", "llama.cpp",
