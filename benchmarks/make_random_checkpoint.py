@@ -49,22 +49,27 @@ def write_checkpoint(config: dict, out: Path, dtype: str = "fp32", layers_per_sh
     gen = torch.Generator().manual_seed(seed)
     out.mkdir(parents=True, exist_ok=True)
     h, v, n = config["hidden_size"], config["vocab_size"], config["num_hidden_layers"]
-    shards: list[dict[str, torch.Tensor]] = [{"model.embed_tokens.weight": (torch.randn(v, h, generator=gen) * 0.02).to(torch_dtype)}]
-    for start in range(0, n, layers_per_shard):
-        shard = {}
-        for i in range(start, min(n, start + layers_per_shard)):
-            shard.update(layer_tensors(config, i, torch_dtype, gen))
-        shards.append(shard)
-    shards.append({"model.norm.weight": torch.ones(h, dtype=torch_dtype),
-                   "lm_head.weight": (torch.randn(v, h, generator=gen) * 0.02).to(torch_dtype)})
+    starts = range(0, n, layers_per_shard)
+    count = len(starts) + 2  # embeddings, the layer shards, norm + head
+
+    def shards():  # each built only when it is written: one shard in memory at a time
+        yield {"model.embed_tokens.weight": (torch.randn(v, h, generator=gen) * 0.02).to(torch_dtype)}
+        for start in starts:
+            shard = {}
+            for i in range(start, min(n, start + layers_per_shard)):
+                shard.update(layer_tensors(config, i, torch_dtype, gen))
+            yield shard
+        yield {"model.norm.weight": torch.ones(h, dtype=torch_dtype),
+               "lm_head.weight": (torch.randn(v, h, generator=gen) * 0.02).to(torch_dtype)}
+
     weight_map, total = {}, 0
-    for k, shard in enumerate(shards):
-        name = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+    for k, shard in enumerate(shards()):
+        name = f"model-{k + 1:05d}-of-{count:05d}.safetensors"
         save_file(shard, out / name, metadata={"format": "pt"})
         for key, t in shard.items():
             weight_map[key] = name
             total += t.numel() * t.element_size()
-        shards[k] = None  # free each shard once written
+        del shard
     (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
     (out / "config.json").write_text(json.dumps({**config, "torch_dtype": {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype]}, indent=1))
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
