@@ -29,11 +29,12 @@ def device_of(variant: Variant) -> str:
     return variant.option("device", "cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _compute_dtype(variant: Variant, default: str) -> torch.dtype:
-    name = variant.option("compute_dtype", default)
+def _compute_dtype(variant: Variant) -> str:
+    """The option ``compute_dtype``, by default bf16 on CUDA and fp32 elsewhere; an unknown name is refused."""
+    name = variant.option("compute_dtype", "bf16" if device_of(variant) == "cuda" else "fp32")
     if name not in DTYPES:
         raise VariantError(f"compute_dtype={name!r} in {variant}; choose one of {', '.join(DTYPES)}")
-    return DTYPES[name]
+    return name
 
 
 def torch_runner(variant: Variant, source: str, tokenizer, **kwargs) -> TorchRunner:
@@ -111,7 +112,7 @@ def build_bnb_int8(variant: Variant, source: str, tokenizer):
           ("nf4", "fp4", "nf4:double_quant=true"), linear_bytes=_4bit_bytes, options=("double_quant", "compute_dtype"),
           load="bitsandbytes")
 def build_bnb_4bit(variant: Variant, source: str, tokenizer):
-    compute = _compute_dtype(variant, "bf16" if device_of(variant) == "cuda" else "fp32")
+    compute = DTYPES[_compute_dtype(variant)]
     config = BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type=variant.name,
         bnb_4bit_use_double_quant=bool(variant.option("double_quant", False)),
@@ -123,8 +124,7 @@ def packed_rest_dtype(variant: Variant, checkpoint: str = "fp32") -> str:
     """What an RTN packed model holds unpacked (embeddings, norms, head) and computes in: option
     ``compute_dtype``, by default bf16 on CUDA (the int4 kernel's activations, as gpt-fast holds its
     models) and fp32 elsewhere."""
-    _compute_dtype(variant, "fp32")  # refuses an unknown name
-    return variant.option("compute_dtype", "bf16" if device_of(variant) == "cuda" else "fp32")
+    return _compute_dtype(variant)
 
 
 @register(r"int(?P<bits>[2348])-g(?P<group_size>\d+)", "pytorch",
