@@ -5,9 +5,9 @@ For each variant, in a fresh child process (so each peak is its own):
 1. **plan** it for this machine (:func:`edgekit.plan.plan_memory`): the planned peak is the larger
    of the steady state and the load's (or export's) own peak, the figure the guard admits by;
 2. **export** it, for the runtimes that ship an artifact (``onnx-*``, ``ov-*``, ``gguf-*``), into
-   the artifact cache ``edgekit compare`` reads, so a later compare reuses it (a cached artifact is
-   reported as such, with no export time); the peak counts helper processes too (llama.cpp's
-   converter runs in one: ``getrusage(RUSAGE_CHILDREN)``);
+   the artifact cache ``edgekit compare`` reads, so a later compare reuses it (an artifact already
+   cached, by an earlier compare or run, is reported as cached, with no export time or peak); the
+   peak counts helper processes too (llama.cpp's converter runs in one: ``getrusage(RUSAGE_CHILDREN)``);
 3. **load** it through :func:`edgekit.registry.build_runner` (the guard, then streamed packing,
    layer-wise calibration or the artifact's runtime);
 4. **decode**: one forward over a short prompt, then greedy decode steps with the KV cache.
@@ -17,7 +17,7 @@ keeps every row before it. The baseline of the same run is the plan itself (meas
 
 Write the checkpoint first (once, ~13.5 GB):
   flock /tmp/edgekit-7b.lock python benchmarks/make_random_checkpoint.py --preset llama-2-7b --dtype bf16 --out /tmp/ck7b/llama-2-7b
-Run:
+Run (``gptq-int4-g128`` comes last: its layer-by-layer calibration alone takes over an hour on 2 cores):
   flock /tmp/edgekit-7b.lock python benchmarks/bench_7b_paths.py --model /tmp/ck7b/llama-2-7b
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 GB = 1e9
-DEFAULT_VARIANTS = "bf16,int4-g128,gptq-int4-g128,onnx-int4-g32,ov-int4-g128,gguf-q4_0"
+DEFAULT_VARIANTS = "bf16,int4-g128,onnx-int4-g32,onnx-int8-g128,ov-int4-g128,ov-int8-g128,gguf-q4_0,gptq-int4-g128"
 
 
 def _children_peak_bytes() -> int:
@@ -53,10 +53,14 @@ def measure_one(model: str, name: str, context: int, prompt_tokens: int, decode_
     if variant.entry.exporter is not None:  # the runtime module's own artifact cache, the one compare reads
         cached_artifact = sys.modules[variant.entry.exporter.__module__].cached_artifact
         with PeakMemory() as peak:
-            t0 = time.perf_counter()
-            cached_artifact(variant, model)
-            row["export_s"] = time.perf_counter() - t0
-        row["export_peak_bytes"] = max(peak.result["peak_rss_bytes"], _children_peak_bytes())
+            t0, started = time.perf_counter(), time.time()
+            folder = cached_artifact(variant, model)
+            export_s = time.perf_counter() - t0
+        if (folder / "manifest.json").stat().st_mtime < started:
+            row["export_cached"] = str(folder)
+        else:
+            row["export_s"] = export_s
+            row["export_peak_bytes"] = max(peak.result["peak_rss_bytes"], _children_peak_bytes())
         release_memory()
     loadable = name if variant.family != "pytorch" else f"{name}{',' if ':' in name else ':'}context={context}"
     with PeakMemory() as peak:
@@ -81,7 +85,8 @@ def measure_one(model: str, name: str, context: int, prompt_tokens: int, decode_
 
 
 def report(r: dict) -> None:
-    export = (f"export {r['export_s']:7.1f} s, peak {r['export_peak_bytes'] / GB:5.2f} GB; " if "export_s" in r else "")
+    export = (f"export {r['export_s']:7.1f} s, peak {r['export_peak_bytes'] / GB:5.2f} GB; " if "export_s" in r
+              else "export cached; " if "export_cached" in r else "")
     print(f"{r['variant']:16s} planned peak {r['planned_peak_bytes'] / GB:6.2f} GB  measured {r['measured_peak_bytes'] / GB:6.2f} GB "
           f"({r['measured_peak_bytes'] / r['planned_peak_bytes']:.2f}x) | {export}load {r['load_s']:6.1f} s, peak "
           f"{r['load_peak_bytes'] / GB:5.2f} GB | weights {r['measured_weight_bytes'] / GB:5.2f} GB (planned "

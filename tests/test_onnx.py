@@ -11,7 +11,7 @@ from edgekit.runtimes.onnxruntime.runner import ORTRunner, compile_model, max_su
 from edgekit.registry import Variant, build_runner
 
 SETTINGS = EvalSettings(context=128, stride=64, max_tokens=1024, batch_size=8)
-QUANTIZED = ("onnx-int8", "onnx-int8-static", "onnx-int4-g32", "onnx-int4-g64", "onnx-int4-g128")
+QUANTIZED = ("onnx-int8", "onnx-int8-static", "onnx-int4-g32", "onnx-int4-g64", "onnx-int4-g128", "onnx-int8-g128")
 
 
 @pytest.fixture(scope="module")
@@ -86,16 +86,28 @@ def test_smaller_blocks_store_more_scales(default_model):
     assert sizes["onnx-int4-g32"] > sizes["onnx-int4-g128"]
 
 
+def test_8_bit_blocks_are_closer_to_fp32_than_4_bit(default_model, eval_ids, fp32_scores):
+    """Same blocks, same graph, twice the bits: the streamed int8 graph (the int8 path that fits a 7B)
+    must lose clearly less than the int4 one."""
+    kl = {}
+    for variant in ("onnx-int4-g128", "onnx-int8-g128"):
+        runner = build_runner(variant, default_model)
+        kl[variant] = score(runner, eval_ids, SETTINGS, baseline=fp32_scores, progress=False).against(fp32_scores)["kl_divergence"]
+        runner.close()
+    assert kl["onnx-int8-g128"] < 0.25 * kl["onnx-int4-g128"]
+
+
 def test_accuracy_level_and_symmetry_are_recorded(onnx_artifact):
     from edgekit.artifact import verify_artifact
 
     quant = verify_artifact(onnx_artifact("onnx-int4-g128:accuracy_level=0,symmetric=true")).data["quantization"]
-    assert quant == {"scheme": "4-bit weight-only MatMulNBits", "weight_dtype": "int4", "block_size": 128,
+    assert quant == {"scheme": "4-bit weight-only MatMulNBits", "weight_dtype": "int4", "bits": 4, "block_size": 128,
                      "symmetric": True, "accuracy_level": 0}
 
 
 @pytest.mark.parametrize("name, match", [("onnx-int4-g32:bogus=1", "unknown option.*bogus.*it takes symmetric"),
                                          ("onnx-int4-g48", "block size 48"),
+                                         ("onnx-int8-g48", "block size 48"),
                                          ("onnx-int4-g32:accuracy_level=7", "accuracy_level=7"),
                                          ("onnx-fp32:opt_level=max", "graph_optimization_level")])
 def test_bad_variant_options_are_refused(name, match, default_model, tmp_path):
@@ -139,20 +151,20 @@ def test_runtime_settings_from_manifest_apply_unless_overridden(onnx_artifact, t
         load_artifact(folder, threads=2)
 
 
-@pytest.mark.parametrize("symmetric", [False, True])
-def test_streamed_int4_graph_equals_the_quantized_optimum_export(symmetric, default_model, eval_ids, tmp_path):
+@pytest.mark.parametrize("bits, symmetric", [(4, False), (4, True), (8, False)])
+def test_streamed_nbits_graph_equals_the_quantized_optimum_export(bits, symmetric, default_model, eval_ids, tmp_path):
     """The graph written weight by weight (build.py) computes what ORT's own MatMulNBitsQuantizer makes
     of optimum's fp32 export: same codes and scales, same logits at fp32 compute (accuracy_level=1)."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     from edgekit.artifact import copy_side_files
-    from edgekit.runtimes.onnxruntime.build import build_int4_decoder
+    from edgekit.runtimes.onnxruntime.build import build_nbits_decoder
     from edgekit.runtimes.onnxruntime.export import cached_export
 
     built, reference = tmp_path / "built", tmp_path / "reference"
-    build_int4_decoder(default_model, built, 32, symmetric, 1)
-    config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=symmetric, accuracy_level=1,
+    build_nbits_decoder(default_model, built, bits, 32, symmetric, 1)
+    config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=symmetric, accuracy_level=1, bits=bits,
                                           op_types_to_quantize=("MatMul",))
     quantizer = MatMulNBitsQuantizer(onnx.load(str(cached_export(default_model))), algo_config=config)
     quantizer.process()

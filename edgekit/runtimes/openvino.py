@@ -3,18 +3,19 @@
 ``ov-int8`` follows OpenVINO's "Weight Compression" guide (NNCF ``compress_weights``,
 data-free): the plain fp32 ONNX export of the model (the one the ONNX variants start from,
 :func:`edgekit.runtimes.onnxruntime.cached_export`) is read with ``openvino.Core.read_model``
-and its weights compressed to int8 per output channel. ``ov-int4-g<N>`` starts from the
-4-bit graph that :mod:`edgekit.runtimes.onnxruntime.build` writes from the checkpoint one
-weight at a time (MatMulNBits blocks of ``N`` input channels, symmetric unless ``sym=false``,
-the LM head included; embeddings int8 per row, as NNCF's backup mode keeps them): OpenVINO's ONNX reader turns each MatMulNBits into
-its own compressed-weight pattern (u4/i4 constants, a scale per group), which the CPU plugin
-runs as int4 weights. That is the path that fits a 7B: NNCF would need the fp32 graph in
-memory first. Either way the result is saved as OpenVINO IR (``openvino_model.xml`` +
+and its weights compressed to int8 per output channel. ``ov-int4-g<N>`` and ``ov-int8-g<N>``
+start from the 4- or 8-bit graph that :mod:`edgekit.runtimes.onnxruntime.build` writes from the
+checkpoint one weight at a time (MatMulNBits blocks of ``N`` input channels, the LM head
+included; embeddings int8 per row, as NNCF's backup mode keeps them; int4 symmetric and int8
+asymmetric unless ``sym=`` says otherwise, as NNCF's modes default): OpenVINO's ONNX reader
+turns each MatMulNBits into its own compressed-weight pattern (u4/i4 or u8 constants, a scale
+per group), which the CPU plugin runs as compressed weights. That is the path that fits a 7B:
+NNCF would need the fp32 graph in memory first. Either way the result is saved as OpenVINO IR (``openvino_model.xml`` +
 ``.bin``) in an artifact folder with the edgekit manifest. The artifact is compiled for a device at load time: ``CPU``, or
 ``GPU`` / ``NPU`` where OpenVINO sees one; a device that is not present falls back to the
 CPU with a :class:`DeviceFallbackWarning`, never silently.
 
-Variants: ``ov-int8``, ``ov-int4-g32``, ``ov-int4-g128`` (any ``ov-int4-g<N>``). Options:
+Variants: ``ov-int8``, ``ov-int4-g32``, ``ov-int4-g128``, ``ov-int8-g128`` (any ``ov-int4|8-g<N>``). Options:
 ``sym=true|false`` (int4 defaults to symmetric, int8 to asymmetric, as NNCF's modes do),
 ``device=CPU|GPU|NPU|AUTO``, ``threads=N`` (default: PyTorch's thread count, so runtimes
 compare on the same cores).
@@ -40,9 +41,9 @@ from edgekit.errors import VariantError
 from edgekit.guard import admit
 from edgekit.loading import model_key
 from edgekit.registry import Variant, group_codes_bytes, per_channel_int8_bytes, register
-from edgekit.runtimes.onnxruntime.build import build_int4_decoder
+from edgekit.runtimes.onnxruntime.build import build_nbits_decoder
 from edgekit.runtimes.onnxruntime.export import cached_export
-from edgekit.runtimes.onnxruntime.quantize import check_int4
+from edgekit.runtimes.onnxruntime.quantize import check_matmul_nbits
 
 MODEL_XML = "openvino_model.xml"
 MODEL_BIN = "openvino_model.bin"
@@ -70,14 +71,14 @@ def select_device(requested: str, available: list[str] | None = None) -> str:
 
 
 def compression_settings(variant: Variant) -> dict:
-    """The NNCF settings a variant stands for (mode, group size, symmetry)."""
+    """The compression a variant stands for (mode, group size, symmetry), in NNCF's terms."""
     bits = variant.bits
     sym = bool(variant.option("sym", bits == 4))
-    if bits == 4:
-        check_int4(variant.group_size, 0)  # the graph is MatMulNBits: its block sizes
-        return {"scheme": "4-bit MatMulNBits graph built from the checkpoint, read by OpenVINO", "bits": 4,
-                "mode": f"int4_{'sym' if sym else 'asym'}", "group_size": variant.group_size, "symmetric": sym,
-                "embeddings_and_head": "embeddings int8 per row, head int4"}
+    if variant.group_size:
+        check_matmul_nbits(variant.group_size, 0)  # the graph is MatMulNBits: its block sizes
+        return {"scheme": f"{bits}-bit MatMulNBits graph built from the checkpoint, read by OpenVINO", "bits": bits,
+                "mode": f"int{bits}_{'sym' if sym else 'asym'}", "group_size": variant.group_size, "symmetric": sym,
+                "embeddings_and_head": f"embeddings int8 per row, head int{bits}"}
     return {"scheme": "NNCF data-free weight compression", "bits": 8, "mode": f"int8_{'sym' if sym else 'asym'}",
             "group_size": -1, "symmetric": sym, "embeddings_and_head": "int8"}
 
@@ -96,7 +97,7 @@ def compress_int8(model, settings: dict):
 
 
 def export_artifact(variant: "str | Variant", source: str, out_dir) -> Manifest:
-    """int8: ONNX export -> NNCF; int4: the streamed 4-bit ONNX graph -> OpenVINO IR in ``out_dir``."""
+    """int8: ONNX export -> NNCF; int4|8-g<N>: the streamed MatMulNBits graph -> OpenVINO IR in ``out_dir``."""
     import openvino as ov
 
     variant = Variant.parse(variant)
@@ -104,13 +105,13 @@ def export_artifact(variant: "str | Variant", source: str, out_dir) -> Manifest:
     settings = compression_settings(variant)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if settings["bits"] == 8:
+    if settings["group_size"] == -1:
         model = compress_int8(_core().read_model(str(cached_export(source))), settings)
         ov.save_model(model, str(out_dir / MODEL_XML), compress_to_fp16=False)
     else:
         with tempfile.TemporaryDirectory(prefix="edgekit-ov-build-", dir=work_dir()) as work:
-            graph = build_int4_decoder(source, work, settings["group_size"], settings["symmetric"], 0,
-                                       int8_embeddings=True)
+            graph = build_nbits_decoder(source, work, bits=settings["bits"], block_size=settings["group_size"],
+                                        symmetric=settings["symmetric"], accuracy_level=0, int8_embeddings=True)
             model = _core().read_model(str(graph))
             ov.save_model(model, str(out_dir / MODEL_XML), compress_to_fp16=False)
     copy_side_files(source, out_dir)
@@ -199,14 +200,14 @@ def cached_artifact(variant: Variant, source: str) -> Path:
 
 
 def _ov_bytes(variant: Variant, out_f: int, in_f: int, bias: bool, dense: str) -> int:
-    if variant.bits == 8:
+    if not variant.group_size:
         return per_channel_int8_bytes(variant, out_f, in_f, bias, dense)
-    return group_codes_bytes(out_f, in_f, bias, 4, variant.group_size)
+    return group_codes_bytes(out_f, in_f, bias, variant.bits, variant.group_size)
 
 
-@register(r"ov-int(?P<bits>4)-g(?P<group_size>\d+)", "openvino",
-          "OpenVINO IR of the 4-bit graph built from the checkpoint tensor by tensor (options sym, device, threads)",
-          ("ov-int4-g32", "ov-int4-g128"), linear_bytes=_ov_bytes, options=("sym", "device", "threads"),
+@register(r"ov-int(?P<bits>[48])-g(?P<group_size>\d+)", "openvino",
+          "OpenVINO IR of the 4- or 8-bit graph built from the checkpoint tensor by tensor (options sym, device, "
+          "threads)", ("ov-int4-g32", "ov-int4-g128", "ov-int8-g128"), linear_bytes=_ov_bytes, options=("sym", "device", "threads"),
           load="streamed-export", dense=lambda variant, checkpoint: "fp16", exporter=export_artifact)
 @register(r"ov-int(?P<bits>8)", "openvino",
           "OpenVINO IR, NNCF int8 weight compression of the fp32 ONNX export (options sym, device=CPU|GPU|NPU, threads)",

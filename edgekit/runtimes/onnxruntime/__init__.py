@@ -1,18 +1,19 @@
 """The ONNX variants: export, quantize, compile into a verified artifact, run on ONNX Runtime.
 
 ``onnx-fp32``, ``onnx-int8`` (dynamic, per-channel), ``onnx-int8-static`` (QDQ calibrated
-on the ``calibration`` split) and ``onnx-int4-g32|g64|g128`` (MatMulNBits) join the same
+on the ``calibration`` split) and ``onnx-int4-g32|g64|g128`` / ``onnx-int8-g<N>`` (weight-only
+MatMulNBits, 4 or 8 bits per weight in blocks of N input channels) join the same
 registry as the PyTorch variants, so ``edgekit compare --variants fp32,onnx-int8`` measures
 them with the same code into the same table. The fp32 and int8 variants are built along the
 path the deployment guides describe — PyTorch → ONNX (:mod:`edgekit.runtimes.onnxruntime.export`)
-→ quantized ONNX (:mod:`edgekit.runtimes.onnxruntime.quantize`); the int4 variants are written
+→ quantized ONNX (:mod:`edgekit.runtimes.onnxruntime.quantize`); the MatMulNBits variants are written
 from the checkpoint one weight at a time (:mod:`edgekit.runtimes.onnxruntime.build`, the path that
 fits a 7B) — then compiled for the target (:func:`edgekit.runtimes.onnxruntime.runner.compile_model`)
 → artifact with a manifest (:mod:`edgekit.artifact`) — and loaded back through
 :func:`~edgekit.artifact.load_artifact`, which verifies every file first. The manifest records
 the compiled model's logit parity with PyTorch fp32 where that reference fits this machine.
 
-Options (after a colon): ``per_channel`` (int8), ``symmetric`` and ``accuracy_level`` (int4,
+Options (after a colon): ``per_channel`` (int8), ``symmetric`` and ``accuracy_level`` (MatMulNBits,
 default 4 = int8 compute), ``opt_level`` (graph optimisation: disable|basic|extended|all)
 and ``provider`` (execution provider to compile for, e.g. ``OpenVINOExecutionProvider``).
 The plain fp32 export of a model is cached once under ``work_dir()/onnx-exports``; each
@@ -40,9 +41,9 @@ from edgekit.registry import (
     per_channel_int8_bytes,
     register,
 )
-from edgekit.runtimes.onnxruntime.build import build_int4_decoder
+from edgekit.runtimes.onnxruntime.build import build_nbits_decoder
 from edgekit.runtimes.onnxruntime.export import cached_export, parity, parity_batch
-from edgekit.runtimes.onnxruntime.quantize import check_int4, quantize_int8_dynamic, quantize_int8_static
+from edgekit.runtimes.onnxruntime.quantize import check_matmul_nbits, quantize_int8_dynamic, quantize_int8_static
 from edgekit.runtimes.onnxruntime.runner import (
     MODEL_FILE,
     ORTRunner,
@@ -60,7 +61,8 @@ __all__ = ["export_artifact", "cached_artifact", "self_test"]
 
 
 def _scheme(variant: Variant) -> str:
-    return "int4" if variant.name.startswith("onnx-int4") else variant.name[len("onnx-"):]
+    """fp32, int8, int8-static, or nbits for the MatMulNBits graphs built from the checkpoint."""
+    return "nbits" if variant.group_size else variant.name[len("onnx-"):]
 
 
 def quantization_settings(variant: Variant) -> dict:
@@ -75,7 +77,8 @@ def quantization_settings(variant: Variant) -> dict:
         return {"scheme": "static int8 QDQ (onnxruntime quantize_static, MinMax)", "weight_dtype": "int8",
                 "activation_dtype": "uint8", "per_channel": bool(variant.option("per_channel", True)),
                 "calibration": {"split": "calibration", "windows": 16, "tokens_per_window": 128}}
-    return {"scheme": "4-bit weight-only MatMulNBits", "weight_dtype": "int4", "block_size": variant.group_size,
+    return {"scheme": f"{variant.bits}-bit weight-only MatMulNBits", "weight_dtype": f"int{variant.bits}",
+            "bits": variant.bits, "block_size": variant.group_size,
             "symmetric": bool(variant.option("symmetric", False)),
             "accuracy_level": int(variant.option("accuracy_level", 4))}
 
@@ -83,9 +86,9 @@ def quantization_settings(variant: Variant) -> dict:
 def _quantized_model(variant: Variant, settings: dict, source: str, work: Path) -> Path:
     """The quantized (not yet compiled) ONNX model of ``variant``, written under ``work``."""
     scheme = _scheme(variant)
-    if scheme == "int4":
-        return build_int4_decoder(source, work, settings["block_size"], settings["symmetric"],
-                                  settings["accuracy_level"])
+    if scheme == "nbits":
+        return build_nbits_decoder(source, work, settings["bits"], settings["block_size"], settings["symmetric"],
+                                   settings["accuracy_level"])
     raw = cached_export(source)
     target = work / "quantized.onnx"
     if scheme == "fp32":
@@ -148,8 +151,8 @@ def export_artifact(variant: Variant, source: str, out_dir: str | Path) -> Manif
     level = str(variant.option("opt_level", "all"))
     providers = [variant.option("provider")] if variant.option("provider") else None
     session_options(level)  # refuse a bad level before any work
-    if _scheme(variant) == "int4":
-        check_int4(settings["block_size"], settings["accuracy_level"])
+    if _scheme(variant) == "nbits":
+        check_matmul_nbits(settings["block_size"], settings["accuracy_level"])
     with tempfile.TemporaryDirectory(prefix="edgekit-quantize-", dir=work_dir()) as work:
         quantized = _quantized_model(variant, settings, source, Path(work))
         compile_model(quantized, out_dir / MODEL_FILE, level, providers)
@@ -177,8 +180,8 @@ def _build(variant: Variant, source: str, tokenizer):
     return load_artifact(cached_artifact(variant, source))
 
 
-def _int4_bytes(variant: Variant, out_f: int, in_f: int, bias: bool, dense: str) -> int:
-    return group_codes_bytes(out_f, in_f, bias, 4, variant.group_size)
+def _nbits_bytes(variant: Variant, out_f: int, in_f: int, bias: bool, dense: str) -> int:
+    return group_codes_bytes(out_f, in_f, bias, variant.bits, variant.group_size)
 
 
 _ENTRY = dict(load="export", dense=lambda variant, checkpoint: "fp32", exporter=export_artifact)
@@ -189,7 +192,8 @@ register(r"onnx-int8", "onnxruntime", "ONNX Runtime dynamic int8 (option per_cha
 register(r"onnx-int8-static", "onnxruntime", "ONNX Runtime static int8 QDQ calibrated on the calibration split",
          ("onnx-int8-static",), linear_bytes=per_channel_int8_bytes, options=("per_channel", *COMMON_OPTIONS),
          **_ENTRY)(_build)
-register(r"onnx-int4-g(?P<group_size>\d+)", "onnxruntime",
-         "ONNX Runtime MatMulNBits 4-bit, built from the checkpoint tensor by tensor (options symmetric=false, "
-         "accuracy_level=4)", ("onnx-int4-g32", "onnx-int4-g64", "onnx-int4-g128"), linear_bytes=_int4_bytes,
+register(r"onnx-int(?P<bits>[48])-g(?P<group_size>\d+)", "onnxruntime",
+         "ONNX Runtime MatMulNBits 4- or 8-bit weight-only, built from the checkpoint tensor by tensor (options "
+         "symmetric=false, accuracy_level=4)", ("onnx-int4-g32", "onnx-int4-g64", "onnx-int4-g128", "onnx-int8-g128"),
+         linear_bytes=_nbits_bytes,
          options=("symmetric", "accuracy_level", *COMMON_OPTIONS), **{**_ENTRY, "load": "streamed-export"})(_build)

@@ -1,4 +1,4 @@
-"""Build a 4-bit ONNX decoder straight from safetensors shards, one weight at a time.
+"""Build a 4- or 8-bit ONNX decoder straight from safetensors shards, one weight at a time.
 
 Why not export and then quantize: optimum's exporter traces the model in fp32 and ONNX Runtime's
 ``MatMulNBitsQuantizer`` loads the whole graph with its weights, so a 7B needs about 27 GB twice
@@ -16,7 +16,8 @@ The graph keeps the interface optimum exports for ``text-generation-with-past`` 
 take an optimum export. Attention is written in standard ONNX ops (rotary embedding from
 transformers' own ``ROPE_INIT_FUNCTIONS``, causal plus padding mask, grouped KV heads
 repeated), so only ``com.microsoft.MatMulNBits`` is a contrib op; norms and rotary tables
-stay fp32, every linear (the LM head included) is MatMulNBits, and the token embeddings are
+stay fp32, every linear (the LM head included) is MatMulNBits (4-bit, or 8-bit: the same op and
+block layout with ``bits=8``, the int8 graph that fits a 7B), and the token embeddings are
 fp32 or, with ``int8_embeddings`` (OpenVINO's int4 recipe: NNCF keeps them at int8 too), int8
 codes with one scale per row, dequantized after the lookup in standard ops.
 
@@ -69,7 +70,7 @@ class _Weights:
 class _Writer:
     """The graph under construction and the external data file its initializers point into."""
 
-    def __init__(self, out_dir: Path, block_size: int, symmetric: bool, accuracy_level: int) -> None:
+    def __init__(self, out_dir: Path, bits: int, block_size: int, symmetric: bool, accuracy_level: int) -> None:
         from onnxruntime.quantization.matmul_nbits_quantizer import (
             DefaultWeightOnlyQuantConfig,
             DefaultWeightOnlyQuantizer,
@@ -78,9 +79,9 @@ class _Writer:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[TensorProto] = []
         self.data = open(out_dir / EXTERNAL_DATA_FILE, "wb")
-        self.block_size, self.symmetric, self.accuracy_level = block_size, symmetric, accuracy_level
+        self.bits, self.block_size, self.symmetric, self.accuracy_level = bits, block_size, symmetric, accuracy_level
         self.quantizer = DefaultWeightOnlyQuantizer(DefaultWeightOnlyQuantConfig(
-            block_size=block_size, is_symmetric=symmetric, accuracy_level=accuracy_level or None, bits=4))
+            block_size=block_size, is_symmetric=symmetric, accuracy_level=accuracy_level or None, bits=bits))
         self._count = 0
 
     def name(self, hint: str) -> str:
@@ -116,10 +117,10 @@ class _Writer:
         """``x @ weight.T (+ bias)`` as MatMulNBits; ``weight`` is the checkpoint's ``[out, in]`` tensor."""
         out_f, in_f = weight.shape
         packed, scales, zeros = self.quantizer.qbits_block_quant(weight.float().T.contiguous().numpy())
-        inputs = [x, self.external(name + "_Q4", packed), self.external(name + "_scales", scales)]
+        inputs = [x, self.external(f"{name}_Q{self.bits}", packed), self.external(name + "_scales", scales)]
         if not self.symmetric:
             inputs.append(self.external(name + "_zero_points", zeros))
-        attrs = {"K": in_f, "N": out_f, "bits": 4, "block_size": self.block_size}
+        attrs = {"K": in_f, "N": out_f, "bits": self.bits, "block_size": self.block_size}
         if self.accuracy_level:
             attrs["accuracy_level"] = self.accuracy_level
         y = self.node("MatMulNBits", inputs, name, domain="com.microsoft", **attrs)
@@ -143,21 +144,21 @@ def _rope_tables(config, positions: int) -> tuple[np.ndarray, np.ndarray]:
     return ((emb.cos() * attention_scaling).numpy(), (emb.sin() * attention_scaling).numpy())
 
 
-def build_int4_decoder(source: str, out_dir: str | Path, block_size: int, symmetric: bool,
-                       accuracy_level: int, int8_embeddings: bool = False) -> Path:
-    """Write ``out_dir/model.onnx`` (+ ``model.onnx_data``): the decoder of ``source`` with 4-bit
-    MatMulNBits linears, streaming the checkpoint tensor by tensor. Returns the model path."""
+def build_nbits_decoder(source: str, out_dir: str | Path, bits: int, block_size: int, symmetric: bool,
+                        accuracy_level: int, int8_embeddings: bool = False) -> Path:
+    """Write ``out_dir/model.onnx`` (+ ``model.onnx_data``): the decoder of ``source`` with ``bits``-bit
+    (4 or 8) MatMulNBits linears, streaming the checkpoint tensor by tensor. Returns the model path."""
     folder = Path(resolve_source(source))
     config = model_config(source)
     if not supports(config):
-        raise VariantError(f"onnx-int4 builds Llama-family graphs ({', '.join(SUPPORTED_TYPES)}); {source} is a "
-                           f"{config.model_type}: use onnx-int8 or onnx-fp32 for it")
+        raise VariantError(f"onnx-int{bits}-g<N> builds Llama-family graphs ({', '.join(SUPPORTED_TYPES)}); {source} "
+                           f"is a {config.model_type}: use onnx-int8 or onnx-fp32 for it")
     if not folder.is_dir():
-        raise VariantError(f"onnx-int4 reads a local folder of safetensors shards; download {source} first")
+        raise VariantError(f"onnx-int{bits}-g<N> reads a local folder of safetensors shards; download {source} first")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = _Weights(folder)
-    w = _Writer(out_dir, block_size, symmetric, accuracy_level)
+    w = _Writer(out_dir, bits, block_size, symmetric, accuracy_level)
     try:
         graph = _decoder_graph(w, weights, config, int8_embeddings)
     finally:
@@ -261,7 +262,7 @@ def _decoder_graph(w: _Writer, weights: _Weights, config, int8_embeddings: bool)
     def maybe(name: str) -> torch.Tensor | None:
         return weights.get(name) if name in weights else None
 
-    for i in tqdm(range(layers), desc="build onnx-int4", unit="layer", leave=False):
+    for i in tqdm(range(layers), desc=f"build onnx-int{w.bits}", unit="layer", leave=False):
         p = f"{prefix}layers.{i}."
         h = rms_norm(x, p + "input_layernorm.weight")
         proj = {n: w.linear(h, weights.get(f"{p}self_attn.{n}.weight"), f"{p}self_attn.{n}",
@@ -289,5 +290,5 @@ def _decoder_graph(w: _Writer, weights: _Weights, config, int8_embeddings: bool)
     head = tied_head if tied_head is not None else weights.get("lm_head.weight")
     logits = w.linear(x, head, "lm_head")
     w.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits_out"))
-    return helper.make_graph(w.nodes, "edgekit-int4-decoder", inputs, outputs, w.initializers)
+    return helper.make_graph(w.nodes, f"edgekit-int{w.bits}-decoder", inputs, outputs, w.initializers)
 

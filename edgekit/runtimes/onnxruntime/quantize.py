@@ -9,13 +9,13 @@ Follows the ONNX Runtime guide "Quantize ONNX models"
 - **static int8 QDQ** (``quantize_static``): activation ranges calibrated (MinMax) on
   windows of the ``calibration`` corpus split, written as QuantizeLinear/DequantizeLinear
   pairs around each MatMul, which ONNX Runtime fuses into integer kernels.
-- **4-bit weight-only** (``MatMulNBits``): each linear weight packed into blocks of
+- **4- or 8-bit weight-only** (``MatMulNBits``): each linear weight packed into blocks of
   32/64/128 weights with one scale (and a zero point unless symmetric). ``accuracy_level``
   picks the compute type of the CPU kernel: 0 (unset) and 1 dequantize to fp32; 4 quantizes
   activations to int8 and runs int8 dot products, which is what makes it fast on CPUs. These
   graphs are not quantized after an export: :mod:`edgekit.runtimes.onnxruntime.build` writes them
   from the checkpoint one weight at a time (with the per-tensor kernel of ORT's
-  ``MatMulNBitsQuantizer``), so a 7B never sits in memory; :func:`check_int4` refuses bad settings.
+  ``MatMulNBitsQuantizer``), so a 7B never sits in memory; :func:`check_matmul_nbits` refuses bad settings.
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def quantize_int8_dynamic(source: str | Path, target: str | Path, per_channel: b
     return target
 
 
-def check_int4(block_size: int, accuracy_level: int) -> None:
+def check_matmul_nbits(block_size: int, accuracy_level: int) -> None:
     """Refuse a MatMulNBits block size or accuracy level ONNX Runtime's CPU kernel does not take."""
     if block_size not in BLOCK_SIZES:
         raise VariantError(f"block size {block_size} is not supported by MatMulNBits; use one of {BLOCK_SIZES}")
