@@ -16,7 +16,7 @@ from edgekit.plan import device_profiles, known_models, plan_memory
 from edgekit.plots import comparison_figure, figure_png, plot_memory_vs_device, plot_quant_grid
 from edgekit.reference_quant import Scheme, fake_quantize, group_grid, quantization_error
 from edgekit.registry import Variant, offered_variants
-from edgekit.report import by_model, comparison_frame, device_memory_frame, run_label, write_report
+from edgekit.report import comparison_frame, device_memory_frame, run_label, write_report
 from edgekit.results import ResultStore
 from edgekit.side_by_side import SideBySide, side_by_side
 from edgekit.sweep import run_sweep

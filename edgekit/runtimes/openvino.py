@@ -37,7 +37,6 @@ import torch
 from edgekit.artifact import Manifest, artifact_loader, copy_side_files, load_artifact, write_manifest
 from edgekit.artifact import cached_artifact as shared_cache
 from edgekit.data import work_dir
-from edgekit.errors import VariantError
 from edgekit.guard import admit
 from edgekit.loading import model_key
 from edgekit.registry import Variant, group_codes_bytes, per_channel_int8_bytes, register
