@@ -48,13 +48,17 @@ def _group_params(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tenso
 @torch.no_grad()
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int,
                   damp: float = 0.01, block_size: int = 128):
-    """GPTQ codes, scales and zeros of one weight [out, in] given its Hessian [in, in]."""
-    W = weight.detach().float().clone()
-    out_features, cols = W.shape
-    H = hessian.to(W.device, torch.float32, copy=True)  # statistics are gathered on the CPU; the weight may be on a GPU
+    """GPTQ codes, scales and zeros of one weight [out, in] given its Hessian [in, in].
+
+    The weight is held transposed, [in, out], so that every update runs over contiguous rows: the
+    column loop's rank-1 updates (thousands of tiny ops, on one thread) and, after each block of
+    columns, the lazy-batch update of the rest (most of a 7B's GPTQ time, in place, on every thread)."""
+    Wt = weight.detach().float().T.contiguous()
+    cols, out_features = Wt.shape
+    H = hessian.to(Wt.device, torch.float32, copy=True)  # statistics are gathered on the CPU; the weight may be on a GPU
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
-    W[:, dead] = 0
+    Wt[dead] = 0
     H.diagonal().add_(damp * torch.mean(torch.diag(H)))
     # each [in, in] step replaces the one before: for a 7B's down_proj (11008 inputs) a step is 0.48 GB
     L = torch.linalg.cholesky(H)
@@ -63,27 +67,28 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_
     del L
     Hinv = torch.linalg.cholesky(Hinv, upper=True)
     qmax = (1 << bits) - 1
-    codes = torch.zeros(out_features, cols, dtype=torch.uint8, device=W.device)
-    scales = torch.zeros(out_features, group_count(cols, group_size), device=W.device)  # a ragged last group counts
+    codes_t = torch.zeros(cols, out_features, dtype=torch.uint8, device=Wt.device)
+    scales = torch.zeros(out_features, group_count(cols, group_size), device=Wt.device)  # a ragged last group counts
     zeros = torch.zeros_like(scales, dtype=torch.uint8)
     block = max(block_size // group_size, 1) * group_size  # lazy batches hold whole groups
     for i1 in range(0, cols, block):
         i2 = min(i1 + block, cols)
-        W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
-        Err1 = torch.zeros_like(W1)
-        for i in range(i2 - i1):
-            col = i1 + i
-            if col % group_size == 0:
-                scale, zero = _group_params(W1[:, i : i + group_size], bits)
-                scales[:, col // group_size], zeros[:, col // group_size] = scale, zero.to(torch.uint8)
-            w = W1[:, i]
-            q = torch.clamp(torch.round(w / scale) + zero, 0, qmax)
-            codes[:, col] = q.to(torch.uint8)
-            err = (w - (q - zero) * scale) / Hinv1[i, i]
-            W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
-            Err1[:, i] = err
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-    return codes, scales, zeros
+        W1t, Hinv1 = Wt[i1:i2], Hinv[i1:i2, i1:i2]  # quantized in place: these rows are not read again
+        Err1t = torch.zeros_like(W1t)
+        with single_thread():
+            for i in range(i2 - i1):
+                col = i1 + i
+                if col % group_size == 0:
+                    scale, zero = _group_params(W1t[i : i + group_size].T, bits)
+                    scales[:, col // group_size], zeros[:, col // group_size] = scale, zero.to(torch.uint8)
+                w = W1t[i]
+                q = torch.clamp(torch.round(w / scale) + zero, 0, qmax)
+                codes_t[col] = q.to(torch.uint8)
+                err = (w - (q - zero) * scale) / Hinv1[i, i]
+                W1t[i:].addr_(Hinv1[i, i:], err, alpha=-1)
+                Err1t[i] = err
+        Wt[i2:].addmm_(Hinv[i1:i2, i2:].T, Err1t, alpha=-1)
+    return codes_t.T.contiguous(), scales, zeros
 
 
 def quantize_gptq(model: nn.Module, calib: torch.Tensor, bits: int, group_size: int,
@@ -102,8 +107,7 @@ def quantize_gptq(model: nn.Module, calib: torch.Tensor, bits: int, group_size: 
         feed(names, add)
         for name in names:
             linear = model.get_submodule(name)
-            with single_thread():
-                codes, scale, zero = gptq_quantize(linear.weight, 2 * sums.pop(name) / rows[name], bits, group_size, damp)
+            codes, scale, zero = gptq_quantize(linear.weight, 2 * sums.pop(name) / rows[name], bits, group_size, damp)
             replace_module(model, name, PackedLinear.from_codes(codes, scale, zero, bits, group_size, linear.bias))
 
     return quantize_blockwise(model, calib, quantize_block, f"GPTQ int{bits}-g{group_size}", progress,

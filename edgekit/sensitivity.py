@@ -30,7 +30,7 @@ import pandas as pd
 from torch import nn
 
 from edgekit.calibrated import gptq_quantize
-from edgekit.calibration import calibration_ids, hessians, single_thread
+from edgekit.calibration import calibration_ids, hessians
 from edgekit.data import eval_token_ids, work_dir
 from edgekit.errors import VariantError
 from edgekit.guard import guarded_fp32_load
@@ -64,8 +64,7 @@ def _quantizer(scheme: str, model: nn.Module, tokenizer, samples: int, seq_len: 
     H = hessians(model, list(block_linears(model)), calibration_ids(tokenizer, samples, seq_len))
 
     def gptq(name, linear):
-        with single_thread():
-            codes, scale, zero = gptq_quantize(linear.weight, H[name], variant.bits, variant.group_size)
+        codes, scale, zero = gptq_quantize(linear.weight, H[name], variant.bits, variant.group_size)
         return PackedLinear.from_codes(codes, scale, zero, variant.bits, variant.group_size, linear.bias)
     return gptq
 
