@@ -272,7 +272,7 @@ def _parse_options(text: str, name: str) -> tuple[tuple[str, Any], ...]:
     options = []
     for item in text.split(","):
         key, eq, value = item.partition("=")
-        if not eq or not key.strip():
+        if not eq or not key.strip() or "=" in value:  # "a=1:b=2" is two options run together (device=cuda:1 is one)
             raise VariantError(f"bad option {item!r} in variant {name!r}; write options as name:key=value,key=value")
         options.append((key.strip(), _coerce(value.strip())))
     return tuple(sorted(options))

@@ -105,6 +105,9 @@ def test_option_parsing():
         g.name = "fp32"
     with pytest.raises(VariantError, match="key=value"):
         Variant.parse("nf4:double_quant")
+    with pytest.raises(VariantError, match="key=value,key=value"):  # colons between options, not commas
+        Variant.parse("mixed-int4-g128-k4:rank_tokens=256:samples=4")
+    assert Variant.parse("fp32:device=cuda:1").option("device") == "cuda:1"  # a colon inside a value is fine
 
 
 def test_bad_compute_dtype_is_refused(default_model, tokenizer):
