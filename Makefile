@@ -30,7 +30,7 @@ demo: setup  ## the main job: compare quantization variants of the default model
 	$(PY) -m edgekit compare --model default --json edgekit-results/compare.json
 
 test: setup $(CHROMIUM)  ## unit tests, the browser test, then every notebook under nbval
-	$(PY) -m pytest tests notebooks --nbval-lax -q
+	$(PY) -m pytest tests notebooks --nbval-lax -q --durations=15  # the slowest 15 items: the 15-minute budget at a glance
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
