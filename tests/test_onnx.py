@@ -136,6 +136,23 @@ def test_compile_levels_and_opset(onnx_artifact, tmp_path, eval_ids, onnx_fp32):
     assert torch.allclose(basic.logits(eval_ids[:32][None, :]), onnx_fp32.logits(eval_ids[:32][None, :]), atol=1e-4)
 
 
+@pytest.mark.parametrize("variant", ["onnx-fp32", "onnx-int4-g32"])
+def test_signature_read_from_the_graph_is_what_onnx_runtime_reports(variant, onnx_artifact):
+    """The manifest's signature is read from the graph without a session (a 7B's weights stay unread):
+    it must be exactly what an ONNX Runtime session of the compiled model reports."""
+    import onnxruntime as ort
+
+    from edgekit.artifact import verify_artifact
+    from edgekit.runtimes.onnxruntime import model_signature
+
+    folder = onnx_artifact(variant)
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    describe = lambda args: [{"name": a.name, "type": a.type, "shape": a.shape} for a in args]  # noqa: E731
+    live = {"inputs": describe(session.get_inputs()), "outputs": describe(session.get_outputs())}
+    assert model_signature(folder / "model.onnx") == live
+    assert verify_artifact(folder).data["signature"] == live
+
+
 def test_runtime_settings_from_manifest_apply_unless_overridden(onnx_artifact, tmp_path):
     import shutil
 

@@ -57,7 +57,7 @@ from edgekit.runtimes.onnxruntime.runner import (
 COMMON_OPTIONS = ("opt_level", "provider")
 PARITY_TOKENS = 512
 
-__all__ = ["export_artifact", "cached_artifact", "self_test"]
+__all__ = ["export_artifact", "cached_artifact", "model_signature", "self_test"]
 
 
 def _scheme(variant: Variant) -> str:
@@ -101,9 +101,26 @@ def _quantized_model(variant: Variant, settings: dict, source: str, work: Path) 
                                   cal["windows"], cal["tokens_per_window"])
 
 
-def _signature(session: ort.InferenceSession) -> dict:
-    describe = lambda args: [{"name": a.name, "type": a.type, "shape": a.shape} for a in args]  # noqa: E731
-    return {"inputs": describe(session.get_inputs()), "outputs": describe(session.get_outputs())}
+def model_signature(path: Path) -> dict:
+    """Inputs and outputs of the ONNX model at ``path`` as ONNX Runtime names them (``tensor(float)``, dims
+    or their symbols), read from the graph alone: no session, so a 7B's weights are not loaded for it."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+
+    def describe(values) -> list[dict]:
+        rows = []
+        for v in values:
+            tensor = v.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else d.dim_param if d.HasField("dim_param") else None
+                    for d in tensor.shape.dim]
+            rows.append({"name": v.name, "type": f"tensor({onnx.TensorProto.DataType.Name(tensor.elem_type).lower()})",
+                         "shape": dims})
+        return rows
+
+    initializers = {t.name for t in graph.initializer}
+    return {"inputs": describe(v for v in graph.input if v.name not in initializers),
+            "outputs": describe(graph.output)}
 
 
 class _LogitsOf:
@@ -157,9 +174,7 @@ def export_artifact(variant: Variant, source: str, out_dir: str | Path) -> Manif
         quantized = _quantized_model(variant, settings, source, Path(work))
         compile_model(quantized, out_dir / MODEL_FILE, level, providers)
     copy_side_files(source, out_dir)
-    session = ort.InferenceSession(str(out_dir / MODEL_FILE), providers=["CPUExecutionProvider"])
-    signature = _signature(session)
-    del session
+    signature = model_signature(out_dir / MODEL_FILE)
     evaluation = _parity_against_pytorch(source, out_dir)
     return write_manifest(out_dir, variant=str(variant), runtime="onnxruntime", runtime_version=ort.__version__,
                           model=resolve_source(source), quantization=settings, signature=signature,
