@@ -438,14 +438,16 @@ def _scratch_array(shape: tuple[int, int]) -> np.ndarray:
 
 def measure_latency(runner, prompt_ids: torch.Tensor, new_tokens: int = 32, runs: int = 5,
                     warmup: int = 1, progress: bool = True, max_warmup: int = 12,
-                    steady_within: float = 0.1) -> dict:
+                    steady_within: float = 0.1, max_warmup_s: float = 120.0) -> dict:
     """Time to first token and per-token decode latency over ``runs`` timed generations, once steady.
 
     Warm-up is not a fixed count: generations run (at least ``warmup``, at most ``max_warmup``)
     until the median decode gap of one is within ``steady_within`` of the previous one's, because
     the first tokens of a process run several times slower (allocator, kernel selection, caches;
-    on a GPU the first ~150 tokens, 2-4x). ``warmup_runs`` says how many it took, ``steady``
-    whether it got there. On CUDA each token is stamped with a CUDA event (read after the run),
+    on a GPU the first ~150 tokens, 2-4x). That effect lasts a number of tokens, not of seconds, so
+    warm-up also ends once it has taken ``max_warmup_s``: a 7B decoding at one token a second on a
+    CPU is warm after its first run, and ten more would cost ten minutes a row. ``warmup_runs``
+    says how many it took, ``steady`` whether it got there. On CUDA each token is stamped with a CUDA event (read after the run),
     elsewhere with ``time.perf_counter``.
 
     TTFT is the median over runs; decode tokens/s is the median of each run's
@@ -460,8 +462,9 @@ def measure_latency(runner, prompt_ids: torch.Tensor, new_tokens: int = 32, runs
     device = getattr(runner, "device", None)  # a torch runner's; other runtimes time on the host
     device = device if isinstance(device, torch.device) else torch.device("cpu")
     bar = tqdm(desc=f"latency {runner.name}", unit="run", disable=not progress, leave=False)
-    previous, warmup_runs, steady = None, 0, False
-    while warmup_runs < max_warmup and not (warmup_runs >= warmup and steady):
+    previous, warmup_runs, steady, started = None, 0, False, time.perf_counter()
+    while warmup_runs < max_warmup and not (warmup_runs >= warmup
+                                            and (steady or time.perf_counter() - started > max_warmup_s)):
         gap = float(np.median(np.diff(_timed_generation(runner, prompt, new_tokens, device)[1:])))
         steady = previous is not None and abs(gap - previous) <= steady_within * previous
         previous, warmup_runs = gap, warmup_runs + 1

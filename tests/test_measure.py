@@ -201,6 +201,13 @@ def test_latency_warms_up_until_steady_not_a_fixed_count(table):
     assert stats["timer"] == "perf_counter"
 
 
+def test_latency_warm_up_ends_at_its_time_budget(table):
+    """A model slow enough to spend the warm-up budget in one run (a 7B on a CPU) is not warmed up to 12 runs."""
+    stats = measure_latency(WarmingRunner(table), torch.tensor([1, 2]), new_tokens=12, runs=1, warmup=1,
+                            progress=False, max_warmup_s=0.0)
+    assert stats["warmup_runs"] == 1 and stats["steady"] is False
+
+
 def test_latency_reports_achieved_bandwidth(table):
     runner = BigramRunner(table)
     runner.compute_path = "dense"
