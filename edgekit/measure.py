@@ -242,12 +242,13 @@ class Scores:
 
     @classmethod
     def load(cls, folder: Path) -> "Scores":
-        """Scores kept by :meth:`save`; the log-probabilities stay on disk, memory-mapped."""
+        """Scores kept by :meth:`save`; the log-probabilities stay on disk, memory-mapped copy-on-write (torch
+        reads a window of them without a copy, and warns about a read-only mapping; nothing writes them)."""
         folder = Path(folder)
         with np.load(folder / "sums.npz") as sums:
             arrays = {k: sums[k] for k in sums.files}
         logprobs = folder / "logprobs.npy"
-        return cls(tokens=int(arrays.pop("tokens")), logprobs=np.load(logprobs, mmap_mode="r") if logprobs.is_file()
+        return cls(tokens=int(arrays.pop("tokens")), logprobs=np.load(logprobs, mmap_mode="c") if logprobs.is_file()
                    else None, **arrays)
 
     @property

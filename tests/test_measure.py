@@ -396,6 +396,20 @@ def test_top_k_baseline_kl_is_the_merged_tail_kl_and_top1_is_exact(table, ids, k
         assert approx["kl_divergence"] == pytest.approx(exact["kl_divergence"], rel=1e-5)
 
 
+def test_a_baseline_kept_on_disk_scores_like_the_one_in_memory(table, ids, tmp_path):
+    """compare --resume measures against the baseline memory-mapped from disk: same KL, and a mapping torch
+    takes without its read-only warning (copy-on-write; nothing writes to it)."""
+    other = table + 0.5 * torch.randn(table.shape, generator=torch.Generator().manual_seed(3))
+    settings = EvalSettings(32, 16, None)
+    base = score(BigramRunner(table), ids, settings, keep_logprobs=True, progress=False)
+    base.save(tmp_path / "base")
+    kept = type(base).load(tmp_path / "base")
+    assert isinstance(kept.logprobs, np.memmap) and kept.logprobs.flags.writeable
+    in_memory = score(BigramRunner(other), ids, settings, baseline=base, progress=False).against(base)
+    on_disk = score(BigramRunner(other), ids, settings, baseline=kept, progress=False).against(kept)
+    assert on_disk["kl_divergence"] == pytest.approx(in_memory["kl_divergence"], rel=1e-6)
+
+
 def test_top_k_must_keep_a_token(table, ids):
     with pytest.raises(InputError, match="top_k"):
         score(BigramRunner(table), ids, EvalSettings(32, 16, None), keep_logprobs=True, top_k=0, progress=False)
