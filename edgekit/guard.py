@@ -105,7 +105,7 @@ def refusal(variant: Variant, source: str, plan: MemoryPlan, device: str = "cpu"
         if profile and candidate.family != "pytorch":
             continue  # only PyTorch variants load against a device profile; the others export here
         if profile:
-            candidate = Variant.parse(f"{name}:profile={profile}")
+            candidate = candidate.with_options(profile=profile)
         if _plan_here(candidate, source, device)[1]:
             admitted.append(name)
     return f"{refused} {alternatives_text({**plan.alternatives, 'variants': admitted}, offload=variant.name in OFFLOADABLE)}"

@@ -84,6 +84,11 @@ class Variant:
                                f"{', '.join(entry.accepted_options) or 'no options'}")
         return Variant(name, entry.family, fields, options)
 
+    def with_options(self, **options: Any) -> "Variant":
+        """This variant with ``options`` set (replacing any of the same name), checked as :meth:`parse` checks them."""
+        return Variant.parse(str(Variant(self.name, self.family, self.fields,
+                                         tuple(sorted({**dict(self.options), **options}.items())))))
+
     def field(self, key: str, default: Any = None) -> Any:
         return dict(self.fields).get(key, default)
 

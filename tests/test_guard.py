@@ -78,8 +78,8 @@ def test_the_advice_names_only_what_the_guard_admits(seven_b):
     offered = message.split("Would fit: variant ", 1)[1].split(";")[0].split(" or ")
     assert offered, message
     for name in offered:
-        option = ":profile=laptop-16gb" if Variant.parse(name).family == "pytorch" else ""
-        admit(name + option, seven_b)
+        variant = Variant.parse(name)
+        admit(variant.with_options(profile="laptop-16gb") if variant.family == "pytorch" else variant, seven_b)
 
 
 class _Memory:

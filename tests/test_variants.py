@@ -108,6 +108,10 @@ def test_option_parsing():
     with pytest.raises(VariantError, match="key=value,key=value"):  # colons between options, not commas
         Variant.parse("mixed-int4-g128-k4:rank_tokens=256:samples=4")
     assert Variant.parse("fp32:device=cuda:1").option("device") == "cuda:1"  # a colon inside a value is fine
+    assert str(Variant.parse("nf4:double_quant=true").with_options(profile="laptop-16gb", double_quant=False)) == \
+        "nf4:double_quant=False,profile=laptop-16gb"
+    with pytest.raises(VariantError, match="unknown option"):
+        Variant.parse("gguf-q4_0").with_options(profile="laptop-16gb")
 
 
 def test_bad_compute_dtype_is_refused(default_model, tokenizer):
