@@ -448,8 +448,8 @@ def measure_latency(runner, prompt_ids: torch.Tensor, new_tokens: int = 32, runs
     on a GPU the first ~150 tokens, 2-4x). That effect lasts a number of tokens, not of seconds, so
     warm-up also ends once it has taken ``max_warmup_s``: a 7B decoding at one token a second on a
     CPU is warm after its first run, and ten more would cost ten minutes a row. ``warmup_runs``
-    says how many it took, ``steady`` whether it got there. On CUDA each token is stamped with a CUDA event (read after the run),
-    elsewhere with ``time.perf_counter``.
+    says how many it took, ``steady`` whether it got there. On CUDA each token is stamped with a
+    CUDA event (read after the run), elsewhere with ``time.perf_counter``.
 
     TTFT is the median over runs; decode tokens/s is the median of each run's
     (tokens - 1) / (time of last token - time of first token); P50/P95/P99 are taken over

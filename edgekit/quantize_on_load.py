@@ -85,6 +85,14 @@ def tensor_shards(folder: str | Path) -> dict[str, Path]:
     return locations
 
 
+def read_tensor(shard: Path, key: str) -> torch.Tensor:
+    """One tensor of a shard, through a mapping of its own: a shard kept mapped while many of its tensors are
+    read keeps every page they touched resident (1.6 GB of a 7B's shard counted in RSS); this one is unmapped
+    as soon as the tensor it returns is released."""
+    with safe_open(str(shard), framework="pt", device="cpu") as tensors:
+        return tensors.get_tensor(key)
+
+
 def place_tensors(model, keys: list[str], locations: dict[str, Path], dtype: torch.dtype, device: str) -> None:
     """Read ``keys`` from their memory-mapped shards into ``model`` (meta parameters become real ones), each
     copied out at ``dtype`` so no view pins a shard: the reader of anything that loads part of a model at a time."""
@@ -110,10 +118,7 @@ def _stream_into(model, folder: Path, config, dtype: torch.dtype, targets: set[s
         with safe_open(str(shard), framework="pt", device="cpu") as tensors:
             keys = list(tensors.keys())
         for key in keys:
-            # one mapping per tensor: pages of a shard mapped for its whole loop stay resident (1.6 GB of a
-            # 7B's shard counted in RSS on top of the packed model); unmapped after each tensor they are not
-            with safe_open(str(shard), framework="pt", device="cpu") as tensors:
-                value = tensors.get_tensor(key)
+            value = read_tensor(shard, key)
             module_name, _, param = key.rpartition(".")
             if module_name in targets and param == "weight":
                 on_weight(module_name, value, biases.pop(module_name, None))

@@ -104,7 +104,7 @@ def export_artifact(variant: "str | Variant", source: str, out_dir) -> Manifest:
     settings = compression_settings(variant)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if settings["group_size"] == -1:
+    if not variant.group_size:  # ov-int8: NNCF over the fp32 export
         model = compress_int8(_core().read_model(str(cached_export(source))), settings)
         ov.save_model(model, str(out_dir / MODEL_XML), compress_to_fp16=False)
     else:

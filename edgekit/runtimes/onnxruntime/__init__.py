@@ -25,6 +25,7 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
+import onnx
 import onnxruntime as ort
 
 from edgekit.artifact import Manifest, copy_side_files, load_artifact, write_manifest
@@ -104,8 +105,6 @@ def _quantized_model(variant: Variant, settings: dict, source: str, work: Path) 
 def model_signature(path: Path) -> dict:
     """Inputs and outputs of the ONNX model at ``path`` as ONNX Runtime names them (``tensor(float)``, dims
     or their symbols), read from the graph alone: no session, so a 7B's weights are not loaded for it."""
-    import onnx
-
     graph = onnx.load(str(path), load_external_data=False).graph
 
     def describe(values) -> list[dict]:

@@ -33,12 +33,11 @@ import numpy as np
 import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
-from safetensors import safe_open
 
 from edgekit.errors import VariantError
 from edgekit.loading import model_config, resolve_source
 from edgekit.progress import tqdm
-from edgekit.quantize_on_load import checkpoint_shards
+from edgekit.quantize_on_load import read_tensor, tensor_shards
 from edgekit.runtimes.onnxruntime.runner import EXTERNAL_DATA_FILE, EXTERNAL_DATA_THRESHOLD, MODEL_FILE
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
@@ -54,17 +53,13 @@ class _Weights:
     """Tensors of a local safetensors checkpoint by name, read one at a time from the mapped shards."""
 
     def __init__(self, folder: Path) -> None:
-        self.where: dict[str, Path] = {}
-        for shard in checkpoint_shards(folder):
-            with safe_open(shard, framework="pt") as f:
-                self.where.update(dict.fromkeys(f.keys(), shard))
+        self.where = tensor_shards(folder)
 
     def __contains__(self, name: str) -> bool:
         return name in self.where
 
     def get(self, name: str) -> torch.Tensor:
-        with safe_open(self.where[name], framework="pt") as f:
-            return f.get_tensor(name)
+        return read_tensor(self.where[name], name)
 
 
 class _Writer:
