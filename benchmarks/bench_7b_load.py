@@ -1,12 +1,12 @@
 """Load a 7B-shaped checkpoint as nf4 and int8 on a CPU and compare it with its memory plan.
 
 For each variant, in a fresh child process (so each peak is its own): plan the model
-(:func:`edgekit.plan.plan_memory` against this machine), load it through
-:func:`edgekit.registry.build_runner` (guarded loading; over 1 GiB of checkpoint it
+(:func:`edgekit.memory.plan.plan_memory` against this machine), load it through
+:func:`edgekit.variants.registry.build_runner` (guarded loading; over 1 GiB of checkpoint it
 quantizes while reading the memory-mapped shards), then run one forward pass over a short
 prompt and a few greedy decode steps with the KV cache. It prints planned vs measured
 weight bytes, peak RSS of the load and of the run (anonymous and file-backed apart,
-:class:`edgekit.memory.PeakMemory`), the load time and the step times.
+:class:`edgekit.measure.peak_memory.PeakMemory`), the load time and the step times.
 
 The baseline of the same run is the plan itself (planned / measured). ``--from-pretrained``
 adds plain ``from_pretrained`` with the same bitsandbytes config (``low_memory=false``) as
@@ -33,9 +33,9 @@ GB = 1e9
 def measure_one(model: str, variant: str, context: int, prompt_tokens: int, decode_steps: int) -> dict:
     import torch
 
-    from edgekit.memory import PeakMemory, release_memory, rss_breakdown
-    from edgekit.plan import plan_memory
-    from edgekit.registry import build_runner
+    from edgekit.measure.peak_memory import PeakMemory, release_memory, rss_breakdown
+    from edgekit.memory.plan import plan_memory
+    from edgekit.runtimes import build_runner
 
     plan = plan_memory(model, variant.split(":")[0], context=context, device="this-machine")
     release_memory()

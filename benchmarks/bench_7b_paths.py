@@ -2,13 +2,13 @@
 
 For each variant, in a fresh child process (so each peak is its own):
 
-1. **plan** it for this machine (:func:`edgekit.plan.plan_memory`): the planned peak is the larger
+1. **plan** it for this machine (:func:`edgekit.memory.plan.plan_memory`): the planned peak is the larger
    of the steady state and the load's (or export's) own peak, the figure the guard admits by;
 2. **export** it, for the runtimes that ship an artifact (``onnx-*``, ``ov-*``, ``gguf-*``), into
    the artifact cache ``edgekit compare`` reads, so a later compare reuses it (an artifact already
    cached, by an earlier compare or run, is reported as cached, with no export time or peak); the
    peak counts helper processes too (llama.cpp's converter runs in one: ``getrusage(RUSAGE_CHILDREN)``);
-3. **load** it through :func:`edgekit.registry.build_runner` (the guard, then streamed packing,
+3. **load** it through :func:`edgekit.variants.registry.build_runner` (the guard, then streamed packing,
    layer-wise calibration or the artifact's runtime);
 4. **decode**: one forward over a short prompt, then greedy decode steps with the KV cache.
 
@@ -42,9 +42,10 @@ def _children_peak_bytes() -> int:
 def measure_one(model: str, name: str, context: int, prompt_tokens: int, decode_steps: int) -> dict:
     import torch
 
-    from edgekit.memory import PeakMemory, release_memory
-    from edgekit.plan import plan_memory
-    from edgekit.registry import Variant, build_runner
+    from edgekit.measure.peak_memory import PeakMemory, release_memory
+    from edgekit.memory.plan import plan_memory
+    from edgekit.runtimes import build_runner
+    from edgekit.variants.registry import Variant
 
     variant = Variant.parse(name)
     plan = plan_memory(model, name.split(":")[0], context=context, device="this-machine")

@@ -15,10 +15,10 @@ import argparse
 
 import pandas as pd
 
-from edgekit.batching import batch_sweep, generation_batcher, largest_batch_within, poisson_load
-from edgekit.data import read_split
-from edgekit.results import Result, ResultStore
-from edgekit.registry import build_runner
+from edgekit.core.paths import read_split
+from edgekit.measure.store import Result, ResultStore
+from edgekit.runtimes import build_runner
+from edgekit.serve.batching import batch_sweep, generation_batcher, largest_batch_within, poisson_load
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
     args = p.parse_args()
 
     if args.artifact:
-        from edgekit.artifact import load_artifact
+        from edgekit.runtimes import load_artifact
         runner = load_artifact(args.artifact)
     else:
         runner = build_runner(args.variant, args.model)
@@ -79,7 +79,7 @@ def main() -> None:
     print(f"dynamic batching (cap {cap}) vs one at a time, same load: P99 {base['latency_ms_p99']:.0f} -> "
           f"{best['latency_ms_p99']:.0f} ms, missed target {base['missed_target']} -> {best['missed_target']}")
     if args.plot:
-        from edgekit.plots import plot_throughput_vs_p99
+        from edgekit.ui.plots import plot_throughput_vs_p99
 
         ax = plot_throughput_vs_p99(sweep, target, pd.DataFrame(loads))
         ax.figure.savefig(args.plot, dpi=96, bbox_inches="tight")

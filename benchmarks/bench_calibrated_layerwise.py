@@ -1,10 +1,10 @@
 """Whole-model vs layer-wise GPTQ: planned vs measured peak RSS and wall time, same checkpoint, same run.
 
-Each path runs in a fresh child process (so each peak is its own, :class:`edgekit.memory.PeakMemory`)
-and builds the variant through :func:`edgekit.registry.build_runner`, the guarded path a user takes:
+Each path runs in a fresh child process (so each peak is its own, :class:`edgekit.measure.peak_memory.PeakMemory`)
+and builds the variant through :func:`edgekit.variants.registry.build_runner`, the guarded path a user takes:
 ``low_memory=false`` loads the fp32 model whole and calibrates it block by block; ``low_memory=true``
-calibrates layer by layer from the memory-mapped shards (:mod:`edgekit.layerwise`). For each it prints
-the planner's peak (:func:`edgekit.plan.plan_memory`, this machine), the measured peak RSS above what
+calibrates layer by layer from the memory-mapped shards (:mod:`edgekit.quantizers.layerwise`). For each it prints
+the planner's peak (:func:`edgekit.memory.plan.plan_memory`, this machine), the measured peak RSS above what
 the process held before the build (the runtime's libraries), the bound of issue 17 (the quantized
 model + one fp32 decoder layer + the calibration activations) and the measured / bound ratio (the
 issue asks for at most 1.5 layer by layer), and the wall time. The whole-model path is the baseline
@@ -35,13 +35,14 @@ HERE = Path(__file__).resolve().parent
 def measure_one(model: str, variant: str) -> dict:
     import torch
 
-    from edgekit.calibration import SAMPLES, SEQ_LEN
-    from edgekit.errors import PlanError
-    from edgekit.layout import decoder_blocks
-    from edgekit.memory import PeakMemory, release_memory, rss_breakdown
-    from edgekit.packed import PackedLinear
-    from edgekit.plan import plan_memory
-    from edgekit.registry import Variant, build_runner
+    from edgekit.core.errors import PlanError
+    from edgekit.measure.peak_memory import PeakMemory, release_memory, rss_breakdown
+    from edgekit.memory.plan import plan_memory
+    from edgekit.models.layout import decoder_blocks
+    from edgekit.quantizers.calibration import SAMPLES, SEQ_LEN
+    from edgekit.quantizers.packed import PackedLinear
+    from edgekit.runtimes import build_runner
+    from edgekit.variants.registry import Variant
 
     parsed = Variant.parse(variant)
     plan = plan_memory(model, variant, context=int(parsed.option("context", 2048)), device="this-machine")

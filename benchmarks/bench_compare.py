@@ -4,7 +4,7 @@ Two figures, each with its baseline measured in the same run:
 
 1. **Evaluation overhead.** The same sliding windows (context 256, stride 128) of the eval
    split go through the fp32 default model three ways: bare forward passes
-   (``runner.logits`` on the same batches, nothing else), :func:`edgekit.measure.score` as a
+   (``runner.logits`` on the same batches, nothing else), :func:`edgekit.measure.quality.score` as a
    variant is scored (log-softmax, per-window sums, KL and top-1 against a baseline), and
    ``score`` as the baseline is scored (also keeping its log-probabilities in a memory-mapped
    file). Throughput is scored tokens per second; the ratio to bare forward passes is the
@@ -34,10 +34,10 @@ import torch
 
 
 def evaluation_overhead(max_tokens: int, repeats: int) -> None:
-    from edgekit.data import eval_token_ids
-    from edgekit.loading import load_tokenizer
-    from edgekit.measure import EvalSettings, score, sliding_windows
-    from edgekit.registry import build_runner
+    from edgekit.core.paths import eval_token_ids
+    from edgekit.measure.quality import EvalSettings, score, sliding_windows
+    from edgekit.models.load import load_tokenizer
+    from edgekit.runtimes import build_runner
 
     settings = EvalSettings(context=256, stride=128, max_tokens=max_tokens, batch_size=8)
     tokenizer = load_tokenizer("default")

@@ -4,7 +4,7 @@ Each model is loaded once per row in this process: fp32 (the baseline of the sam
 int4-g32 and int4-g128 on the fused kernel (``aten._weight_int4pack_mm_for_cpu`` here,
 ``aten._weight_int4pack_mm`` on CUDA), then int4-g32 on the dequantize path (unpack +
 dense matmul, what every packed layer did before). Each row is timed by
-:func:`edgekit.measure.measure_latency` (warm-up until steady, median of runs) and printed with
+:func:`edgekit.measure.quality.measure_latency` (warm-up until steady, median of runs) and printed with
 its ratio to fp32 and its achieved bandwidth. The target (issue 16): the kernel row decodes at
 least 1.5x the fp32 row of a 135M-class or the 214M random model on a CPU.
 
@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from edgekit.data import eval_token_ids
-from edgekit.loading import load_model, load_tokenizer, resolve_source
-from edgekit.measure import measure_latency
-from edgekit.memory import release_memory
-from edgekit.packed import quantize_rtn
-from edgekit.runners import TorchRunner
+from edgekit.core.paths import eval_token_ids
+from edgekit.measure.peak_memory import release_memory
+from edgekit.measure.quality import measure_latency
+from edgekit.models.load import load_model, load_tokenizer, resolve_source
+from edgekit.models.runner import TorchRunner
+from edgekit.quantizers.packed import quantize_rtn
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = (("fp32", None, None), ("int4-g32 kernel", 32, None), ("int4-g128 kernel", 128, None),

@@ -26,10 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edgekit.loading import resolve_source  # noqa: E402
-from edgekit.native_build import build_record  # noqa: E402
-from edgekit.registry import Variant  # noqa: E402
+from edgekit.core.native_build import build_record  # noqa: E402
+from edgekit.models.load import resolve_source  # noqa: E402
 from edgekit.runtimes.llama_cpp import MODEL_FILE, cached_artifact  # noqa: E402
+from edgekit.variants.registry import Variant  # noqa: E402
 
 CHILD = """
 import json, statistics, sys, time

@@ -3,7 +3,7 @@
 For each model (the default tiny Llama, and a random-weight Llama of hundreds of millions
 of parameters where ONNX Runtime's kernels rather than Python overhead decide), the script
 measures PyTorch fp32 first and then each ONNX variant through the same
-:func:`edgekit.measure.measure_latency`: time to first token, decode tokens/s and the
+:func:`edgekit.measure.quality.measure_latency`: time to first token, decode tokens/s and the
 P50/P95/P99 of single decode steps, with the ratio to PyTorch fp32 from the same run.
 
 Then it checks that :class:`edgekit.runtimes.onnxruntime.runner.ORTRunner` loses nothing against the
@@ -33,12 +33,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edgekit.artifact import load_artifact  # noqa: E402
-from edgekit.data import eval_token_ids
-from edgekit.loading import resolve_source  # noqa: E402
-from edgekit.measure import measure_latency  # noqa: E402
-from edgekit.runtimes.onnxruntime import cached_artifact  # noqa: E402
-from edgekit.registry import build_runner  # noqa: E402
+from edgekit.core.paths import eval_token_ids
+from edgekit.measure.quality import measure_latency
+from edgekit.models.load import resolve_source
+from edgekit.runtimes import build_runner, load_artifact
+from edgekit.runtimes.onnxruntime import cached_artifact
 
 VARIANTS = ("onnx-fp32", "onnx-int8", "onnx-int8-static", "onnx-int4-g32:accuracy_level=0", "onnx-int4-g32",
             "onnx-int4-g128")
@@ -159,13 +158,13 @@ def bench_model(source: str, args) -> None:
             runner = load_artifact(folders[variant], intra_op_threads=args.threads)
             batch, n = prompt[None, :], args.new_tokens
             mask = torch.ones_like(batch)
-            optimum = optimum_loop(folders[variant], args.threads)
-            genai = genai_loop(folders[variant], args.threads, workspace)
+            optimum_model = optimum_loop(folders[variant], args.threads)
+            genai_fn = genai_loop(folders[variant], args.threads, workspace)
             loops = {"ORTRunner": lambda: list(runner.generate_stream(batch, n)),
-                     "optimum": lambda: optimum.generate(batch, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+                     "optimum": lambda: optimum_model.generate(batch, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
                                                          do_sample=False)[0, batch.shape[1]:].tolist()}
-            if genai is not None:
-                loops["genai"] = lambda: genai(prompt.tolist(), n)
+            if genai_fn is not None:
+                loops["genai"] = lambda: genai_fn(prompt.tolist(), n)
             same = {name: loop() == loops["ORTRunner"]() for name, loop in loops.items() if name != "ORTRunner"}
             seconds = {name: [] for name in loops}
             for _ in range(2):  # alternate so that load changes fall on all of them
@@ -176,7 +175,7 @@ def bench_model(source: str, args) -> None:
                                f"same tokens {same[name]})" for name in loops if name != "ORTRunner")
             print(f"  {variant:20s} ORTRunner {rate['ORTRunner']:6.1f} tok/s   {others}", flush=True)
             runner.close()
-            del optimum, genai
+            optimum_model = genai_fn = None  # free the sessions before the next variant
     finally:
         shutil.rmtree(workspace, ignore_errors=True)
 

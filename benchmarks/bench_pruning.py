@@ -1,6 +1,6 @@
 """Print the figures of issue 20: pruning (magnitude, Wanda, 2:4, structured) against quantization.
 
-One edgekit.compare run, fp32 baseline first, so every row's KL(fp32 || variant) ± se, top-1, Δppl,
+One edgekit.workflows.compare run, fp32 baseline first, so every row's KL(fp32 || variant) ± se, top-1, Δppl,
 stored weight bytes, decode tokens/s and P99 come from the same run on the same tokens:
 
 1. matched bytes: magnitude, Wanda and 2:4 remove 50% of the decoder-block weights, and so do the
@@ -30,12 +30,12 @@ import time
 
 import torch
 
-from edgekit.compare import LatencySettings, compare, summary_frame
-from edgekit.loading import resolve_source
-from edgekit.measure import EvalSettings
-from edgekit.plan import _layout, held_config, load_config, weight_bytes
-from edgekit.pruning import PruneSpec, pruning_record, storage
-from edgekit.registry import Variant
+from edgekit.measure.quality import EvalSettings
+from edgekit.memory.plan import _layout, held_config, load_config, weight_bytes
+from edgekit.models.load import resolve_source
+from edgekit.pruning.variants import PruneSpec, pruning_record, storage
+from edgekit.variants.registry import Variant
+from edgekit.workflows.compare import LatencySettings, compare, summary_frame
 
 
 def block_weights(config) -> int:

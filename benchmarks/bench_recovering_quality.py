@@ -1,7 +1,7 @@
 """Print the figures of issue 9: RTN vs GPTQ/AWQ, mixed-precision Pareto points, QAT recovery.
 
 Every quality figure is KL(fp32 || variant) ± its standard error and the perplexity change, measured
-against the fp32 baseline in the same run (edgekit.compare), beside the variant's weight bytes.
+against the fp32 baseline in the same run (edgekit.workflows.compare), beside the variant's weight bytes.
 
     flock /tmp/edgekit-bench.lock nice -n 10 .venv/bin/python benchmarks/bench_recovering_quality.py \
         --eval-tokens 4096 --qat-steps 60
@@ -12,10 +12,10 @@ import argparse
 
 import torch
 
-from edgekit.compare import compare
-from edgekit.measure import EvalSettings
-from edgekit.qat import QATSettings, qat_history
-from edgekit.sensitivity import ranked, layer_sensitivity
+from edgekit.measure.quality import EvalSettings
+from edgekit.quantizers.qat import QATSettings, qat_history
+from edgekit.quantizers.sensitivity import layer_sensitivity, ranked
+from edgekit.workflows.compare import compare
 
 
 def main() -> None:

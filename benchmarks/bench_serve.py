@@ -4,7 +4,7 @@ Starts the server as its own process, as an operator would (`edgekit serve ARTIF
 
 1. the baseline, in the same run: requests sent one after another (closed loop, nothing queued):
    latency P50/P99 and the single-stream rate 1 / mean latency;
-2. seeded open-loop Poisson load (edgekit.serve_load) at multiples of that rate, a bounded number
+2. seeded open-loop Poisson load (edgekit.serve.load_test) at multiples of that rate, a bounded number
    of requests each: throughput (answered requests/s, generated tokens/s), P50/P95/P99 from each
    request's scheduled arrival, rejected (429, queue full) and timed-out (504) counts;
 3. the knee: the highest offered rate whose P99 met the target (default 3x the baseline P99) with
@@ -28,9 +28,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from edgekit.artifact import verify_artifact
-from edgekit.data import read_split
-from edgekit.serve_load import describe_knee, load_sweep
+from edgekit.artifacts.manifest import verify_artifact
+from edgekit.core.paths import read_split
+from edgekit.serve.load_test import describe_knee, load_sweep
 
 
 def export(args, scratch: str) -> Path:

@@ -16,9 +16,9 @@ import os
 
 import torch
 
-from edgekit.memory import PeakMemory, release_memory, rss_breakdown
-from edgekit.results import Result, ResultStore
-from edgekit.streaming import StreamingRunner, stream_device_map, stream_summary
+from edgekit.measure.peak_memory import PeakMemory, release_memory, rss_breakdown
+from edgekit.measure.store import Result, ResultStore
+from edgekit.runtimes.pytorch.streaming import StreamingRunner, stream_device_map, stream_summary
 
 
 def run_mode(model: str, device_map: dict, prefetch: bool, prompt: torch.Tensor, new_tokens: int) -> dict:

@@ -3,8 +3,8 @@
 Figures, each with its same-run baseline:
 
 1. **Wall time.** One model's variants (default: fp32 baseline, int8, int4-g32, int4-g128 of the
-   default model, no latency runs) measured by :func:`edgekit.compare.compare` in this process
-   (twice: cold, then warm; one torch thread, as each sweep cell has), then by :func:`edgekit.sweep.run_sweep` on a local cluster of 1 and of 2 CPUs (one cell a CPU;
+   default model, no latency runs) measured by :func:`edgekit.workflows.compare.compare` in this process
+   (twice: cold, then warm; one torch thread, as each sweep cell has), then by :func:`edgekit.workflows.sweep.run_sweep` on a local cluster of 1 and of 2 CPUs (one cell a CPU;
    each sweep twice: cold workers that import torch first, then warm ones). Cluster start-up is
    timed apart.
 2. **Ray's overhead per task**: the round trip of an empty task on the same cluster, and, with one
@@ -47,10 +47,10 @@ def main() -> None:
     import ray
     import torch
 
-    from edgekit.compare import compare
-    from edgekit.measure import EvalSettings
-    from edgekit.results import ResultStore
-    from edgekit.sweep import run_sweep
+    from edgekit.measure.quality import EvalSettings
+    from edgekit.measure.store import ResultStore
+    from edgekit.workflows.compare import compare
+    from edgekit.workflows.sweep import run_sweep
 
     torch.set_num_threads(1)  # the serial baseline computes as each sweep cell does: one CPU, one thread
     variants = args.variants.split(",")
@@ -93,8 +93,8 @@ def main() -> None:
             ray.get(noop.remote())
         noop_ms = (time.perf_counter() - start) / 50 * 1e3
         base = next(r for r in runs[1][2] if r.variant == variants[0])
-        from edgekit.compare import _baseline_dir
-        from edgekit.measure import Scores
+        from edgekit.measure.quality import Scores
+        from edgekit.workflows.compare import _baseline_dir
 
         scores = Scores.load(_baseline_dir(base.model_revision, base.settings))
         scores.logprobs = None if scores.logprobs is None else np.array(scores.logprobs)  # off the memory map

@@ -11,7 +11,7 @@ planned vs measured weight bytes, the peak during the load alone and against the
 loads stream tensor by tensor: within 1.15x), the peak over load and scoring (CUDA max allocated,
 or RSS on a CPU), KL and top-1 agreement against the first row on a short eval text, and the
 steady decode tokens/s with the achieved bandwidth (weight bytes x tokens/s) and its fraction
-of the device's copy bandwidth (:func:`edgekit.measure.measure_latency`); ``:compile=true`` rows
+of the device's copy bandwidth (:func:`edgekit.measure.quality.measure_latency`); ``:compile=true`` rows
 decode on a static KV cache with a compiled step, as gpt-fast does. Then: the int4 kernel
 against the dequantize path on one model (logits, bytes, speed), a ragged layer (576 columns,
 groups of 128) on the kernel, and layer streaming. Figures are printed, never asserted.
@@ -30,14 +30,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_random_checkpoint import PRESETS, write_checkpoint  # noqa: E402
 
-from edgekit.data import data_dir, eval_token_ids  # noqa: E402
-from edgekit.loading import load_model, load_tokenizer, resolve_source  # noqa: E402
-from edgekit.measure import EvalSettings, device_bandwidth, measure_latency, score  # noqa: E402
-from edgekit.memory import PeakMemory, release_memory  # noqa: E402
-from edgekit.packed import PackedLinear, compute_paths, quantize_rtn  # noqa: E402
-from edgekit.plan import weight_bytes as planned_bytes  # noqa: E402
-from edgekit.registry import build_runner  # noqa: E402
-from edgekit.runners import TorchRunner  # noqa: E402
+from edgekit.core.paths import data_dir, eval_token_ids  # noqa: E402
+from edgekit.measure.peak_memory import PeakMemory, release_memory  # noqa: E402
+from edgekit.measure.quality import EvalSettings, device_bandwidth, measure_latency, score  # noqa: E402
+from edgekit.memory.plan import weight_bytes as planned_bytes  # noqa: E402
+from edgekit.models.load import load_model, load_tokenizer, resolve_source  # noqa: E402
+from edgekit.models.runner import TorchRunner  # noqa: E402
+from edgekit.quantizers.packed import PackedLinear, compute_paths, quantize_rtn  # noqa: E402
+from edgekit.runtimes import build_runner  # noqa: E402
 
 SMALL_VARIANTS = ("fp32,fp16,bf16,int8,nf4,fp4,int4-g32,int4-g128,int3-g128,int2-g64,gptq-int4-g128,"
                   "awq-int4-g128,mixed-int4-g128-k4,qat-int2-g64:steps=8")
@@ -147,7 +147,7 @@ def check_ragged(device) -> None:
 
 def check_streaming(source, device, new_tokens) -> None:
     """Layer streaming with prefetch (pinned memory and a side stream on CUDA) against the resident model."""
-    from edgekit.streaming import StreamingRunner, stream_device_map
+    from edgekit.runtimes.pytorch.streaming import StreamingRunner, stream_device_map
 
     tokenizer = load_tokenizer(source)
     prompt = eval_token_ids(tokenizer, "eval")[:16].reshape(1, -1)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from edgekit.data import data_dir, default_model_path
+from edgekit.core.paths import data_dir, default_model_path
 
 PRESETS = {
     "214m": {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 4096,

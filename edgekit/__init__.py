@@ -1,6 +1,6 @@
 """edgekit: what you lose and gain by quantizing a causal LM and shipping it to a device."""
-from edgekit.quiet import quiet_bitsandbytes_import
+from edgekit.core.quiet import quiet_bitsandbytes_import
 
 __version__ = "0.1.0"
 
-quiet_bitsandbytes_import()  # whoever imports bitsandbytes first (edgekit or transformers), see edgekit.quiet
+quiet_bitsandbytes_import()  # whoever imports bitsandbytes first (edgekit or transformers), see edgekit.core.quiet

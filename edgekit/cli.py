@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from edgekit.errors import EdgekitError
+from edgekit.core.errors import EdgekitError
 
 
 def _name_list(text: str) -> list[str]:
@@ -115,15 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_compare(args) -> None:
-    from edgekit.compare import DEFAULT_VARIANTS, LatencySettings, compare, results_json, summary_frame
-    from edgekit.measure import EvalSettings
-    from edgekit.results import ResultStore
+    from edgekit.measure.quality import EvalSettings
+    from edgekit.measure.store import ResultStore
+    from edgekit.workflows.compare import DEFAULT_VARIANTS, LatencySettings, compare, results_json, summary_frame
 
     settings = EvalSettings(context=args.context, stride=args.stride, max_tokens=args.max_tokens or None)
     latency = None if args.no_latency else LatencySettings(new_tokens=args.new_tokens, runs=args.runs)
     store = ResultStore(args.store)
     if args.report and args.device:
-        from edgekit.plan import load_profile
+        from edgekit.memory.plan import load_profile
 
         load_profile(args.device)  # an unknown device fails now, not after the whole comparison
 
@@ -139,7 +139,7 @@ def run_compare(args) -> None:
     if args.json:
         args.json.write_text(json.dumps(results_json(results), indent=1))
     if args.report:
-        from edgekit.report import write_report
+        from edgekit.ui.report import write_report
 
         report = write_report(results, args.report, device=args.device, plan_model=args.plan_for,
                               context=4096 if args.plan_for else None)
@@ -147,10 +147,10 @@ def run_compare(args) -> None:
 
 
 def run_sweep(args) -> None:
-    from edgekit.compare import DEFAULT_VARIANTS, LatencySettings, results_json, summary_frame
-    from edgekit.measure import EvalSettings
-    from edgekit.results import ResultStore
-    from edgekit.sweep import run_sweep as sweep
+    from edgekit.measure.quality import EvalSettings
+    from edgekit.measure.store import ResultStore
+    from edgekit.workflows.compare import DEFAULT_VARIANTS, LatencySettings, results_json, summary_frame
+    from edgekit.workflows.sweep import run_sweep as sweep
 
     settings = EvalSettings(context=args.context, stride=args.stride, max_tokens=args.max_tokens or None)
     latency = None if args.no_latency else LatencySettings(new_tokens=args.new_tokens, runs=args.runs)
@@ -170,7 +170,7 @@ def run_sweep(args) -> None:
 
 
 def run_plan(args) -> None:
-    from edgekit.plan import plan_memory
+    from edgekit.memory.plan import plan_memory
 
     plan = plan_memory(args.config, args.variant, context=args.context, batch=args.batch, device=args.device)
     print(plan.summary())
@@ -179,7 +179,7 @@ def run_plan(args) -> None:
 
 
 def run_export(args) -> None:
-    from edgekit.registry import export_artifact
+    from edgekit.runtimes import export_artifact
 
     manifest = export_artifact(args.variant, args.model, args.out)
     print(f"wrote {args.variant} artifact to {manifest.path} ({len(manifest.data['files'])} files, "
@@ -187,7 +187,8 @@ def run_export(args) -> None:
 
 
 def run_verify(args) -> None:
-    from edgekit.artifact import read_manifest, runtime_loader, verify_artifact
+    from edgekit.artifacts.manifest import read_manifest, verify_artifact
+    from edgekit.runtimes import runtime_loader
 
     runtime = read_manifest(args.artifact).runtime
     max_opset = runtime_loader(runtime)[1]()
@@ -197,23 +198,23 @@ def run_verify(args) -> None:
 
 
 def run_run(args) -> None:
-    from edgekit.artifact import load_artifact
-    from edgekit.runners import generate_text
+    from edgekit.models.runner import generate_text
+    from edgekit.runtimes import load_artifact
 
     runner = load_artifact(args.artifact)
     print(args.prompt + generate_text(runner, args.prompt, args.max_new_tokens))
 
 
 def run_serve(args) -> None:
-    from edgekit.serve import serve
+    from edgekit.serve.app import serve
 
     serve(args.artifact, host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
           max_queue=args.max_queue, timeout_s=args.timeout_s, device=args.device)
 
 
 def run_decide(args) -> int:
-    from edgekit.decide import decide
-    from edgekit.results import default_store_path
+    from edgekit.measure.store import default_store_path
+    from edgekit.workflows.decide import decide
 
     decision = decide(args.store or default_store_path(), args.device, max_kl=args.max_kl,
                       max_delta_ppl_pct=args.max_delta_ppl, min_tokens_per_s=args.min_tokens_per_s,
@@ -223,7 +224,7 @@ def run_decide(args) -> int:
 
 
 def run_variants(args) -> None:
-    from edgekit.registry import entries
+    from edgekit.variants.registry import entries
 
     for entry in entries():
         if args.family in (None, entry.family):
@@ -234,7 +235,7 @@ def run_variants(args) -> None:
 def run_doctor(args) -> None:
     from dataclasses import asdict
 
-    from edgekit.doctor import run_checks
+    from edgekit.runtimes.doctor import run_checks
 
     checks = run_checks()
     for check in checks:

@@ -20,14 +20,14 @@ def _work_folder(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def default_model():
-    from edgekit.loading import resolve_source
+    from edgekit.models.load import resolve_source
 
     return resolve_source("default")
 
 
 @pytest.fixture(scope="session")
 def tokenizer(default_model):
-    from edgekit.loading import load_tokenizer
+    from edgekit.models.load import load_tokenizer
 
     return load_tokenizer(default_model)
 
@@ -35,7 +35,7 @@ def tokenizer(default_model):
 @pytest.fixture(scope="session")
 def eval_ids(tokenizer):
     """The first 1,024 tokens of the eval split: enough windows for statistics, fast on a CPU."""
-    from edgekit.data import eval_token_ids
+    from edgekit.core.paths import eval_token_ids
 
     return eval_token_ids(tokenizer, "eval")[:1024]
 
@@ -54,7 +54,7 @@ SMALL_EVAL = dict(context=128, stride=64, max_tokens=512, batch_size=4)
 @pytest.fixture(scope="session")
 def small_eval_settings():
     """Short windows over the first 512 eval tokens: what the runtime tests score variants on."""
-    from edgekit.measure import EvalSettings
+    from edgekit.measure.quality import EvalSettings
 
     return EvalSettings(**SMALL_EVAL)
 
@@ -62,8 +62,8 @@ def small_eval_settings():
 @pytest.fixture(scope="session")
 def fp32_baseline(default_model, tokenizer, eval_ids, small_eval_settings):
     """The PyTorch fp32 scores (log-probs kept) that every runtime's variants are compared against."""
-    from edgekit.measure import score
-    from edgekit.registry import build_runner
+    from edgekit.measure.quality import score
+    from edgekit.runtimes import build_runner
 
     runner = build_runner("fp32", default_model, tokenizer)
     scores = score(runner, eval_ids, small_eval_settings, keep_logprobs=True, progress=False)
@@ -75,8 +75,8 @@ def fp32_baseline(default_model, tokenizer, eval_ids, small_eval_settings):
 def quality_against_fp32(default_model, tokenizer, eval_ids, small_eval_settings, fp32_baseline):
     """``measure(name)``: build a runtime's variant, score it on the fp32 baseline's tokens (checking it
     scores the same tokens and counts its weights) and return its KL / top-1 against the baseline."""
-    from edgekit.measure import score
-    from edgekit.registry import build_runner
+    from edgekit.measure.quality import score
+    from edgekit.runtimes import build_runner
 
     def measure(name: str) -> dict:
         runner = build_runner(name, default_model, tokenizer)

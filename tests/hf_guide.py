@@ -1,5 +1,5 @@
 """The Hugging Face guide's perplexity loop ("Perplexity of fixed-length models"), written out once
-as the independent reference that edgekit.measure and the evaluate metric are tested against."""
+as the independent reference that edgekit.measure.quality and the evaluate metric are tested against."""
 import math
 
 

@@ -4,9 +4,10 @@ import shutil
 
 import pytest
 
-from edgekit.artifact import MANIFEST, load_artifact, verify_artifact
+from edgekit.artifacts.manifest import MANIFEST, verify_artifact
 from edgekit.cli import main
-from edgekit.errors import ArtifactError, VariantError
+from edgekit.core.errors import ArtifactError, VariantError
+from edgekit.runtimes import load_artifact
 from edgekit.runtimes.onnxruntime.runner import max_supported_opset
 
 
@@ -74,7 +75,7 @@ def test_damaged_manifest_is_refused(artifact):
 
 
 def test_only_exportable_variants_export(default_model, tmp_path):
-    from edgekit.registry import export_artifact
+    from edgekit.runtimes import export_artifact
 
     with pytest.raises(VariantError, match="no artifact to export"):
         export_artifact("fp32", default_model, tmp_path / "x")

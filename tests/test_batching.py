@@ -5,9 +5,15 @@ import time
 import pandas as pd
 import pytest
 
-from edgekit.batching import (DynamicBatcher, batch_sweep, generation_batcher, largest_batch_within,
-                              poisson_arrivals, poisson_load)
-from edgekit.errors import InputError
+from edgekit.core.errors import InputError
+from edgekit.serve.batching import (
+    DynamicBatcher,
+    batch_sweep,
+    generation_batcher,
+    largest_batch_within,
+    poisson_arrivals,
+    poisson_load,
+)
 
 
 def _recording_batcher(max_batch, max_wait_ms, work_s=0.0):
@@ -112,7 +118,7 @@ def test_largest_batch_within():
 
 def test_batched_generation_matches_one_by_one(default_model, tokenizer):
     """TorchRunner.generate_batch (left-padded) and the batcher give the tokens single-prompt decoding gives."""
-    from edgekit.registry import build_runner
+    from edgekit.runtimes import build_runner
 
     runner = build_runner("fp32", default_model, tokenizer)
     texts = ["To be, or not to be", "O", "HAMLET:\nWhat a piece of work", "Where is"]

@@ -2,11 +2,12 @@
 import pytest
 import torch
 
-from edgekit.calibrated import awq_scale, gptq_quantize, rtn_dequantized
-from edgekit.mixed import mixed_layer_schemes
-from edgekit.measure import EvalSettings, score
-from edgekit.packed import PackedLinear, rtn_quantize
-from edgekit.registry import Variant, build_runner
+from edgekit.measure.quality import EvalSettings, score
+from edgekit.quantizers.calibrated import awq_scale, gptq_quantize, rtn_dequantized
+from edgekit.quantizers.mixed import mixed_layer_schemes
+from edgekit.quantizers.packed import PackedLinear, rtn_quantize
+from edgekit.runtimes import build_runner
+from edgekit.variants.registry import Variant
 
 SETTINGS = EvalSettings(context=256, stride=128, max_tokens=1024, batch_size=8)
 
@@ -63,7 +64,7 @@ def test_calibrated_beats_rtn_on_kl(method, default_model, tokenizer, eval_ids, 
 
 
 def test_mixed_variant_keeps_the_most_sensitive_layers(default_model, tokenizer):
-    from edgekit.sensitivity import ranking
+    from edgekit.quantizers.sensitivity import ranking
 
     variant = "mixed-int2-g64-k3:rank_tokens=512"
     runner = build_runner(variant, default_model, tokenizer)
@@ -77,8 +78,8 @@ def test_mixed_variant_keeps_the_most_sensitive_layers(default_model, tokenizer)
 
 @pytest.mark.parametrize("variant", ["mixed-int2-g64-k4:rank_tokens=512", "mixed-int2-g64-k3:rank_tokens=512,high=fp16"])
 def test_mixed_bytes_match_the_planner(variant, default_model, tokenizer):
-    plan = pytest.importorskip("edgekit.plan")
-    from edgekit.loading import model_config
+    plan = pytest.importorskip("edgekit.memory.plan")
+    from edgekit.models.load import model_config
 
     runner = build_runner(variant, default_model, tokenizer)
     planned = plan.weight_bytes(model_config(default_model), Variant.parse(variant).name,

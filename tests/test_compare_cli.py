@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from edgekit.cli import main
-from edgekit.compare import COMPARE_JSON_KEYS
-from edgekit.errors import EdgekitError
+from edgekit.core.errors import EdgekitError
+from edgekit.workflows.compare import COMPARE_JSON_KEYS
 
 ISSUE_KEYS = {"variant", "perplexity", "delta_ppl_pct", "kl_divergence", "top1_agreement", "weight_bytes",
               "peak_rss_bytes", "ttft_ms", "decode_tokens_per_s", "latency_ms_p50", "latency_ms_p95",
@@ -57,9 +57,9 @@ def test_bad_input_exits_2_with_one_line(args, message, tmp_path, capsys):
 def test_compare_keeps_a_top_k_baseline_on_disk(tmp_path, monkeypatch):
     """``baseline_top_k``: the baseline is kept on disk as its top-k log-probabilities; the rows say so, and a
     resumed comparison measures the next variant against that file (the baseline model is not loaded again)."""
-    from edgekit.compare import compare
-    from edgekit.measure import EvalSettings, Scores
-    from edgekit.results import ResultStore
+    from edgekit.measure.quality import EvalSettings, Scores
+    from edgekit.measure.store import ResultStore
+    from edgekit.workflows.compare import compare
 
     monkeypatch.setenv("EDGEKIT_HOME", str(tmp_path))
     settings, store = EvalSettings(128, 64, 384), ResultStore(tmp_path / "r.sqlite")

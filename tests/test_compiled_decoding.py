@@ -3,9 +3,10 @@ loads an accelerator gets (quantize-on-load, bitsandbytes' unquantized parts in 
 import pytest
 import torch
 
-from edgekit.plan import plan_memory, streamed_load, weight_bytes
-from edgekit.registry import Variant, build_runner
-from edgekit.runners import generate_text
+from edgekit.memory.plan import plan_memory, streamed_load, weight_bytes
+from edgekit.models.runner import generate_text
+from edgekit.runtimes import build_runner
+from edgekit.variants.registry import Variant
 
 PROMPT = "ROMEO:\nWhat light through yonder window"
 
@@ -25,7 +26,7 @@ def test_an_accelerator_quantizes_while_loading(variant, default_model):
     """On a GPU the scarce memory is the GPU's: the planner prices (and the guard loads) quantized
     variants tensor by tensor there, where a CPU keeps the full load for a small checkpoint."""
     config = default_model
-    from edgekit.loading import model_config
+    from edgekit.models.load import model_config
 
     cfg = model_config(config)
     assert streamed_load(cfg, Variant.parse(variant), "cuda")
@@ -47,8 +48,8 @@ def test_quantize_on_load_of_a_hub_id_fetches_it_or_says_what_to_do():
     """A hub id streams from its snapshot (as from_pretrained would fetch it); offline and uncached, one clear line."""
     from transformers import BitsAndBytesConfig
 
-    from edgekit.errors import ModelSourceError
-    from edgekit.quantize_on_load import load_bnb_quantized
+    from edgekit.core.errors import ModelSourceError
+    from edgekit.quantizers.bitsandbytes import load_bnb_quantized
 
     with pytest.raises(ModelSourceError, match="download it and pass its local folder"):
         load_bnb_quantized("edgekit-tests/no-such-model", BitsAndBytesConfig(load_in_4bit=True))

@@ -1,8 +1,8 @@
 """The corpus splits: present, non-empty, disjoint whole works."""
 import pytest
 
-from edgekit.data import SPLITS, corpus_path, data_dir, read_split
-from edgekit.errors import EdgekitError
+from edgekit.core.errors import EdgekitError
+from edgekit.core.paths import SPLITS, corpus_path, data_dir, read_split
 
 
 def long_lines(split: str) -> set[str]:

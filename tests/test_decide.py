@@ -1,12 +1,12 @@
-"""edgekit.decide: a recommendation from a real comparison's store, and the edge cases from hand-made rows."""
+"""edgekit.workflows.decide: a recommendation from a real comparison's store, and the edge cases from hand-made rows."""
 import pytest
 
 from edgekit.cli import main
-from edgekit.compare import LatencySettings, compare
-from edgekit.decide import decide, quality_bound
-from edgekit.errors import InputError
-from edgekit.measure import EvalSettings
-from edgekit.results import Result, ResultStore
+from edgekit.core.errors import InputError
+from edgekit.measure.quality import EvalSettings
+from edgekit.measure.store import Result, ResultStore
+from edgekit.workflows.compare import LatencySettings, compare
+from edgekit.workflows.decide import decide, quality_bound
 
 MEASURED = ("fp32", "int4-g32", "int2-g64")
 

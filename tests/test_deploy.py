@@ -4,10 +4,10 @@ import shutil
 
 import pytest
 
-from edgekit.artifact import MANIFEST, write_manifest
-from edgekit.deploy import CanaryThresholds, canary, manifest_frame
-from edgekit.errors import ArtifactError
-from edgekit.measure import EvalSettings
+from edgekit.artifacts.manifest import MANIFEST, write_manifest
+from edgekit.core.errors import ArtifactError
+from edgekit.measure.quality import EvalSettings
+from edgekit.workflows.canary import CanaryThresholds, canary, manifest_frame
 
 SETTINGS = EvalSettings(context=128, stride=64, max_tokens=768)
 NO_LATENCY_LIMIT = dict(max_slowdown_pct=1e9, max_p99_increase_pct=1e9)  # tests judge correctness, not speed

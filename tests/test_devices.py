@@ -8,9 +8,16 @@ variant (issue 16).
 import torch
 from torch import nn
 
-from edgekit.calibrated import gptq_quantize, rtn_dequantized
-from edgekit.packed import (PackedLinear, dequantize, group_count, pack_codes, quantize_rtn, rtn_quantize,
-                            unpack_codes)
+from edgekit.quantizers.calibrated import gptq_quantize, rtn_dequantized
+from edgekit.quantizers.packed import (
+    PackedLinear,
+    dequantize,
+    group_count,
+    pack_codes,
+    quantize_rtn,
+    rtn_quantize,
+    unpack_codes,
+)
 
 META = torch.device("meta")
 

@@ -7,11 +7,15 @@ import torch
 
 pytest.importorskip("llama_cpp")
 
-from edgekit.artifact import load_artifact  # noqa: E402
-from edgekit.data import read_split  # noqa: E402
-from edgekit.errors import ArtifactError, VariantError  # noqa: E402
+from edgekit.core.errors import ArtifactError, VariantError  # noqa: E402
+from edgekit.core.paths import read_split  # noqa: E402
+from edgekit.runtimes import (
+    build_runner,  # noqa: E402
+    load_artifact,  # noqa: E402
+)
 from edgekit.runtimes.llama_cpp import MODEL_FILE, cached_artifact, convert_to_gguf, pre_tokenizer_mapping  # noqa: E402
-from edgekit.registry import Variant, build_runner  # noqa: E402
+from edgekit.variants.registry import Variant  # noqa: E402
+
 
 def test_gpt2_style_byte_level_bpe_maps_to_llama_cpp_gpt2(default_model, tmp_path):
     from pathlib import Path

@@ -4,11 +4,12 @@ import shutil
 
 import pytest
 
-from edgekit.data import data_dir
-from edgekit.errors import PlanError
-from edgekit.guard import admit
-from edgekit.plan import GIB
-from edgekit.registry import Variant, build_runner, export_artifact
+from edgekit.core.errors import PlanError
+from edgekit.core.paths import data_dir
+from edgekit.memory.guard import admit
+from edgekit.memory.plan import GIB
+from edgekit.runtimes import build_runner, export_artifact
+from edgekit.variants.registry import Variant
 
 SIDE = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -48,15 +49,15 @@ def test_every_export_is_refused_before_it_starts(variant, huge_model, tmp_path)
 
 
 def test_sensitivity_and_qat_go_through_the_guard(huge_model):
-    from edgekit.qat import qat_finetune
-    from edgekit.sensitivity import layer_sensitivity
+    from edgekit.quantizers.qat import qat_finetune
+    from edgekit.quantizers.sensitivity import layer_sensitivity
 
     assert "rank the layers of" in _refused(layer_sensitivity, huge_model, "int4-g128")
     assert "fine-tune" in _refused(qat_finetune, huge_model)
 
 
 def test_mixed_precision_names_its_layers_from_the_meta_model(huge_model):
-    from edgekit.mixed import mixed_layer_schemes
+    from edgekit.quantizers.mixed import mixed_layer_schemes
 
     with pytest.raises(PlanError):  # the names come free; the ranking behind them is guarded
         mixed_layer_schemes("mixed-int4-g128-k4", huge_model)
@@ -92,7 +93,7 @@ class _Memory:
 @pytest.fixture
 def available_ram(monkeypatch):
     """Set the RAM the guard sees as available on this machine, in GiB."""
-    return lambda gib: monkeypatch.setattr("edgekit.plan.psutil.virtual_memory", lambda: _Memory(int(gib * GIB)))
+    return lambda gib: monkeypatch.setattr("edgekit.memory.plan.psutil.virtual_memory", lambda: _Memory(int(gib * GIB)))
 
 
 @pytest.mark.parametrize("variant", ["onnx-int4-g32", "ov-int4-g128", "gguf-q4_0"])

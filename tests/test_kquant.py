@@ -1,15 +1,15 @@
-"""edgekit.kquant: searched block scale/min with 8-bit scales; bytes, round trip, ragged widths, tied embeddings."""
+"""edgekit.quantizers.kquant: searched block scale/min with 8-bit scales; bytes, round trip, ragged widths, tied embeddings."""
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from edgekit.kquant import KQuantLinear, KQuantWeight, kq_linear_bytes, quantize_kq, search_scale_min
-from edgekit.loading import load_model
-from edgekit.packed import dequantize, rtn_quantize
-from edgekit.registry import Variant
-from edgekit.runners import module_weight_bytes
+from edgekit.models.load import load_model
+from edgekit.models.runner import module_weight_bytes
+from edgekit.quantizers.kquant import KQuantLinear, KQuantWeight, kq_linear_bytes, quantize_kq, search_scale_min
+from edgekit.quantizers.packed import dequantize, rtn_quantize
+from edgekit.variants.registry import Variant
 
 
 def _q41_grid(rows: int, cols: int) -> torch.Tensor:

@@ -1,10 +1,10 @@
 """Quantized KV caches: the planner's bytes against the format's arithmetic and against what llama.cpp allocates."""
 import pytest
 
-from edgekit.errors import PlanError, VariantError
-from edgekit.kv_cache import MIB, runtime_kv_bytes
-from edgekit.plan import kv_cache_bytes, load_config, plan_memory
-from edgekit.registry import build_runner
+from edgekit.core.errors import PlanError, VariantError
+from edgekit.memory.plan import kv_cache_bytes, load_config, plan_memory
+from edgekit.runtimes import build_runner
+from edgekit.workflows.kv_cache import MIB, runtime_kv_bytes
 
 
 def test_block_formats_are_priced_by_their_blocks():

@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgekit.loading import load_tokenizer, model_config
-from edgekit.plan import plan_memory
-from edgekit.registry import Variant, build_runner
+from edgekit.memory.plan import plan_memory
+from edgekit.models.load import load_tokenizer, model_config
+from edgekit.runtimes import build_runner
+from edgekit.variants.registry import Variant
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from make_random_checkpoint import write_checkpoint  # noqa: E402
@@ -61,7 +62,7 @@ def seven_b(tmp_path_factory, default_model):
     """A Llama-2-7B-shaped folder whose "weights" are not a checkpoint: only the guard may touch it."""
     import shutil
 
-    from edgekit.data import data_dir
+    from edgekit.core.paths import data_dir
 
     folder = tmp_path_factory.mktemp("llama-2-7b-shaped")
     shutil.copy(data_dir() / "configs" / "llama-2-7b.json", folder / "config.json")
@@ -74,10 +75,10 @@ def seven_b(tmp_path_factory, default_model):
 def test_a_7b_calibrates_layer_by_layer_where_the_ranking_and_qat_are_refused(seven_b):
     """On a 16 GB laptop a 7B's GPTQ fits layer by layer (27 GB in fp32 would not); the sensitivity
     ranking (whole-model KL) and QAT (whole-model training) are refused with their own reasons."""
-    from edgekit.errors import PlanError
-    from edgekit.guard import admit
-    from edgekit.qat import qat_finetune
-    from edgekit.sensitivity import layer_sensitivity
+    from edgekit.core.errors import PlanError
+    from edgekit.memory.guard import admit
+    from edgekit.quantizers.qat import qat_finetune
+    from edgekit.quantizers.sensitivity import layer_sensitivity
 
     plan = admit("gptq-int4-g128:profile=laptop-16gb", seven_b)
     assert "layer by layer" in plan.peak_reason and plan.peak_bytes < 10 * 1024 ** 3

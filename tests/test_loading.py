@@ -6,8 +6,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgekit.errors import ModelSourceError
-from edgekit.loading import UNKNOWN_REVISION, describe_model, load_model, load_tokenizer, model_revision, resolve_source
+from edgekit.core.errors import ModelSourceError
+from edgekit.models.load import (
+    UNKNOWN_REVISION,
+    describe_model,
+    load_model,
+    load_tokenizer,
+    model_revision,
+    resolve_source,
+)
 
 
 def test_default_loads_with_plain_transformers(default_model):

@@ -1,4 +1,4 @@
-"""edgekit.measure: each metric against a hand-computed case.
+"""edgekit.measure.quality: each metric against a hand-computed case.
 
 The runner here is a fixed bigram table (logits of a position depend only on its token),
 so every figure can be computed independently in a few lines: the thing under test is the
@@ -10,16 +10,28 @@ import time
 import numpy as np
 import pytest
 import torch
+from hf_guide import hf_guide_perplexity
+from scipy.signal import lfilter
 from torch.nn import functional as F
 
-from edgekit.errors import InputError
-from hf_guide import hf_guide_perplexity
-
-from scipy.signal import lfilter
-
-from edgekit.measure import (Z95, EvalSettings, block_bootstrap_interval, block_length, delta_reading,
-                             device_bandwidth, measure_latency, paired_difference, percentiles_indicative,
-                             ratio_interval, ratio_stat, score, scored_positions, sliding_windows, t_quantile)
+from edgekit.core.errors import InputError
+from edgekit.measure.quality import (
+    Z95,
+    EvalSettings,
+    block_bootstrap_interval,
+    block_length,
+    delta_reading,
+    device_bandwidth,
+    measure_latency,
+    paired_difference,
+    percentiles_indicative,
+    ratio_interval,
+    ratio_stat,
+    score,
+    scored_positions,
+    sliding_windows,
+    t_quantile,
+)
 
 VOCAB = 11
 
@@ -419,7 +431,7 @@ def test_top_k_baseline_on_the_default_model(default_model, tokenizer, eval_ids,
     """The stated tolerance: against the default model's fp32 kept as its top 256 of 4096 tokens (ids and
     log-probs: 1/8 of the bytes), int4-g32's KL is at most 10% below the full-vocabulary KL (never above it),
     and top-1 is identical."""
-    from edgekit.registry import build_runner
+    from edgekit.runtimes import build_runner
 
     fp32 = build_runner("fp32", default_model, tokenizer)
     full = score(fp32, eval_ids, small_eval_settings, keep_logprobs=True, progress=False)

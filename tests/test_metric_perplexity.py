@@ -1,4 +1,4 @@
-"""The `evaluate` perplexity module shipped in edgekit: same numbers as edgekit.measure,
+"""The `evaluate` perplexity module shipped in edgekit: same numbers as edgekit.measure.quality,
 as the HF guide's loop, and (where the hub is reachable) as the hub's `perplexity` metric."""
 import math
 
@@ -7,10 +7,10 @@ import pytest
 import torch
 from hf_guide import hf_guide_perplexity
 
-from edgekit.data import read_split
-from edgekit.measure import EvalSettings, score
-from edgekit.metrics import perplexity_metric_path
-from edgekit.registry import build_runner
+from edgekit.core.paths import read_split
+from edgekit.measure.quality import EvalSettings, score
+from edgekit.runtimes import build_runner
+from edgekit.workflows.metrics import perplexity_metric_path
 
 CONTEXT, STRIDE = 128, 64
 

@@ -2,7 +2,7 @@
 import json
 import re
 
-from edgekit.data import default_model_path, data_dir
+from edgekit.core.paths import data_dir, default_model_path
 
 
 def test_card_perplexity_matches_quickstart_output():

@@ -1,10 +1,10 @@
-"""edgekit.models: the named-model registry, its resolver, and the real pretrained model `make setup` installs."""
+"""edgekit.models.names: the named-model registry, its resolver, and the real pretrained model `make setup` installs."""
 import pytest
 import torch
 
-from edgekit.errors import ModelSourceError
-from edgekit.loading import resolve_source
-from edgekit.models import MODELS, model_names, named_model, original_gguf
+from edgekit.core.errors import ModelSourceError
+from edgekit.models.load import resolve_source
+from edgekit.models.names import MODELS, model_names, named_model, original_gguf
 
 SMOL = MODELS["smollm2-135m"]
 needs_smol = pytest.mark.skipif(not SMOL.installed(), reason="smollm2-135m is installed by `make setup`")
@@ -37,8 +37,8 @@ def test_smollm2_is_the_real_model_with_llama_cpps_token_ids():
     own file (a few hundred tokens), and greedy decoding knows the capital of France."""
     from llama_cpp import Llama
 
-    from edgekit.data import read_split
-    from edgekit.loading import load_model, load_tokenizer
+    from edgekit.core.paths import read_split
+    from edgekit.models.load import load_model, load_tokenizer
 
     folder = resolve_source("smollm2-135m")
     gguf = original_gguf(folder)

@@ -1,11 +1,11 @@
-"""edgekit.narrate: closing texts filled from the run's figures, failing loudly on a missing one."""
+"""edgekit.ui.narrate: closing texts filled from the run's figures, failing loudly on a missing one."""
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from edgekit.errors import EdgekitError
-from edgekit.narrate import MissingFigureError, choose, fields, render, text
+from edgekit.core.errors import EdgekitError
+from edgekit.ui.narrate import MissingFigureError, choose, fields, render, text
 
 
 def test_fills_figures_with_their_formats():
@@ -42,12 +42,12 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_every_closing_is_rendered_from_its_run(path):
     """Each notebook's "What you saw" is a heading and then a cell that fills its text from the run's figures
-    (edgekit.narrate), so no closing claim is hand-written beside the outputs it describes."""
+    (edgekit.ui.narrate), so no closing claim is hand-written beside the outputs it describes."""
     cells = nbformat.read(path, as_version=4).cells
     heads = [i for i, c in enumerate(cells) if c.cell_type == "markdown" and c.source.lstrip().startswith("## What you saw")]
     assert len(heads) == 1, f"{path.name}: one '## What you saw' heading, found {len(heads)}"
     (i,) = heads
     assert cells[i].source.strip() == "## What you saw", f"{path.name}: the closing's text belongs in the render cell"
     render_cell = cells[i + 1] if i + 1 < len(cells) else None
-    assert render_cell is not None and render_cell.cell_type == "code" and "edgekit.narrate" in render_cell.source \
+    assert render_cell is not None and render_cell.cell_type == "code" and "edgekit.ui.narrate" in render_cell.source \
         and "render(" in render_cell.source, f"{path.name}: follow 'What you saw' with a cell calling narrate.render"

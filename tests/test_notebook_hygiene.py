@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.artifact import portable_model
+from edgekit.artifacts.manifest import portable_model
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 LITTER = re.compile(r"Warning|WARNING|(?<!\d)0%\||(?<![\w.~])/(?:work|home|tmp|root|Users|usr|opt|var|private)/")
@@ -38,7 +38,7 @@ def test_the_litter_pattern_catches_what_it_should():
 
 
 def test_manifests_name_the_model_without_the_machine_path(tmp_path, monkeypatch):
-    from edgekit.models import MODELS
+    from edgekit.models.names import MODELS
 
     assert portable_model(str(Path(MODELS["default"].folder).resolve())) == "default"
     assert portable_model("default") == "default" and portable_model("org/name") == "org/name"

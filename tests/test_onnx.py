@@ -4,11 +4,12 @@ import math
 import pytest
 import torch
 
-from edgekit.errors import InputError
-from edgekit.measure import EvalSettings, score
-from edgekit.runtimes.onnxruntime.export import parity
+from edgekit.core.errors import InputError
+from edgekit.measure.quality import EvalSettings, score
+from edgekit.runtimes import build_runner
+from edgekit.runtimes.onnx.export import parity
 from edgekit.runtimes.onnxruntime.runner import ORTRunner, compile_model, max_supported_opset, model_opset
-from edgekit.registry import Variant, build_runner
+from edgekit.variants.registry import Variant
 
 SETTINGS = EvalSettings(context=128, stride=64, max_tokens=1024, batch_size=8)
 QUANTIZED = ("onnx-int8", "onnx-int8-static", "onnx-int4-g32", "onnx-int4-g64", "onnx-int4-g128", "onnx-int8-g128")
@@ -37,7 +38,7 @@ def test_export_matches_pytorch_logits(torch_fp32, onnx_fp32, onnx_artifact, eva
     report = parity(torch_fp32, onnx_fp32, eval_ids[:512])
     assert report["max_abs_logit_diff"] < 1e-3
     assert report["top1_agreement"] == 1.0
-    from edgekit.artifact import verify_artifact
+    from edgekit.artifacts.manifest import verify_artifact
 
     recorded = verify_artifact(onnx_artifact("onnx-fp32")).data["evaluation"]
     assert recorded["max_abs_logit_diff"] < 1e-3 and recorded["parity_tokens"] == 512
@@ -98,7 +99,7 @@ def test_8_bit_blocks_are_closer_to_fp32_than_4_bit(default_model, eval_ids, fp3
 
 
 def test_accuracy_level_and_symmetry_are_recorded(onnx_artifact):
-    from edgekit.artifact import verify_artifact
+    from edgekit.artifacts.manifest import verify_artifact
 
     quant = verify_artifact(onnx_artifact("onnx-int4-g128:accuracy_level=0,symmetric=true")).data["quantization"]
     assert quant == {"scheme": "4-bit weight-only MatMulNBits", "weight_dtype": "int4", "bits": 4, "block_size": 128,
@@ -111,8 +112,8 @@ def test_accuracy_level_and_symmetry_are_recorded(onnx_artifact):
                                          ("onnx-int4-g32:accuracy_level=7", "accuracy_level=7"),
                                          ("onnx-fp32:opt_level=max", "graph_optimization_level")])
 def test_bad_variant_options_are_refused(name, match, default_model, tmp_path):
-    from edgekit.errors import EdgekitError
-    from edgekit.registry import export_artifact
+    from edgekit.core.errors import EdgekitError
+    from edgekit.runtimes import export_artifact
 
     with pytest.raises(EdgekitError, match=match):
         export_artifact(Variant.parse(name), default_model, tmp_path / "out")
@@ -142,7 +143,7 @@ def test_signature_read_from_the_graph_is_what_onnx_runtime_reports(variant, onn
     it must be exactly what an ONNX Runtime session of the compiled model reports."""
     import onnxruntime as ort
 
-    from edgekit.artifact import verify_artifact
+    from edgekit.artifacts.manifest import verify_artifact
     from edgekit.runtimes.onnxruntime import model_signature
 
     folder = onnx_artifact(variant)
@@ -156,7 +157,8 @@ def test_signature_read_from_the_graph_is_what_onnx_runtime_reports(variant, onn
 def test_runtime_settings_from_manifest_apply_unless_overridden(onnx_artifact, tmp_path):
     import shutil
 
-    from edgekit.artifact import load_artifact, update_manifest
+    from edgekit.artifacts.manifest import update_manifest
+    from edgekit.runtimes import load_artifact
 
     folder = tmp_path / "tuned"
     shutil.copytree(onnx_artifact("onnx-int8"), folder)
@@ -175,9 +177,9 @@ def test_streamed_nbits_graph_equals_the_quantized_optimum_export(bits, symmetri
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-    from edgekit.artifact import copy_side_files
-    from edgekit.runtimes.onnxruntime.build import build_nbits_decoder
-    from edgekit.runtimes.onnxruntime.export import cached_export
+    from edgekit.artifacts.manifest import copy_side_files
+    from edgekit.runtimes.onnx.build import build_nbits_decoder
+    from edgekit.runtimes.onnx.export import cached_export
 
     built, reference = tmp_path / "built", tmp_path / "reference"
     build_nbits_decoder(default_model, built, bits, 32, symmetric, 1)

@@ -7,11 +7,14 @@ import torch
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
-from edgekit.artifact import load_artifact  # noqa: E402
-from edgekit.errors import ArtifactError, VariantError  # noqa: E402
-from edgekit.runtimes.openvino import (DeviceFallbackWarning, OpenVINORunner, cached_artifact,  # noqa: E402
-                                      select_device)
-from edgekit.registry import Variant, build_runner  # noqa: E402
+from edgekit.core.errors import ArtifactError, VariantError  # noqa: E402
+from edgekit.runtimes import (
+    build_runner,  # noqa: E402
+    load_artifact,  # noqa: E402
+)
+from edgekit.runtimes.openvino import DeviceFallbackWarning, OpenVINORunner, cached_artifact, select_device  # noqa: E402
+from edgekit.variants.registry import Variant  # noqa: E402
+
 
 @pytest.mark.parametrize("name", ["ov-int8", "ov-int4-g32", "ov-int4-g128", "ov-int8-g128"])
 def test_variant_scores_against_the_pytorch_baseline(name, quality_against_fp32):

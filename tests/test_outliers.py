@@ -1,12 +1,12 @@
-"""edgekit.outliers: per-channel activation maxima, and SmoothQuant as an exact rewrite of the fp32 model."""
+"""edgekit.quantizers.smoothquant: per-channel activation maxima, and SmoothQuant as an exact rewrite of the fp32 model."""
 import numpy as np
 import pytest
 import torch
 
-from edgekit.errors import VariantError
-from edgekit.loading import load_model
-from edgekit.outliers import activation_maxima, calibration_windows, outlier_summary, smooth_quant
-from edgekit.registry import Variant
+from edgekit.core.errors import VariantError
+from edgekit.models.load import load_model
+from edgekit.quantizers.smoothquant import activation_maxima, calibration_windows, outlier_summary, smooth_quant
+from edgekit.variants.registry import Variant
 
 
 def test_maxima_shapes_summary_and_smoothing_keeps_the_function(default_model, tokenizer, eval_ids):

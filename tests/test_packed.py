@@ -1,12 +1,23 @@
-"""edgekit.packed: bit packing round trips, ragged groups, the int4 kernel path against the dequantize path."""
+"""edgekit.quantizers.packed: bit packing round trips, ragged groups, the int4 kernel path against the dequantize path."""
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from edgekit.errors import VariantError
-from edgekit.packed import (CPU_KERNEL, PackedLinear, compute_paths, dequantize, group_count, int4_kernel_for,
-                            pack_codes, packed_linear_bytes, quantize_rtn, rtn_quantize, unpack_codes)
+from edgekit.core.errors import VariantError
+from edgekit.quantizers.packed import (
+    CPU_KERNEL,
+    PackedLinear,
+    compute_paths,
+    dequantize,
+    group_count,
+    int4_kernel_for,
+    pack_codes,
+    packed_linear_bytes,
+    quantize_rtn,
+    rtn_quantize,
+    unpack_codes,
+)
 
 needs_cpu_kernel = pytest.mark.skipif(int4_kernel_for("cpu", 4, 32, 64) is None,
                                       reason="this CPU's int4 kernel layout is not one edgekit reads (AVX2/AVX-512)")
@@ -145,7 +156,7 @@ def test_kernel_path_matches_dequantize_path(in_features, group):
 
 @needs_cpu_kernel
 def test_kernel_model_logits_close_to_dequantize_model(default_model):
-    from edgekit.loading import load_model
+    from edgekit.models.load import load_model
 
     ids = torch.randint(0, 4096, (2, 48), generator=torch.Generator().manual_seed(5))
     logits, bytes_, paths = {}, {}, {}

@@ -4,11 +4,19 @@ import json
 import pytest
 import torch
 
-from edgekit.errors import PlanError
-from edgekit.plan import (GIB, device_profiles, kv_cache_bytes, known_models, load_profile, parameter_count,
-                          plan_memory, weight_bytes)
-from edgekit.runners import module_weight_bytes
-from edgekit.registry import build_runner
+from edgekit.core.errors import PlanError
+from edgekit.memory.plan import (
+    GIB,
+    device_profiles,
+    known_models,
+    kv_cache_bytes,
+    load_profile,
+    parameter_count,
+    plan_memory,
+    weight_bytes,
+)
+from edgekit.models.runner import module_weight_bytes
+from edgekit.runtimes import build_runner
 
 EXACT = {"llama-2-7b": 6_738_415_616, "mistral-7b": 7_241_732_096, "qwen2.5-7b": 7_615_616_512,
          "llama-3-8b": 8_030_261_248}
@@ -39,8 +47,8 @@ def test_planned_weight_bytes_match_built_variant(variant, default_model, tokeni
 
 
 def test_layer_schemes_price_a_mixed_precision_model(default_model, fp32_runner, tokenizer):
-    from edgekit.layout import block_linears
-    from edgekit.packed import PackedLinear, quantize_rtn, replace_module
+    from edgekit.models.layout import block_linears, replace_module
+    from edgekit.quantizers.packed import PackedLinear, quantize_rtn
 
     model = build_runner("fp32", default_model, tokenizer).model
     names = sorted(block_linears(model))[:4]

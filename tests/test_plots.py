@@ -1,4 +1,4 @@
-"""edgekit.plots: the Pareto front is the set no other variant beats, and both frame shapes
+"""edgekit.ui.plots: the Pareto front is the set no other variant beats, and both frame shapes
 (summary_frame with display labels, results_frame with raw keys) plot the same points."""
 import matplotlib
 
@@ -8,10 +8,16 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from edgekit.compare import summary_frame  # noqa: E402
-from edgekit.plots import (comparison_figure, figure_png, normalize, pareto_front,  # noqa: E402
-                           plot_latency_percentiles, plot_quality_vs_size)
-from edgekit.results import Result, results_frame  # noqa: E402
+from edgekit.measure.store import Result, results_frame  # noqa: E402
+from edgekit.ui.plots import (  # noqa: E402
+    comparison_figure,
+    figure_png,
+    normalize,
+    pareto_front,
+    plot_latency_percentiles,
+    plot_quality_vs_size,
+)
+from edgekit.workflows.compare import summary_frame  # noqa: E402
 
 
 def _result(variant, size, delta, kl, p50=None, error=None):

@@ -1,18 +1,28 @@
-"""edgekit.pruning: exact sparsity and N:M patterns, Wanda's rule, structured checkpoints that plain
+"""edgekit.pruning.variants: exact sparsity and N:M patterns, Wanda's rule, structured checkpoints that plain
 transformers loads and the planner prices, composition with quantization, distillation that wins KL back."""
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from edgekit.calibration import calibration_ids, collect_inputs
-from edgekit.errors import VariantError
-from edgekit.layout import block_linears
-from edgekit.packed import PackedLinear
-from edgekit.plan import kv_cache_bytes, load_config, plan_memory, weight_bytes
-from edgekit.pruning import (PruneSpec, nm_mask, pruned_checkpoint, pruned_config, pruning_record, row_mask,
-                             sparsity, wanda_scores)
-from edgekit.registry import Variant, build_runner
-from edgekit.runners import module_weight_bytes
+from edgekit.core.errors import VariantError
+from edgekit.core.paths import calibration_ids
+from edgekit.memory.plan import kv_cache_bytes, load_config, plan_memory, weight_bytes
+from edgekit.models.layout import block_linears
+from edgekit.models.runner import module_weight_bytes
+from edgekit.pruning.variants import (
+    PruneSpec,
+    nm_mask,
+    pruned_checkpoint,
+    pruned_config,
+    pruning_record,
+    row_mask,
+    sparsity,
+    wanda_scores,
+)
+from edgekit.quantizers.calibration import collect_inputs
+from edgekit.quantizers.packed import PackedLinear
+from edgekit.runtimes import build_runner
+from edgekit.variants.registry import Variant
 
 CALIB = "samples=2,seq_len=64"  # the smallest calibration that exercises the real path
 

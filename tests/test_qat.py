@@ -1,10 +1,10 @@
 """QAT: a short seeded fine-tune with fake quantization lowers KL against fp32, and exports packed weights."""
 import pytest
 
-from edgekit.measure import EvalSettings, score
-from edgekit.packed import PackedLinear
-from edgekit.qat import QATSettings, qat_checkpoint, qat_history
-from edgekit.registry import build_runner
+from edgekit.measure.quality import EvalSettings, score
+from edgekit.quantizers.packed import PackedLinear
+from edgekit.quantizers.qat import QATSettings, qat_checkpoint, qat_history
+from edgekit.runtimes import build_runner
 
 SHORT = QATSettings(bits=2, group_size=64, steps=6, batch_size=4, eval_every=0, eval_tokens=512)
 OPTIONS = "steps=6,batch_size=4,eval_every=0,eval_tokens=512"
@@ -34,7 +34,7 @@ def test_qat_variant_is_packed_and_beats_rtn(default_model, tokenizer, eval_ids,
 
 
 def test_bad_settings_are_refused():
-    from edgekit.errors import InputError
+    from edgekit.core.errors import InputError
 
     with pytest.raises(InputError, match="steps"):
         QATSettings(steps=0)

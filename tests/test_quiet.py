@@ -1,10 +1,10 @@
-"""edgekit.quiet: the understood messages are dropped, and nothing else is."""
+"""edgekit.core.quiet: the understood messages are dropped, and nothing else is."""
 import logging
 import warnings
 
 import torch
 
-from edgekit.quiet import dropped, onnx_export, ort_quantization, quiet_bitsandbytes_import
+from edgekit.core.quiet import dropped, onnx_export, ort_quantization, quiet_bitsandbytes_import
 
 
 def test_dropped_removes_only_the_named_message(caplog):

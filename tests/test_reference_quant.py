@@ -1,14 +1,24 @@
-"""edgekit.reference_quant: the teaching quantizer against hand-computed cases and bitsandbytes."""
+"""edgekit.quantizers.reference: the teaching quantizer against hand-computed cases and bitsandbytes."""
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from edgekit.errors import VariantError
-from edgekit.reference_quant import (NF4_LEVELS, TEACHING_SCHEMES, Scheme, error_histogram, fake_quantize,
-                                     layer_errors, outlier_report, quantization_error, quantize_int, quantize_nf4,
-                                     scheme_table)
+from edgekit.core.errors import VariantError
+from edgekit.quantizers.reference import (
+    NF4_LEVELS,
+    TEACHING_SCHEMES,
+    Scheme,
+    error_histogram,
+    fake_quantize,
+    layer_errors,
+    outlier_report,
+    quantization_error,
+    quantize_int,
+    quantize_nf4,
+    scheme_table,
+)
 
 
 @pytest.fixture

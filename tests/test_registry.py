@@ -4,12 +4,13 @@ import pytest
 import torch
 
 from edgekit.cli import main
-from edgekit.errors import VariantError
-from edgekit.packed import quantize_rtn
-from edgekit.plan import plan_memory, weight_bytes
-from edgekit.registry import Variant, build_runner, group_codes_bytes, register, unregister
-from edgekit.runtimes.pytorch import torch_runner
-from edgekit.widgets import Dashboard, MemoryPlanner, variant_picker
+from edgekit.core.errors import VariantError
+from edgekit.memory.guard import torch_runner
+from edgekit.memory.plan import plan_memory, weight_bytes
+from edgekit.quantizers.packed import quantize_rtn
+from edgekit.runtimes import build_runner
+from edgekit.ui.widgets import Dashboard, MemoryPlanner, variant_picker
+from edgekit.variants.registry import Variant, group_codes_bytes, register, unregister
 
 PATTERN = r"throwaway-int(?P<bits>[48])-g(?P<group_size>\d+)"
 

@@ -1,4 +1,4 @@
-"""edgekit.report and ``edgekit compare --report``: a real comparison of the default model
+"""edgekit.ui.report and ``edgekit compare --report``: a real comparison of the default model
 (fp32, packed int4 and one variant that fails to build) written as HTML and Markdown."""
 import base64
 import json
@@ -7,9 +7,9 @@ import re
 import pytest
 
 from edgekit.cli import main
-from edgekit.errors import EdgekitError, InputError
-from edgekit.report import comparison_frame, device_memory_frame, write_report
-from edgekit.results import ResultStore
+from edgekit.core.errors import EdgekitError, InputError
+from edgekit.measure.store import ResultStore
+from edgekit.ui.report import comparison_frame, device_memory_frame, write_report
 
 # int8 with a threshold that is not a number: the builder raises, compare records the reason
 VARIANTS = "fp32,int4-g128,int8:threshold=abc"
@@ -93,8 +93,8 @@ def two_models(cli_run, tmp_path_factory):
     import sys
     from pathlib import Path
 
-    from edgekit.compare import compare
-    from edgekit.measure import EvalSettings
+    from edgekit.measure.quality import EvalSettings
+    from edgekit.workflows.compare import compare
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from make_random_checkpoint import PRESETS, write_checkpoint

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from edgekit import selftest
-from edgekit.errors import EdgekitError
+from edgekit.core.errors import EdgekitError
+from edgekit.runtimes import selftest
 
 TESTS = Path(__file__).resolve().parent
 SMALL = ["--context", "128", "--stride", "128", "--max-tokens", "1024", "--no-latency"]

@@ -3,9 +3,9 @@ import math
 
 import pytest
 
-from edgekit.measure import EvalSettings
-from edgekit.results import ResultStore
-from edgekit.sensitivity import heatmap_table, layer_sensitivity, ranked, ranking
+from edgekit.measure.quality import EvalSettings
+from edgekit.measure.store import ResultStore
+from edgekit.quantizers.sensitivity import heatmap_table, layer_sensitivity, ranked, ranking
 
 FAST = EvalSettings(context=128, stride=128, max_tokens=512, batch_size=4)
 
@@ -38,12 +38,12 @@ def test_ranking_is_cached(default_model, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("ranking was recomputed instead of read from the cache")
 
-    monkeypatch.setattr("edgekit.sensitivity.layer_sensitivity", fail)
+    monkeypatch.setattr("edgekit.quantizers.sensitivity.layer_sensitivity", fail)
     assert ranking(default_model, "int2-g64", tokens=512, progress=False) == first
 
 
 def test_unsupported_scheme_is_refused(default_model):
-    from edgekit.errors import VariantError
+    from edgekit.core.errors import VariantError
 
     with pytest.raises(VariantError, match="sensitivity supports"):
         layer_sensitivity(default_model, "nf4", settings=FAST, progress=False)

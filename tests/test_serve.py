@@ -8,8 +8,8 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from edgekit.errors import ArtifactError
-from edgekit.serve import create_app, serve_in_background
+from edgekit.core.errors import ArtifactError
+from edgekit.serve.app import create_app, serve_in_background
 
 VARIANT = "onnx-int4-g32"
 
@@ -110,7 +110,7 @@ def test_burst_of_concurrent_requests_all_answered(server):
 
 
 def test_health_reports_artifact_memory_and_counts(server, onnx_artifact):
-    from edgekit.artifact import read_manifest
+    from edgekit.artifacts.manifest import read_manifest
 
     url, _ = server
     health = strict_json(httpx.get(url + "/health", timeout=30))

@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from edgekit.serve import create_app, serve_in_background
+from edgekit.serve.app import create_app, serve_in_background
 
 VARIANT = "onnx-int4-g32"
 PROMPT = "Good my lord"

@@ -3,8 +3,8 @@ import httpx
 import openai
 import pytest
 
-from edgekit.serve import create_app, serve_in_background
-from edgekit.serve_engine import TextStream
+from edgekit.serve.app import create_app, serve_in_background
+from edgekit.serve.engine import TextStream
 
 VARIANT = "onnx-int4-g32"
 PROMPT = "Good my lord"

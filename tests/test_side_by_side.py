@@ -1,11 +1,11 @@
-"""edgekit.side_by_side: the default model continued by fp32 and by a variant, cut at the first differing token."""
+"""edgekit.workflows.side_by_side: the default model continued by fp32 and by a variant, cut at the first differing token."""
 import pytest
 
-from edgekit.errors import InputError, VariantError
-from edgekit.loading import load_tokenizer
-from edgekit.registry import build_runner
-from edgekit.runners import generate_text
-from edgekit.side_by_side import first_difference, side_by_side
+from edgekit.core.errors import InputError, VariantError
+from edgekit.models.load import load_tokenizer
+from edgekit.models.runner import generate_text
+from edgekit.runtimes import build_runner
+from edgekit.workflows.side_by_side import first_difference, side_by_side
 
 PROMPT = "HAMLET:\nTo be, or not to be,"
 

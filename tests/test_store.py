@@ -1,14 +1,14 @@
-"""edgekit.results: the SQLite store keeps every finished result, exports CSV and JSON."""
+"""edgekit.measure.store: the SQLite store keeps every finished result, exports CSV and JSON."""
 import json
 import sqlite3
 
 import pandas as pd
 import pytest
 
-from edgekit.compare import compare
-from edgekit.measure import EvalSettings
-from edgekit.loading import UNKNOWN_REVISION, model_revision
-from edgekit.results import SCHEMA, Result, ResultStore
+from edgekit.measure.quality import EvalSettings
+from edgekit.measure.store import SCHEMA, Result, ResultStore
+from edgekit.models.load import UNKNOWN_REVISION, model_revision
+from edgekit.workflows.compare import compare
 
 
 def test_write_and_read_back(tmp_path):

@@ -4,9 +4,9 @@ import shutil
 import pytest
 import torch
 
-from edgekit.errors import InputError
-from edgekit.streaming import StreamingRunner, stream_device_map, stream_summary
-from edgekit.registry import build_runner
+from edgekit.core.errors import InputError
+from edgekit.runtimes import build_runner
+from edgekit.runtimes.pytorch.streaming import StreamingRunner, stream_device_map, stream_summary
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""edgekit.sweep on a real local Ray cluster (2 CPUs): the default model and a tiny random-weight one,
+"""edgekit.workflows.sweep on a real local Ray cluster (2 CPUs): the default model and a tiny random-weight one,
 3 variants, one text; a worker killed mid-sweep, Ray's retry, reruns, and the planner's refusals."""
 import json
 import os
@@ -15,9 +15,9 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from edgekit.cli import main  # noqa: E402
-from edgekit.measure import EvalSettings  # noqa: E402
-from edgekit.results import ResultStore  # noqa: E402
-from edgekit.sweep import CELL_TASK_PREFIX, Node, plan_cell, run_sweep  # noqa: E402
+from edgekit.measure.quality import EvalSettings  # noqa: E402
+from edgekit.measure.store import ResultStore  # noqa: E402
+from edgekit.workflows.sweep import CELL_TASK_PREFIX, Node, plan_cell, run_sweep  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from make_random_checkpoint import write_checkpoint  # noqa: E402

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 import torch
 
-from edgekit.errors import EdgekitError, InputError
-from edgekit.tuning import TuningReport, grid, rank, torch_factory, tune
+from edgekit.core.errors import EdgekitError, InputError
+from edgekit.workflows.tuning import TuningReport, grid, rank, torch_factory, tune
 
 
 def _table(rows):
@@ -45,7 +45,7 @@ def test_rank_without_default_has_no_gain_and_all_failed_raises():
 
 
 def test_real_sweep_records_failures_and_stores(default_model, tmp_path):
-    from edgekit.results import ResultStore
+    from edgekit.measure.store import ResultStore
 
     store = ResultStore(tmp_path / "r.sqlite")
     threads = torch.get_num_threads()
@@ -64,8 +64,9 @@ def test_real_sweep_records_failures_and_stores(default_model, tmp_path):
 def test_onnx_winner_written_to_manifest_and_used(onnx_artifact, tmp_path):
     import shutil
 
-    from edgekit.artifact import load_artifact, read_manifest
-    from edgekit.tuning import ort_factory, write_best
+    from edgekit.artifacts.manifest import read_manifest
+    from edgekit.runtimes import load_artifact
+    from edgekit.workflows.tuning import ort_factory, write_best
 
     onnx_int4_artifact = shutil.copytree(onnx_artifact("onnx-int4-g32"), tmp_path / "onnx-int4-g32")
 

@@ -1,13 +1,14 @@
-"""edgekit.registry: every PyTorch variant builds, runs and really shrinks the weights it must."""
+"""edgekit.variants.registry: every PyTorch variant builds, runs and really shrinks the weights it must."""
 import dataclasses
 
 import pytest
 import torch
 
-from edgekit.errors import VariantError
-from edgekit.layout import block_linears
-from edgekit.packed import PackedLinear, int4_kernel_for
-from edgekit.registry import Variant, build_runner, known_variants
+from edgekit.core.errors import VariantError
+from edgekit.models.layout import block_linears
+from edgekit.quantizers.packed import PackedLinear, int4_kernel_for
+from edgekit.runtimes import build_runner
+from edgekit.variants.registry import Variant, known_variants
 
 PYTORCH_VARIANTS = ["fp32", "bf16", "fp16", "int8", "nf4", "fp4", "int4-g32", "int4-g64", "int4-g128",
                     "int3-g64", "int3-g128", "int2-g32", "int2-g64"]

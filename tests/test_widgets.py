@@ -1,12 +1,12 @@
-"""edgekit.widgets.Dashboard: wired to the real comparison without a frontend; a failing
+"""edgekit.ui.widgets.Dashboard: wired to the real comparison without a frontend; a failing
 variant shows its reason and the rest go on; earlier runs and the report work from it."""
 import html
 
 import pytest
 
-from edgekit.results import ResultStore
-from edgekit.registry import known_variants
-from edgekit.widgets import Dashboard
+from edgekit.measure.store import ResultStore
+from edgekit.ui.widgets import Dashboard
+from edgekit.variants.registry import known_variants
 
 FAST = dict(context=128, stride=64, max_tokens=256, latency_runs=0)
 
@@ -64,7 +64,7 @@ def test_a_bad_model_is_shown_in_place(tmp_path):
 
 
 def test_typed_variants_join_the_picked_ones_and_bad_ones_are_refused(tmp_path):
-    from edgekit.errors import VariantError
+    from edgekit.core.errors import VariantError
 
     dash = Dashboard(store=ResultStore(tmp_path / "r.sqlite"), variants=("fp32", "int8"))
     dash.typed.value = "int3-g64  nf4:double_quant=true; int8"
@@ -77,8 +77,8 @@ def test_typed_variants_join_the_picked_ones_and_bad_ones_are_refused(tmp_path):
 def test_quant_knobs_redraw_the_grid_of_the_scheme_they_describe():
     import torch
 
-    from edgekit.reference_quant import Scheme, group_grid
-    from edgekit.widgets import QuantKnobs
+    from edgekit.quantizers.reference import Scheme, group_grid
+    from edgekit.ui.widgets import QuantKnobs
 
     weight = torch.randn(8, 64, generator=torch.Generator().manual_seed(0))
     knobs = QuantKnobs(weight, bits=4, granularity="group", group_size=32)

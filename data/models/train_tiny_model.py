@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from edgekit.data import corpus_path, eval_token_ids
-from edgekit.measure import EvalSettings, score
-from edgekit.registry import build_runner
+from edgekit.core.paths import corpus_path, eval_token_ids
+from edgekit.measure.quality import EvalSettings, score
+from edgekit.runtimes import build_runner
 
 
 def train_tokenizer(train_file: Path, vocab_size: int):
@@ -128,7 +128,7 @@ checkpoint is kept. Best validation loss: {log['best_val_loss']:.4f} (perplexity
 `training_log.json` has the whole curve. Stopped because: {log.get("stop_reason", "not recorded")}.
 
 ## Evaluation
-edgekit's sliding-window perplexity (`edgekit.measure`, the Hugging Face perplexity guide's
+edgekit's sliding-window perplexity (`edgekit.measure.quality`, the Hugging Face perplexity guide's
 definition): context {CARD_SETTINGS['context']}, stride {CARD_SETTINGS['stride']}, every token of the split,
 95% interval from per-window standard errors. Notebook `00_quickstart` recomputes the first row.
 

@@ -1,14 +1,73 @@
-"""The runtimes a variant can run in, one module (or small package) each, all of one shape.
+"""The runtimes a variant can run in, each a subpackage of the same shape, and the three doors to them.
 
-Each runtime module registers its variants in :mod:`edgekit.registry`, and the native ones
-(ONNX Runtime, OpenVINO, llama.cpp) also offer ``export_artifact(variant, source, out_dir)``
-(a verified artifact, through :func:`edgekit.artifact.cached_artifact`), a loader registered
-with :func:`edgekit.artifact.artifact_loader` (artifact -> Runner) and ``self_test()`` (the
-probe :mod:`edgekit.selftest` runs in a child process). A runtime's module is named after the
-runtime: ``edgekit.runtimes.<runtime with '.' as '_'>``.
+``build_runner`` (variant -> Runner), ``export_artifact`` (variant -> a verified artifact folder) and
+``load_artifact`` (artifact -> Runner) are the only ways in. Each runtime subpackage registers its
+variants in :mod:`edgekit.variants.registry`; the native ones (ONNX Runtime, OpenVINO, llama.cpp) also
+register an artifact loader (:func:`edgekit.artifacts.manifest.artifact_loader`) and offer ``self_test()``,
+the probe :mod:`edgekit.runtimes.selftest` runs in a child process so that a native crash refuses the
+runtime in one line. A runtime never imports a sibling runtime: graph code ONNX Runtime and OpenVINO share
+lives in :mod:`edgekit.runtimes.onnx`.
 """
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Callable
+
+from edgekit.artifacts.manifest import LOADERS, read_manifest, verify_artifact
+from edgekit.core.errors import ArtifactError, VariantError
+from edgekit.core.paths import staged
+from edgekit.models.load import load_tokenizer
+from edgekit.runtimes import selftest
+from edgekit.runtimes.selftest import module_of
+from edgekit.variants.registry import Variant, entries
 
 
-def module_of(runtime: str) -> str:
-    """``"llama.cpp"`` -> ``"edgekit.runtimes.llama_cpp"``."""
-    return f"{__name__}.{runtime.replace('.', '_')}"
+def build_runner(variant: "str | Variant", source: str = "default", tokenizer=None):
+    """Build the Runner for ``variant`` of the model at ``source``."""
+    variant = Variant.parse(variant)
+    selftest.require(variant.family)  # a native runtime that would crash here is refused in one line
+    tokenizer = tokenizer or load_tokenizer(source)
+    runner = variant.entry.builder(variant, source, tokenizer)
+    if variant.option("compile"):  # a RUNNER_OPTIONS option, so only PyTorch runners get here
+        runner.compile_decoding()
+    return runner
+
+
+def export_artifact(variant: "str | Variant", source: str, out_dir) -> Any:
+    """Write the artifact of an exportable variant (onnx-*, gguf-*, ov-*) to ``out_dir``; returns its Manifest."""
+    variant = Variant.parse(variant)
+    exporter = variant.entry.exporter
+    if exporter is None:
+        exportable = [e.pattern.pattern for e in entries() if e.exporter is not None]
+        raise VariantError(f"variant {variant.name!r} has no artifact to export; exportable: "
+                           f"{', '.join(exportable) or 'none installed'}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ArtifactError(f"{out_dir} already exists and is not empty; choose a new folder or delete it first")
+    selftest.require(variant.family)
+    if out_dir.exists():
+        out_dir.rmdir()
+    staged(out_dir, lambda staging: exporter(variant, source, staging))
+    return read_manifest(out_dir)
+
+
+def runtime_loader(runtime: str) -> tuple[Callable[..., Any], Callable[[], int | None]]:
+    """The loader ``runtime``'s module registered (the module is imported on first use)."""
+    if runtime not in LOADERS:
+        try:
+            importlib.import_module(module_of(runtime))
+        except ModuleNotFoundError:
+            pass
+    if runtime not in LOADERS:
+        raise ArtifactError(f"artifact runtime {runtime!r} is not supported here; install its runtime "
+                            f"(supported: {', '.join(sorted(LOADERS)) or 'none installed'})")
+    return LOADERS[runtime]
+
+
+def load_artifact(folder: str | Path, **runtime_options: Any):
+    """Verify the artifact, then build the Runner its runtime registered (recommended settings applied)."""
+    runtime = read_manifest(folder).runtime
+    loader, max_opset = runtime_loader(runtime)
+    selftest.require(runtime)
+    return loader(verify_artifact(folder, supported_opset=max_opset()), **runtime_options)

@@ -5,12 +5,12 @@ on the ``calibration`` split) and ``onnx-int4-g32|g64|g128`` / ``onnx-int8-g<N>`
 MatMulNBits, 4 or 8 bits per weight in blocks of N input channels) join the same
 registry as the PyTorch variants, so ``edgekit compare --variants fp32,onnx-int8`` measures
 them with the same code into the same table. The fp32 and int8 variants are built along the
-path the deployment guides describe — PyTorch → ONNX (:mod:`edgekit.runtimes.onnxruntime.export`)
+path the deployment guides describe — PyTorch → ONNX (:mod:`edgekit.runtimes.onnx.export`)
 → quantized ONNX (:mod:`edgekit.runtimes.onnxruntime.quantize`); the MatMulNBits variants are written
-from the checkpoint one weight at a time (:mod:`edgekit.runtimes.onnxruntime.build`, the path that
+from the checkpoint one weight at a time (:mod:`edgekit.runtimes.onnx.build`, the path that
 fits a 7B) — then compiled for the target (:func:`edgekit.runtimes.onnxruntime.runner.compile_model`)
-→ artifact with a manifest (:mod:`edgekit.artifact`) — and loaded back through
-:func:`~edgekit.artifact.load_artifact`, which verifies every file first. The manifest records
+→ artifact with a manifest (:mod:`edgekit.artifacts.manifest`) — and loaded back through
+:func:`~edgekit.artifacts.manifest.load_artifact`, which verifies every file first. The manifest records
 the compiled model's logit parity with PyTorch fp32 where that reference fits this machine.
 
 Options (after a colon): ``per_channel`` (int8), ``symmetric`` and ``accuracy_level`` (MatMulNBits,
@@ -28,25 +28,19 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
-from edgekit.artifact import Manifest, copy_side_files, load_artifact, write_manifest
-from edgekit.artifact import cached_artifact as shared_cache
-from edgekit.data import eval_token_ids, work_dir
-from edgekit.errors import PlanError
-from edgekit.guard import admit
-from edgekit.loading import load_tokenizer, model_key, resolve_source
-from edgekit.registry import (
-    Variant,
-    build_runner,
-    dense_linear_bytes,
-    group_codes_bytes,
-    per_channel_int8_bytes,
-    register,
-)
-from edgekit.runtimes.onnxruntime.build import build_nbits_decoder
-from edgekit.runtimes.onnxruntime.export import cached_export, parity, parity_batch
-from edgekit.runtimes.onnxruntime.quantize import check_matmul_nbits, quantize_int8_dynamic, quantize_int8_static
+from edgekit.artifacts.cache import cached_artifact as shared_cache
+from edgekit.artifacts.manifest import Manifest, copy_side_files, write_manifest
+from edgekit.core.errors import PlanError
+from edgekit.core.paths import eval_token_ids, work_dir
+from edgekit.memory.guard import admit
+from edgekit.models.load import load_tokenizer, model_key, resolve_source
+from edgekit.quantizers.smoothquant import smoothed_folder
+from edgekit.runtimes import build_runner, load_artifact
+from edgekit.runtimes.onnx.build import build_nbits_decoder, check_matmul_nbits
+from edgekit.runtimes.onnx.export import cached_export, parity, parity_batch
+from edgekit.runtimes.onnx.files import MODEL_FILE
+from edgekit.runtimes.onnxruntime.quantize import quantize_int8_dynamic, quantize_int8_static
 from edgekit.runtimes.onnxruntime.runner import (
-    MODEL_FILE,
     ORTRunner,
     compile_model,
     model_opset,
@@ -54,6 +48,7 @@ from edgekit.runtimes.onnxruntime.runner import (
     self_test,
     session_options,
 )
+from edgekit.variants.registry import Variant, dense_linear_bytes, group_codes_bytes, per_channel_int8_bytes, register
 
 COMMON_OPTIONS = ("opt_level", "provider")
 PARITY_TOKENS = 512
@@ -211,3 +206,13 @@ register(r"onnx-int(?P<bits>[48])-g(?P<group_size>\d+)", "onnxruntime",
          "symmetric=false, accuracy_level=4)", ("onnx-int4-g32", "onnx-int4-g64", "onnx-int4-g128", "onnx-int8-g128"),
          linear_bytes=_nbits_bytes,
          options=("symmetric", "accuracy_level", *COMMON_OPTIONS), **{**_ENTRY, "load": "streamed-export"})(_build)
+
+
+@register(r"sq-(?P<inner>onnx-int8(?:-static)?)", "onnxruntime",
+          "SmoothQuant folded into the weights (option alpha), then ONNX Runtime int8 dynamic or static QDQ",
+          ("sq-onnx-int8", "sq-onnx-int8-static"), linear_bytes=per_channel_int8_bytes,
+          options=("alpha", "per_channel", "opt_level", "provider"), load="export",
+          dense=lambda variant, checkpoint: "fp32", defaults={"alpha": 0.5})
+def build_smoothed(variant: Variant, source: str, tokenizer):
+    inner = Variant.parse(variant.field("inner")).with_options(**{k: v for k, v in variant.options if k != "alpha"})
+    return build_runner(inner, str(smoothed_folder(variant, source)), tokenizer)

@@ -13,7 +13,7 @@ Follows the ONNX Runtime guide "Quantize ONNX models"
   32/64/128 weights with one scale (and a zero point unless symmetric). ``accuracy_level``
   picks the compute type of the CPU kernel: 0 (unset) and 1 dequantize to fp32; 4 quantizes
   activations to int8 and runs int8 dot products, which is what makes it fast on CPUs. These
-  graphs are not quantized after an export: :mod:`edgekit.runtimes.onnxruntime.build` writes them
+  graphs are not quantized after an export: :mod:`edgekit.runtimes.onnx.build` writes them
   from the checkpoint one weight at a time (with the per-tensor kernel of ORT's
   ``MatMulNBitsQuantizer``), so a 7B never sits in memory; :func:`check_matmul_nbits` refuses bad settings.
 """
@@ -24,20 +24,19 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
-from edgekit.errors import VariantError
-from edgekit.progress import tqdm
-from edgekit.quiet import ort_quantization
-from edgekit.runtimes.onnxruntime.runner import EXTERNAL_DATA_THRESHOLD
-
-ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # unset, fp32, fp16, bf16, int8 compute
-BLOCK_SIZES = (16, 32, 64, 128, 256)
+from edgekit.core.errors import VariantError
+from edgekit.core.progress import tqdm
+from edgekit.core.quiet import ort_quantization
+from edgekit.runtimes.onnx.files import EXTERNAL_DATA_THRESHOLD
 
 
 @contextmanager
 def _quiet_quantizer_logs():
     """ONNX Runtime's quantizers log every tensor at INFO on the root logger; keep warnings only
-    (less the pre-processing advice, see edgekit.quiet)."""
+    (less the pre-processing advice, see edgekit.core.quiet)."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.WARNING)
@@ -54,7 +53,6 @@ def _is_large(model_path: Path) -> bool:
 
 def quantize_int8_dynamic(source: str | Path, target: str | Path, per_channel: bool = True) -> Path:
     """Dynamic int8: int8 weights (per output channel by default), activations quantized at run time."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     source, target = Path(source), Path(target)
     with _quiet_quantizer_logs():
@@ -64,20 +62,10 @@ def quantize_int8_dynamic(source: str | Path, target: str | Path, per_channel: b
     return target
 
 
-def check_matmul_nbits(block_size: int, accuracy_level: int) -> None:
-    """Refuse a MatMulNBits block size or accuracy level ONNX Runtime's CPU kernel does not take."""
-    if block_size not in BLOCK_SIZES:
-        raise VariantError(f"block size {block_size} is not supported by MatMulNBits; use one of {BLOCK_SIZES}")
-    if accuracy_level not in ACCURACY_LEVELS:
-        raise VariantError(f"accuracy_level={accuracy_level}; choose one of {ACCURACY_LEVELS} "
-                           "(0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute)")
-
-
 class CalibrationWindows:
     """An ONNX Runtime ``CalibrationDataReader`` feeding windows of the calibration split (empty KV cache)."""
 
     def __init__(self, model_path: Path, token_ids, windows: int = 16, length: int = 128) -> None:
-        import onnxruntime as ort
 
         session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
         inputs = {i.name: i for i in session.get_inputs()}
@@ -109,7 +97,6 @@ class CalibrationWindows:
 def quantize_int8_static(source: str | Path, target: str | Path, calibration_ids, per_channel: bool = True,
                          windows: int = 16, length: int = 128) -> Path:
     """Static int8 QDQ: MinMax activation ranges from ``calibration_ids``; uint8 activations, int8 weights."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     source, target = Path(source), Path(target)
     reader = CalibrationWindows(source, calibration_ids, windows, length)

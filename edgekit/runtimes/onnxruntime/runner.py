@@ -23,27 +23,25 @@ from typing import Iterator
 
 import numpy as np
 import onnx
+import onnx.helper as h
 import onnxruntime as ort
 import torch
+from onnx import TensorProto, helper, numpy_helper
+from transformers import AutoTokenizer
 
-from edgekit.artifact import Manifest, artifact_loader
-from edgekit.errors import ArtifactError, InputError
+from edgekit.artifacts.manifest import Manifest, artifact_loader
+from edgekit.core.errors import ArtifactError, InputError
+from edgekit.runtimes.onnx.files import EXTERNAL_DATA_FILE, EXTERNAL_DATA_THRESHOLD, MODEL_FILE
 
-MODEL_FILE = "model.onnx"
-EXTERNAL_DATA_FILE = "model.onnx_data"
 OPT_LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
               "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
               "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
               "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
-# Models larger than this keep their weights in one external data file beside the graph
-# (protobuf cannot hold more than 2 GB; a separate file also loads by mmap).
-EXTERNAL_DATA_THRESHOLD = 1 << 30
 
 
 @lru_cache(maxsize=1)
 def max_supported_opset() -> int:
     """The newest default-domain ONNX opset this onnxruntime accepts, probed with a one-node model."""
-    import onnx.helper as h
 
     def accepts(opset: int) -> bool:
         graph = h.make_graph([h.make_node("Identity", ["x"], ["y"])], "probe",
@@ -136,14 +134,13 @@ def initializer_bytes(model_path: str | Path) -> int:
 class ORTRunner:
     """A compiled ONNX causal LM (optimum's with-past export) on ONNX Runtime, as a Runner.
 
-    Give it the :class:`~edgekit.artifact.Manifest` that :func:`~edgekit.artifact.load_artifact`
+    Give it the :class:`~edgekit.artifacts.manifest.Manifest` that :func:`~edgekit.artifacts.manifest.load_artifact`
     verified (the usual way in), or a folder holding ``model.onnx`` and a tokenizer, used as is.
     """
 
     def __init__(self, manifest_or_folder: Manifest | str | Path, *, providers: list[str] | None = None,
                  intra_op_threads: int | None = None, graph_optimization_level: str = "all",
                  io_binding: bool = True) -> None:
-        from transformers import AutoTokenizer
 
         if isinstance(manifest_or_folder, Manifest):
             folder, self.name = manifest_or_folder.path, manifest_or_folder.variant
@@ -269,9 +266,8 @@ def load_onnx_artifact(manifest: Manifest, **runtime_options) -> ORTRunner:
 
 
 def self_test(rows: int = 8, width: int = 64) -> None:
-    """The ONNX Runtime probe of :mod:`edgekit.selftest`: an fp32 MatMul and an int8 MatMulInteger
+    """The ONNX Runtime probe of :mod:`edgekit.runtimes.selftest`: an fp32 MatMul and an int8 MatMulInteger
     (the dynamic-int8 path) on a batch of rows, through MLAS's CPU kernels. Runs in a child process."""
-    from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((width, width)).astype(np.float32)

@@ -1,0 +1,32 @@
+"""The artifact cache: a variant's artifact is exported once into the work folder and reused while intact.
+
+The one rule of which options change an artifact (:func:`artifact_options`) and the one way a cached artifact is
+made (:func:`cached_artifact`: verified before reuse, rebuilt when damaged, written staged) serve every runtime.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from edgekit.artifacts.manifest import verify_artifact
+from edgekit.core.errors import ArtifactError
+from edgekit.core.paths import staged
+
+
+def cached_artifact(folder: str | Path, export: Callable[[Path], Any]) -> Path:
+    """``folder`` if it holds an intact artifact; otherwise build it with ``export(out_dir)``, staged.
+
+    A damaged cached artifact is rebuilt rather than used. Every runtime's variant cache
+    (ONNX Runtime, OpenVINO, llama.cpp) goes through here.
+    """
+    folder = Path(folder)
+    if folder.exists():
+        try:
+            verify_artifact(folder)
+            return folder
+        except ArtifactError:
+            shutil.rmtree(folder)
+    staged(folder, export)
+    verify_artifact(folder)
+    return folder

@@ -1,0 +1,104 @@
+"""Where edgekit reads and writes: the shipped data (corpus splits, model configs, the default
+model) and the work folder (results, artifacts, caches); and the one way text becomes token ids.
+
+``EDGEKIT_DATA`` overrides the data folder (default: ``data/`` beside the package);
+``EDGEKIT_HOME`` the work folder (default: ``./edgekit-results``).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from edgekit.core.errors import EdgekitError, InputError, VariantError
+
+SPLITS = ("train", "calibration", "eval", "eval_milton")
+DEFAULT_MODEL_NAME = "tiny-shakespeare-llama"
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("EDGEKIT_DATA", Path(__file__).resolve().parents[2] / "data"))
+
+
+def corpus_path(split: str) -> Path:
+    if split not in SPLITS:
+        raise EdgekitError(f"unknown corpus split {split!r}; choose one of {', '.join(SPLITS)}")
+    path = data_dir() / "corpus" / f"{split}.txt"
+    if not path.exists():
+        raise EdgekitError(f"corpus split {path} is missing; regenerate it with "
+                           "`python data/corpus/make_splits.py`")
+    return path
+
+
+def read_split(split: str) -> str:
+    return corpus_path(split).read_text(encoding="utf-8")
+
+
+def default_model_path() -> Path:
+    return data_dir() / "models" / DEFAULT_MODEL_NAME
+
+
+def work_dir() -> Path:
+    """Where edgekit writes results, artifacts and reports (``EDGEKIT_HOME``, default ./edgekit-results)."""
+    path = Path(os.environ.get("EDGEKIT_HOME", "edgekit-results"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def eval_token_ids(tokenizer, eval_text: str = "eval"):
+    """Token ids (a 1-D tensor) of a corpus split name (``eval``, ``eval_milton``...), a text file path, or raw text."""
+    if eval_text in SPLITS:
+        text = read_split(eval_text)
+    elif len(eval_text) < 4096 and "\n" not in eval_text and Path(eval_text).expanduser().is_file():
+        text = Path(eval_text).expanduser().read_text(encoding="utf-8")
+    elif len(eval_text) < 4096 and "\n" not in eval_text and ("/" in eval_text or eval_text.endswith(".txt")):
+        raise InputError(f"no text file at {eval_text!r}; pass an existing file, a split ({', '.join(SPLITS)}) or the text itself")
+    else:
+        text = eval_text
+    return tokenizer(text, return_tensors="pt", add_special_tokens=False, verbose=False)["input_ids"][0]
+
+
+# calibration windows come from the calibration split (Macbeth: a whole work the eval text does not contain)
+SAMPLES, SEQ_LEN = 16, 256  # the calibration windows every calibrated variant takes by default (and the planner prices)
+BATCH_SIZE = 8  # windows run through the model at once
+
+
+def calibration_ids(tokenizer, samples: int = SAMPLES, seq_len: int = SEQ_LEN, seed: int = 0) -> torch.Tensor:
+    """``samples`` random windows of ``seq_len`` tokens from the calibration split (seeded), [samples, seq_len]."""
+    ids = tokenizer(read_split("calibration"), return_tensors="pt", add_special_tokens=False,
+                    verbose=False)["input_ids"][0]
+    if len(ids) <= seq_len:
+        raise VariantError(f"the calibration split has {len(ids)} tokens; use seq_len below that")
+    starts = np.random.default_rng(seed).integers(0, len(ids) - seq_len, size=samples)
+    return torch.stack([ids[s : s + seq_len] for s in starts])
+
+
+def variant_calibration_ids(variant, tokenizer):
+    """The calibration windows a calibrated or pruned variant asked for (options ``samples``, ``seq_len``,
+    ``seed``; the recipe's defaults otherwise): the one recipe every calibrating method and the planner share."""
+    return calibration_ids(tokenizer, int(variant.option("samples", SAMPLES)), int(variant.option("seq_len", SEQ_LEN)),
+                           int(variant.option("seed", 0)))
+
+
+def staged(folder: str | Path, build: Callable[[Path], Any]) -> Path:
+    """Build ``folder`` with ``build(staging)`` in a staging folder beside it, moved into place only
+    when complete, so an interrupted build never leaves a half-written folder. If another process
+    finished the same folder first, theirs is kept. Every artifact, export and cache goes through here."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        build(staging)
+        try:
+            staging.rename(folder)
+        except OSError:
+            if not folder.exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder

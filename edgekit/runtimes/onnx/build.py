@@ -1,0 +1,302 @@
+"""Build a 4- or 8-bit ONNX decoder straight from safetensors shards, one weight at a time.
+
+Why not export and then quantize: optimum's exporter traces the model in fp32 and ONNX Runtime's
+``MatMulNBitsQuantizer`` loads the whole graph with its weights, so a 7B needs about 27 GB twice
+over. This module writes the graph the way onnxruntime-genai's model builder does (its
+``builder.py`` itself wants transformers 5): the decoder is spelled out node by node from the
+config, and each linear weight is read from the memory-mapped shards, transposed, block-quantized
+by ONNX Runtime's own kernel (``DefaultWeightOnlyQuantizer.qbits_block_quant``, the routine
+``MatMulNBitsQuantizer`` runs per tensor) and appended to ``model.onnx_data`` before the next is
+read. The peak is one weight in fp32 plus its packed copy; the graph itself holds only offsets.
+
+The graph keeps the interface optimum exports for ``text-generation-with-past`` (inputs
+``input_ids``, ``attention_mask``, ``position_ids``, ``past_key_values.{i}.key|value``
+``[batch, kv_heads, past, head_dim]``; outputs ``logits``, ``present.{i}.key|value``), so
+:class:`~edgekit.runtimes.onnxruntime.runner.ORTRunner` and OpenVINO's reader take it as they
+take an optimum export. Attention is written in standard ONNX ops (rotary embedding from
+transformers' own ``ROPE_INIT_FUNCTIONS``, causal plus padding mask, grouped KV heads
+repeated), so only ``com.microsoft.MatMulNBits`` is a contrib op; norms and rotary tables
+stay fp32, every linear (the LM head included) is MatMulNBits (4-bit, or 8-bit: the same op and
+block layout with ``bits=8``, the int8 graph that fits a 7B), and the token embeddings are
+fp32 or, with ``int8_embeddings`` (OpenVINO's int4 recipe: NNCF keeps them at int8 too), int8
+codes with one scale per row, dequantized after the lookup in standard ops.
+
+Supported: the Llama block layout (``llama``, ``mistral``, ``qwen2``: RMSNorm, rotary, SiLU-gated
+MLP, optional q/k/v bias). Attention is full causal: a sliding window (Mistral/Qwen2 option) is not
+applied, which only matters past the window.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization.matmul_nbits_quantizer import (
+    DefaultWeightOnlyQuantConfig,
+    DefaultWeightOnlyQuantizer,
+)
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+from edgekit.core.errors import VariantError
+from edgekit.core.progress import tqdm
+from edgekit.models.checkpoint import read_tensor, tensor_shards
+from edgekit.models.load import model_config, resolve_source
+from edgekit.runtimes.onnx.files import EXTERNAL_DATA_FILE, EXTERNAL_DATA_THRESHOLD, MODEL_FILE
+
+SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
+OPSET = 17
+ALIGN = 4096  # external tensors start on page boundaries, so ONNX Runtime can map them
+
+
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # unset, fp32, fp16, bf16, int8 compute
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+
+
+def check_matmul_nbits(block_size: int, accuracy_level: int) -> None:
+    """Refuse a MatMulNBits block size or accuracy level ONNX Runtime's CPU kernel does not take."""
+    if block_size not in BLOCK_SIZES:
+        raise VariantError(f"block size {block_size} is not supported by MatMulNBits; use one of {BLOCK_SIZES}")
+    if accuracy_level not in ACCURACY_LEVELS:
+        raise VariantError(f"accuracy_level={accuracy_level}; choose one of {ACCURACY_LEVELS} "
+                           "(0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute)")
+
+
+def supports(config) -> bool:
+    return getattr(config, "model_type", None) in SUPPORTED_TYPES
+
+
+class _Weights:
+    """Tensors of a local safetensors checkpoint by name, read one at a time from the mapped shards."""
+
+    def __init__(self, folder: Path) -> None:
+        self.where = tensor_shards(folder)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.where
+
+    def get(self, name: str) -> torch.Tensor:
+        return read_tensor(self.where[name], name)
+
+
+class _Writer:
+    """The graph under construction and the external data file its initializers point into."""
+
+    def __init__(self, out_dir: Path, bits: int, block_size: int, symmetric: bool, accuracy_level: int) -> None:
+
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[TensorProto] = []
+        self.data = open(out_dir / EXTERNAL_DATA_FILE, "wb")
+        self.bits, self.block_size, self.symmetric, self.accuracy_level = bits, block_size, symmetric, accuracy_level
+        self.quantizer = DefaultWeightOnlyQuantizer(DefaultWeightOnlyQuantConfig(
+            block_size=block_size, is_symmetric=symmetric, accuracy_level=accuracy_level or None, bits=bits))
+        self._count = 0
+
+    def name(self, hint: str) -> str:
+        self._count += 1
+        return f"{hint}_{self._count}"
+
+    def node(self, op: str, inputs: list[str], hint: str | None = None, domain: str = "", **attrs) -> str:
+        out = self.name(hint or op.lower())
+        self.nodes.append(helper.make_node(op, inputs, [out], name=out + "_node", domain=domain, **attrs))
+        return out
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        """A small constant stored inside the graph."""
+        self.initializers.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def external(self, name: str, array: np.ndarray) -> str:
+        """A large constant appended to the external data file (page-aligned)."""
+        array = np.ascontiguousarray(array)
+        offset = self.data.tell()
+        pad = -offset % ALIGN
+        self.data.write(b"\0" * pad)
+        offset += pad
+        self.data.write(array.tobytes())
+        tensor = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(array.dtype), dims=array.shape)
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", EXTERNAL_DATA_FILE), ("offset", offset), ("length", array.nbytes)):
+            tensor.external_data.add(key=key, value=str(value))
+        self.initializers.append(tensor)
+        return name
+
+    def linear(self, x: str, weight: torch.Tensor, name: str, bias: torch.Tensor | None = None) -> str:
+        """``x @ weight.T (+ bias)`` as MatMulNBits; ``weight`` is the checkpoint's ``[out, in]`` tensor."""
+        out_f, in_f = weight.shape
+        packed, scales, zeros = self.quantizer.qbits_block_quant(weight.float().T.contiguous().numpy())
+        inputs = [x, self.external(f"{name}_Q{self.bits}", packed), self.external(name + "_scales", scales)]
+        if not self.symmetric:
+            inputs.append(self.external(name + "_zero_points", zeros))
+        attrs = {"K": in_f, "N": out_f, "bits": self.bits, "block_size": self.block_size}
+        if self.accuracy_level:
+            attrs["accuracy_level"] = self.accuracy_level
+        y = self.node("MatMulNBits", inputs, name, domain="com.microsoft", **attrs)
+        if bias is not None:
+            y = self.node("Add", [y, self.external(name + "_bias", bias.float().numpy())])
+        return y
+
+    def close(self) -> None:
+        self.data.close()
+
+
+def _rope_tables(config, positions: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin ``[positions, head_dim]`` as transformers' Llama rotary embedding computes them."""
+
+    scaling = getattr(config, "rope_scaling", None) or {}
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    inv_freq, attention_scaling = ROPE_INIT_FUNCTIONS[rope_type](config, "cpu")
+    freqs = torch.outer(torch.arange(positions, dtype=torch.float32), inv_freq.float())
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return ((emb.cos() * attention_scaling).numpy(), (emb.sin() * attention_scaling).numpy())
+
+
+def build_nbits_decoder(source: str, out_dir: str | Path, bits: int, block_size: int, symmetric: bool,
+                        accuracy_level: int, int8_embeddings: bool = False) -> Path:
+    """Write ``out_dir/model.onnx`` (+ ``model.onnx_data``): the decoder of ``source`` with ``bits``-bit
+    (4 or 8) MatMulNBits linears, streaming the checkpoint tensor by tensor. Returns the model path."""
+    folder = Path(resolve_source(source))
+    config = model_config(source)
+    if not supports(config):
+        raise VariantError(f"onnx-int{bits}-g<N> builds Llama-family graphs ({', '.join(SUPPORTED_TYPES)}); {source} "
+                           f"is a {config.model_type}: use onnx-int8 or onnx-fp32 for it")
+    if not folder.is_dir():
+        raise VariantError(f"onnx-int{bits}-g<N> reads a local folder of safetensors shards; download {source} first")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = _Weights(folder)
+    w = _Writer(out_dir, bits, block_size, symmetric, accuracy_level)
+    try:
+        graph = _decoder_graph(w, weights, config, int8_embeddings)
+    finally:
+        w.close()
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    path, data = out_dir / MODEL_FILE, out_dir / EXTERNAL_DATA_FILE
+    onnx.save_model(model, str(path))  # initializers already point into the data file
+    if data.stat().st_size <= EXTERNAL_DATA_THRESHOLD:  # a small model stays one file, as exports do
+        model = onnx.load(str(path))
+        data.unlink()
+        onnx.save_model(model, str(path))
+    return path
+
+
+def _embedding(w: _Writer, table: torch.Tensor, int8: bool) -> str:
+    """The rows of ``input_ids``: a Gather from the fp32 table, or from int8 codes times each row's scale."""
+    if not int8:
+        return w.node("Gather", [w.external("embed_tokens", table.float().numpy()), "input_ids"])
+    table = table.float()
+    scales = (table.abs().amax(dim=1, keepdim=True) / 127).clamp(min=1e-12)
+    codes = torch.round(table / scales).to(torch.int8)
+    rows = w.node("Cast", [w.node("Gather", [w.external("embed_tokens_int8", codes.numpy()), "input_ids"])],
+                  to=TensorProto.FLOAT)
+    return w.node("Mul", [rows, w.node("Gather", [w.external("embed_tokens_scales", scales.numpy()), "input_ids"])])
+
+
+def _decoder_graph(w: _Writer, weights: _Weights, config, int8_embeddings: bool) -> onnx.GraphProto:
+    hidden, heads = config.hidden_size, config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    layers, eps = config.num_hidden_layers, float(config.rms_norm_eps)
+    prefix = "model."
+    f32 = TensorProto.FLOAT
+
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
+              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"]),
+              helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch_size", "sequence_length"])]
+    outputs = [helper.make_tensor_value_info("logits", f32, ["batch_size", "sequence_length", config.vocab_size])]
+    for i in range(layers):
+        for kind in ("key", "value"):
+            inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", f32,
+                                                        ["batch_size", kv_heads, "past_sequence_length", head_dim]))
+            outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", f32,
+                                                         ["batch_size", kv_heads, "total_sequence_length", head_dim]))
+
+    one = w.const("one_i64", np.array([1], np.int64))
+    eps_c = w.const("rms_eps", np.array(eps, np.float32))
+    scale_c = w.const("attn_scale", np.array(head_dim ** -0.5, np.float32))
+    neg = w.const("mask_min", np.array(np.finfo(np.float32).min, np.float32))
+    zero_f = w.const("zero_f", np.array(0.0, np.float32))
+    half = head_dim // 2
+    cos, sin = _rope_tables(config, config.max_position_embeddings)
+    cos_c, sin_c = w.external("rope_cos", cos), w.external("rope_sin", sin)
+
+    def rms_norm(x: str, name: str) -> str:
+        var = w.node("ReduceMean", [w.node("Mul", [x, x])], axes=[-1], keepdims=1)
+        inv = w.node("Reciprocal", [w.node("Sqrt", [w.node("Add", [var, eps_c])])])
+        return w.node("Mul", [w.node("Mul", [x, inv]), w.external(name, weights.get(name).float().numpy())])
+
+    def rotate(x: str, cos_b: str, sin_b: str) -> str:
+        first = w.node("Slice", [x, w.const(w.name("s0"), np.array([0])), w.const(w.name("s1"), np.array([half])),
+                                 w.const(w.name("sa"), np.array([-1]))])
+        second = w.node("Slice", [x, w.const(w.name("s0"), np.array([half])),
+                                  w.const(w.name("s1"), np.array([head_dim])), w.const(w.name("sa"), np.array([-1]))])
+        rotated = w.node("Concat", [w.node("Neg", [second]), first], axis=-1)
+        return w.node("Add", [w.node("Mul", [x, cos_b]), w.node("Mul", [rotated, sin_b])])
+
+    def heads_first(x: str, n: int) -> str:  # [B, S, n*D] -> [B, n, S, D]
+        shaped = w.node("Reshape", [x, w.const(w.name("shape"), np.array([0, 0, n, head_dim], np.int64))])
+        return w.node("Transpose", [shaped], perm=[0, 2, 1, 3])
+
+    def repeat_kv(x: str) -> str:  # [B, kv, T, D] -> [B, heads, T, D]
+        if kv_heads == heads:
+            return x
+        expanded = w.node("Expand", [w.node("Unsqueeze", [x, w.const(w.name("ax"), np.array([2], np.int64))]),
+                                     w.const(w.name("rep"), np.array([1, 1, heads // kv_heads, 1, 1], np.int64))])
+        return w.node("Reshape", [expanded, w.const(w.name("shape"), np.array([0, heads, -1, head_dim], np.int64))])
+
+    # the additive mask [B, 1, S, T]: key j is visible to query i when j <= past + i and attention_mask[j] = 1
+    past_len = w.node("Gather", [w.node("Shape", ["past_key_values.0.key"]), w.const("dim2", np.array(2, np.int64))])
+    total = w.node("Gather", [w.node("Shape", ["attention_mask"]), w.const("dim1", np.array(1, np.int64))])
+    step = w.const("step", np.array(1, np.int64))
+    keys = w.node("Unsqueeze", [w.node("Range", [w.const("zero_i", np.array(0, np.int64)), total, step]),
+                                w.const("ax0", np.array([0], np.int64))])
+    queries = w.node("Unsqueeze", [w.node("Range", [past_len, total, step]), one])
+    causal = w.node("LessOrEqual", [keys, queries])  # [S, T]
+    padding = w.node("Unsqueeze", [w.node("Cast", ["attention_mask"], to=TensorProto.BOOL),
+                                   w.const("ax12", np.array([1, 2], np.int64))])  # [B, 1, 1, T]
+    mask = w.node("Where", [w.node("And", [causal, padding]), zero_f, neg])
+
+    cos_b = w.node("Unsqueeze", [w.node("Gather", [cos_c, "position_ids"]), one])  # [B, 1, S, D]
+    sin_b = w.node("Unsqueeze", [w.node("Gather", [sin_c, "position_ids"]), one])
+
+    embed = weights.get(prefix + "embed_tokens.weight")
+    x = _embedding(w, embed, int8_embeddings)
+    tied_head = embed if getattr(config, "tie_word_embeddings", False) or "lm_head.weight" not in weights else None
+    del embed
+
+    def maybe(name: str) -> torch.Tensor | None:
+        return weights.get(name) if name in weights else None
+
+    for i in tqdm(range(layers), desc=f"build onnx-int{w.bits}", unit="layer", leave=False):
+        p = f"{prefix}layers.{i}."
+        h = rms_norm(x, p + "input_layernorm.weight")
+        proj = {n: w.linear(h, weights.get(f"{p}self_attn.{n}.weight"), f"{p}self_attn.{n}",
+                            maybe(f"{p}self_attn.{n}.bias")) for n in ("q_proj", "k_proj", "v_proj")}
+        q = rotate(heads_first(proj["q_proj"], heads), cos_b, sin_b)
+        k = rotate(heads_first(proj["k_proj"], kv_heads), cos_b, sin_b)
+        v = heads_first(proj["v_proj"], kv_heads)
+        k_all = w.node("Concat", [f"past_key_values.{i}.key", k], axis=2)
+        v_all = w.node("Concat", [f"past_key_values.{i}.value", v], axis=2)
+        w.nodes.append(helper.make_node("Identity", [k_all], [f"present.{i}.key"], name=f"present_{i}_key"))
+        w.nodes.append(helper.make_node("Identity", [v_all], [f"present.{i}.value"], name=f"present_{i}_value"))
+        scores = w.node("MatMul", [q, w.node("Transpose", [repeat_kv(k_all)], perm=[0, 1, 3, 2])])
+        probs = w.node("Softmax", [w.node("Add", [w.node("Mul", [scores, scale_c]), mask])], axis=-1)
+        context = w.node("Transpose", [w.node("MatMul", [probs, repeat_kv(v_all)])], perm=[0, 2, 1, 3])
+        context = w.node("Reshape", [context, w.const(w.name("shape"), np.array([0, 0, heads * head_dim], np.int64))])
+        x = w.node("Add", [x, w.linear(context, weights.get(p + "self_attn.o_proj.weight"), p + "self_attn.o_proj",
+                                       maybe(p + "self_attn.o_proj.bias"))])
+        h = rms_norm(x, p + "post_attention_layernorm.weight")
+        gate = w.linear(h, weights.get(p + "mlp.gate_proj.weight"), p + "mlp.gate_proj")
+        up = w.linear(h, weights.get(p + "mlp.up_proj.weight"), p + "mlp.up_proj")
+        act = w.node("Mul", [w.node("Mul", [gate, w.node("Sigmoid", [gate])]), up])
+        x = w.node("Add", [x, w.linear(act, weights.get(p + "mlp.down_proj.weight"), p + "mlp.down_proj")])
+
+    x = rms_norm(x, prefix + "norm.weight")
+    head = tied_head if tied_head is not None else weights.get("lm_head.weight")
+    logits = w.linear(x, head, "lm_head")
+    w.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits_out"))
+    return helper.make_graph(w.nodes, f"edgekit-int{w.bits}-decoder", inputs, outputs, w.initializers)
+

@@ -1,0 +1,2 @@
+"""Floor 6: the OpenAI-compatible server: app, engine, batching and its load test. Never imports ``ui``.
+"""
