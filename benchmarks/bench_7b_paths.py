@@ -44,15 +44,14 @@ def measure_one(model: str, name: str, context: int, prompt_tokens: int, decode_
 
     from edgekit.measure.peak_memory import PeakMemory, release_memory
     from edgekit.memory.plan import plan_memory
-    from edgekit.runtimes import build_runner
+    from edgekit.runtimes import build_runner, cached_artifact
     from edgekit.variants.registry import Variant
 
     variant = Variant.parse(name)
     plan = plan_memory(model, name.split(":")[0], context=context, device="this-machine")
     row = {"variant": name, "threads": torch.get_num_threads(), "planned_peak_bytes": max(plan.total_bytes, plan.peak_bytes),
            "planned_weight_bytes": plan.weight_bytes, "peak_reason": plan.peak_reason}
-    if variant.entry.exporter is not None:  # the runtime module's own artifact cache, the one compare reads
-        cached_artifact = sys.modules[variant.entry.exporter.__module__].cached_artifact
+    if variant.entry.exporter is not None:  # the artifact cache compare reads
         with PeakMemory() as peak:
             t0, started = time.perf_counter(), time.time()
             folder = cached_artifact(variant, model)

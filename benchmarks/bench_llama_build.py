@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from edgekit.core.native_build import build_record  # noqa: E402
 from edgekit.models.load import resolve_source  # noqa: E402
-from edgekit.runtimes.llama_cpp import MODEL_FILE, cached_artifact  # noqa: E402
+from edgekit.runtimes import cached_artifact  # noqa: E402
+from edgekit.runtimes.llama_cpp import MODEL_FILE  # noqa: E402
 from edgekit.variants.registry import Variant  # noqa: E402
 
 CHILD = """

@@ -36,8 +36,7 @@ sys.path.insert(0, str(ROOT))
 from edgekit.core.paths import eval_token_ids
 from edgekit.measure.quality import measure_latency
 from edgekit.models.load import resolve_source
-from edgekit.runtimes import build_runner, load_artifact
-from edgekit.runtimes.onnxruntime import cached_artifact
+from edgekit.runtimes import build_runner, cached_artifact, load_artifact
 
 VARIANTS = ("onnx-fp32", "onnx-int8", "onnx-int8-static", "onnx-int4-g32:accuracy_level=0", "onnx-int4-g32",
             "onnx-int4-g128")

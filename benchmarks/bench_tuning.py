@@ -18,7 +18,7 @@ import torch
 
 from edgekit.measure.store import ResultStore
 from edgekit.models.load import load_tokenizer
-from edgekit.runtimes.onnxruntime import cached_artifact
+from edgekit.runtimes import cached_artifact
 from edgekit.workflows.tuning import grid, onnx_variant_factory, torch_factory, tune, write_best
 
 COLUMNS = ["rank", "label", "latency_ms_p50", "latency_ms_p99", "decode_tokens_per_s", "speedup_vs_default", "error"]

@@ -43,7 +43,7 @@ def eval_ids(tokenizer):
 @pytest.fixture(scope="session")
 def onnx_artifact(default_model):
     """``onnx_artifact("onnx-int8")`` -> the artifact folder of that variant, exported once per session."""
-    from edgekit.runtimes.onnxruntime import cached_artifact
+    from edgekit.runtimes import cached_artifact
 
     return lambda variant: cached_artifact(variant, default_model)
 

@@ -11,9 +11,10 @@ from edgekit.core.errors import ArtifactError, VariantError  # noqa: E402
 from edgekit.core.paths import read_split  # noqa: E402
 from edgekit.runtimes import (
     build_runner,  # noqa: E402
+    cached_artifact,  # noqa: E402
     load_artifact,  # noqa: E402
 )
-from edgekit.runtimes.llama_cpp import MODEL_FILE, cached_artifact, convert_to_gguf, pre_tokenizer_mapping  # noqa: E402
+from edgekit.runtimes.llama_cpp import MODEL_FILE, convert_to_gguf, pre_tokenizer_mapping  # noqa: E402
 from edgekit.variants.registry import Variant  # noqa: E402
 
 

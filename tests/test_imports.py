@@ -1,5 +1,10 @@
-"""The package's import graph: no cycles (counting imports inside functions too), and library
-modules import each other at module level (only the CLI defers, to answer --help at once)."""
+"""The package's import graph: rooms on floors, every edge going down, no cycles, imports at the top.
+
+The floor table is the one in ``../shared/DESIGN.md`` (Layout): a module may import its own room and the
+rooms on floors below it, never a room on its own floor or above. The forbidden pairs the design names
+beyond that (a runtime never imports a sibling runtime; the registry never loads, exports or self-tests;
+metrics see only the Runner) are checked by name. Imports inside functions count as edges too.
+"""
 import ast
 from pathlib import Path
 
@@ -7,12 +12,18 @@ import edgekit
 
 PACKAGE = Path(edgekit.__file__).parent
 DEFERRING = {"edgekit.cli"}  # parsing only: imports the library inside each command (see its docstring)
+FLOORS = {"core": 1, "models": 2, "variants": 2, "memory": 3, "measure": 3, "quantizers": 4, "artifacts": 4,
+          "pruning": 5, "runtimes": 5, "workflows": 6, "serve": 6, "ui": 7, "cli": 8, "__main__": 9}
+RUNTIMES = ("pytorch", "onnxruntime", "openvino", "llama_cpp")
+# third-party libraries only one room may import: what a room may see, by what it imports
+# (IPython also in core.progress: a notebook's progress bar rewrites its own stored output)
+ROOM_ONLY = {"ipywidgets": ("ui",), "matplotlib": ("ui",), "IPython": ("ui", "core")}
 
 
-def _modules() -> dict[str, ast.Module]:
+def _modules(package: Path = PACKAGE) -> dict[str, ast.Module]:
     found = {}
-    for path in PACKAGE.rglob("*.py"):
-        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package.parent).with_suffix("").parts
         name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         found[name] = ast.parse(path.read_text(), str(path))
     return found
@@ -26,9 +37,67 @@ def _imported(node: ast.AST, modules: dict) -> set[str]:
     return set()
 
 
+def _graph(modules: dict) -> dict[str, set[str]]:
+    return {m: set().union(*(_imported(n, modules) for n in ast.walk(tree))) - {m} for m, tree in modules.items()}
+
+
+def _room(module: str) -> str:
+    return module.split(".")[1] if "." in module else ""
+
+
+def floor_violations(modules: dict) -> list[str]:
+    """Every import edge that does not go down a floor, or crosses a forbidden pair; empty when the house holds."""
+    bad = []
+    for module, targets in _graph(modules).items():
+        room = _room(module)
+        for target in sorted(targets):
+            to = _room(target)
+            if module == "edgekit" or room == to and room != "runtimes":
+                continue  # the public face may show anything; a room may use itself
+            if not to:
+                bad.append(f"{module} -> {target}: rooms never import the package's face")
+            elif room == "runtimes" and to == "runtimes":
+                mine, theirs = module.split(".")[2:3], target.split(".")[2:3]
+                if mine and theirs and mine != theirs and mine[0] in RUNTIMES and theirs[0] in RUNTIMES:
+                    bad.append(f"{module} -> {target}: a runtime never imports a sibling runtime")
+            elif FLOORS[to] >= FLOORS[room]:
+                bad.append(f"{module} -> {target}: {room} (floor {FLOORS[room]}) may not import {to} "
+                           f"(floor {FLOORS[to]})")
+    return bad
+
+
+def test_every_import_goes_down_a_floor():
+    assert floor_violations(_modules()) == []
+
+
+def test_an_upward_import_is_caught(tmp_path):
+    """The floor test can fail: a quantizer importing a runtime, a runtime its sibling, the registry a loader."""
+    modules = _modules()
+    for module, line in [("edgekit.quantizers.packed", "from edgekit.runtimes import build_runner"),
+                         ("edgekit.runtimes.openvino", "from edgekit.runtimes.onnxruntime import runner"),
+                         ("edgekit.variants.registry", "from edgekit.models.load import load_tokenizer"),
+                         ("edgekit.measure.quality", "from edgekit.quantizers.packed import PackedLinear")]:
+        injected = dict(modules)
+        injected[module] = ast.Module(body=[*modules[module].body, *ast.parse(line).body], type_ignores=[])
+        assert any(v.startswith(module + " ->") for v in floor_violations(injected)), line
+
+
+def test_third_party_ui_libraries_stay_in_ui():
+    found = []
+    for module, tree in _modules().items():
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            for name in names:
+                owner = ROOM_ONLY.get(name.split(".")[0])
+                if owner and _room(module) not in owner:
+                    found.append(f"{module} imports {name}")
+    assert not found, found
+
+
 def test_no_import_cycle_among_edgekit_modules():
     modules = _modules()
-    graph = {m: set().union(*(_imported(n, modules) for n in ast.walk(tree))) - {m} for m, tree in modules.items()}
+    graph = _graph(modules)
     state: dict[str, int] = {}  # 1: on the current path, 2: done
 
     def visit(module: str, path: list[str]) -> None:
@@ -56,3 +125,10 @@ def test_library_modules_import_edgekit_at_module_level():
                 if _imported(node, modules):
                     local.append(f"{name}:{node.lineno}")
     assert not local, f"imports of edgekit modules inside functions: {local}"
+
+
+def test_every_room_says_what_lives_there():
+    rooms = [p for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()]
+    assert len(list(PACKAGE.iterdir())) - len(list(PACKAGE.glob("__pycache__"))) <= 15
+    for room in rooms:
+        assert ast.get_docstring(ast.parse((room / "__init__.py").read_text())), room.name

@@ -10,9 +10,10 @@ pytest.importorskip("nncf")
 from edgekit.core.errors import ArtifactError, VariantError  # noqa: E402
 from edgekit.runtimes import (
     build_runner,  # noqa: E402
+    cached_artifact,  # noqa: E402
     load_artifact,  # noqa: E402
 )
-from edgekit.runtimes.openvino import DeviceFallbackWarning, OpenVINORunner, cached_artifact, select_device  # noqa: E402
+from edgekit.runtimes.openvino import DeviceFallbackWarning, OpenVINORunner, select_device  # noqa: E402
 from edgekit.variants.registry import Variant  # noqa: E402
 
 

@@ -6,6 +6,8 @@ model) and the work folder (results, artifacts, caches); and the one way text be
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -61,6 +63,12 @@ def eval_token_ids(tokenizer, eval_text: str = "eval"):
     else:
         text = eval_text
     return tokenizer(text, return_tensors="pt", add_special_tokens=False, verbose=False)["input_ids"][0]
+
+
+def cache_key(*parts: Any) -> str:
+    """The one key of a work cache (baselines, rankings, QAT runs, self-test verdicts): a short sha256 of
+    ``parts`` as canonical JSON, so equal settings give equal keys however a dict was ordered."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # calibration windows come from the calibration split (Macbeth: a whole work the eval text does not contain)

@@ -23,14 +23,13 @@ rest of the model stays at baseline). Results go to the store with ``kind="sensi
 """
 from __future__ import annotations
 
-import hashlib
 import json
 
 import pandas as pd
 from torch import nn
 
 from edgekit.core.errors import VariantError
-from edgekit.core.paths import SAMPLES, SEQ_LEN, calibration_ids, eval_token_ids, work_dir
+from edgekit.core.paths import SAMPLES, SEQ_LEN, cache_key, calibration_ids, eval_token_ids, work_dir
 from edgekit.core.progress import tqdm
 from edgekit.measure.quality import EvalSettings, score
 from edgekit.measure.store import Result, ResultStore, new_run_id
@@ -138,7 +137,7 @@ def ranking(model: str, scheme: str, tokens: int = 4096, progress: bool = True) 
     judged on.
     """
     source = resolve_source(model)
-    key = hashlib.sha256(json.dumps([model_key(source), scheme, tokens]).encode()).hexdigest()[:16]
+    key = cache_key(model_key(source), scheme, tokens)
     cache = work_dir() / "sensitivity" / f"{key}.json"
     if cache.exists():
         return json.loads(cache.read_text())["ranking"]

@@ -14,10 +14,11 @@ import importlib
 from pathlib import Path
 from typing import Any, Callable
 
+from edgekit.artifacts.cache import artifact_name, cached_folder
 from edgekit.artifacts.manifest import LOADERS, read_manifest, verify_artifact
 from edgekit.core.errors import ArtifactError, VariantError
-from edgekit.core.paths import staged
-from edgekit.models.load import load_tokenizer
+from edgekit.core.paths import staged, work_dir
+from edgekit.models.load import load_tokenizer, model_key
 from edgekit.runtimes import selftest
 from edgekit.runtimes.selftest import module_of
 from edgekit.variants.registry import Variant, entries
@@ -71,3 +72,11 @@ def load_artifact(folder: str | Path, **runtime_options: Any):
     loader, max_opset = runtime_loader(runtime)
     selftest.require(runtime)
     return loader(verify_artifact(folder, supported_opset=max_opset()), **runtime_options)
+
+
+def cached_artifact(variant: "str | Variant", source: str) -> Path:
+    """The artifact of an exportable ``variant`` of ``source`` under the work folder: exported on first use,
+    reused while intact, re-exported if damaged (one folder per model version and :func:`artifact_name`)."""
+    variant = Variant.parse(variant)
+    folder = work_dir() / "artifacts" / model_key(source) / artifact_name(variant).replace(":", "_")
+    return cached_folder(folder, lambda out: variant.entry.exporter(variant, source, out))

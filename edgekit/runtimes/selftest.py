@@ -13,7 +13,6 @@ to stand in a probe that dies by a signal).
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.metadata
 import json
@@ -28,6 +27,7 @@ from pathlib import Path
 from edgekit.core.cpu_features import cpu_flags
 from edgekit.core.errors import EdgekitError
 from edgekit.core.native_build import REBUILD_HINT, build_record
+from edgekit.core.paths import cache_key
 
 # runtime (a registry family) -> (the distributions whose build its probe tests, the fix if it crashes);
 # the probe is its runtime module's ``self_test`` (edgekit.runtimes)
@@ -75,9 +75,8 @@ def _cache_path(runtime: str, spec: str) -> Path:
             versions.append(importlib.metadata.version(dist))
         except importlib.metadata.PackageNotFoundError:
             versions.append("missing")
-    identity = json.dumps([runtime, spec, versions, build_record() if runtime == "llama.cpp" else None,
-                           sorted(cpu_flags()), sys.executable, sys.version])
-    key = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    key = cache_key(runtime, spec, versions, build_record() if runtime == "llama.cpp" else None,
+                    sorted(cpu_flags()), sys.executable, sys.version)
     root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgekit" / "selftest"
     return root / f"{runtime}-{key}.json"
 

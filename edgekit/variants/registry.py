@@ -155,6 +155,9 @@ class Entry:
     held_config: Callable[["Variant", Any], Any] | None = None
     # option defaults: the one place builder, planner and help read them (Variant.option falls back to these)
     defaults: tuple[tuple[str, Any], ...] = ()
+    # options read when an artifact is loaded (threads, device...): they never change the artifact, every other
+    # option does (see edgekit.artifacts.cache.artifact_name)
+    runtime_options: tuple[str, ...] = ()
 
     @property
     def default_options(self) -> dict[str, Any]:
@@ -173,7 +176,8 @@ def register(pattern: str, family: str, summary: str, examples: tuple[str, ...] 
              linear_bytes: LinearBytes, options: tuple[str, ...] = (), load: str = "full-precision",
              dense: Callable[[Variant, str], str] = _own_dtype, compute: Callable[[Variant, str], str] | None = None,
              offered: bool = True, exporter: Callable[..., Any] | None = None,
-             held_config: Callable[[Variant, Any], Any] | None = None, defaults: dict[str, Any] | None = None):
+             held_config: Callable[[Variant, Any], Any] | None = None, defaults: dict[str, Any] | None = None,
+             runtime_options: tuple[str, ...] = ()):
     """Decorator: the one entry for the variant names matching ``pattern`` (see :class:`Entry`)."""
     if load not in LOAD_KINDS:
         raise ValueError(f"load={load!r}; choose one of {', '.join(LOAD_KINDS)}")
@@ -181,7 +185,7 @@ def register(pattern: str, family: str, summary: str, examples: tuple[str, ...] 
     def wrap(builder: Builder) -> Builder:
         REGISTRY.append(Entry(re.compile(pattern), family, builder, summary, linear_bytes, examples or (pattern,),
                               tuple(options), load, dense, compute or dense, offered, exporter, held_config,
-                              tuple(sorted((defaults or {}).items()))))
+                              tuple(sorted((defaults or {}).items())), tuple(runtime_options)))
         REGISTRY.sort(key=_module_rank)  # stable: entries of one module keep their order
         return builder
     return wrap

@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 import pandas as pd
 
 from edgekit.core.errors import EdgekitError, InputError
-from edgekit.core.paths import eval_token_ids, work_dir
+from edgekit.core.paths import cache_key, eval_token_ids, work_dir
 from edgekit.measure.peak_memory import PeakMemory, release_memory
 from edgekit.measure.quality import EvalSettings, Scores, delta_reading, measure_latency, score
 from edgekit.measure.store import Result, ResultStore, new_run_id
@@ -146,7 +146,7 @@ def kept_top_k(baseline_top_k: int | None | str, ids, settings: EvalSettings, vo
 
 def _baseline_dir(revision: str, run_settings: dict) -> Path:
     """Where a baseline's scores are kept: one folder per model revision, eval tokens and settings."""
-    key = hashlib.sha256(json.dumps([revision, run_settings], sort_keys=True).encode()).hexdigest()[:16]
+    key = cache_key(revision, run_settings)
     return work_dir() / "baselines" / key
 
 

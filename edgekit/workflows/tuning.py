@@ -30,8 +30,7 @@ from edgekit.core.progress import tqdm
 from edgekit.measure.peak_memory import release_memory
 from edgekit.measure.quality import measure_latency
 from edgekit.measure.store import Result, ResultStore
-from edgekit.runtimes import build_runner, load_artifact
-from edgekit.runtimes.onnxruntime import cached_artifact
+from edgekit.runtimes import build_runner, cached_artifact, load_artifact
 
 Factory = Callable[[dict], object]
 # Manifest runtime_settings keys an ONNX artifact's loader accepts.

@@ -35,10 +35,8 @@ from __future__ import annotations
 
 import ctypes
 import json
-import logging
 import math
 import os
-import runpy
 import shutil
 import subprocess
 import sys
@@ -56,7 +54,6 @@ from gguf.quants import quantize
 from huggingface_hub import snapshot_download
 from transformers import AutoTokenizer
 
-from edgekit.artifacts.cache import cached_artifact as shared_cache
 from edgekit.artifacts.manifest import Manifest, artifact_loader, copy_side_files, write_manifest
 from edgekit.core.dtypes import config_dtype
 from edgekit.core.errors import ModelSourceError, VariantError
@@ -65,7 +62,7 @@ from edgekit.core.paths import read_split, staged, work_dir
 from edgekit.memory.guard import admit
 from edgekit.models.load import load_tokenizer, model_config, model_key, resolve_source
 from edgekit.models.names import original_gguf
-from edgekit.runtimes import load_artifact
+from edgekit.runtimes import cached_artifact, load_artifact
 from edgekit.variants.registry import Variant, register
 
 MODEL_FILE = "model.gguf"
@@ -117,7 +114,7 @@ def convert_to_gguf(source: str, out_path: Path, outtype: str = "f32") -> Path:
     model_dir = _local_model_dir(source)
     folder = ensure_converter()
     env = {**os.environ, "EDGEKIT_GGUF_PRE": pre_tokenizer_mapping(model_dir) or ""}
-    cmd = [sys.executable, "-m", "edgekit.runtimes.llama_cpp", str(folder), str(model_dir), "--outfile", str(out_path),
+    cmd = [sys.executable, str(Path(__file__).with_name("convert.py")), str(folder), str(model_dir), "--outfile", str(out_path),
            "--outtype", outtype]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
@@ -372,12 +369,6 @@ def load_gguf_artifact(manifest: Manifest, threads: int | None = None, n_ctx: in
                           kv=kv)
 
 
-def cached_artifact(variant: Variant, source: str) -> Path:
-    """The GGUF artifact of ``variant`` for ``source`` under the work folder, exported on first use."""
-    folder = work_dir() / "artifacts" / model_key(source) / variant.name
-    return shared_cache(folder, lambda out: export_artifact(variant, source, out))
-
-
 def bits_per_weight(quant: str) -> float:
     """Bits a weight of a GGUF format takes, its per-block scales included, from gguf's own block table
     (q4_k_m, a mix of Q4_K and Q6_K blocks, priced as its Q4_K majority)."""
@@ -393,37 +384,8 @@ def _gguf_bytes(variant: Variant, out_f: int, in_f: int, bias: bool, dense: str)
 @register(r"gguf-(?P<quant>f32|f16|q8_0|q4_0|q4_k_m)", "llama.cpp",
           "llama.cpp GGUF via llama-cpp-python (options threads, n_ctx, kv: the KV cache type)",
           ("gguf-f16", "gguf-q8_0", "gguf-q4_0", "gguf-q4_k_m"), linear_bytes=_gguf_bytes,
-          options=("threads", "n_ctx", "kv"), load="streamed-export", dense=lambda variant, checkpoint: "fp16",
+          options=("threads", "n_ctx", "kv"), runtime_options=("threads", "n_ctx", "kv"), load="streamed-export", dense=lambda variant, checkpoint: "fp16",
           exporter=export_artifact)
 def build_gguf(variant: Variant, source: str, tokenizer) -> LlamaCppRunner:
     return load_artifact(cached_artifact(variant, source), threads=variant.option("threads"),
                          n_ctx=int(variant.option("n_ctx", 1024)), tokenizer=tokenizer, kv=variant.option("kv"))
-
-
-def _run_converter(folder: str, argv: list[str]) -> None:
-    """Run llama.cpp's converter in this process, with edgekit's pre-tokenizer mapping installed."""
-
-    sys.path[:0] = [folder, str(Path(folder) / "gguf-py")]  # the converter's own gguf, before PyPI's
-    from conversion import base
-
-    mapped = os.environ.get("EDGEKIT_GGUF_PRE") or None
-    recognise = base.TextModel.get_vocab_base_pre
-
-    def get_vocab_base_pre(self, tokenizer) -> str:
-        try:
-            return recognise(self, tokenizer)
-        except NotImplementedError:
-            if mapped is None:
-                raise
-            logging.getLogger("edgekit.runtimes.llama_cpp").warning(
-                "pre-tokenizer hash unknown to llama.cpp; tokenizer.json is a GPT-2 byte-level BPE, using %r", mapped)
-            return mapped
-
-    base.TextModel.get_vocab_base_pre = get_vocab_base_pre
-    sys.argv = [CONVERTER, *argv]
-    runpy.run_path(str(Path(folder) / CONVERTER), run_name="__main__")
-
-
-if __name__ == "__main__":
-    # python -m edgekit.runtimes.llama_cpp CONVERTER_DIR MODEL_DIR ... (internal: convert with the mapping)
-    _run_converter(sys.argv[1], sys.argv[2:])

@@ -28,14 +28,13 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
-from edgekit.artifacts.cache import cached_artifact as shared_cache
 from edgekit.artifacts.manifest import Manifest, copy_side_files, write_manifest
 from edgekit.core.errors import PlanError
 from edgekit.core.paths import eval_token_ids, work_dir
 from edgekit.memory.guard import admit
 from edgekit.models.load import load_tokenizer, model_key, resolve_source
 from edgekit.quantizers.smoothquant import smoothed_folder
-from edgekit.runtimes import build_runner, load_artifact
+from edgekit.runtimes import build_runner, cached_artifact, load_artifact
 from edgekit.runtimes.onnx.build import build_nbits_decoder, check_matmul_nbits
 from edgekit.runtimes.onnx.export import cached_export, parity, parity_batch
 from edgekit.runtimes.onnx.files import MODEL_FILE
@@ -53,7 +52,7 @@ from edgekit.variants.registry import Variant, dense_linear_bytes, group_codes_b
 COMMON_OPTIONS = ("opt_level", "provider")
 PARITY_TOKENS = 512
 
-__all__ = ["export_artifact", "cached_artifact", "model_signature", "self_test"]
+__all__ = ["export_artifact", "model_signature", "self_test"]
 
 
 def _scheme(variant: Variant) -> str:
@@ -176,13 +175,6 @@ def export_artifact(variant: Variant, source: str, out_dir: str | Path) -> Manif
                           runtime_settings={"graph_optimization_level": level, "providers": resolve_providers(providers)},
                           extra={"compile": {"graph_optimization_level": level,
                                              "providers": resolve_providers(providers), "onnxruntime": ort.__version__}})
-
-
-def cached_artifact(variant: "str | Variant", source: str) -> Path:
-    """The artifact folder of ``variant`` for ``source``, exported on first use and re-exported if damaged."""
-    variant = Variant.parse(variant)
-    folder = work_dir() / "artifacts" / model_key(source) / str(variant).replace(":", "_")
-    return shared_cache(folder, lambda out: export_artifact(variant, source, out))
 
 
 def _build(variant: Variant, source: str, tokenizer):

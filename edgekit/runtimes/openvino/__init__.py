@@ -35,12 +35,11 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
-from edgekit.artifacts.cache import cached_artifact as shared_cache
+from edgekit.artifacts.cache import artifact_name
 from edgekit.artifacts.manifest import Manifest, artifact_loader, copy_side_files, write_manifest
 from edgekit.core.paths import work_dir
 from edgekit.memory.guard import admit
-from edgekit.models.load import model_key
-from edgekit.runtimes import load_artifact
+from edgekit.runtimes import cached_artifact, load_artifact
 from edgekit.runtimes.onnx.build import build_nbits_decoder, check_matmul_nbits
 from edgekit.runtimes.onnx.export import cached_export
 from edgekit.variants.registry import Variant, group_codes_bytes, per_channel_int8_bytes, register
@@ -81,12 +80,6 @@ def compression_settings(variant: Variant) -> dict:
                 "embeddings_and_head": f"embeddings int8 per row, head int{bits}"}
     return {"scheme": "NNCF data-free weight compression", "bits": 8, "mode": f"int8_{'sym' if sym else 'asym'}",
             "group_size": -1, "symmetric": sym, "embeddings_and_head": "int8"}
-
-
-def artifact_name(variant: Variant) -> str:
-    """The variant as its artifact knows it: name plus the options that change the weights."""
-    sym = variant.option("sym")
-    return variant.name + ("" if sym is None else f":sym={str(sym).lower()}")
 
 
 def compress_int8(model, settings: dict):
@@ -192,12 +185,6 @@ def load_openvino_artifact(manifest: Manifest, device: str | None = None, thread
                           threads=threads or settings.get("threads"))
 
 
-def cached_artifact(variant: Variant, source: str) -> Path:
-    """The artifact of ``variant`` for ``source`` under the work folder, exported on first use."""
-    folder = work_dir() / "artifacts" / model_key(source) / artifact_name(variant).replace(":", "_")
-    return shared_cache(folder, lambda out: export_artifact(variant, source, out))
-
-
 def _ov_bytes(variant: Variant, out_f: int, in_f: int, bias: bool, dense: str) -> int:
     if not variant.group_size:
         return per_channel_int8_bytes(variant, out_f, in_f, bias, dense)
@@ -207,11 +194,11 @@ def _ov_bytes(variant: Variant, out_f: int, in_f: int, bias: bool, dense: str) -
 @register(r"ov-int(?P<bits>[48])-g(?P<group_size>\d+)", "openvino",
           "OpenVINO IR of the 4- or 8-bit graph built from the checkpoint tensor by tensor (options sym, device, "
           "threads)", ("ov-int4-g32", "ov-int4-g128", "ov-int8-g128"), linear_bytes=_ov_bytes, options=("sym", "device", "threads"),
-          load="streamed-export", dense=lambda variant, checkpoint: "fp16", exporter=export_artifact)
+          runtime_options=("device", "threads"), load="streamed-export", dense=lambda variant, checkpoint: "fp16", exporter=export_artifact)
 @register(r"ov-int(?P<bits>8)", "openvino",
           "OpenVINO IR, NNCF int8 weight compression of the fp32 ONNX export (options sym, device=CPU|GPU|NPU, threads)",
           ("ov-int8",), linear_bytes=_ov_bytes, options=("sym", "device", "threads"),
-          load="export", dense=lambda variant, checkpoint: "fp16", exporter=export_artifact)
+          runtime_options=("device", "threads"), load="export", dense=lambda variant, checkpoint: "fp16", exporter=export_artifact)
 def build_openvino(variant: Variant, source: str, tokenizer) -> OpenVINORunner:
     compression_settings(variant)  # refuse a group size MatMulNBits does not take before exporting anything
     return load_artifact(cached_artifact(variant, source), device=variant.option("device"),
