@@ -11,7 +11,7 @@ SUDO := $(shell test "$$(id -u)" -eq 0 || echo sudo)
 
 setup: $(VENV)/.installed
 
-$(CHROMIUM):  ## Debian's headless Chromium for tests/test_browser.py (Playwright drives it; no download)
+$(CHROMIUM):  ## Debian's headless Chromium for tests/ui/test_browser.py (Playwright drives it; no download)
 	$(SUDO) apt-get update -q
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium
 

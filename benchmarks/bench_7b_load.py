@@ -2,7 +2,7 @@
 
 For each variant, in a fresh child process (so each peak is its own): plan the model
 (:func:`edgekit.memory.plan.plan_memory` against this machine), load it through
-:func:`edgekit.variants.registry.build_runner` (guarded loading; over 1 GiB of checkpoint it
+:func:`edgekit.runtimes.build_runner` (guarded loading; over 1 GiB of checkpoint it
 quantizes while reading the memory-mapped shards), then run one forward pass over a short
 prompt and a few greedy decode steps with the KV cache. It prints planned vs measured
 weight bytes, peak RSS of the load and of the run (anonymous and file-backed apart,

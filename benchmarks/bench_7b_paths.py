@@ -8,7 +8,7 @@ For each variant, in a fresh child process (so each peak is its own):
    the artifact cache ``edgekit compare`` reads, so a later compare reuses it (an artifact already
    cached, by an earlier compare or run, is reported as cached, with no export time or peak); the
    peak counts helper processes too (llama.cpp's converter runs in one: ``getrusage(RUSAGE_CHILDREN)``);
-3. **load** it through :func:`edgekit.variants.registry.build_runner` (the guard, then streamed packing,
+3. **load** it through :func:`edgekit.runtimes.build_runner` (the guard, then streamed packing,
    layer-wise calibration or the artifact's runtime);
 4. **decode**: one forward over a short prompt, then greedy decode steps with the KV cache.
 

@@ -1,7 +1,7 @@
 """Whole-model vs layer-wise GPTQ: planned vs measured peak RSS and wall time, same checkpoint, same run.
 
 Each path runs in a fresh child process (so each peak is its own, :class:`edgekit.measure.peak_memory.PeakMemory`)
-and builds the variant through :func:`edgekit.variants.registry.build_runner`, the guarded path a user takes:
+and builds the variant through :func:`edgekit.runtimes.build_runner`, the guarded path a user takes:
 ``low_memory=false`` loads the fp32 model whole and calibrates it block by block; ``low_memory=true``
 calibrates layer by layer from the memory-mapped shards (:mod:`edgekit.quantizers.layerwise`). For each it prints
 the planner's peak (:func:`edgekit.memory.plan.plan_memory`, this machine), the measured peak RSS above what

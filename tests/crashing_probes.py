@@ -1,5 +1,5 @@
 """Self-test stand-ins that die the way a miscompiled native runtime does (used through
-``EDGEKIT_SELFTEST_PROBES`` by tests/test_selftest.py; they run only in the self-test's child)."""
+``EDGEKIT_SELFTEST_PROBES`` by tests/runtimes/test_selftest.py; they run only in the self-test's child)."""
 import os
 import signal
 

@@ -132,3 +132,9 @@ def test_every_room_says_what_lives_there():
     assert len(list(PACKAGE.iterdir())) - len(list(PACKAGE.glob("__pycache__"))) <= 15
     for room in rooms:
         assert ast.get_docstring(ast.parse((room / "__init__.py").read_text())), room.name
+
+
+def test_the_public_face_resolves():
+    """Every name ``edgekit`` exports exists where the face says it lives."""
+    missing = [name for name in edgekit.__all__ if not hasattr(edgekit, name)]
+    assert not missing, missing

@@ -48,3 +48,16 @@ def test_manifests_name_the_model_without_the_machine_path(tmp_path, monkeypatch
     assert portable_model(str(model)) == "models/mine"
     monkeypatch.chdir(model)
     assert portable_model(str(tmp_path / "models")) == "models"
+
+
+def test_notebooks_import_only_the_public_face():
+    """A notebook imports from ``edgekit`` and ``edgekit.ui``, never a room's module (the face is the API)."""
+    inside = []
+    for notebook in NOTEBOOKS:
+        for cell in json.loads(notebook.read_text())["cells"]:
+            if cell["cell_type"] == "code":
+                for line in "".join(cell["source"]).splitlines():
+                    found = re.match(r"\s*(?:from|import)\s+(edgekit[\w.]*)", line)
+                    if found and found.group(1) not in ("edgekit", "edgekit.ui"):
+                        inside.append(f"{notebook.name}: {line.strip()}")
+    assert not inside, inside

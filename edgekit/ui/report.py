@@ -24,7 +24,7 @@ import pandas as pd
 from edgekit.core.errors import EdgekitError, InputError
 from edgekit.measure.store import Result
 from edgekit.memory.plan import load_profile, plan_memory
-from edgekit.ui import plots
+from edgekit.ui.plots import comparison_figure, figure_png
 from edgekit.workflows.compare import summary_frame
 
 CURRENT_RUN = "this run"
@@ -118,7 +118,7 @@ def write_report(results: list[Result], out_dir, earlier: dict[str, list[Result]
             memory = device_memory_frame(planned, [r.variant for r in rs], device,
                                          context or rs[0].settings.get("context", 4096),
                                          measured=rs if planned == model else None)
-        png = plots.figure_png(plots.comparison_figure(table if "run" in table else table.assign(run=""), memory))
+        png = figure_png(comparison_figure(table if "run" in table else table.assign(run=""), memory))
         figure_name = "report.png" if len(groups) == 1 else f"report-{number}.png"
         (out / figure_name).write_bytes(png)
         sections.append(_section(heading, rs, table, memory, figure_name, png))

@@ -7,7 +7,7 @@ the only way to know which setting is fastest on a device is to measure it there
 candidate gets warm-up runs, then repeated timed generations through
 :func:`edgekit.measure.quality.measure_latency`; candidates are ranked by P50 decode latency
 (per-token gap), ties broken by P99. The winner of an ONNX artifact's sweep is written
-into its manifest as ``runtime_settings``, which :func:`edgekit.artifacts.manifest.load_artifact`
+into its manifest as ``runtime_settings``, which :func:`edgekit.runtimes.load_artifact`
 applies whenever the artifact is loaded.
 
 A *factory* turns one candidate's settings (a dict) into a Runner; :func:`ort_factory`

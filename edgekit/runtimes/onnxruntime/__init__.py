@@ -10,7 +10,7 @@ path the deployment guides describe — PyTorch → ONNX (:mod:`edgekit.runtimes
 from the checkpoint one weight at a time (:mod:`edgekit.runtimes.onnx.build`, the path that
 fits a 7B) — then compiled for the target (:func:`edgekit.runtimes.onnxruntime.runner.compile_model`)
 → artifact with a manifest (:mod:`edgekit.artifacts.manifest`) — and loaded back through
-:func:`~edgekit.artifacts.manifest.load_artifact`, which verifies every file first. The manifest records
+:func:`~edgekit.runtimes.load_artifact`, which verifies every file first. The manifest records
 the compiled model's logit parity with PyTorch fp32 where that reference fits this machine.
 
 Options (after a colon): ``per_channel`` (int8), ``symmetric`` and ``accuracy_level`` (MatMulNBits,

@@ -134,7 +134,7 @@ def initializer_bytes(model_path: str | Path) -> int:
 class ORTRunner:
     """A compiled ONNX causal LM (optimum's with-past export) on ONNX Runtime, as a Runner.
 
-    Give it the :class:`~edgekit.artifacts.manifest.Manifest` that :func:`~edgekit.artifacts.manifest.load_artifact`
+    Give it the :class:`~edgekit.artifacts.manifest.Manifest` that :func:`~edgekit.runtimes.load_artifact`
     verified (the usual way in), or a folder holding ``model.onnx`` and a tokenizer, used as is.
     """
 

@@ -36,7 +36,7 @@ def test_render_is_markdown_for_the_notebook():
         render("{n} and {m}", n=3)
 
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -49,5 +49,5 @@ def test_every_closing_is_rendered_from_its_run(path):
     (i,) = heads
     assert cells[i].source.strip() == "## What you saw", f"{path.name}: the closing's text belongs in the render cell"
     render_cell = cells[i + 1] if i + 1 < len(cells) else None
-    assert render_cell is not None and render_cell.cell_type == "code" and "edgekit.ui.narrate" in render_cell.source \
+    assert render_cell is not None and render_cell.cell_type == "code" and "from edgekit.ui import" in render_cell.source \
         and "render(" in render_cell.source, f"{path.name}: follow 'What you saw' with a cell calling narrate.render"

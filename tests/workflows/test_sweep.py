@@ -19,7 +19,7 @@ from edgekit.measure.quality import EvalSettings  # noqa: E402
 from edgekit.measure.store import ResultStore  # noqa: E402
 from edgekit.workflows.sweep import CELL_TASK_PREFIX, Node, plan_cell, run_sweep  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from make_random_checkpoint import write_checkpoint  # noqa: E402
 
 SETTINGS = EvalSettings(context=64, stride=32, max_tokens=256)  # what CLI_SETTINGS give

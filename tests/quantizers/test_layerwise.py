@@ -10,7 +10,7 @@ from edgekit.models.load import load_tokenizer, model_config
 from edgekit.runtimes import build_runner
 from edgekit.variants.registry import Variant
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from make_random_checkpoint import write_checkpoint  # noqa: E402
 
 TWO_LAYERS = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 4096, "hidden_size": 256,

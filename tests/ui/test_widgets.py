@@ -103,7 +103,7 @@ def test_sweep_mode_runs_two_models_on_ray_and_fills_a_section_per_model(tmp_pat
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     from make_random_checkpoint import PRESETS, write_checkpoint
 
     shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

@@ -96,7 +96,7 @@ def two_models(cli_run, tmp_path_factory):
     from edgekit.measure.quality import EvalSettings
     from edgekit.workflows.compare import compare
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     from make_random_checkpoint import PRESETS, write_checkpoint
 
     shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

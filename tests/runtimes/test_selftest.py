@@ -12,7 +12,7 @@ import pytest
 from edgekit.core.errors import EdgekitError
 from edgekit.runtimes import selftest
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]  # crashing_probes.py
 SMALL = ["--context", "128", "--stride", "128", "--max-tokens", "1024", "--no-latency"]
 
 
