@@ -33,7 +33,8 @@ import torch
 from edgekit.measure.quality import EvalSettings
 from edgekit.memory.plan import _layout, held_config, load_config, weight_bytes
 from edgekit.models.load import resolve_source
-from edgekit.pruning.variants import PruneSpec, pruning_record, storage
+from edgekit.pruning.spec import PruneSpec, storage
+from edgekit.pruning.variants import pruning_record
 from edgekit.variants.registry import Variant
 from edgekit.workflows.compare import LatencySettings, compare, summary_frame
 

@@ -64,3 +64,17 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     """Put ``new`` where the module named ``name`` (dotted, as ``named_modules`` gives it) sits in ``model``."""
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def llama_layers(model: nn.Module, refusal: str) -> nn.ModuleList:
+    """The decoder layers of a Llama-style model (``model.layers.*`` with ``self_attn.q/k/v/o_proj`` and
+    ``mlp.gate/up/down_proj``), for the methods that rewrite those projections; else ``refusal`` as a
+    :class:`VariantError` (say what to use instead)."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    ok = isinstance(layers, nn.ModuleList) and all(
+        hasattr(layer, "self_attn") and hasattr(layer, "mlp")
+        and all(hasattr(layer.self_attn, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
+        and all(hasattr(layer.mlp, p) for p in ("gate_proj", "up_proj", "down_proj")) for layer in layers)
+    if not ok:
+        raise VariantError(refusal)
+    return layers

@@ -9,16 +9,10 @@ from edgekit.core.paths import calibration_ids
 from edgekit.memory.plan import kv_cache_bytes, load_config, plan_memory, weight_bytes
 from edgekit.models.layout import block_linears
 from edgekit.models.runner import module_weight_bytes
-from edgekit.pruning.variants import (
-    PruneSpec,
-    nm_mask,
-    pruned_checkpoint,
-    pruned_config,
-    pruning_record,
-    row_mask,
-    sparsity,
-    wanda_scores,
-)
+from edgekit.pruning.masks import nm_mask, row_mask, sparsity, wanda_scores
+from edgekit.pruning.spec import PruneSpec
+from edgekit.pruning.structured import pruned_config
+from edgekit.pruning.variants import pruned_checkpoint, pruning_record
 from edgekit.quantizers.calibration import collect_inputs
 from edgekit.quantizers.packed import PackedLinear
 from edgekit.runtimes import build_runner
