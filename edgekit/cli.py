@@ -31,8 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--context", type=int, default=256)
     c.add_argument("--stride", type=int, default=128)
     c.add_argument("--max-tokens", type=int, default=16384, help="evaluate the first N tokens (0: all)")
-    c.add_argument("--new-tokens", type=int, default=32, help="tokens generated per latency run")
-    c.add_argument("--runs", type=int, default=5, help="timed latency runs after one warm-up")
+    c.add_argument("--new-tokens", type=int, default=16, help="tokens generated per timed repetition")
+    c.add_argument("--runs", type=int, default=5,
+                   help="timed repetitions per variant, in interleaved rounds (the speed protocol)")
     c.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     c.add_argument("--store", type=Path, default=None, help="SQLite results file (default: ./edgekit-results/results.sqlite)")
     c.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
@@ -52,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--context", type=int, default=256)
     w.add_argument("--stride", type=int, default=128)
     w.add_argument("--max-tokens", type=int, default=16384, help="evaluate the first N tokens (0: all)")
-    w.add_argument("--new-tokens", type=int, default=32, help="tokens generated per latency run")
-    w.add_argument("--runs", type=int, default=5, help="timed latency runs after one warm-up")
+    w.add_argument("--new-tokens", type=int, default=16, help="tokens generated per timed repetition")
+    w.add_argument("--runs", type=int, default=5, help="timed repetitions per variant")
     w.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     w.add_argument("--address", default=None,
                    help='join this Ray cluster ("auto", "ray://head:10001", "head:6379"); default: a local one')
