@@ -145,11 +145,18 @@ def speed_figures(reps: list[Repetition], baseline: list[Repetition] | None = No
            "speed_protocol": "interleaved" if interleaved else "per-variant",
            "new_tokens": len(reps[0].gaps_ms) + 1, **percentile_figures(reps, seed)}
     if baseline:
-        by_round = {r.round: r.decode_tokens_per_s for r in baseline}
-        ratios = [r.decode_tokens_per_s / by_round[r.round] for r in reps if r.round in by_round]
-        ratio, lo, hi, _ = median_interval(ratios)
+        ratio, lo, hi, _ = median_interval(paired_ratios(reps, baseline))
         out.update(speed_ratio=ratio, speed_ratio_ci95=_pair(lo, hi))
     return out
+
+
+def paired_ratios(reps: list[Repetition], baseline: list[Repetition]) -> list[float]:
+    """Each round's decode rate of ``reps`` over the baseline's in the same round (rounds both have)."""
+    by_round = {r.round: r.decode_tokens_per_s for r in baseline}
+    ratios = [r.decode_tokens_per_s / by_round[r.round] for r in reps if r.round in by_round]
+    if not ratios:
+        raise InputError("the variant and its baseline share no round; time them in the same rounds")
+    return ratios
 
 
 def _pair(low, high):
