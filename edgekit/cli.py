@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--max-p99-ms", type=float, default=None, help="largest acceptable P99 ms per token")
     dc.add_argument("--context", type=int, default=2048, help="context the memory plan is made for")
     dc.add_argument("--model", default=None, help="which model's rows, when the store holds several")
+    dc.add_argument("--trust-contended", action="store_true",
+                    help="let rows timed while other processes held their cores pass the speed limits")
 
     vs = sub.add_parser("variants", help="every variant: its runtime, what it is, the options it takes")
     vs.add_argument("--family", default=None, help="only this runtime (pytorch, onnxruntime, openvino, llama.cpp)")
@@ -218,7 +220,8 @@ def run_decide(args) -> int:
 
     decision = decide(args.store or default_store_path(), args.device, max_kl=args.max_kl,
                       max_delta_ppl_pct=args.max_delta_ppl, min_tokens_per_s=args.min_tokens_per_s,
-                      max_p99_ms=args.max_p99_ms, context=args.context, model=args.model)
+                      max_p99_ms=args.max_p99_ms, context=args.context, model=args.model,
+                      trust_contended=args.trust_contended)
     print(decision.summary())
     return 0 if decision.recommended else 1
 

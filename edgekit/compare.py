@@ -341,6 +341,9 @@ def summary_frame(results: list[Result]) -> pd.DataFrame:
             row["decode_tokens_per_s_ci95"] = "[{:.4g}, {:.4g}]".format(*row["decode_tokens_per_s_ci95"])
         if row.get("speed_ratio_ci95"):
             row["speed_ratio_ci95"] = "{:.2f} [{:.2f}, {:.2f}]".format(r.metrics["speed_ratio"], *row["speed_ratio_ci95"])
+        for key in ("latency_ms_p95", "latency_ms_p99"):
+            if key in row and row[key] is None:
+                row[key] = "-"  # withheld: too few samples
         if "contended" in row:
             row["contended"] = {True: "CONTENDED", False: "-"}.get(row["contended"], "?")
         rows.append(row)
