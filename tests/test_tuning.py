@@ -80,23 +80,3 @@ def test_onnx_winner_written_to_manifest_and_used(onnx_artifact, tmp_path):
     assert runner.settings["intra_op_threads"] == 1 and runner.settings["io_binding"] is False
     runner.close()
 
-
-def _timed(settings, rate, low, high, contended=False):
-    return {"settings": settings, "latency_ms_p50": 1000 / rate, "latency_ms_p99": 1000 / rate, "error": None,
-            "decode_tokens_per_s": rate, "decode_tokens_per_s_ci95": [low, high], "contended": contended}
-
-
-def test_a_winner_only_when_its_interval_excludes_the_defaults():
-    """10x faster on the point estimates but the intervals overlap: a tie, the default stays."""
-    tie = TuningReport(rank(pd.DataFrame([_timed({"t": 1}, 10.0, 5.0, 40.0), _timed({"t": 2}, 100.0, 30.0, 120.0)]),
-                            {"t": 1}), {"t": 1})
-    assert tie.best == {"t": 2} and tie.gain_over_default == pytest.approx(10.0) and tie.winner() == {"t": 1}
-    clear = TuningReport(rank(pd.DataFrame([_timed({"t": 1}, 10.0, 9.0, 11.0), _timed({"t": 2}, 20.0, 18.0, 22.0)]),
-                              {"t": 1}), {"t": 1})
-    assert clear.winner() == {"t": 2}
-
-
-def test_a_contended_candidate_is_no_winner_unless_insisted_on():
-    table = rank(pd.DataFrame([_timed({"t": 1}, 10.0, 9.0, 11.0), _timed({"t": 2}, 20.0, 18.0, 22.0, True)]), {"t": 1})
-    report = TuningReport(table, {"t": 1})
-    assert report.winner() == {"t": 1} and report.winner(insist=True) == {"t": 2}
