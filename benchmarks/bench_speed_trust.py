@@ -25,9 +25,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from edgekit.compare import LatencySettings, compare
-from edgekit.measure import EvalSettings
-from edgekit.results import ResultStore
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's edgekit
+
+from edgekit.compare import LatencySettings, compare  # noqa: E402
+from edgekit.measure import EvalSettings  # noqa: E402
+from edgekit.results import ResultStore  # noqa: E402
 
 VARIANTS = "fp32,int8,int4-g32,onnx-int4-g32,gguf-q4_0"
 HOG = "import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\nwhile True:\n    pass\n"
@@ -42,6 +45,11 @@ def run(args, store: ResultStore, label: str):
         print(f"{label}: failed {failed}", file=sys.stderr)
     reps = store.repetitions(run_id=results[0].run_id)
     return {r.variant: r.metrics for r in results if r.status == "ok"}, reps
+
+
+def _interval(metrics: dict) -> str:
+    interval = metrics.get("speed_ratio_ci95")
+    return "{:.2f} [{:.2f}, {:.2f}]".format(metrics["speed_ratio"], *interval) if interval else "-"
 
 
 def flagged(reps: pd.DataFrame) -> str:
@@ -73,7 +81,7 @@ def main() -> None:
         ia, ib = a.get("speed_ratio_ci95"), b.get("speed_ratio_ci95")
         rows.append({"variant": variant,
                      "tok/s 1": a.get("decode_tokens_per_s"), "tok/s 2": b.get("decode_tokens_per_s"),
-                     "× base 1": ia, "× base 2": ib,
+                     "× base 1": _interval(a), "× base 2": _interval(b),
                      "overlap": None if not (ia and ib) else ia[0] <= ib[1] and ib[0] <= ia[1],
                      "contended quiet": f"{a.get('contended_repetitions')}+{b.get('contended_repetitions')}"
                                         f"/{a.get('repetitions', 0) + b.get('repetitions', 0)}",

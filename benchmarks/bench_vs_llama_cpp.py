@@ -16,15 +16,20 @@ quiet or contended. Run it alone: ``nice .venv/bin/python benchmarks/bench_vs_ll
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from edgekit.data import eval_token_ids
-from edgekit.loading import load_tokenizer, resolve_source
-from edgekit.registry import Variant, build_runner
-from edgekit.runtimes.llama_cpp import MODEL_FILE, cached_artifact
-from edgekit.speed import measure_speed, median_interval, paired_ratios, speed_figures
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's edgekit
+
+from edgekit.data import eval_token_ids  # noqa: E402
+from edgekit.loading import load_tokenizer, resolve_source  # noqa: E402
+from edgekit.registry import Variant, build_runner  # noqa: E402
+from edgekit.runtimes.llama_cpp import MODEL_FILE, cached_artifact  # noqa: E402
+from edgekit.speed import measure_speed, median_interval, paired_ratios, speed_figures  # noqa: E402
 
 TARGET = 0.8
 
