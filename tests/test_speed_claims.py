@@ -2,6 +2,7 @@
 import pandas as pd
 import pytest
 
+from edgekit.batching import largest_batch_within
 from edgekit.decide import decide
 from edgekit.deploy import CanaryThresholds, judge
 from edgekit.results import Result
@@ -85,3 +86,13 @@ def test_a_contended_candidate_is_no_winner_unless_insisted_on():
     table = rank(pd.DataFrame([_timed({"t": 1}, 10.0, 9.0, 11.0), _timed({"t": 2}, 20.0, 18.0, 22.0, True)]), {"t": 1})
     report = TuningReport(table, {"t": 1})
     assert report.winner() == {"t": 1} and report.winner(insist=True) == {"t": 2}
+
+
+def test_a_batch_target_is_judged_on_p99_only_with_enough_runs():
+    """Three runs of batch 8: their "P99" (the slowest run, 25 ms) is not gated on; the median's upper bound is."""
+    sweep = pd.DataFrame({"batch_size": [1, 8], "latency_ms_p99": [10.0, 25.0],
+                          "latency_ms_p50_ci95": [[8.0, 9.0], [20.0, 35.0]],
+                          "target_basis": ["median upper bound", "median upper bound"]})
+    assert largest_batch_within(sweep, 30.0) == 1        # 35 ms > 30 although the "P99" reads 25
+    sweep["target_basis"] = ["p99", "p99"]
+    assert largest_batch_within(sweep, 30.0) == 8
