@@ -86,7 +86,8 @@ def main() -> None:
               f"{f['decode_tokens_per_s_ci95'][1]:.1f}]  x fp32 {f['speed_ratio']:.2f} [{f['speed_ratio_ci95'][0]:.2f}, "
               f"{f['speed_ratio_ci95'][1]:.2f}]  contended {f['contended_repetitions']}/{f['repetitions']}")
     ratio, lo, hi, coverage = median_interval(paired_ratios(reps["int4-g32"], reps["llama.cpp Q4_0 tg"]))
-    verdict = "meets" if lo >= TARGET else "misses" if hi < TARGET else "cannot tell (interval spans)"
+    verdict = ("too few repetitions for a 95% interval" if coverage < 0.9 else "meets" if lo >= TARGET
+               else "misses" if hi < TARGET else "cannot tell (interval spans it)")
     print(f"int4-g32 / llama.cpp Q4_0 tg: {ratio:.2f}x [{lo:.2f}, {hi:.2f}] ({coverage:.1%} interval), "
           f"target >= {TARGET}: {verdict}")
 
