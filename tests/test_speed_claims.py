@@ -6,6 +6,7 @@ from edgekit.batching import largest_batch_within
 from edgekit.decide import decide
 from edgekit.deploy import CanaryThresholds, judge
 from edgekit.results import Result
+from edgekit.serve_load import target_latency
 from edgekit.tuning import TuningReport, rank
 
 QUALITY = {"kl_divergence": 0.001, "kl_divergence_ci95": [0.0, 0.002]}
@@ -96,3 +97,9 @@ def test_a_batch_target_is_judged_on_p99_only_with_enough_runs():
     assert largest_batch_within(sweep, 30.0) == 1        # 35 ms > 30 although the "P99" reads 25
     sweep["target_basis"] = ["p99", "p99"]
     assert largest_batch_within(sweep, 30.0) == 8
+
+
+def test_a_serving_target_is_judged_on_p99_only_with_enough_answers():
+    few = {"answered": 40, "latency_ms_p99": 90.0, "latency_ms_p50_ci95": [50.0, 120.0]}
+    assert target_latency(few) == ("median upper bound", 120.0)
+    assert target_latency({**few, "answered": 200}) == ("p99", 90.0)
