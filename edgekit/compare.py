@@ -90,7 +90,8 @@ def compare(model: str = "default", variants: Iterable[str] = DEFAULT_VARIANTS, 
     if names[0] in done and not (base_dir / "sums.npz").is_file():
         del done[names[0]]  # its scores are gone: the baseline is measured again for the others' KL
     base: Scores | None = Scores.load(base_dir) if names[0] in done else None
-    interleave = latency is not None and fit_together(source, [n for n in names if n not in done])
+    timed = [n for n in names if n not in done]
+    interleave = latency is not None and bool(timed) and fit_together(source, list(dict.fromkeys([names[0], *timed])))
     results, pending = [], []
     for name in names:
         if name in done:
@@ -116,7 +117,7 @@ def compare(model: str = "default", variants: Iterable[str] = DEFAULT_VARIANTS, 
         if on_result:
             on_result(result)
     if pending:
-        time_interleaved(pending, source, tokenizer, prompt, latency, progress)
+        time_interleaved(pending, names[0], source, tokenizer, prompt, latency, progress)
         for result in pending:
             if store is not None:
                 store.add(result)
@@ -138,14 +139,21 @@ def fit_together(source: str, names: list[str]) -> bool:
     return need <= INTERLEAVE_MEMORY_SHARE * psutil.virtual_memory().available
 
 
-def time_interleaved(results: list[Result], source: str, tokenizer, prompt, latency: LatencySettings,
+def time_interleaved(results: list[Result], baseline: str, source: str, tokenizer, prompt, latency: LatencySettings,
                      progress: bool = True) -> None:
     """Load the measured variants of ``results`` again, all at once, time them in interleaved rounds and put
-    each one's speed figures (ratio paired by round against the first, the baseline) and raw repetitions in
-    its result. A variant that fails to load or run gets the error in its row, the others keep their figures."""
+    each one's speed figures (ratio paired by round against ``baseline``, timed in the same rounds even when
+    its own row came from the store) and raw repetitions in its result. A variant that fails to load gets the
+    error in its row, the others keep their figures; a failure during the rounds is recorded in every row
+    they were to time."""
     ok = [r for r in results if r.status == "ok"]
-    runners = {}
+    runners, reps = {}, {}
     try:
+        if baseline not in {r.variant for r in results}:  # resumed: the stored baseline is timed again for pairing
+            try:
+                runners[baseline] = build_runner(baseline, source, tokenizer)
+            except Exception:  # noqa: BLE001 - without it the rows get no ratio, nothing else is lost
+                pass
         for result in ok:
             try:
                 runners[result.variant] = build_runner(result.variant, source, tokenizer)
@@ -153,15 +161,18 @@ def time_interleaved(results: list[Result], source: str, tokenizer, prompt, late
                 result.status, result.error = "error", f"speed: {type(exc).__name__}: {exc}"
         reps = speed.measure_speed(runners, prompt, latency.new_tokens, latency.runs, latency.warmup,
                                    progress=progress)
+    except Exception as exc:  # the quality figures already measured are kept
+        for result in ok:
+            if result.variant in runners:
+                result.status, result.error = "error", f"speed: {type(exc).__name__}: {exc}"
     finally:
         for runner in runners.values():
             runner.close()
         runners.clear()
         release_memory()
-    base = reps.get(results[0].variant) if results[0].status == "ok" else None
     for result in ok:
         if result.variant in reps:
-            _speed_row(result, reps[result.variant], base, True, source, latency)
+            _speed_row(result, reps[result.variant], reps.get(baseline), True, source, latency)
 
 
 def add_ratio(result: Result, baseline: Result | None, source: str, latency: LatencySettings) -> None:
