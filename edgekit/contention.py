@@ -33,6 +33,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+
 OTHERS_TOLERANCE_CORES = 0.3
 STEAL_MAX_SHARE = 0.05
 MIN_WINDOW_S = 0.25
@@ -144,8 +146,6 @@ def classify_series(snapshots: list[Snapshot], threads_used: int, hz: int | None
 def check_now(threads_used: int, seconds: float = 1.0) -> Reading:
     """Run a fixed kernel (a 256 x 256 float32 matrix product, over and over) on ``threads_used`` threads for
     ``seconds`` and classify that window: can speed figures be trusted on this machine right now?"""
-    import torch
-
     previous = torch.get_num_threads()
     torch.set_num_threads(threads_used)
     try:

@@ -35,9 +35,10 @@ speed figure therefore comes from this protocol, written against the Runner inte
   repetitions are, and consumers keep such a variant out of claims unless told otherwise.
 
 Cost: per variant one cold-start call (one token), one warm-up generation and ``repetitions`` timed
-generations of ``new_tokens``: 1 + 7 x 16 = 113 tokens at the defaults, against the 32-token warm-up
-runs (one to twelve) and 5 x 32 timed tokens the single-run latency of :func:`edgekit.measure.measure_latency`
-spends. The raw repetitions (:class:`Repetition`, each with its gaps and contention reading) are kept
+generations of ``new_tokens``: 1 + 16 + 5 x 16 = 97 decoded tokens at the defaults, against the
+224 to 544 that :func:`edgekit.measure.measure_latency` spends (one to twelve 32-token warm-up runs until
+steady, then 5 x 32 timed tokens). Interleaving has one more cost, paid by the comparison: the variants
+are loaded a second time to be held together (:mod:`edgekit.compare`). The raw repetitions (:class:`Repetition`, each with its gaps and contention reading) are kept
 so the results store can keep them.
 """
 from __future__ import annotations
