@@ -305,6 +305,8 @@ def _measure_one(name, source, tokenizer, ids, settings, latency, prompt, base, 
                 metrics.update(scores.against(base))
             if latency:
                 metrics["cold_start_ms"] = cold
+                if getattr(runner, "compute_path", None):  # how its layers multiply: explains its roofline verdict
+                    metrics["compute_path"] = runner.compute_path
             if latency and time_speed:
                 reps = speed.measure_speed({name: runner}, prompt, latency.new_tokens, latency.runs, latency.warmup,
                                            progress=progress)[name]
