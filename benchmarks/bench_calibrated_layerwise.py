@@ -36,10 +36,10 @@ def measure_one(model: str, variant: str) -> dict:
     import torch
 
     from edgekit.core.errors import PlanError
+    from edgekit.core.paths import SAMPLES, SEQ_LEN
     from edgekit.measure.peak_memory import PeakMemory, release_memory, rss_breakdown
     from edgekit.memory.plan import plan_memory
     from edgekit.models.layout import decoder_blocks
-    from edgekit.quantizers.calibration import SAMPLES, SEQ_LEN
     from edgekit.quantizers.packed import PackedLinear
     from edgekit.runtimes import build_runner
     from edgekit.variants.registry import Variant

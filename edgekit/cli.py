@@ -31,8 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--context", type=int, default=256)
     c.add_argument("--stride", type=int, default=128)
     c.add_argument("--max-tokens", type=int, default=16384, help="evaluate the first N tokens (0: all)")
-    c.add_argument("--new-tokens", type=int, default=32, help="tokens generated per latency run")
-    c.add_argument("--runs", type=int, default=5, help="timed latency runs after one warm-up")
+    c.add_argument("--new-tokens", type=int, default=16, help="tokens generated per timed repetition")
+    c.add_argument("--runs", type=int, default=5,
+                   help="timed repetitions per variant, in interleaved rounds (the speed protocol)")
     c.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     c.add_argument("--store", type=Path, default=None, help="SQLite results file (default: ./edgekit-results/results.sqlite)")
     c.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
@@ -52,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--context", type=int, default=256)
     w.add_argument("--stride", type=int, default=128)
     w.add_argument("--max-tokens", type=int, default=16384, help="evaluate the first N tokens (0: all)")
-    w.add_argument("--new-tokens", type=int, default=32, help="tokens generated per latency run")
-    w.add_argument("--runs", type=int, default=5, help="timed latency runs after one warm-up")
+    w.add_argument("--new-tokens", type=int, default=16, help="tokens generated per timed repetition")
+    w.add_argument("--runs", type=int, default=5, help="timed repetitions per variant")
     w.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     w.add_argument("--address", default=None,
                    help='join this Ray cluster ("auto", "ray://head:10001", "head:6379"); default: a local one')
@@ -105,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--max-p99-ms", type=float, default=None, help="largest acceptable P99 ms per token")
     dc.add_argument("--context", type=int, default=2048, help="context the memory plan is made for")
     dc.add_argument("--model", default=None, help="which model's rows, when the store holds several")
+    dc.add_argument("--trust-contended", action="store_true",
+                    help="let rows timed while other processes held their cores pass the speed limits")
 
     vs = sub.add_parser("variants", help="every variant: its runtime, what it is, the options it takes")
     vs.add_argument("--family", default=None, help="only this runtime (pytorch, onnxruntime, openvino, llama.cpp)")
@@ -218,7 +221,8 @@ def run_decide(args) -> int:
 
     decision = decide(args.store or default_store_path(), args.device, max_kl=args.max_kl,
                       max_delta_ppl_pct=args.max_delta_ppl, min_tokens_per_s=args.min_tokens_per_s,
-                      max_p99_ms=args.max_p99_ms, context=args.context, model=args.model)
+                      max_p99_ms=args.max_p99_ms, context=args.context, model=args.model,
+                      trust_contended=args.trust_contended)
     print(decision.summary())
     return 0 if decision.recommended else 1
 

@@ -1,7 +1,10 @@
 """Results: flat records of one variant's measurements, kept in a SQLite file.
 
 A result is written the moment its variant finishes, so an interrupted sweep keeps what it
-measured. Each carries its settings and the environment it ran in (hardware, library
+measured. The raw timed repetitions behind a row's speed figures (:mod:`edgekit.measure.speed`) are kept in
+their own table, ``repetitions``, one row per timed generation (its round, its place in the round,
+TTFT, decode rate, per-token gaps and contention reading), read back with
+:meth:`ResultStore.repetitions`. Each carries its settings and the environment it ran in (hardware, library
 versions, git revision) so runs from yesterday or another machine can be laid side by side.
 """
 from __future__ import annotations
@@ -44,6 +47,20 @@ CREATE TABLE IF NOT EXISTS results (
     settings TEXT NOT NULL,
     environment TEXT NOT NULL
 )"""
+REPETITIONS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS repetitions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    round_order INTEGER NOT NULL,
+    ttft_ms REAL NOT NULL,
+    decode_tokens_per_s REAL NOT NULL,
+    contended INTEGER,
+    gaps_ms TEXT NOT NULL,
+    contention TEXT NOT NULL
+)"""
 
 
 def default_store_path() -> Path:
@@ -68,6 +85,7 @@ class Result:
     run_id: str = field(default_factory=new_run_id)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     model_revision: str | None = None  # None: fingerprint ``model``'s weights now (see loading.model_revision)
+    repetitions: list = field(default_factory=list)  # edgekit.measure.speed.Repetition dicts, written to their own table
 
     def __post_init__(self) -> None:
         if self.model_revision is None:
@@ -90,6 +108,7 @@ class ResultStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.execute(SCHEMA)
+            db.execute(REPETITIONS_SCHEMA)
             columns = {row[1] for row in db.execute("PRAGMA table_info(results)")}
             if "model_revision" not in columns:  # a store written before revisions were recorded
                 db.execute(f"ALTER TABLE results ADD COLUMN {REVISION_COLUMN}")
@@ -105,6 +124,24 @@ class ResultStore:
                 (result.run_id, result.created, result.kind, result.model, result.model_revision, result.variant,
                  result.status, result.error, json.dumps(result.metrics), json.dumps(result.settings, default=str),
                  json.dumps(result.environment)))
+            db.executemany(
+                "INSERT INTO repetitions (run_id, model, variant, round, round_order, ttft_ms, decode_tokens_per_s,"
+                " contended, gaps_ms, contention) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(result.run_id, result.model, result.variant, r["round"], r["order"], r["ttft_ms"],
+                  r["decode_tokens_per_s"], r["contended"], json.dumps(r["gaps_ms"]), json.dumps(r["contention"]))
+                 for r in result.repetitions])
+
+    def repetitions(self, run_id: str | None = None, variant: str | None = None) -> pd.DataFrame:
+        """The raw timed repetitions behind the speed figures, one row each, in the order they were written."""
+        clauses = [(c, v) for c, v in (("run_id", run_id), ("variant", variant)) if v is not None]
+        where = (" WHERE " + " AND ".join(f"{c} = ?" for c, _ in clauses)) if clauses else ""
+        with self._connect() as db:
+            frame = pd.read_sql_query(f"SELECT * FROM repetitions{where} ORDER BY id", db,
+                                      params=[v for _, v in clauses])
+        for column in ("gaps_ms", "contention"):
+            frame[column] = frame[column].map(json.loads)
+        frame["contended"] = frame["contended"].map(lambda v: None if pd.isna(v) else bool(v))
+        return frame.drop(columns="id")
 
     def results(self, model: str | None = None, run_id: str | None = None, kind: str | None = None) -> list[Result]:
         query, args = ("SELECT run_id, created, kind, model, variant, status, error, metrics, settings, environment,"

@@ -2,7 +2,10 @@
 
 Meant to be pasted into a bug report: the CPU and the instruction sets the OS enables (and
 the AMX trap, see :mod:`edgekit.core.cpu_features`), how llama.cpp was built, each native runtime's
-self-test verdict (:mod:`edgekit.runtimes.selftest`), GPU and CUDA, memory and disk, the versions.
+self-test verdict (:mod:`edgekit.runtimes.selftest`), GPU and CUDA, memory and disk, the versions; then
+speed: the memory bandwidth (a STREAM-like triad) and matmul throughput the runs can reach on their
+threads (:mod:`edgekit.measure.roofline`), and whether speed figures can be trusted right now: a fixed kernel
+timed for a second while :mod:`edgekit.measure.contention` watches what else runs on the cores.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import torch
 from edgekit.core import cpu_features
 from edgekit.core.native_build import REBUILD_HINT, build_record
 from edgekit.core.paths import work_dir
+from edgekit.measure import contention, roofline
 from edgekit.runtimes import selftest
 
 VERSIONED = ("torch", "transformers", "accelerate", "bitsandbytes", "optimum", "onnxruntime", "openvino", "nncf",
@@ -101,6 +105,23 @@ def _versions() -> Check:
     return Check("versions", True, f"python {platform.python_version()}, " + ", ".join(found))
 
 
+def _speed() -> list[Check]:
+    threads = torch.get_num_threads()
+    checks = [Check("bandwidth", True, f"{roofline.triad_bandwidth(threads) / 1e9:.1f} GB/s (STREAM-like triad, "
+                                       f"{threads} threads): the roofline every row's GB/s is a fraction of"),
+              Check("matmul", True, f"{roofline.matmul_throughput(threads) / 1e9:.1f} GFLOP/s float32 "
+                                    f"({roofline.MATMUL_SIZE}x{roofline.MATMUL_SIZE}, {threads} threads)")]
+    if not contention.available():
+        return checks + [Check("contention", True, "no /proc counters here: speed rows go unclassified")]
+    reading = contention.check_now(threads)
+    detail = (f"other processes {reading.others_cores:.2f} cores, steal {reading.steal_share:.0%}, "
+              f"load {reading.load_1m:.2f} on {reading.cores} cores")
+    if reading.contended:
+        return checks + [Check("contention", False, f"{detail}: speed figures measured now are not to be "
+                                                    f"trusted ({reading.reason}); stop other work or measure later")]
+    return checks + [Check("contention", True, f"{detail}: quiet, speed figures can be trusted now")]
+
+
 def run_checks() -> list[Check]:
     """Every check, in the order they print."""
-    return [*_cpu(), _llama_build(), *_runtimes(), _gpu(), *_memory(), _versions()]
+    return [*_cpu(), _llama_build(), *_runtimes(), _gpu(), *_memory(), _versions(), *_speed()]

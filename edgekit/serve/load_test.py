@@ -9,6 +9,9 @@ the server. Every run is bounded: a fixed number of requests, each with a client
 
 Answers are sorted by status: 200 answered, 429 rejected by the bounded queue, 504 timed out
 by the server's per-request limit (a client timeout counts there too), anything else failed.
+As the speed protocol does (:mod:`edgekit.measure.speed`), a rate's target is judged on its P99 only when at
+least ``P99_MIN_SAMPLES`` requests were answered, and otherwise on the upper bound of the median
+latency's 95% interval (``target_basis`` says which).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from edgekit.core.progress import tqdm
+from edgekit.measure.speed import P99_MIN_SAMPLES, median_interval
 from edgekit.serve.batching import percentiles_ms, poisson_arrivals
 
 
@@ -58,7 +62,15 @@ def http_poisson_load(url: str, payloads: list[dict], rate_per_s: float, seed: i
             "rejected": int((status == 429).sum()), "timed_out": int((status == 504).sum()),
             "failed": int((~ok & (status != 429) & (status != 504)).sum()),
             "requests_per_s": float(ok.sum() / span), "tokens_per_s": float(sum(r[2] for r in replies) / span),
-            **percentiles_ms([r[1] for r in replies if r[0] == 200]), "seed": seed}
+            **percentiles_ms([r[1] for r in replies if r[0] == 200]), "seed": seed,
+            "latency_ms_p50_ci95": _median_bounds([r[1] * 1000 for r in replies if r[0] == 200])}
+
+
+def _median_bounds(ms: list[float]) -> list[float] | None:
+    if len(ms) < 2:
+        return None
+    _, low, high, _ = median_interval(ms)
+    return [low, high]
 
 
 def load_sweep(url: str, payloads: list[dict], rates: list[float], p99_target_ms: float, seed: int = 0,
@@ -72,10 +84,19 @@ def load_sweep(url: str, payloads: list[dict], rates: list[float], p99_target_ms
     for rate in tqdm(rates, desc="load sweep", disable=not progress):
         row = http_poisson_load(url, payloads, rate, seed, timeout_s)
         row["p99_target_ms"] = p99_target_ms
-        row["within_target"] = bool(row["answered"] == row["requests"]
-                                    and row["latency_ms_p99"] <= p99_target_ms)
+        row["target_basis"], judged = target_latency(row)
+        row["within_target"] = bool(row["answered"] == row["requests"] and judged <= p99_target_ms)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def target_latency(row: dict) -> tuple[str, float]:
+    """``(basis, ms)``: what a rate's latency target is judged on: its P99 with at least ``P99_MIN_SAMPLES``
+    answered requests, else the upper bound of the median's 95% interval."""
+    interval = row.get("latency_ms_p50_ci95")
+    if row["answered"] >= P99_MIN_SAMPLES or not interval:
+        return "p99", row["latency_ms_p99"]
+    return "median upper bound", interval[1]
 
 
 def knee(sweep: pd.DataFrame) -> dict:

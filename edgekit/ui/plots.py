@@ -129,11 +129,15 @@ def _error_bars(rows: pd.DataFrame, metric: str):
 
 def plot_latency_percentiles(frame: pd.DataFrame, ax: Axes | None = None) -> Axes:
     """Per-token decode latency P50/P95/P99 of every variant as grouped bars (log scale
-    when they span more than a decade)."""
+    when they span more than a decade). A percentile withheld for too few samples (:mod:`edgekit.measure.speed`)
+    has no bar; a variant timed under contention is labelled so."""
     ax = ax or plt.subplots(figsize=(6.4, 4.2))[1]
     data = normalize(frame)
     keys = [k for k in ("latency_ms_p50", "latency_ms_p95", "latency_ms_p99") if k in data]
-    data = data.dropna(subset=keys) if keys else data.iloc[0:0]
+    for key in keys:
+        data[key] = pd.to_numeric(data[key], errors="coerce")  # withheld: None or "-"
+    keys = [k for k in keys if data[k].notna().any()]
+    data = data.dropna(subset=keys[:1]) if keys else data.iloc[0:0]
     if data.empty:
         return _empty(ax, "no latency measured")
     labels = _point_labels(data)
@@ -145,7 +149,7 @@ def plot_latency_percentiles(frame: pd.DataFrame, ax: Axes | None = None) -> Axe
     ax.set_ylabel("decode latency per token (ms)")
     ax.set_title("latency percentiles")
     values = data[keys].to_numpy(float)
-    if values.min() > 0 and values.max() / values.min() > 10:
+    if np.nanmin(values) > 0 and np.nanmax(values) / np.nanmin(values) > 10:
         ax.set_yscale("log")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
@@ -240,9 +244,11 @@ def plot_load_sweep(sweep: pd.DataFrame, ax: Axes | None = None) -> Axes:
 
 
 def _point_labels(data: pd.DataFrame) -> list[str]:
+    flags = data["contended"].map(lambda c: c is True or c == "CONTENDED") if "contended" in data else [False] * len(data)
+    names = [f"{v} (contended)" if flag else v for v, flag in zip(data["variant"], flags)]
     if data["run"].nunique() > 1:
-        return [f"{v} ({r})" for v, r in zip(data["variant"], data["run"])]
-    return list(data["variant"])
+        return [f"{v} ({r})" for v, r in zip(names, data["run"])]
+    return names
 
 
 def _empty(ax: Axes, message: str) -> Axes:

@@ -8,6 +8,16 @@ tokens is 2.1 GB), otherwise as the baseline's ``BASELINE_TOP_K`` most likely to
 tail's mass (:func:`edgekit.measure.quality.score`'s ``top_k``; a row says which in ``kl_base_top_k``).
 Each variant's result is written to the store the moment it finishes; a variant that fails
 records its reason in its row and the sweep goes on.
+
+Speed follows the protocol of :mod:`edgekit.measure.speed`. Each variant's cold start (its first call after the
+load) is timed before it is scored. When the variants' weights fit in memory together (their planned
+weights, ``INTERLEAVE_HEADROOM`` times over, within ``INTERLEAVE_MEMORY_SHARE`` of the memory available
+now) they are loaded again after scoring, all at once, and timed in interleaved rounds, so every row's
+ratio to the baseline is paired by round; their rows are written once those rounds end. Otherwise each
+variant is timed back to back while it is loaded, and its row says ``speed_protocol: per-variant``.
+Peak memory is measured while each variant is scored alone, never with the others loaded. Every row
+also carries its roofline (:mod:`edgekit.measure.roofline`): bytes moved per decoded token against the
+triad bandwidth measured on the threads the runs use, and a verdict.
 """
 from __future__ import annotations
 
@@ -20,13 +30,17 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import pandas as pd
+import psutil
+import torch
 
 from edgekit.core.errors import EdgekitError, InputError
 from edgekit.core.paths import cache_key, eval_token_ids, work_dir
+from edgekit.measure import roofline, speed
 from edgekit.measure.peak_memory import PeakMemory, release_memory
-from edgekit.measure.quality import EvalSettings, Scores, delta_reading, measure_latency, score
+from edgekit.measure.quality import EvalSettings, Scores, delta_reading, score
 from edgekit.measure.store import Result, ResultStore, new_run_id
-from edgekit.models.load import load_tokenizer, model_revision, resolve_source
+from edgekit.memory.plan import kv_cache_bytes, kv_cache_dtype, parameter_count, weight_bytes
+from edgekit.models.load import load_tokenizer, model_config, model_revision, resolve_source
 from edgekit.runtimes import build_runner
 from edgekit.variants.registry import Variant
 
@@ -35,13 +49,17 @@ FULL_BASELINE_MAX_BYTES = 2 << 30
 # On the default model (vocabulary 4096, ~17% of the mass outside the top 64) a top-256 baseline's KL is
 # 6.5% below the full one's (top-64: 16%), the same share for int8, int4-g32 and int2-g64; top-1 is exact.
 BASELINE_TOP_K = 256
+INTERLEAVE_HEADROOM = 2        # a loaded runner holds its weights and working memory: twice its weights
+INTERLEAVE_MEMORY_SHARE = 0.5  # of the memory available when the comparison starts
 
 
 @dataclass(frozen=True)
 class LatencySettings:
+    """The speed protocol's settings (:mod:`edgekit.measure.speed`): ``runs`` repetitions of ``new_tokens`` each."""
+
     prompt_tokens: int = 32
-    new_tokens: int = 32
-    runs: int = 5
+    new_tokens: int = speed.NEW_TOKENS
+    runs: int = speed.REPETITIONS
     warmup: int = 1
 
 
@@ -73,7 +91,9 @@ def compare(model: str = "default", variants: Iterable[str] = DEFAULT_VARIANTS, 
     if names[0] in done and not (base_dir / "sums.npz").is_file():
         del done[names[0]]  # its scores are gone: the baseline is measured again for the others' KL
     base: Scores | None = Scores.load(base_dir) if names[0] in done else None
-    results = []
+    timed = [n for n in names if n not in done]
+    interleave = latency is not None and bool(timed) and fit_together(source, list(dict.fromkeys([names[0], *timed])))
+    results, pending = [], []
     for name in names:
         if name in done:
             results.append(done[name])
@@ -83,16 +103,116 @@ def compare(model: str = "default", variants: Iterable[str] = DEFAULT_VARIANTS, 
         is_baseline = name == names[0]
         result, scores = measure_variant(str(model), name, source, tokenizer, ids, settings, latency, prompt,
                                          base, is_baseline, run_settings, run_id, revision, progress,
-                                         baseline_top_k)
+                                         baseline_top_k, time_speed=not interleave)
         if is_baseline and scores is not None:
             base = scores
             scores.save(base_dir)
+        if latency is not None and not interleave and result.repetitions:
+            add_ratio(result, results[0] if results and results[0].variant == names[0] else None, source, latency)
+        results.append(result)
+        if interleave:
+            pending.append(result)
+            continue
         if store is not None:
             store.add(result)
-        results.append(result)
         if on_result:
             on_result(result)
+    if pending:
+        time_interleaved(pending, names[0], source, tokenizer, prompt, latency, progress)
+        for result in pending:
+            if store is not None:
+                store.add(result)
+            if on_result:
+                on_result(result)
     return results
+
+
+def fit_together(source: str, names: list[str]) -> bool:
+    """Whether the runners of ``names`` can be held at once: their planned weights, ``INTERLEAVE_HEADROOM`` times
+    over, within ``INTERLEAVE_MEMORY_SHARE`` of the memory available now (False when one cannot be planned)."""
+    if len(names) < 2:
+        return False
+    try:
+        config = model_config(source)
+        need = INTERLEAVE_HEADROOM * sum(weight_bytes(config, name) for name in names)
+    except EdgekitError:
+        return False
+    return need <= INTERLEAVE_MEMORY_SHARE * psutil.virtual_memory().available
+
+
+def time_interleaved(results: list[Result], baseline: str, source: str, tokenizer, prompt, latency: LatencySettings,
+                     progress: bool = True) -> None:
+    """Load the measured variants of ``results`` again, all at once, time them in interleaved rounds and put
+    each one's speed figures (ratio paired by round against ``baseline``, timed in the same rounds even when
+    its own row came from the store) and raw repetitions in its result. A variant that fails to load gets the
+    error in its row, the others keep their figures; a failure during the rounds is recorded in every row
+    they were to time."""
+    ok = [r for r in results if r.status == "ok"]
+    runners, reps = {}, {}
+    try:
+        if baseline not in {r.variant for r in results}:  # resumed: the stored baseline is timed again for pairing
+            try:
+                runners[baseline] = build_runner(baseline, source, tokenizer)
+            except Exception:  # noqa: BLE001 - without it the rows get no ratio, nothing else is lost
+                pass
+        for result in ok:
+            try:
+                runners[result.variant] = build_runner(result.variant, source, tokenizer)
+            except Exception as exc:  # one variant's failure must not end the comparison
+                result.status, result.error = "error", f"speed: {type(exc).__name__}: {exc}"
+        reps = speed.measure_speed(runners, prompt, latency.new_tokens, latency.runs, latency.warmup,
+                                   progress=progress)
+    except Exception as exc:  # the quality figures already measured are kept
+        for result in ok:
+            if result.variant in runners:
+                result.status, result.error = "error", f"speed: {type(exc).__name__}: {exc}"
+    finally:
+        for runner in runners.values():
+            runner.close()
+        runners.clear()
+        release_memory()
+    for result in ok:
+        if result.variant in reps:
+            _speed_row(result, reps[result.variant], reps.get(baseline), True, source, latency)
+
+
+def add_ratio(result: Result, baseline: Result | None, source: str, latency: LatencySettings) -> None:
+    """A per-variant row's ratio to ``baseline`` (its repetitions matched by index: not paired against drift)
+    and the roofline verdict that depends on it."""
+    if baseline is None or not baseline.repetitions or result is baseline:
+        return
+    reps = [speed.Repetition(**r) for r in result.repetitions]
+    base = [speed.Repetition(**r) for r in baseline.repetitions]
+    figures = speed.speed_figures(reps, base, interleaved=False)
+    result.metrics.update(speed_ratio=figures["speed_ratio"], speed_ratio_ci95=figures["speed_ratio_ci95"])
+    result.metrics.update(_roofline(result.variant, result.metrics, model_config(source), latency))
+
+
+def _speed_row(result: Result, reps: list, base: list | None, interleaved: bool, source: str,
+               latency: LatencySettings) -> None:
+    """Put the speed figures of ``reps`` (against ``base``), the roofline and the raw repetitions in ``result``."""
+    figures = speed.speed_figures(reps, base if base is not reps else None, interleaved)
+    if base is reps:
+        figures.update(speed_ratio=1.0, speed_ratio_ci95=[1.0, 1.0])
+    result.metrics.update(figures)
+    result.repetitions = [r.as_dict() for r in reps]
+    result.metrics.update(_roofline(result.variant, result.metrics, model_config(source), latency))
+
+
+def _roofline(name: str, metrics: dict, config, latency: LatencySettings) -> dict:
+    """The roofline columns of a row: bytes moved per token (weights as held + the KV cache read at the mean
+    context of the timed tokens) against the triad bandwidth on the threads the runs use."""
+    context = latency.prompt_tokens + latency.new_tokens // 2
+    try:
+        kv = kv_cache_bytes(config, context, dtype=kv_cache_dtype(config, name))
+    except EdgekitError:
+        kv = kv_cache_bytes(config, context, dtype="fp32")
+    ratio_hi = (metrics.get("speed_ratio_ci95") or [None, None])[1]
+    threads = torch.get_num_threads()
+    return roofline.roofline_figures(metrics["weight_bytes"], kv, parameter_count(config),
+                                     metrics["decode_tokens_per_s"], roofline.triad_bandwidth(threads),
+                                     roofline.matmul_throughput(threads),
+                                     slower_than_baseline=ratio_hi is not None and ratio_hi < 1)
 
 
 def run_inputs(tokenizer, eval_text: str, settings: EvalSettings, latency: LatencySettings | None,
@@ -114,18 +234,23 @@ def run_inputs(tokenizer, eval_text: str, settings: EvalSettings, latency: Laten
 def measure_variant(model: str, name: str, source, tokenizer, ids, settings: EvalSettings,
                     latency: LatencySettings | None, prompt, base: Scores | None, is_baseline: bool,
                     run_settings: dict, run_id: str, revision: str, progress: bool = True,
-                    baseline_top_k: int | None | str = "auto") -> tuple[Result, Scores | None]:
+                    baseline_top_k: int | None | str = "auto", time_speed: bool = True) -> tuple[Result, Scores | None]:
     """One cell: variant ``name`` of ``model`` measured on ``ids`` (against ``base`` unless it is the baseline).
 
     Returns its result, and its scores (None when it failed). A failure is recorded in the result, never
     raised, so the comparison or sweep around it goes on. Shared by :func:`compare` and edgekit.workflows.sweep.
+    With ``latency``, the cold start is timed right after the load; with ``time_speed`` too, the speed
+    protocol's repetitions run back to back while the variant is loaded (``per-variant``; without it the
+    caller times them interleaved with the other variants).
     """
     result = Result(model=model, variant=name, settings=run_settings, run_id=run_id, model_revision=revision)
     scores = None
     try:
         top_k = kept_top_k(baseline_top_k, ids, settings, len(tokenizer)) if is_baseline else None
-        result.metrics, scores = _measure_one(name, source, tokenizer, ids, settings, latency, prompt,
-                                              base, is_baseline, progress, top_k)
+        result.metrics, scores, reps = _measure_one(name, source, tokenizer, ids, settings, latency, prompt,
+                                                    base, is_baseline, progress, top_k, time_speed)
+        if reps:
+            _speed_row(result, reps, reps if is_baseline else None, False, source, latency)
     except EdgekitError as exc:
         result.status, result.error = "error", str(exc)
     except Exception as exc:  # one variant's failure must not end the sweep
@@ -157,13 +282,16 @@ def _measured(store: ResultStore, model: str, revision: str, run_settings: dict)
             if r.status == "ok" and r.model_revision == revision and r.settings == same}
 
 
-def _measure_one(name, source, tokenizer, ids, settings, latency, prompt, base, is_baseline, progress, top_k):
+def _measure_one(name, source, tokenizer, ids, settings, latency, prompt, base, is_baseline, progress, top_k,
+                 time_speed=True):
     release_memory()
+    reps = None
     with PeakMemory() as peak:
         start = time.perf_counter()
         runner = build_runner(name, source, tokenizer)
         load_s = time.perf_counter() - start
         try:
+            cold = speed.cold_start_ms(runner, prompt) if latency else None
             start = time.perf_counter()
             scores = score(runner, ids, settings, baseline=None if is_baseline else base,
                            keep_logprobs=is_baseline, progress=progress, top_k=top_k)
@@ -177,22 +305,27 @@ def _measure_one(name, source, tokenizer, ids, settings, latency, prompt, base, 
             elif base is not None:
                 metrics.update(scores.against(base))
             if latency:
-                metrics.update(measure_latency(runner, prompt, latency.new_tokens, latency.runs,
-                                               latency.warmup, progress))
+                metrics["cold_start_ms"] = cold
+                if getattr(runner, "compute_path", None):  # how its layers multiply: explains its roofline verdict
+                    metrics["compute_path"] = runner.compute_path
+            if latency and time_speed:
+                reps = speed.measure_speed({name: runner}, prompt, latency.new_tokens, latency.runs, latency.warmup,
+                                           progress=progress)[name]
         finally:
             runner.close()
             del runner
     metrics.update(peak.result)
-    return metrics, scores
+    return metrics, scores, reps
 
 
 SUMMARY_COLUMNS = {
     "variant": "variant", "perplexity": "ppl", "delta_ppl_pct": "Δppl %", "delta_ppl_pct_ci95": "Δppl 95% CI",
     "delta_ppl_reading": "Δppl reading", "kl_divergence": "KL", "kl_divergence_se": "KL ±se",
     "top1_agreement": "top-1", "top1_agreement_se": "top-1 ±se",
-    "weight_bytes": "weights MB", "peak_rss_bytes": "peak RSS MB", "ttft_ms": "TTFT ms",
-    "decode_tokens_per_s": "tok/s", "latency_ms_p50": "p50 ms", "latency_ms_p95": "p95 ms",
-    "latency_ms_p99": "p99 ms", "latency_indicative": "indicative", "error": "error",
+    "weight_bytes": "weights MB", "peak_rss_bytes": "peak RSS MB", "cold_start_ms": "cold ms", "ttft_ms": "TTFT ms",
+    "decode_tokens_per_s": "tok/s", "decode_tokens_per_s_ci95": "tok/s 95% CI", "speed_ratio_ci95": "× base [95% CI]", "latency_ms_p50": "p50 ms", "latency_ms_p95": "p95 ms",
+    "latency_ms_p99": "p99 ms", "latency_indicative": "withheld", "bandwidth_gbps": "GB/s",
+    "bandwidth_fraction": "of peak", "bound": "bound", "contended": "contended", "error": "error",
 }
 
 
@@ -200,8 +333,9 @@ def summary_frame(results: list[Result]) -> pd.DataFrame:
     """The comparison table: quality with its uncertainty beside bytes and latency.
 
     "Δppl reading" says what the interval allows (:func:`edgekit.measure.quality.delta_reading`): a variant
-    below its baseline beyond its interval is noise of the text, not a better model; "indicative" lists
-    the latency percentiles too few samples pin down (:func:`edgekit.measure.quality.percentiles_indicative`)."""
+    below its baseline beyond its interval is noise of the text, not a better model; "withheld" lists
+    the latency percentiles too few samples pin down, withheld (:mod:`edgekit.measure.speed`); "contended" marks a row
+    whose repetitions ran while other processes took its cores (its speed backs no claim)."""
     rows = []
     for r in results:
         row = {"variant": r.variant, **{k: v for k, v in r.metrics.items() if k in SUMMARY_COLUMNS}, "error": r.error}
@@ -217,6 +351,15 @@ def summary_frame(results: list[Result]) -> pd.DataFrame:
                 row.setdefault("delta_ppl_reading", delta_reading(lo, hi))
         if "latency_indicative" in row:
             row["latency_indicative"] = ", ".join(row["latency_indicative"]) or "-"
+        if row.get("decode_tokens_per_s_ci95"):
+            row["decode_tokens_per_s_ci95"] = "[{:.4g}, {:.4g}]".format(*row["decode_tokens_per_s_ci95"])
+        if row.get("speed_ratio_ci95"):
+            row["speed_ratio_ci95"] = "{:.2f} [{:.2f}, {:.2f}]".format(r.metrics["speed_ratio"], *row["speed_ratio_ci95"])
+        for key in ("latency_ms_p95", "latency_ms_p99"):
+            if key in row and row[key] is None:
+                row[key] = "-"  # withheld: too few samples
+        if "contended" in row:
+            row["contended"] = {True: "CONTENDED", False: "-"}.get(row["contended"], "?")
         rows.append(row)
     frame = pd.DataFrame(rows)
     frame = frame[[c for c in SUMMARY_COLUMNS if c in frame.columns]].rename(columns=SUMMARY_COLUMNS)
@@ -231,7 +374,11 @@ COMPARE_JSON_KEYS = ("variant", "status", "error", "perplexity", "perplexity_ci9
                      "peak_rss_file_bytes", "ttft_ms", "decode_tokens_per_s", "latency_ms_p50", "latency_ms_p95",
                      "latency_ms_p99", "scored_tokens", "windows", "load_s", "eval_s",
                      "delta_ppl_pct_ci95_bootstrap", "kl_divergence_ci95_bootstrap", "top1_agreement_ci95_bootstrap",
-                     "kl_base_top_k")
+                     "kl_base_top_k", "decode_tokens_per_s_ci95", "ttft_ms_ci95", "speed_ratio", "speed_ratio_ci95",
+                     "cold_start_ms", "repetitions", "contended", "contended_repetitions", "speed_protocol",
+                     "speed_ci_coverage", "latency_samples", "latency_ms_p95_ci95", "latency_ms_p99_ci95",
+                     "bytes_per_token", "bandwidth_gbps", "bandwidth_fraction", "peak_bandwidth_gbps",
+                     "compute_fraction", "bound")
 
 
 def results_json(results: list[Result]) -> list[dict]:

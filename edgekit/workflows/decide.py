@@ -17,7 +17,12 @@ How each limit is judged:
   variant's plan (weights, KV cache, activations, runtime, load peak) at ``context`` must fit it.
 - **latency** on what the rows measured, on the machine they were measured on (the row's
   environment names its CPU), not on the target device, whose speed the store does not hold;
-  a P99 from too few samples (``latency_indicative``) is used and flagged.
+  decode tokens/s on the lower bound of its 95% interval (``decode_tokens_per_s_ci95``, the speed
+  protocol of :mod:`edgekit.measure.speed`; a row stored without one on its point estimate, and the table
+  says so); a P99 the protocol withheld (fewer than ``P99_MIN_SAMPLES`` gaps) fails the limit rather
+  than pass on a guess, and an older row's P99 from too few samples (``latency_indicative``) is used
+  and flagged. A row whose repetitions ran contended (other processes on its cores) backs no speed
+  limit unless ``trust_contended`` is given.
 
 Rows are the newest ``ok`` row of each variant of one model, among those scored on the same tokens
 and settings as the newest row (KL from other text or another baseline does not compare).
@@ -33,6 +38,7 @@ from typing import Iterable
 import pandas as pd
 
 from edgekit.core.errors import EdgekitError, InputError
+from edgekit.measure.speed import P99_MIN_SAMPLES, rate_bounds, trusted
 from edgekit.measure.store import Result, ResultStore
 from edgekit.memory.plan import GIB, DeviceProfile, load_profile, plan_memory
 from edgekit.variants.registry import Variant
@@ -114,7 +120,8 @@ class Decision:
             rows.append({"variant": c.variant, "runtime": c.runtime, "weights MB": c.weight_bytes / 1e6,
                          "KL bound": quality_bound(m, "kl_divergence")[0],
                          "Δppl % bound": quality_bound(m, "delta_ppl_pct")[0],
-                         "tok/s": m.get("decode_tokens_per_s"), "p99 ms": m.get("latency_ms_p99"),
+                         "tok/s": m.get("decode_tokens_per_s"), "tok/s low": rate_bounds(m)[0],
+                         "p99 ms": m.get("latency_ms_p99"), "contended": m.get("contended"),
                          "verdict": verdict})
         return pd.DataFrame(rows)
 
@@ -131,14 +138,16 @@ def quality_bound(metrics: dict, key: str) -> tuple[float | None, str]:
 def decide(store: "ResultStore | str | os.PathLike | Iterable[Result]", device: "str | DeviceProfile" = "laptop-16gb",
            *, max_kl: float | None = None, max_delta_ppl_pct: float | None = None,
            min_tokens_per_s: float | None = None, max_p99_ms: float | None = None, context: int = 2048,
-           model: str | None = None) -> Decision:
-    """Recommend a variant and runtime from the measured rows in ``store`` (a store, its path, or results)."""
+           model: str | None = None, trust_contended: bool = False) -> Decision:
+    """Recommend a variant and runtime from the measured rows in ``store`` (a store, its path, or results).
+
+    ``trust_contended``: let rows timed under contention pass speed limits all the same."""
     profile = load_profile(device)
     rows = comparable_rows(_results(store), model)
     newest = rows[-1]
     kept = _same_scoring(rows, newest)
-    candidates = [_candidate(r, profile, context, max_kl, max_delta_ppl_pct, min_tokens_per_s, max_p99_ms)
-                  for r in kept]
+    candidates = [_candidate(r, profile, context, max_kl, max_delta_ppl_pct, min_tokens_per_s, max_p99_ms,
+                             trust_contended) for r in kept]
     passing = sorted((c for c in candidates if c.passed),
                      key=lambda c: (c.weight_bytes, -(c.metrics.get("decode_tokens_per_s") or 0)))
     failing = sorted((c for c in candidates if not c.passed), key=lambda c: (len(c.failed), sum(k.miss for k in c.failed)))
@@ -178,7 +187,8 @@ def _same_scoring(rows: list[Result], reference: Result) -> list[Result]:
     return [r for r in rows if key(r) == key(reference)]
 
 
-def _candidate(row: Result, profile: DeviceProfile, context: int, max_kl, max_dppl, min_tps, max_p99) -> Candidate:
+def _candidate(row: Result, profile: DeviceProfile, context: int, max_kl, max_dppl, min_tps, max_p99,
+               trust_contended: bool = False) -> Candidate:
     variant = Variant.parse(row.variant)
     m = row.metrics
     candidate = Candidate(row.variant, variant.family, int(m.get("weight_bytes") or 0), m)
@@ -187,18 +197,30 @@ def _candidate(row: Result, profile: DeviceProfile, context: int, max_kl, max_dp
         if limit is not None:
             value, which = quality_bound(m, key)
             candidate.checks.append(_at_most(label, value, limit, which))
+    speed_limits = [(label, limit) for label, limit in (("tokens/s", min_tps), ("P99 ms", max_p99)) if limit is not None]
+    if speed_limits and not trusted(m, trust_contended):
+        for label, _ in speed_limits:
+            candidate.checks.append(Check(label, False, f"{label} measured while other processes held its cores "
+                                          "(contended): measure again on a quiet machine, or trust_contended=True",
+                                          math.inf))
+        return candidate
     if min_tps is not None:
-        value = m.get("decode_tokens_per_s")
-        if value is None:
+        low, _ = rate_bounds(m)
+        which = "95% lower bound" if m.get("decode_tokens_per_s_ci95") else "point estimate"
+        if low is None:
             candidate.checks.append(Check("tokens/s", False, "tokens/s not measured", math.inf))
         else:
-            passed = value >= min_tps
-            candidate.checks.append(Check("tokens/s", passed, f"{value:.0f} tokens/s {'≥' if passed else '<'} {min_tps:g}",
-                                          0.0 if passed else (min_tps - value) / min_tps))
+            passed = low >= min_tps
+            candidate.checks.append(Check("tokens/s", passed, f"{low:.0f} tokens/s ({which}) {'≥' if passed else '<'} "
+                                          f"{min_tps:g}", 0.0 if passed else (min_tps - low) / min_tps))
     if max_p99 is not None:
         flagged = "p99" in (m.get("latency_indicative") or [])
-        candidate.checks.append(_at_most("P99 ms", m.get("latency_ms_p99"), max_p99,
-                                         "indicative: too few samples" if flagged else "measured"))
+        if m.get("latency_ms_p99") is None and m.get("latency_samples") is not None:
+            candidate.checks.append(Check("P99 ms", False, f"P99 withheld: {m['latency_samples']} decode steps timed, "
+                                          f"fewer than {P99_MIN_SAMPLES}; time more repetitions to judge it", math.inf))
+        else:
+            candidate.checks.append(_at_most("P99 ms", m.get("latency_ms_p99"), max_p99,
+                                             "indicative: too few samples" if flagged else "measured"))
     return candidate
 
 

@@ -4,11 +4,17 @@ Follows the ONNX Runtime "Tune performance" guide (threads, graph optimisation l
 I/O binding; for MatMulNBits int4 models the ``accuracy_level`` of the quantized graph)
 and the PyTorch CPU performance tuning guide (intra-op threads, ``torch.compile``):
 the only way to know which setting is fastest on a device is to measure it there. Each
-candidate gets warm-up runs, then repeated timed generations through
-:func:`edgekit.measure.quality.measure_latency`; candidates are ranked by P50 decode latency
-(per-token gap), ties broken by P99. The winner of an ONNX artifact's sweep is written
-into its manifest as ``runtime_settings``, which :func:`edgekit.runtimes.load_artifact`
-applies whenever the artifact is loaded.
+candidate gets a warm-up generation, then ``runs`` timed repetitions by the speed protocol
+(:mod:`edgekit.measure.speed`, back to back: a thread count is process-wide, so two candidates cannot be
+held at once); candidates are ranked by P50 decode latency (per-token gap), ties broken by P99.
+
+The fastest is not yet a winner. A setting is named the winner only when its decode tokens/s
+interval lies wholly above the default's (``TuningReport.winner``); otherwise the sweep is a tie and
+the default stays, whatever the point estimates say (no fixed "10% is noise" constant: the intervals
+measured in this sweep decide). A candidate whose repetitions ran contended is not named the winner
+unless the caller insists. The winner of an ONNX artifact's sweep is written into its manifest as
+``runtime_settings`` with the intervals it won by (``tuning``), which
+:func:`edgekit.runtimes.load_artifact` applies whenever the artifact is loaded.
 
 A *factory* turns one candidate's settings (a dict) into a Runner; :func:`ort_factory`
 and :func:`torch_factory` build the usual ones.
@@ -16,6 +22,7 @@ and :func:`torch_factory` build the usual ones.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +35,7 @@ from edgekit.artifacts.manifest import read_manifest, update_manifest
 from edgekit.core.errors import EdgekitError, InputError
 from edgekit.core.progress import tqdm
 from edgekit.measure.peak_memory import release_memory
-from edgekit.measure.quality import measure_latency
+from edgekit.measure.speed import measure_speed, speed_figures, trusted
 from edgekit.measure.store import Result, ResultStore
 from edgekit.runtimes import build_runner, cached_artifact, load_artifact
 
@@ -83,12 +90,37 @@ class TuningReport:
             raise EdgekitError("every candidate of the sweep failed; see the table's error column")
         return dict(ok["settings"].iloc[0])
 
+    def winner(self, insist: bool = False) -> dict | None:
+        """The settings the sweep may name: the fastest when its decode tokens/s interval lies wholly above the
+        default's (and it ran uncontended, unless ``insist``); the default when they overlap (a tie); the fastest
+        as is without a default in the sweep."""
+        best = self.best
+        if self.default is None or best == self.default:
+            return best
+        row, base = self.row(best), self.row(self.default)
+        if base is None:
+            return best
+        return best if separated(row, base) and trusted(row, insist) else self.default
+
+    def row(self, settings: dict) -> dict | None:
+        """The figures of the candidate with ``settings`` (None when it is not in the table or failed)."""
+        match = self.table[self.table["settings"].map(lambda s: s == settings) & self.table["error"].isna()]
+        return None if match.empty else match.iloc[0].to_dict()
+
     @property
     def gain_over_default(self) -> float:
         """Best P50 speed-up over the default setting measured in the same sweep (NaN without a default)."""
         if "speedup_vs_default" not in self.table:
             return math.nan
         return float(self.table["speedup_vs_default"].iloc[0])
+
+
+def separated(row: dict, base: dict) -> bool:
+    """Whether ``row``'s decode tokens/s interval lies wholly above ``base``'s (rows without intervals: never)."""
+    mine, theirs = row.get("decode_tokens_per_s_ci95"), base.get("decode_tokens_per_s_ci95")
+    if not isinstance(mine, (list, tuple)) or not isinstance(theirs, (list, tuple)):
+        return False
+    return mine[0] > theirs[1]
 
 
 def tune(factory: Factory, candidates: list[dict], prompt_ids: torch.Tensor, *, default: dict | None = None,
@@ -113,7 +145,9 @@ def tune(factory: Factory, candidates: list[dict], prompt_ids: torch.Tensor, *, 
             runner = None
             try:
                 runner = factory(settings)
-                row.update(measure_latency(runner, prompt_ids, new_tokens, runs, warmup, progress=False))
+                reps = measure_speed({row["label"]: runner}, prompt_ids, new_tokens, runs, warmup,
+                                     progress=False)[row["label"]]
+                row.update(speed_figures(reps, interleaved=False))
             except (EdgekitError, RuntimeError, ValueError) as exc:  # a setting the runtime refuses
                 row.update(error=f"{type(exc).__name__}: {exc}", latency_ms_p50=math.inf, latency_ms_p99=math.inf)
             finally:
@@ -174,11 +208,19 @@ def torch_factory(variant: str, source: str = "default") -> Factory:
     return build
 
 
-def write_best(artifact_dir: str | Path, report: TuningReport) -> dict:
-    """Record the sweep's winner as the artifact's ``runtime_settings`` (files re-verified first); returns them."""
-
-    best = {k: v for k, v in report.best.items() if k in ORT_RUNTIME_KEYS}
+def write_best(artifact_dir: str | Path, report: TuningReport, insist: bool = False) -> dict:
+    """Record the sweep's winner (:meth:`TuningReport.winner`; the default on a tie) as the artifact's
+    ``runtime_settings``, and under ``tuning`` the intervals it was chosen on (files re-verified first);
+    returns the settings."""
+    winner = report.winner(insist)
+    best = {k: v for k, v in winner.items() if k in ORT_RUNTIME_KEYS}
     current = read_manifest(artifact_dir).data.get("runtime_settings") or {}
     settings = {**current, **best}
-    update_manifest(artifact_dir, runtime_settings=settings)
+    chosen = report.row(winner) or {}
+    default = report.row(report.default) if report.default is not None else None
+    record = {"winner": winner, "fastest": report.best, "tie": winner != report.best,
+              "decode_tokens_per_s_ci95": chosen.get("decode_tokens_per_s_ci95"),
+              "default": report.default, "default_decode_tokens_per_s_ci95": (default or {}).get("decode_tokens_per_s_ci95"),
+              "contended": chosen.get("contended")}
+    update_manifest(artifact_dir, runtime_settings=settings, tuning=json.loads(json.dumps(record, default=str)))
     return settings

@@ -10,7 +10,8 @@ from edgekit.measure.quality import EvalSettings
 from edgekit.workflows.canary import CanaryThresholds, canary, manifest_frame
 
 SETTINGS = EvalSettings(context=128, stride=64, max_tokens=768)
-NO_LATENCY_LIMIT = dict(max_slowdown_pct=1e9, max_p99_increase_pct=1e9)  # tests judge correctness, not speed
+# tests judge correctness, not speed (on a shared machine the timing is contended: trusted all the same)
+NO_LATENCY_LIMIT = dict(max_slowdown_pct=1e9, max_p99_increase_pct=1e9, trust_contended=True)
 
 
 def _canary(candidate, current, eval_ids, **limits):
@@ -25,7 +26,7 @@ def test_identical_artifact_is_promoted(onnx_artifact, eval_ids, tmp_path):
     assert report.promote and report.verdict == "promote"
     assert report.metrics["kl_divergence"] < 1e-9 and report.metrics["top1_agreement"] == 1.0
     assert list(report.frame()["check"]) == ["perplexity delta", "KL divergence", "top-1 agreement",
-                                             "decode slowdown", "P99 latency increase"]
+                                             "decode slowdown", "median latency increase"]  # 14 steps: no P99
 
 
 def test_quantized_candidate_held_back_by_strict_quality_limits(onnx_artifact, eval_ids):
@@ -43,7 +44,7 @@ def test_latency_limits_are_applied(onnx_artifact, eval_ids):
                      max_slowdown_pct=-1e6, max_kl_divergence=10, min_top1_agreement=0, max_delta_ppl_pct=1e6)
     assert [c["check"] for c in report.checks if not c["passed"]] == ["decode slowdown"]
     relaxed = report.judged(CanaryThresholds(max_slowdown_pct=1e9, max_p99_increase_pct=1e9, max_kl_divergence=10,
-                                             min_top1_agreement=0, max_delta_ppl_pct=1e6))
+                                             min_top1_agreement=0, max_delta_ppl_pct=1e6, trust_contended=True))
     assert relaxed.promote and relaxed.metrics is report.metrics  # judged again, not measured again
 
 

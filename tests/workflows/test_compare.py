@@ -8,11 +8,13 @@ import pytest
 
 from edgekit.cli import main
 from edgekit.core.errors import EdgekitError
+from edgekit.measure.store import ResultStore
 from edgekit.workflows.compare import COMPARE_JSON_KEYS
 
 ISSUE_KEYS = {"variant", "perplexity", "delta_ppl_pct", "kl_divergence", "top1_agreement", "weight_bytes",
-              "peak_rss_bytes", "ttft_ms", "decode_tokens_per_s", "latency_ms_p50", "latency_ms_p95",
-              "latency_ms_p99", "scored_tokens"}
+              "peak_rss_bytes", "ttft_ms", "decode_tokens_per_s", "latency_ms_p50", "scored_tokens"}
+SPEED_KEYS = {"decode_tokens_per_s_ci95", "ttft_ms_ci95", "speed_ratio_ci95", "cold_start_ms", "repetitions",
+              "contended", "bandwidth_gbps", "bandwidth_fraction", "bound"}
 
 
 def edgekit(*args, tmp_path):
@@ -24,7 +26,7 @@ def edgekit(*args, tmp_path):
 def test_compare_end_to_end(tmp_path):
     out = tmp_path / "compare.json"
     proc = edgekit("compare", "--model", "default", "--variants", "fp32,int8,int4-g32", "--max-tokens", "384",
-                   "--context", "128", "--stride", "64", "--new-tokens", "3", "--runs", "1", "--json", str(out),
+                   "--context", "128", "--stride", "64", "--new-tokens", "3", "--runs", "2", "--json", str(out),
                    tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(out.read_text())
@@ -33,12 +35,19 @@ def test_compare_end_to_end(tmp_path):
     for row in rows:
         assert row["status"] == "ok" and row["error"] is None
         assert row["scored_tokens"] == 383 and row["perplexity"] > 1
-        assert all(row[k] is not None for k in ISSUE_KEYS)
-        assert row["latency_ms_p50"] <= row["latency_ms_p95"] <= row["latency_ms_p99"]
+        assert all(row[k] is not None for k in ISSUE_KEYS) and SPEED_KEYS <= set(row)
+        assert row["latency_ms_p95"] is None and row["latency_ms_p99"] is None  # 4 decode steps: withheld
+        assert row["repetitions"] == 2 and row["speed_protocol"] == "interleaved" and row["cold_start_ms"] > 0
+        low, high = row["decode_tokens_per_s_ci95"]
+        assert low <= row["decode_tokens_per_s"] <= high and row["bound"] and row["bandwidth_gbps"] > 0
     assert rows[0]["delta_ppl_pct"] == 0 and rows[0]["kl_divergence"] == 0 and rows[0]["top1_agreement"] == 1
+    assert rows[0]["speed_ratio_ci95"] == [1.0, 1.0] and rows[1]["speed_ratio_ci95"][0] <= rows[1]["speed_ratio"]
     assert rows[2]["kl_divergence"] > 0 and rows[2]["weight_bytes"] < rows[1]["weight_bytes"] < rows[0]["weight_bytes"]
     assert "int4-g32" in proc.stdout and "Δppl %" in proc.stdout  # the table is printed
     assert (tmp_path / "results.sqlite").exists()
+    reps = ResultStore(tmp_path / "results.sqlite").repetitions(run_id=rows[0]["run_id"])
+    assert len(reps) == 6 and sorted(set(reps["round"])) == [0, 1]
+    assert all(len(g) == 2 for g in reps["gaps_ms"])  # the raw repetitions are kept
 
 
 @pytest.mark.parametrize("args,message", [

@@ -26,7 +26,7 @@ def _metrics(store):
 
 
 def test_loose_limits_pick_the_fewest_bytes(store):
-    decision = decide(store, "laptop-16gb", max_kl=100.0, min_tokens_per_s=0.1)
+    decision = decide(store, "laptop-16gb", max_kl=100.0, min_tokens_per_s=0.1, trust_contended=True)
     smallest = min(MEASURED, key=lambda v: _metrics(store)[v]["weight_bytes"])
     assert decision.recommended.variant == smallest
     assert all(c.passed for c in decision.candidates)

@@ -75,6 +75,9 @@ def test_onnx_winner_written_to_manifest_and_used(onnx_artifact, tmp_path):
     assert report.best == {"intra_op_threads": 1, "io_binding": False}   # the only candidate wins
     settings = write_best(onnx_int4_artifact, report)
     assert read_manifest(onnx_int4_artifact).data["runtime_settings"] == settings
+    tuning = read_manifest(onnx_int4_artifact).data["tuning"]               # with the interval it won by
+    assert tuning["winner"] == report.best and tuning["tie"] is False and "decode_tokens_per_s_ci95" in tuning
     runner = load_artifact(onnx_int4_artifact)             # verification still passes
     assert runner.settings["intra_op_threads"] == 1 and runner.settings["io_binding"] is False
     runner.close()
+
