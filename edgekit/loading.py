@@ -1,6 +1,8 @@
 """Load a causal LM and its tokenizer from ``"default"``, a local folder or a hub id, safely.
 
-Safe by default: ``trust_remote_code`` stays off unless the caller asks, weights load
+Safe by default: ``trust_remote_code`` stays off unless the caller asks, and a folder that
+names code of its own (``auto_map``, or a tokenizer class transformers does not ship) is refused
+before transformers reads it (:func:`refuse_remote_code`), weights load
 from safetensors only (``use_safetensors=True``: no pickle is ever unpickled), and a hub
 id respects offline mode (``HF_HUB_OFFLINE=1``). Every way a source can be wrong raises a
 :class:`~edgekit.errors.ModelSourceError` that names the problem and the fix.
@@ -109,10 +111,55 @@ def _hub_revision(repo_id: str) -> str:
     return UNKNOWN_REVISION
 
 
+REMOTE_CODE_FILES = ("config.json", "tokenizer_config.json", "generation_config.json", "processor_config.json",
+                     "preprocessor_config.json")
+
+
+def refuse_remote_code(folder: str | os.PathLike) -> None:
+    """Raise ModelSourceError if ``folder``'s configs would have transformers (or llama.cpp's converter,
+    which asks for remote code) import Python from the folder or the hub: an ``auto_map`` in any
+    config, or a tokenizer class transformers does not ship."""
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+    folder = Path(folder)
+    for name in REMOTE_CODE_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            raise ModelSourceError(f"{path} is not valid JSON; repair or re-save the model folder") from None
+        if not isinstance(data, dict):
+            raise ModelSourceError(f"{path} is not a JSON object; repair or re-save the model folder")
+        if "auto_map" in data:
+            raise ModelSourceError(f"{folder} ships its own code ({name} has auto_map); edgekit never runs a model "
+                                   "folder's code: use a model transformers supports natively")
+        cls = data.get("tokenizer_class")
+        if cls is not None and (not isinstance(cls, str) or tokenizer_class_from_name(cls) is None
+                                and tokenizer_class_from_name(cls.removesuffix("Fast")) is None):
+            raise ModelSourceError(f"{folder} names tokenizer class {str(cls)[:60]!r}, which transformers does not "
+                                   "ship; edgekit never runs a model folder's code: use a supported tokenizer")
+
+
+def folder_tokenizer(folder: str | os.PathLike, trust_remote_code: bool = False):
+    """``AutoTokenizer.from_pretrained(folder)`` with remote code off (a folder asking for it is refused)."""
+    from transformers import AutoTokenizer
+
+    if not trust_remote_code and Path(folder).is_dir():
+        refuse_remote_code(folder)
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        raise ModelSourceError(f"{folder}: {str(exc).splitlines()[0]}") from None
+
+
 def model_config(source: str, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
     resolved = resolve_source(source)
+    if not trust_remote_code and Path(resolved).is_dir():
+        refuse_remote_code(resolved)
     try:
         config = AutoConfig.from_pretrained(resolved, trust_remote_code=trust_remote_code)
     except OSError as exc:
@@ -127,11 +174,9 @@ def model_config(source: str, trust_remote_code: bool = False):
 
 
 def load_tokenizer(source: str, trust_remote_code: bool = False):
-    from transformers import AutoTokenizer
-
     resolved = resolve_source(source)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolved, trust_remote_code=trust_remote_code)
+        tokenizer = folder_tokenizer(resolved, trust_remote_code)
     except OSError as exc:
         raise _hub_error(resolved, exc) from None
     if tokenizer.pad_token is None:

@@ -53,7 +53,7 @@ from edgekit.artifact import cached_artifact as shared_cache
 from edgekit.data import read_split, staged, work_dir
 from edgekit.errors import ModelSourceError, VariantError
 from edgekit.guard import admit
-from edgekit.loading import load_tokenizer, model_config, model_key, resolve_source
+from edgekit.loading import folder_tokenizer, load_tokenizer, model_config, model_key, refuse_remote_code, resolve_source
 from edgekit.models import original_gguf
 from edgekit.native_build import CONVERTER, CONVERTER_PACKAGES, converter_dir, llama_cpp_version
 from edgekit.plan import config_dtype
@@ -105,8 +105,13 @@ def _local_model_dir(source: str) -> Path:
 
 
 def convert_to_gguf(source: str, out_path: Path, outtype: str = "f32") -> Path:
-    """Run llama.cpp's converter on ``source`` (with the documented pre-tokenizer mapping)."""
+    """Run llama.cpp's converter on ``source`` (with the documented pre-tokenizer mapping).
+
+    The converter asks transformers for remote code (``trust_remote_code=True``) for custom
+    tokenizers and several architectures, so a folder that carries code of its own is refused
+    first, and the converter's process forces remote code off as well (:func:`_run_converter`)."""
     model_dir = _local_model_dir(source)
+    refuse_remote_code(model_dir)
     folder = ensure_converter()
     env = {**os.environ, "EDGEKIT_GGUF_PRE": pre_tokenizer_mapping(model_dir) or ""}
     cmd = [sys.executable, "-m", "edgekit.runtimes.llama_cpp", str(folder), str(model_dir), "--outfile", str(out_path),
@@ -362,9 +367,7 @@ def self_test(tokens: int = 32) -> None:
 @artifact_loader("llama.cpp")
 def load_gguf_artifact(manifest: Manifest, threads: int | None = None, n_ctx: int = 1024, tokenizer=None,
                        kv: str | None = None):
-    from transformers import AutoTokenizer
-
-    tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(manifest.path))
+    tokenizer = tokenizer or folder_tokenizer(manifest.path)
     return LlamaCppRunner(manifest.variant, manifest.path / MODEL_FILE, tokenizer,
                           threads=threads or manifest.data.get("runtime_settings", {}).get("threads"), n_ctx=n_ctx,
                           kv=kv)
@@ -400,9 +403,18 @@ def build_gguf(variant: Variant, source: str, tokenizer) -> LlamaCppRunner:
 
 
 def _run_converter(folder: str, argv: list[str]) -> None:
-    """Run llama.cpp's converter in this process, with edgekit's pre-tokenizer mapping installed."""
+    """Run llama.cpp's converter in this process, with edgekit's pre-tokenizer mapping installed and
+    remote code forced off in every transformers ``from_pretrained`` it calls."""
     import logging
     import runpy
+
+    import transformers
+
+    for auto in (transformers.AutoConfig, transformers.AutoTokenizer, transformers.AutoModel,
+                 transformers.AutoModelForCausalLM):
+        def no_remote_code(*args, _load=auto.from_pretrained, **kwargs):
+            return _load(*args, **{**kwargs, "trust_remote_code": False})
+        auto.from_pretrained = no_remote_code
 
     sys.path[:0] = [folder, str(Path(folder) / "gguf-py")]  # the converter's own gguf, before PyPI's
     from conversion import base

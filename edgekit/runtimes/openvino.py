@@ -38,7 +38,7 @@ from edgekit.artifact import Manifest, artifact_loader, copy_side_files, load_ar
 from edgekit.artifact import cached_artifact as shared_cache
 from edgekit.data import work_dir
 from edgekit.guard import admit
-from edgekit.loading import model_key
+from edgekit.loading import folder_tokenizer, model_key
 from edgekit.registry import Variant, group_codes_bytes, per_channel_int8_bytes, register
 from edgekit.runtimes.onnxruntime.build import build_nbits_decoder
 from edgekit.runtimes.onnxruntime.export import cached_export
@@ -183,10 +183,8 @@ class OpenVINORunner:
 @artifact_loader("openvino")
 def load_openvino_artifact(manifest: Manifest, device: str | None = None, threads: int | None = None,
                            tokenizer=None) -> OpenVINORunner:
-    from transformers import AutoTokenizer
-
     settings = manifest.data.get("runtime_settings", {})
-    tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(manifest.path))
+    tokenizer = tokenizer or folder_tokenizer(manifest.path)
     return OpenVINORunner(manifest.variant, manifest.path, tokenizer,
                           device=device or settings.get("device", "CPU"),
                           threads=threads or settings.get("threads"))

@@ -28,6 +28,7 @@ import torch
 
 from edgekit.artifact import Manifest, artifact_loader
 from edgekit.errors import ArtifactError, InputError
+from edgekit.loading import folder_tokenizer
 
 MODEL_FILE = "model.onnx"
 EXTERNAL_DATA_FILE = "model.onnx_data"
@@ -143,8 +144,6 @@ class ORTRunner:
     def __init__(self, manifest_or_folder: Manifest | str | Path, *, providers: list[str] | None = None,
                  intra_op_threads: int | None = None, graph_optimization_level: str = "all",
                  io_binding: bool = True) -> None:
-        from transformers import AutoTokenizer
-
         if isinstance(manifest_or_folder, Manifest):
             folder, self.name = manifest_or_folder.path, manifest_or_folder.variant
         else:
@@ -161,7 +160,7 @@ class ORTRunner:
         self.session = ort.InferenceSession(str(self.model_path),
                                             session_options(graph_optimization_level, intra_op_threads),
                                             providers=self.providers)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder))
+        self.tokenizer = folder_tokenizer(self.folder)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         inputs = {i.name: i for i in self.session.get_inputs()}
