@@ -10,16 +10,16 @@ guides; llama-server and vLLM refuse the same way).
 Each request is a :class:`Job`. The worker
 
 - skips jobs cancelled while they waited (client gone, timed out);
-- decodes the greedy, non-streaming jobs of one batch together with ``runner.generate_batch``
-  (the batch runs to its end: a job cancelled meanwhile is dropped after it);
+- decodes the non-streaming jobs of one batch together with ``runner.generate_batch``, greedy and
+  sampled rows side by side (the batch runs to its end: a job cancelled meanwhile is dropped after it);
 - decodes every other job alone, one token at a time, and stops between two tokens as soon as
   the job is cancelled, a stop string appears or the end-of-text token comes.
 
 Sampling (``temperature`` > 0 with nucleus ``top_p``: Holtzman et al., "The Curious Case of Neural
-Text Degeneration", ICLR 2020) needs next-token logits, which the Runner interface gives for a
-whole sequence: each sampled token re-reads the prompt and the tokens so far (no KV cache). That
-is correct on every runtime and cheap for short answers, but its cost grows with the square of
-the length; greedy decoding (temperature 0) uses each runtime's KV-cache loop.
+Text Degeneration", ICLR 2020) is a ``pick`` the runner's KV-cache loop calls with each step's
+last logits (:func:`nucleus_pick`), so a sampled token costs one forward pass as a greedy one
+does. A temperature below :data:`MIN_TEMPERATURE` is greedy (dividing logits by it would
+overflow), as in vLLM.
 
 Events go back to whoever waits through the job's ``deliver`` callback (the HTTP handler passes
 one that hands them to its asyncio loop); each job ends with exactly one ``done``, ``error`` or
@@ -30,13 +30,14 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import torch
 
 from edgekit.batching import DynamicBatcher
 from edgekit.errors import EdgekitError, InputError
 
+MIN_TEMPERATURE = 1e-5  # below it sampling is greedy (vLLM's _SAMPLING_EPS)
 Event = tuple[str, object]  # ("text", piece) | ("done", finish_reason) | ("error", exception) | ("cancelled", None)
 
 
@@ -110,10 +111,25 @@ class Job:
     finished_at: float | None = None
     _ended: bool = field(default=False, repr=False)
 
+    def __post_init__(self) -> None:
+        if self.temperature < MIN_TEMPERATURE:
+            self.temperature = 0.0
+
     @property
     def batchable(self) -> bool:
-        """Greedy and answered at once: it can share ``generate_batch`` with others."""
-        return self.temperature == 0 and not self.stream
+        """Answered at once: it can share ``generate_batch`` with others."""
+        return not self.stream
+
+    def pick(self):
+        """The job's token chooser for the runner's decoding loop (None: greedy)."""
+        if self.temperature == 0:
+            return None
+        generator = torch.Generator()
+        if self.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(self.seed)
+        return nucleus_pick(self.temperature, self.top_p, generator)
 
     @property
     def new_tokens(self) -> int:
@@ -130,20 +146,17 @@ class Job:
             self.deliver((kind, value))
 
 
-def sample_stream(runner, input_ids: torch.Tensor, max_new_tokens: int, temperature: float, top_p: float,
-                  generator: torch.Generator) -> Iterator[int]:
-    """Temperature and nucleus (top-p) sampling through ``runner.logits`` (the whole sequence each step)."""
-    seq = input_ids.reshape(1, -1).cpu()
-    for _ in range(max_new_tokens):
-        logits = runner.logits(seq)[0, -1].double()
-        probs = torch.softmax(logits / temperature, dim=-1)
+def nucleus_pick(temperature: float, top_p: float, generator: torch.Generator) -> Callable[[torch.Tensor], int]:
+    """Temperature and nucleus (top-p) sampling of one position's logits, drawn from ``generator``."""
+    def pick(logits: torch.Tensor) -> int:
+        probs = torch.softmax(logits.double() / temperature, dim=-1)
         if top_p < 1.0:
             sorted_p, order = probs.sort(descending=True)
             keep = sorted_p.cumsum(0) - sorted_p < top_p  # the smallest head whose mass reaches top_p
             probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
-        token = int(torch.multinomial(probs, 1, generator=generator))
-        yield token
-        seq = torch.cat([seq, torch.tensor([[token]])], dim=1)
+        return int(torch.multinomial(probs, 1, generator=generator))
+
+    return pick
 
 
 class Engine:
@@ -218,22 +231,17 @@ class Engine:
     def _decode_together(self, jobs: list[Job]) -> None:
         for job in jobs:
             job.started = time.perf_counter()
-        outputs = self.runner.generate_batch([j.ids for j in jobs], max(j.max_new_tokens for j in jobs))
+        picks = [j.pick() for j in jobs]
+        outputs = self.runner.generate_batch([j.ids for j in jobs], max(j.max_new_tokens for j in jobs),
+                                             **({"picks": picks} if any(picks) else {}))
         for job, tokens in zip(jobs, outputs):
             self._emit(job, tokens[:job.max_new_tokens])
 
     def _decode_alone(self, jobs: list[Job]) -> None:
         (job,) = jobs
         job.started = time.perf_counter()
-        if job.temperature == 0:
-            tokens = self.runner.generate_stream(job.ids, job.max_new_tokens)
-        else:
-            generator = torch.Generator()
-            if job.seed is None:
-                generator.seed()
-            else:
-                generator.manual_seed(job.seed)
-            tokens = sample_stream(self.runner, job.ids, job.max_new_tokens, job.temperature, job.top_p, generator)
+        pick = job.pick()
+        tokens = self.runner.generate_stream(job.ids, job.max_new_tokens, **({"pick": pick} if pick else {}))
         try:
             self._emit(job, tokens)
         finally:

@@ -58,6 +58,7 @@ from edgekit.models import original_gguf
 from edgekit.native_build import CONVERTER, CONVERTER_PACKAGES, converter_dir, llama_cpp_version
 from edgekit.plan import config_dtype
 from edgekit.registry import Variant, register
+from edgekit.runners import Pick, choose
 
 MODEL_FILE = "model.gguf"
 # llama.cpp file types (enum llama_ftype in llama.h) for each variant's quantization
@@ -284,7 +285,7 @@ class LlamaCppRunner:
             rows.append(torch.from_numpy(self.llm.scores[: len(row)].copy()))
         return torch.stack(rows)
 
-    def generate_stream(self, input_ids: torch.Tensor, max_new_tokens: int) -> Iterator[int]:
+    def generate_stream(self, input_ids: torch.Tensor, max_new_tokens: int, pick: Pick | None = None) -> Iterator[int]:
         import llama_cpp
 
         vocab = self.llm.n_vocab()
@@ -293,7 +294,7 @@ class LlamaCppRunner:
         for _ in range(max_new_tokens):
             self.llm.eval(tokens)  # appends to the KV cache
             last = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.llm.ctx, -1), shape=(vocab,))
-            token = int(last.argmax())
+            token = choose(torch.from_numpy(last.copy()), pick)
             yield token
             tokens = [token]
 

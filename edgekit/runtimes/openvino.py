@@ -40,6 +40,7 @@ from edgekit.data import work_dir
 from edgekit.guard import admit
 from edgekit.loading import folder_tokenizer, model_key
 from edgekit.registry import Variant, group_codes_bytes, per_channel_int8_bytes, register
+from edgekit.runners import Pick, choose
 from edgekit.runtimes.onnxruntime.build import build_nbits_decoder
 from edgekit.runtimes.onnxruntime.export import cached_export
 from edgekit.runtimes.onnxruntime.quantize import check_matmul_nbits
@@ -157,7 +158,7 @@ class OpenVINORunner:
         request.infer(inputs, share_inputs=True)  # always fresh tensors over numpy: any shape, no copy
         return torch.from_numpy(request.get_tensor("logits").data.copy())
 
-    def generate_stream(self, input_ids: torch.Tensor, max_new_tokens: int) -> Iterator[int]:
+    def generate_stream(self, input_ids: torch.Tensor, max_new_tokens: int, pick: Pick | None = None) -> Iterator[int]:
         ids = input_ids.reshape(1, -1).numpy().astype(np.int64)
         empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=np.float32)
         past = {n: empty for n in self.past_names}
@@ -165,7 +166,7 @@ class OpenVINORunner:
         for step in range(max_new_tokens):
             request = self.requests[step % 2]  # the other request still holds this step's past tensors
             request.infer({**self._inputs(ids, past_len), **past}, share_inputs=True)
-            token = int(request.get_tensor("logits").data[0, -1].argmax())
+            token = choose(torch.from_numpy(request.get_tensor("logits").data[0, -1]), pick)
             yield token
             past_len += ids.shape[1]
             past = {p: request.get_tensor(o) for p, o in zip(self.past_names, self.present_names)}
