@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import edgekit
 from edgekit import selftest
+from edgekit.core.caches import enforce_cap, touch
 from edgekit.data import staged
 from edgekit.errors import ArtifactError
 from edgekit.loading import resolve_source
@@ -37,7 +38,7 @@ from edgekit.models import MODELS
 from edgekit.runtimes import module_of
 
 SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-              "special_tokens_map.json", "tokenizer.model")
+              "special_tokens_map.json", "tokenizer.model", "chat_template.jinja", "chat_template.json")
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 LOADERS: dict[str, tuple[Callable[..., Any], Callable[[], int | None]]] = {}
@@ -341,8 +342,9 @@ def load_artifact(folder: str | Path | Manifest, expect_checksum: str | None = N
     """Verify the artifact, then build the Runner its runtime registered (recommended settings applied).
 
     ``folder`` may be a manifest :func:`verify_artifact` returned: it is not hashed again (``serve``
-    verifies once at start). Either way the files must still be the ones hashed once the runtime
-    has loaded them (:meth:`Manifest.confirm_unchanged`), else the runner is closed and refused.
+    verifies once at start). The memory guard admits the load from the artifact's own bytes first
+    (:func:`edgekit.guard.admit_artifact`). Either way the files must still be the ones hashed once
+    the runtime has loaded them (:meth:`Manifest.confirm_unchanged`), else the runner is closed and refused.
     """
     if isinstance(folder, Manifest):
         manifest = folder
@@ -358,6 +360,9 @@ def load_artifact(folder: str | Path | Manifest, expect_checksum: str | None = N
         manifest.confirm_unchanged()
     else:
         manifest = verify_artifact(folder, supported_opset=max_opset(), expect_checksum=expect_checksum)
+    from edgekit.guard import admit_artifact  # (a top import once load_artifact sits in runtimes/: guard imports
+    # the registry, which imports this module)
+    admit_artifact(manifest)
     runner = loader(manifest, **runtime_options)
     try:
         manifest.confirm_unchanged()
@@ -368,7 +373,8 @@ def load_artifact(folder: str | Path | Manifest, expect_checksum: str | None = N
 
 
 def cached_artifact(folder: str | Path, export: Callable[[Path], Any]) -> Path:
-    """``folder`` if it holds an intact artifact; otherwise build it with ``export(out_dir)``, staged.
+    """``folder`` if it holds an intact artifact; otherwise build it with ``export(out_dir)``, staged
+    (then the work caches' size cap applies, :mod:`edgekit.core.caches`).
 
     A damaged cached artifact is rebuilt rather than used. Every runtime's variant cache
     (ONNX Runtime, OpenVINO, llama.cpp) goes through here.
@@ -377,9 +383,11 @@ def cached_artifact(folder: str | Path, export: Callable[[Path], Any]) -> Path:
     if folder.exists():
         try:
             verify_artifact(folder)
+            touch(folder)
             return folder
         except ArtifactError:
             shutil.rmtree(folder)
     staged(folder, export)
     verify_artifact(folder)
+    enforce_cap()
     return folder

@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     vs = sub.add_parser("variants", help="every variant: its runtime, what it is, the options it takes")
     vs.add_argument("--family", default=None, help="only this runtime (pytorch, onnxruntime, openvino, llama.cpp)")
 
+    cl = sub.add_parser("clean", help="remove the work caches (exports, artifacts, baselines, spills); results stay")
+    cl.add_argument("--max-gb", type=float, default=None, help="keep the most recently used caches up to this size")
+
     d = sub.add_parser("doctor", help="what this machine can run: CPU features, runtimes' self-tests, GPU, memory")
     d.add_argument("--json", type=Path, default=None, help="also write the checks as JSON here")
     return parser
@@ -222,6 +225,13 @@ def run_serve(args) -> None:
           api_key=args.api_key, allowed=args.allowed_hosts, max_body_bytes=args.max_body_bytes)
 
 
+def run_clean(args) -> None:
+    from edgekit.core.caches import clean
+
+    removed = clean(None if args.max_gb is None else int(args.max_gb * 2**30))
+    print(f"removed {len(removed)} cache entries ({sum(e.bytes for e in removed) / 2**30:.2f} GiB)")
+
+
 def run_decide(args) -> int:
     from edgekit.decide import decide
     from edgekit.results import default_store_path
@@ -266,7 +276,7 @@ class _pandas_wide:
 
 
 COMMANDS = {"compare": run_compare, "sweep": run_sweep, "plan": run_plan, "export": run_export, "verify": run_verify,
-            "run": run_run, "serve": run_serve, "doctor": run_doctor,
+            "run": run_run, "serve": run_serve, "doctor": run_doctor, "clean": run_clean,
             "variants": run_variants, "decide": run_decide}
 
 

@@ -8,7 +8,7 @@ import pytest
 from edgekit.compare import compare
 from edgekit.measure import EvalSettings
 from edgekit.loading import UNKNOWN_REVISION, model_revision
-from edgekit.results import SCHEMA, Result, ResultStore
+from edgekit.results import MIGRATIONS, Result, ResultStore
 
 
 def test_write_and_read_back(tmp_path):
@@ -41,7 +41,7 @@ def test_results_record_which_weights_they_measured(tmp_path, default_model):
 def test_store_written_before_revisions_opens_and_reads(tmp_path):
     path = tmp_path / "old.sqlite"
     with sqlite3.connect(path) as db:
-        db.execute("\n".join(line for line in SCHEMA.splitlines() if "model_revision" not in line))
+        db.execute(MIGRATIONS[0])  # the layout before revisions were recorded
         db.execute("INSERT INTO results (run_id, created, kind, model, variant, status, error, metrics, settings,"
                    " environment) VALUES ('r1', '2026-01-01T00:00:00', 'compare', 'default', 'fp32', 'ok', NULL,"
                    " '{}', '{}', '{}')")
