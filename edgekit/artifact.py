@@ -342,8 +342,8 @@ def load_artifact(folder: str | Path | Manifest, expect_checksum: str | None = N
     """Verify the artifact, then build the Runner its runtime registered (recommended settings applied).
 
     ``folder`` may be a manifest :func:`verify_artifact` returned: it is not hashed again (``serve``
-    verifies once at start). The memory guard admits the load from the artifact's own bytes first
-    (:func:`edgekit.guard.admit_artifact`). Either way the files must still be the ones hashed once
+    verifies once at start). Each runtime's loader has the memory guard admit the load from the
+    artifact's own bytes first (:func:`edgekit.guard.admit_artifact`). Either way the files must still be the ones hashed once
     the runtime has loaded them (:meth:`Manifest.confirm_unchanged`), else the runner is closed and refused.
     """
     if isinstance(folder, Manifest):
@@ -360,9 +360,6 @@ def load_artifact(folder: str | Path | Manifest, expect_checksum: str | None = N
         manifest.confirm_unchanged()
     else:
         manifest = verify_artifact(folder, supported_opset=max_opset(), expect_checksum=expect_checksum)
-    from edgekit.guard import admit_artifact  # (a top import once load_artifact sits in runtimes/: guard imports
-    # the registry, which imports this module)
-    admit_artifact(manifest)
     runner = loader(manifest, **runtime_options)
     try:
         manifest.confirm_unchanged()

@@ -52,7 +52,7 @@ from edgekit.artifact import Manifest, artifact_loader, copy_side_files, load_ar
 from edgekit.artifact import cached_artifact as shared_cache
 from edgekit.data import read_split, staged, work_dir
 from edgekit.errors import ModelSourceError, VariantError
-from edgekit.guard import admit
+from edgekit.guard import admit, admit_artifact
 from edgekit.loading import folder_tokenizer, load_tokenizer, model_config, model_key, refuse_remote_code, resolve_source
 from edgekit.models import original_gguf
 from edgekit.native_build import CONVERTER, CONVERTER_PACKAGES, converter_dir, llama_cpp_version
@@ -368,6 +368,7 @@ def self_test(tokens: int = 32) -> None:
 @artifact_loader("llama.cpp")
 def load_gguf_artifact(manifest: Manifest, threads: int | None = None, n_ctx: int = 1024, tokenizer=None,
                        kv: str | None = None):
+    admit_artifact(manifest)
     tokenizer = tokenizer or folder_tokenizer(manifest.path)
     return LlamaCppRunner(manifest.variant, manifest.path / MODEL_FILE, tokenizer,
                           threads=threads or manifest.data.get("runtime_settings", {}).get("threads"), n_ctx=n_ctx,

@@ -37,7 +37,7 @@ import torch
 from edgekit.artifact import Manifest, artifact_loader, copy_side_files, load_artifact, write_manifest
 from edgekit.artifact import cached_artifact as shared_cache
 from edgekit.data import work_dir
-from edgekit.guard import admit
+from edgekit.guard import admit, admit_artifact
 from edgekit.loading import folder_tokenizer, model_key
 from edgekit.registry import Variant, group_codes_bytes, per_channel_int8_bytes, register
 from edgekit.runners import Pick, choose
@@ -184,6 +184,7 @@ class OpenVINORunner:
 @artifact_loader("openvino")
 def load_openvino_artifact(manifest: Manifest, device: str | None = None, threads: int | None = None,
                            tokenizer=None) -> OpenVINORunner:
+    admit_artifact(manifest)
     settings = manifest.data.get("runtime_settings", {})
     tokenizer = tokenizer or folder_tokenizer(manifest.path)
     return OpenVINORunner(manifest.variant, manifest.path, tokenizer,

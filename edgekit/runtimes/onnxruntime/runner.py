@@ -28,6 +28,7 @@ import torch
 
 from edgekit.artifact import Manifest, artifact_loader
 from edgekit.errors import ArtifactError, InputError
+from edgekit.guard import admit_artifact
 from edgekit.loading import folder_tokenizer
 from edgekit.runners import Pick, choose
 
@@ -270,6 +271,7 @@ def load_onnx_artifact(manifest: Manifest, **runtime_options) -> ORTRunner:
     unknown = set(runtime_options) - allowed
     if unknown:
         raise InputError(f"unknown ONNX Runtime option(s) {', '.join(sorted(unknown))}; use {', '.join(sorted(allowed))}")
+    admit_artifact(manifest)
     return ORTRunner(manifest, **{**recommended, **runtime_options})
 
 
