@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+import numpy as np
 import torch
 
 from edgekit.batching import DynamicBatcher
@@ -146,15 +147,30 @@ class Job:
             self.deliver((kind, value))
 
 
+NUCLEUS_HEAD = 256  # tokens partitioned out first: the nucleus is almost always among them
+
+
 def nucleus_pick(temperature: float, top_p: float, generator: torch.Generator) -> Callable[[torch.Tensor], int]:
-    """Temperature and nucleus (top-p) sampling of one position's logits, drawn from ``generator``."""
+    """Temperature and nucleus (top-p) sampling of one position's logits, drawn from ``generator``.
+
+    Inverse-CDF sampling with one uniform draw, in NumPy: the head of :data:`NUCLEUS_HEAD` tokens
+    is partitioned out and sorted (the whole vocabulary only when the head holds less than
+    ``top_p`` of the mass), so a step costs microseconds beside the forward pass it follows."""
     def pick(logits: torch.Tensor) -> int:
-        probs = torch.softmax(logits.double() / temperature, dim=-1)
-        if top_p < 1.0:
-            sorted_p, order = probs.sort(descending=True)
-            keep = sorted_p.cumsum(0) - sorted_p < top_p  # the smallest head whose mass reaches top_p
-            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
-        return int(torch.multinomial(probs, 1, generator=generator))
+        z = logits.double().numpy() / temperature
+        p = np.exp(z - z.max())
+        total = p.sum()
+        u = float(torch.rand(1, generator=generator, dtype=torch.float64))
+        if top_p >= 1.0:
+            cdf = np.cumsum(p)
+            return int(min(len(p) - 1, np.searchsorted(cdf, u * cdf[-1], side="right")))
+        head = np.argpartition(-p, NUCLEUS_HEAD - 1)[:NUCLEUS_HEAD] if len(p) > NUCLEUS_HEAD else np.arange(len(p))
+        if p[head].sum() < top_p * total:
+            head = np.arange(len(p))
+        order = head[np.argsort(-p[head], kind="stable")]
+        cdf = np.cumsum(p[order]) / total
+        kept = min(len(order), int(np.searchsorted(cdf, top_p, side="left")) + 1)  # smallest head reaching top_p
+        return int(order[min(kept - 1, int(np.searchsorted(cdf[:kept], u * cdf[kept - 1], side="right")))])
 
     return pick
 

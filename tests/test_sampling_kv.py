@@ -106,3 +106,13 @@ def test_onnx_runtime_samples_through_its_cache(onnx_artifact):
     tokens = list(ort_runner.generate_stream(ids, 32, pick=nucleus_pick(0.8, 1.0, torch.Generator().manual_seed(0))))
     assert len(tokens) == 32 and len(ort_runner.session.fed) == 32
     assert sum(shape[1] for shape in ort_runner.session.fed) == ids.shape[1] + 31
+
+
+def test_nucleus_pick_draws_from_the_nucleus_in_proportion():
+    logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()
+    pick = nucleus_pick(1.0, 0.8, torch.Generator().manual_seed(0))  # nucleus {0, 1}: 0.5 + 0.3 reaches 0.8
+    draws = [pick(logits) for _ in range(4000)]
+    assert set(draws) == {0, 1}
+    assert abs(draws.count(0) / len(draws) - 0.5 / 0.8) < 0.03
+    everything = nucleus_pick(1.0, 1.0, torch.Generator().manual_seed(0))
+    assert set(everything(logits) for _ in range(400)) == {0, 1, 2, 3}
