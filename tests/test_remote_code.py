@@ -6,6 +6,7 @@ test proves the marker is written when transformers is allowed to run the code (
 fail); the rest drive every entry point that reads a model folder and check the marker stays absent.
 """
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -78,7 +79,7 @@ def test_the_converter_itself_runs_no_folder_code(planted, tmp_path):
     out = tmp_path / "x.gguf"
     subprocess.run([sys.executable, "-m", "edgekit.runtimes.llama_cpp", str(converter_dir()), str(folder),
                     "--outfile", str(out), "--outtype", "f16"], capture_output=True, text=True, input="y\n",
-                   timeout=600, env={**__import__("os").environ, "EDGEKIT_GGUF_PRE": "gpt-2"})
+                   timeout=600, env={**os.environ, "EDGEKIT_GGUF_PRE": "gpt-2"})
     assert not marker.exists()
 
 
