@@ -8,7 +8,11 @@ Starts the server as its own process, as an operator would (`edgekit serve ARTIF
    of requests each: throughput (answered requests/s, generated tokens/s), P50/P95/P99 from each
    request's scheduled arrival, rejected (429, queue full) and timed-out (504) counts;
 3. the knee: the highest offered rate whose P99 met the target (default 3x the baseline P99) with
-   nothing rejected or timed out, and the first rate that missed it.
+   nothing rejected or timed out, and the first rate that missed it;
+4. sampled against greedy, in the same run: a burst of ``--burst`` concurrent requests of
+   ``--sample-tokens`` tokens each, greedy (temperature 0) and then sampled (temperature 0.8,
+   top_p 0.95, seeded): generated tokens/s of each and their ratio. Sampling runs through the
+   runner's KV cache and is batched like greedy work, so the ratio should be near 1 (at least 0.8).
 
 Usage:
   flock /tmp/edgekit-bench.lock .venv/bin/python benchmarks/bench_serve.py [--artifact DIR] [--rates 0.5,1,2,4,8]
@@ -16,6 +20,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import socket
@@ -63,6 +68,21 @@ def start_server(folder: Path, args) -> tuple[subprocess.Popen, str]:
         time.sleep(0.2)
 
 
+def burst_tokens_per_s(url: str, payloads: list[dict]) -> float:
+    """Generated tokens per second of ``payloads`` sent all at once (usage counts over the burst's wall time)."""
+    async def send() -> float:
+        async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+            start = time.perf_counter()
+            replies = await asyncio.gather(*(client.post("/v1/completions", json=p) for p in payloads))
+            wall = time.perf_counter() - start
+        if any(r.status_code != 200 for r in replies):
+            bad = next(r for r in replies if r.status_code != 200)
+            raise SystemExit(f"a burst request failed: {bad.status_code} {bad.text}")
+        return sum(r.json()["usage"]["completion_tokens"] for r in replies) / wall
+
+    return asyncio.run(send())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="default")
@@ -78,6 +98,8 @@ def main() -> None:
     p.add_argument("--timeout-s", type=float, default=10.0)
     p.add_argument("--p99-ms", type=float, default=None, help="P99 target (default: 3x the baseline P99)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--burst", type=int, default=8, help="concurrent requests of the sampled-vs-greedy burst")
+    p.add_argument("--sample-tokens", type=int, default=64, help="tokens per request of that burst")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as scratch:
         run(Path(args.artifact) if args.artifact else export(args, scratch), args)
@@ -116,6 +138,11 @@ def run(folder: Path, args) -> None:
         rates = [float(m) * single for m in args.rates.split(",")]
         load_sweep(url, payloads[:16], [single], target, args.seed + 1, progress=False)  # warm-up, not reported
         sweep = load_sweep(url, payloads, rates, target, args.seed, timeout_s=args.timeout_s + 5)
+        burst = [{**payloads[i % len(payloads)], "max_tokens": args.sample_tokens} for i in range(args.burst)]
+        burst_tokens_per_s(url, burst)  # warm-up at this length, not reported
+        greedy = burst_tokens_per_s(url, burst)
+        sampled = burst_tokens_per_s(url, [{**b, "temperature": 0.8, "top_p": 0.95, "seed": args.seed + i}
+                                           for i, b in enumerate(burst)])
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
@@ -127,6 +154,8 @@ def run(folder: Path, args) -> None:
     print(f"\nopen-loop Poisson load, {args.requests} requests per rate (seed {args.seed}):")
     print(sweep[columns].to_string(index=False, float_format=lambda x: f"{x:.1f}"))
     print(describe_knee(sweep, single))
+    print(f"\nsampled vs greedy, {args.burst} concurrent requests of {args.sample_tokens} tokens: greedy "
+          f"{greedy:.1f} tokens/s, sampled {sampled:.1f} tokens/s, ratio {sampled / greedy:.2f} (target >= 0.8)")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -80,9 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("verify", help="check an artifact's files, schema and runtime compatibility")
     v.add_argument("artifact", type=Path)
+    v.add_argument("--expect-checksum", default=None, help="refuse unless the artifact's checksum is this one")
 
     r = sub.add_parser("run", help="generate text with an artifact")
     r.add_argument("artifact", type=Path)
+    r.add_argument("--expect-checksum", default=None, help="refuse unless the artifact's checksum is this one")
     r.add_argument("--prompt", required=True)
     r.add_argument("--max-new-tokens", type=int, default=40)
 
@@ -96,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout-s", type=float, default=60.0, help="a request's limit from arrival to last token (504)")
     s.add_argument("--device", default=None, help="device profile whose host memory budget readiness checks "
                                                   "(default: this machine)")
+    s.add_argument("--expect-checksum", default=None, help="refuse to start unless the artifact's checksum (as "
+                                                           "`edgekit verify` prints it) is this one")
+    s.add_argument("--api-key", default=os.environ.get("EDGEKIT_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' (default: $EDGEKIT_API_KEY; none: open)")
+    s.add_argument("--allowed-hosts", nargs="*", default=None, help="Host names answered besides loopback ones and "
+                                                                     "--host ('*': any)")
+    s.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413 unread")
 
     dc = sub.add_parser("decide", help="recommend a variant and runtime from measured results, for a device and limits")
     dc.add_argument("--store", type=Path, default=None, help="SQLite results file (default: ./edgekit-results/results.sqlite)")
@@ -111,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     vs = sub.add_parser("variants", help="every variant: its runtime, what it is, the options it takes")
     vs.add_argument("--family", default=None, help="only this runtime (pytorch, onnxruntime, openvino, llama.cpp)")
+
+    cl = sub.add_parser("clean", help="remove the work caches (exports, artifacts, baselines, spills); results stay")
+    cl.add_argument("--max-gb", type=float, default=None, help="keep the most recently used caches up to this size")
 
     d = sub.add_parser("doctor", help="what this machine can run: CPU features, runtimes' self-tests, GPU, memory")
     d.add_argument("--json", type=Path, default=None, help="also write the checks as JSON here")
@@ -186,7 +199,7 @@ def run_export(args) -> None:
 
     manifest = export_artifact(args.variant, args.model, args.out)
     print(f"wrote {args.variant} artifact to {manifest.path} ({len(manifest.data['files'])} files, "
-          f"checksum {manifest.checksum[:16]})")
+          f"checksum {manifest.checksum})")
 
 
 def run_verify(args) -> None:
@@ -195,16 +208,16 @@ def run_verify(args) -> None:
 
     runtime = read_manifest(args.artifact).runtime
     max_opset = runtime_loader(runtime)[1]()
-    manifest = verify_artifact(args.artifact, supported_opset=max_opset)
+    manifest = verify_artifact(args.artifact, supported_opset=max_opset, expect_checksum=args.expect_checksum)
     print(f"ok: {manifest.variant} for {runtime}, {len(manifest.data['files'])} files intact, "
-          f"checksum {manifest.checksum[:16]}")
+          f"checksum {manifest.checksum}")
 
 
 def run_run(args) -> None:
     from edgekit.models.runner import generate_text
     from edgekit.runtimes import load_artifact
 
-    runner = load_artifact(args.artifact)
+    runner = load_artifact(args.artifact, expect_checksum=args.expect_checksum)
     print(args.prompt + generate_text(runner, args.prompt, args.max_new_tokens))
 
 
@@ -212,7 +225,15 @@ def run_serve(args) -> None:
     from edgekit.serve.app import serve
 
     serve(args.artifact, host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-          max_queue=args.max_queue, timeout_s=args.timeout_s, device=args.device)
+          max_queue=args.max_queue, timeout_s=args.timeout_s, device=args.device, expect_checksum=args.expect_checksum,
+          api_key=args.api_key, allowed=args.allowed_hosts, max_body_bytes=args.max_body_bytes)
+
+
+def run_clean(args) -> None:
+    from edgekit.core.caches import clean
+
+    removed = clean(None if args.max_gb is None else int(args.max_gb * 2**30))
+    print(f"removed {len(removed)} cache entries ({sum(e.bytes for e in removed) / 2**30:.2f} GiB)")
 
 
 def run_decide(args) -> int:
@@ -260,7 +281,7 @@ class _pandas_wide:
 
 
 COMMANDS = {"compare": run_compare, "sweep": run_sweep, "plan": run_plan, "export": run_export, "verify": run_verify,
-            "run": run_run, "serve": run_serve, "doctor": run_doctor,
+            "run": run_run, "serve": run_serve, "doctor": run_doctor, "clean": run_clean,
             "variants": run_variants, "decide": run_decide}
 
 

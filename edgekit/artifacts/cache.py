@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgekit.artifacts.manifest import verify_artifact
+from edgekit.core.caches import enforce_cap, touch
 from edgekit.core.errors import ArtifactError
 from edgekit.core.paths import staged
 
@@ -24,7 +25,8 @@ def artifact_name(variant) -> str:
 
 
 def cached_folder(folder: str | Path, export: Callable[[Path], Any]) -> Path:
-    """``folder`` if it holds an intact artifact; otherwise build it with ``export(out_dir)``, staged.
+    """``folder`` if it holds an intact artifact; otherwise build it with ``export(out_dir)``, staged
+    (then the work caches' size cap applies, :mod:`edgekit.core.caches`).
 
     A damaged cached artifact is rebuilt rather than used. Every runtime's variant cache
     (ONNX Runtime, OpenVINO, llama.cpp) goes through here.
@@ -33,9 +35,11 @@ def cached_folder(folder: str | Path, export: Callable[[Path], Any]) -> Path:
     if folder.exists():
         try:
             verify_artifact(folder)
+            touch(folder)
             return folder
         except ArtifactError:
             shutil.rmtree(folder)
     staged(folder, export)
     verify_artifact(folder)
+    enforce_cap()
     return folder

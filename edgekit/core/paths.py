@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -96,10 +97,12 @@ def variant_calibration_ids(variant, tokenizer):
 def staged(folder: str | Path, build: Callable[[Path], Any]) -> Path:
     """Build ``folder`` with ``build(staging)`` in a staging folder beside it, moved into place only
     when complete, so an interrupted build never leaves a half-written folder. If another process
-    finished the same folder first, theirs is kept. Every artifact, export and cache goes through here."""
+    finished the same folder first, theirs is kept. Every artifact, export and cache goes through here.
+    A staging folder a killed process left (its pid, in the name, no longer running) is removed first."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    remove_stale_staging(folder)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-{os.getpid()}-", dir=folder.parent))
     try:
         build(staging)
         try:
@@ -110,3 +113,22 @@ def staged(folder: str | Path, build: Callable[[Path], Any]) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def remove_stale_staging(folder: Path) -> None:
+    """Remove the staging folders of ``folder`` whose builder process (the pid in their name) is gone."""
+    pattern = re.compile(rf"\.{re.escape(folder.name)}-(\d+)-[a-z0-9_]{{8}}")  # mkdtemp's 8-character suffix
+    for staging in folder.parent.glob(f".{folder.name}-*"):
+        match = pattern.fullmatch(staging.name)
+        if match and staging.is_dir() and not _running(int(match.group(1))):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -6,6 +6,9 @@ their own table, ``repetitions``, one row per timed generation (its round, its p
 TTFT, decode rate, per-token gaps and contention reading), read back with
 :meth:`ResultStore.repetitions`. Each carries its settings and the environment it ran in (hardware, library
 versions, git revision) so runs from yesterday or another machine can be laid side by side.
+The file's layout is versioned (SQLite's ``PRAGMA user_version``): opening a store applies the
+migrations it lacks in one transaction, so a store is never left half migrated, and a store
+written by a newer edgekit is refused rather than misread.
 """
 from __future__ import annotations
 
@@ -27,28 +30,30 @@ import torch
 
 from edgekit.core import __version__
 from edgekit.core.cpu_features import cpu_model
+from edgekit.core.errors import InputError
 from edgekit.core.paths import work_dir
 from edgekit.models.load import UNKNOWN_REVISION, model_revision
 
 # Rows written before revisions were recorded read back as "unknown".
 REVISION_COLUMN = f"model_revision TEXT NOT NULL DEFAULT '{UNKNOWN_REVISION}'"
-SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS results (
+# MIGRATIONS[i] takes a store from layout version i to i + 1; the last one's index + 1 is this edgekit's
+MIGRATIONS = (
+    """CREATE TABLE results (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     run_id TEXT NOT NULL,
     created TEXT NOT NULL,
     kind TEXT NOT NULL,
     model TEXT NOT NULL,
-    {REVISION_COLUMN},
     variant TEXT NOT NULL,
     status TEXT NOT NULL,
     error TEXT,
     metrics TEXT NOT NULL,
     settings TEXT NOT NULL,
     environment TEXT NOT NULL
-)"""
-REPETITIONS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS repetitions (
+)""",
+    f"ALTER TABLE results ADD COLUMN {REVISION_COLUMN}",
+    # the speed protocol's raw repetitions (edgekit.measure.speed), one row per timed generation
+    """CREATE TABLE IF NOT EXISTS repetitions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     run_id TEXT NOT NULL,
     model TEXT NOT NULL,
@@ -60,7 +65,8 @@ CREATE TABLE IF NOT EXISTS repetitions (
     contended INTEGER,
     gaps_ms TEXT NOT NULL,
     contention TEXT NOT NULL
-)"""
+)""",
+)
 
 
 def default_store_path() -> Path:
@@ -106,12 +112,31 @@ class ResultStore:
     def __init__(self, path: str | os.PathLike | None = None) -> None:
         self.path = Path(path) if path else default_store_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute(SCHEMA)
-            db.execute(REPETITIONS_SCHEMA)
-            columns = {row[1] for row in db.execute("PRAGMA table_info(results)")}
-            if "model_revision" not in columns:  # a store written before revisions were recorded
-                db.execute(f"ALTER TABLE results ADD COLUMN {REVISION_COLUMN}")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring the file to this edgekit's layout version, all steps in one transaction."""
+        db = self._connect()
+        db.isolation_level = None  # explicit transaction: DDL and the version change commit together
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:  # unversioned: a new file, or a store written before versions were recorded
+                columns = {row[1] for row in db.execute("PRAGMA table_info(results)")}
+                version = 0 if not columns else 2 if "model_revision" in columns else 1
+            if version > len(MIGRATIONS):
+                raise InputError(f"{self.path} was written by a newer edgekit (store layout {version}, this one "
+                                 f"reads up to {len(MIGRATIONS)}); upgrade edgekit or use another store")
+            for statement in MIGRATIONS[version:]:
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        finally:
+            db.close()
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30)

@@ -1,4 +1,4 @@
-"""The load guard: the one door every model load, export and training run in edgekit passes.
+"""The load guard: the one door every model load, export, artifact load and training run in edgekit passes.
 
 Before any weight is read, :func:`admit` plans the variant for this machine (or a device
 profile) with :func:`edgekit.memory.plan.plan_memory`, which prices the load's own peak as the variant's
@@ -75,6 +75,19 @@ def guarded_fp32_load(variant: "str | Variant", source: str, device: str = "cpu"
     (whose registry entry prices the whole job's peak)."""
     admit(variant, source, device, what, advice)
     return load_model(source, device_map={"": device}, dtype=torch.float32)
+
+
+def admit_artifact(manifest, profile: str | None = None) -> int:
+    """The bytes of a verified artifact's files (what its runtime maps or reads into memory: weights,
+    graph, tokenizer) if this machine (or device ``profile``) holds them; else :class:`PlanError`.
+    Reads the manifest only, so an artifact too big for the host is refused, not killed for memory."""
+    need = sum(info["bytes"] for info in manifest.data["files"].values())
+    device = load_profile(profile) if profile else this_machine()
+    if need > device.host_budget:
+        raise PlanError(f"refusing to load artifact {manifest.variant}: its files hold {need / GIB:.2f} GiB and "
+                        f"{device.name} has {device.host_budget / GIB:.2f} GiB usable; free memory or export a "
+                        "smaller variant")
+    return need
 
 
 def refusal(variant: Variant, source: str, plan: MemoryPlan, device: str = "cpu", what: str = "load",

@@ -30,13 +30,32 @@ from edgekit.core.progress import tqdm
 from edgekit.models.load import model_config, resolve_source
 
 
+def index_weight_map(folder: Path) -> dict[str, Path] | None:
+    """Tensor name -> shard of ``model.safetensors.index.json`` (None without an index); a shard name
+    that is not a plain relative path inside the folder is refused."""
+    index = folder / "model.safetensors.index.json"
+    if not index.exists():
+        return None
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (ValueError, KeyError, TypeError):
+        raise ModelSourceError(f"{index} is not a safetensors index with a weight_map; re-save the model") from None
+    if not isinstance(weight_map, dict):
+        raise ModelSourceError(f"{index}: weight_map is not an object; re-save the model")
+    for shard in set(weight_map.values()):
+        if (not isinstance(shard, str) or not shard.endswith(".safetensors") or "\\" in shard
+                or Path(shard).is_absolute() or any(part in ("", ".", "..") for part in shard.split("/"))):
+            raise ModelSourceError(f"{index} names shard {str(shard)[:80]!r}, which is not a .safetensors file "
+                                   "inside the model folder; re-save the model")
+    return {name: folder / shard for name, shard in weight_map.items()}
+
+
 def checkpoint_shards(folder: str | Path) -> list[Path]:
     """The safetensors files of a local model folder, in index order."""
     folder = Path(folder)
-    index = folder / "model.safetensors.index.json"
-    if index.exists():
-        names = dict.fromkeys(json.loads(index.read_text())["weight_map"].values())
-        return [folder / name for name in names]
+    weight_map = index_weight_map(folder)
+    if weight_map is not None:
+        return list(dict.fromkeys(weight_map.values()))
     shards = sorted(folder.glob("*.safetensors"))
     if not shards:
         raise ModelSourceError(f"{folder} has no .safetensors weights to load")

@@ -1,6 +1,8 @@
 """Load a causal LM and its tokenizer from ``"default"``, a local folder or a hub id, safely.
 
-Safe by default: ``trust_remote_code`` stays off unless the caller asks, weights load
+Safe by default: ``trust_remote_code`` stays off unless the caller asks, and a folder that
+names code of its own (``auto_map``, or a tokenizer class transformers does not ship) is refused
+before transformers reads it (:func:`refuse_remote_code`), weights load
 from safetensors only (``use_safetensors=True``: no pickle is ever unpickled), and a hub
 id respects offline mode (``HF_HUB_OFFLINE=1``). Every way a source can be wrong raises a
 :class:`~edgekit.core.errors.ModelSourceError` that names the problem and the fix.
@@ -17,6 +19,7 @@ from typing import Any
 
 from huggingface_hub import try_to_load_from_cache
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
 
 from edgekit.core.errors import ModelSourceError
 from edgekit.models.names import MODELS, named_model_path
@@ -51,15 +54,19 @@ def resolve_source(source: str | os.PathLike) -> str:
 
 UNKNOWN_REVISION = "unknown"
 _SAMPLE_BYTES = 1 << 20
+_TENSOR_SAMPLE_BYTES = 4096
 
 
 def model_revision(source: str | os.PathLike) -> str:
     """Which weights a result was measured on, so runs on a retrained or replaced model are never
     mistaken for runs on the same one (the source name, e.g. "default", stays the same).
 
-    A local folder gets ``sha256:<12 hex>`` over each safetensors file's name and size and three
-    1 MiB samples of its bytes (start, middle, end): a retrained or requantized model changes bytes
-    everywhere, and a 13 GB 7B is fingerprinted in milliseconds instead of a minute of hashing.
+    A local folder gets ``sha256:<12 hex>`` over each safetensors file's name and size, its header
+    (the tensor table) and samples of its bytes: 4 KiB at the start, middle and end of every tensor
+    and three 1 MiB samples of the file. A retrained or requantized model changes bytes everywhere,
+    and an edit of any one tensor in place (scaled, replaced, zeroed) changes its sampled bytes; a
+    13 GB 7B is fingerprinted in well under a second instead of a minute of hashing (an edit of a
+    few bytes between samples is the price).
     Copies with the same bytes get the same revision wherever they sit. A hub id gives the commit
     of its locally cached snapshot. Anything else is ``"unknown"``; this never raises, because
     it labels results rather than loading anything.
@@ -97,10 +104,36 @@ def _folder_revision(folder: str, files: tuple) -> str:
     for name, size, _mtime in files:  # the mtime only invalidates the cache; it is not hashed
         digest.update(f"{name}:{size}".encode())
         with open(Path(folder) / name, "rb") as handle:
-            for offset in sorted({0, max(0, size // 2 - _SAMPLE_BYTES // 2), max(0, size - _SAMPLE_BYTES)}):
+            for offset, length in _revision_samples(handle, size):
                 handle.seek(offset)
-                digest.update(handle.read(_SAMPLE_BYTES))
+                digest.update(handle.read(length))
     return "sha256:" + digest.hexdigest()[:12]
+
+
+def _revision_samples(handle, size: int) -> list[tuple[int, int]]:
+    """(offset, length) spans of a safetensors file a revision hashes: its whole header (the tensor table:
+    names, dtypes, shapes, offsets) and the start, middle and end of every tensor's bytes, plus three
+    1 MiB samples of the file; a file that is not valid safetensors gets the three samples only."""
+    spans = [(offset, _SAMPLE_BYTES) for offset in
+             sorted({0, max(0, size // 2 - _SAMPLE_BYTES // 2), max(0, size - _SAMPLE_BYTES)})]
+    head = handle.read(8)
+    header_bytes = int.from_bytes(head, "little") if len(head) == 8 else 0
+    if not 0 < header_bytes <= min(size - 8, 100 << 20):
+        return spans
+    spans.append((8, header_bytes))
+    try:
+        table = json.loads(handle.read(header_bytes))
+    except ValueError:
+        return spans
+    base = 8 + header_bytes
+    for info in table.values() if isinstance(table, dict) else ():
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            continue
+        begin, end = base + offsets[0], base + offsets[1]
+        chunk = min(_TENSOR_SAMPLE_BYTES, max(0, end - begin))
+        spans += [(begin, chunk), ((begin + end - chunk) // 2, chunk), (end - chunk, chunk)]
+    return spans
 
 
 def _hub_revision(repo_id: str) -> str:
@@ -111,9 +144,52 @@ def _hub_revision(repo_id: str) -> str:
     return UNKNOWN_REVISION
 
 
+REMOTE_CODE_FILES = ("config.json", "tokenizer_config.json", "generation_config.json", "processor_config.json",
+                     "preprocessor_config.json")
+
+
+def refuse_remote_code(folder: str | os.PathLike) -> None:
+    """Raise ModelSourceError if ``folder``'s configs would have transformers (or llama.cpp's converter,
+    which asks for remote code) import Python from the folder or the hub: an ``auto_map`` in any
+    config, or a tokenizer class transformers does not ship."""
+
+    folder = Path(folder)
+    for name in REMOTE_CODE_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            raise ModelSourceError(f"{path} is not valid JSON; repair or re-save the model folder") from None
+        if not isinstance(data, dict):
+            raise ModelSourceError(f"{path} is not a JSON object; repair or re-save the model folder")
+        if "auto_map" in data:
+            raise ModelSourceError(f"{folder} ships its own code ({name} has auto_map); edgekit never runs a model "
+                                   "folder's code: use a model transformers supports natively")
+        cls = data.get("tokenizer_class")
+        if cls is not None and (not isinstance(cls, str) or tokenizer_class_from_name(cls) is None
+                                and tokenizer_class_from_name(cls.removesuffix("Fast")) is None):
+            raise ModelSourceError(f"{folder} names tokenizer class {str(cls)[:60]!r}, which transformers does not "
+                                   "ship; edgekit never runs a model folder's code: use a supported tokenizer")
+
+
+def folder_tokenizer(folder: str | os.PathLike, trust_remote_code: bool = False):
+    """``AutoTokenizer.from_pretrained(folder)`` with remote code off (a folder asking for it is refused)."""
+
+    if not trust_remote_code and Path(folder).is_dir():
+        refuse_remote_code(folder)
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        raise ModelSourceError(f"{folder}: {str(exc).splitlines()[0]}") from None
+
+
 def model_config(source: str, trust_remote_code: bool = False):
 
     resolved = resolve_source(source)
+    if not trust_remote_code and Path(resolved).is_dir():
+        refuse_remote_code(resolved)
     try:
         config = AutoConfig.from_pretrained(resolved, trust_remote_code=trust_remote_code)
     except OSError as exc:
@@ -131,7 +207,7 @@ def load_tokenizer(source: str, trust_remote_code: bool = False):
 
     resolved = resolve_source(source)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolved, trust_remote_code=trust_remote_code)
+        tokenizer = folder_tokenizer(resolved, trust_remote_code)
     except OSError as exc:
         raise _hub_error(resolved, exc) from None
     if tokenizer.pad_token is None:

@@ -5,20 +5,28 @@ PyTorch model and a compiled ONNX artifact are measured by the same code and lan
 same table. A runner offers three things:
 
 - ``logits(input_ids)``: next-token logits for a batch of token ids (float32, on the CPU),
-- ``generate_stream(input_ids, max_new_tokens)``: greedy decoding with a KV cache that
+- ``generate_stream(input_ids, max_new_tokens, pick=None)``: decoding with a KV cache that
   yields each new token id as soon as it exists (so latency is timed from outside, the
-  same way for every runtime),
+  same way for every runtime); greedy, or each token chosen by ``pick`` (a sampler) from the
+  last position's logits, so sampling costs one forward pass per token as greedy does,
 - ``weight_bytes()``: the bytes its weights occupy (packed weights plus their scales).
 """
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterator, Protocol, runtime_checkable
+from typing import Callable, Iterator, Protocol, runtime_checkable
 
 import torch
 from transformers import DynamicCache, StaticCache
 
 from edgekit.core.errors import InputError
+
+Pick = Callable[[torch.Tensor], int]  # next-token logits [vocab] (float, CPU) -> the chosen token id
+
+
+def choose(logits: torch.Tensor, pick: Pick | None) -> int:
+    """The next token from one position's logits: ``pick``'s choice, or the argmax."""
+    return int(logits.argmax()) if pick is None else pick(logits.float().cpu())
 
 
 @runtime_checkable
@@ -29,8 +37,8 @@ class Runner(Protocol):
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         """[batch, seq] int64 -> [batch, seq, vocab] float32 logits on the CPU."""
 
-    def generate_stream(self, input_ids: torch.Tensor, max_new_tokens: int) -> Iterator[int]:
-        """Greedy decoding of one prompt ([1, seq] int64); yields each new token id."""
+    def generate_stream(self, input_ids: torch.Tensor, max_new_tokens: int, pick: Pick | None = None) -> Iterator[int]:
+        """Decoding of one prompt ([1, seq] int64), greedy or by ``pick``; yields each new token id."""
 
     def weight_bytes(self) -> int:
         """Bytes of the weights as held in memory (quantized data, scales and zeros)."""
@@ -113,8 +121,8 @@ class TorchRunner:
         return out.logits.float().cpu()
 
     @torch.inference_mode()
-    def generate_stream(self, input_ids: torch.Tensor, max_new_tokens: int) -> Iterator[int]:
-        if self._decode_step is not None:
+    def generate_stream(self, input_ids: torch.Tensor, max_new_tokens: int, pick: Pick | None = None) -> Iterator[int]:
+        if self._decode_step is not None and pick is None:
             yield from self._generate_compiled(input_ids, max_new_tokens)
             return
 
@@ -123,7 +131,7 @@ class TorchRunner:
         for _ in range(max_new_tokens):
             out = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
             cache = out.past_key_values
-            token = int(out.logits[0, -1].argmax())  # .item() synchronises CUDA
+            token = choose(out.logits[0, -1], pick)  # .item() synchronises CUDA
             yield token
             ids = torch.tensor([[token]], device=self.device)
 
@@ -145,9 +153,11 @@ class TorchRunner:
                 token = self._decode_step(token.view(1, 1), position, cache).clone()
 
     @torch.inference_mode()
-    def generate_batch(self, prompts: list[torch.Tensor], max_new_tokens: int) -> list[list[int]]:
-        """Greedy decoding of several prompts at once (1-D or [1, seq] each): left-padded, masked,
-        positions counted from each prompt's first real token, so each row decodes as it would alone."""
+    def generate_batch(self, prompts: list[torch.Tensor], max_new_tokens: int,
+                       picks: list[Pick | None] | None = None) -> list[list[int]]:
+        """Decoding of several prompts at once (1-D or [1, seq] each): left-padded, masked,
+        positions counted from each prompt's first real token, so each row decodes as it would alone;
+        row ``i`` greedy or chosen by ``picks[i]``."""
 
         rows = [p.reshape(-1) for p in prompts]
         width = max(len(r) for r in rows)
@@ -163,6 +173,8 @@ class TorchRunner:
                              use_cache=True, logits_to_keep=1)
             cache = out.past_key_values
             ids = out.logits[:, -1].argmax(-1, keepdim=True)
+            if picks is not None and any(picks):
+                ids = torch.tensor([[choose(row, p)] for row, p in zip(out.logits[:, -1], picks)], device=self.device)
             out_tokens.append(ids.cpu())
             mask = torch.cat([mask, torch.ones_like(ids)], dim=1)
         return torch.cat(out_tokens, dim=1).tolist() if out_tokens else [[] for _ in rows]

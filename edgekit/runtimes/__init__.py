@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgekit.artifacts.cache import artifact_name, cached_folder
-from edgekit.artifacts.manifest import LOADERS, read_manifest, verify_artifact
+from edgekit.artifacts.manifest import LOADERS, Manifest, check_compatible, read_manifest, verify_artifact
 from edgekit.core.errors import ArtifactError, VariantError
 from edgekit.core.paths import staged, work_dir
 from edgekit.models.load import load_tokenizer, model_key
@@ -66,12 +66,35 @@ def runtime_loader(runtime: str) -> tuple[Callable[..., Any], Callable[[], int |
     return LOADERS[runtime]
 
 
-def load_artifact(folder: str | Path, **runtime_options: Any):
-    """Verify the artifact, then build the Runner its runtime registered (recommended settings applied)."""
-    runtime = read_manifest(folder).runtime
-    loader, max_opset = runtime_loader(runtime)
-    selftest.require(runtime)
-    return loader(verify_artifact(folder, supported_opset=max_opset()), **runtime_options)
+def load_artifact(folder: str | Path | Manifest, expect_checksum: str | None = None, **runtime_options: Any):
+    """Verify the artifact, then build the Runner its runtime registered (recommended settings applied).
+
+    ``folder`` may be a manifest :func:`verify_artifact` returned: it is not hashed again (``serve``
+    verifies once at start). Each runtime's loader has the memory guard admit the load from the
+    artifact's own bytes first (:func:`edgekit.memory.guard.admit_artifact`). Either way the files must still be the ones hashed once
+    the runtime has loaded them (:meth:`Manifest.confirm_unchanged`), else the runner is closed and refused.
+    """
+    if isinstance(folder, Manifest):
+        manifest = folder
+        if expect_checksum is not None and manifest.checksum != expect_checksum.strip().lower():
+            raise ArtifactError(f"artifact checksum {manifest.checksum} is not the expected "
+                                f"{expect_checksum.strip()[:64]}; this is not the artifact you pinned")
+    else:
+        manifest = read_manifest(folder)
+    loader, max_opset = runtime_loader(manifest.runtime)
+    selftest.require(manifest.runtime)
+    if isinstance(folder, Manifest):
+        check_compatible(manifest, max_opset())
+        manifest.confirm_unchanged()
+    else:
+        manifest = verify_artifact(folder, supported_opset=max_opset(), expect_checksum=expect_checksum)
+    runner = loader(manifest, **runtime_options)
+    try:
+        manifest.confirm_unchanged()
+    except ArtifactError:
+        runner.close()
+        raise
+    return runner
 
 
 def cached_artifact(variant: "str | Variant", source: str) -> Path:

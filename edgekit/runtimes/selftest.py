@@ -6,7 +6,10 @@ SIGILL or SIGSEGV, taking a Jupyter kernel or a whole sweep with it. So before l
 ONNX Runtime or OpenVINO runs in this process, its probe — a tiny *batched* evaluation through
 the same code paths the variants use — runs in a child process. If the child dies, that
 runtime's variants are refused with one line naming the cause and the fix; every other variant
-goes on. The verdict is cached per runtime build, CPU and Python, so it costs once.
+goes on. The verdict is cached per runtime build, CPU and Python, so it costs once: written
+atomically (a temporary file renamed into place), an unreadable verdict file ignored (the probe
+runs again), and a failed verdict kept for :data:`FAILURE_TTL_S` only, so a crash caused by a
+passing condition (a timeout on a busy machine) is retried.
 
 ``EDGEKIT_SELFTEST_PROBES="runtime=module:function,..."`` replaces a runtime's probe (tests use it
 to stand in a probe that dies by a signal).
@@ -37,6 +40,7 @@ PROBES = {
     "openvino": (("openvino",), "reinstall openvino from PyPI (`make setup`) or use the PyTorch variants"),
 }
 TIMEOUT_S = 300
+FAILURE_TTL_S = 3600  # a failed verdict is re-tested after an hour
 _verdicts: dict[str, "Verdict"] = {}
 
 
@@ -99,9 +103,8 @@ def check(runtime: str, refresh: bool = False) -> Verdict:
         return _verdicts[runtime]
     spec = _probe_spec(runtime)
     path = _cache_path(runtime, spec)
-    if path.is_file() and not refresh:
-        verdict = Verdict(**{**json.loads(path.read_text()), "cached": True})
-    else:
+    verdict = None if refresh else _cached_verdict(path)
+    if verdict is None:
         start = time.perf_counter()
         try:
             child = subprocess.run([sys.executable, "-m", "edgekit.runtimes.selftest", spec], capture_output=True, text=True,
@@ -112,8 +115,24 @@ def check(runtime: str, refresh: bool = False) -> Verdict:
             ok, reason = False, f"{runtime}'s self-test did not finish in {TIMEOUT_S} s; {PROBES[runtime][1]}"
         verdict = Verdict(runtime, ok, reason, round(time.perf_counter() - start, 2))
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(verdict)))
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(asdict(verdict)))
+        os.replace(temporary, path)
     _verdicts[runtime] = verdict
+    return verdict
+
+
+def _cached_verdict(path: Path) -> Verdict | None:
+    """The verdict cached at ``path``; None when absent, unreadable, or a failure older than FAILURE_TTL_S."""
+    try:
+        data = json.loads(path.read_text())
+        verdict = Verdict(**{**data, "cached": True})
+        if not isinstance(verdict.ok, bool) or not isinstance(verdict.reason, str):
+            return None
+        if not verdict.ok and time.time() - path.stat().st_mtime > FAILURE_TTL_S:
+            return None
+    except (OSError, ValueError, TypeError):
+        return None
     return verdict
 
 

@@ -22,11 +22,18 @@ For operators (the llama-server / Kubernetes conventions):
   (absent figures are null): phase, queue depth, memory pressure, counts by outcome, the last
   error, latency percentiles.
 - The server listens at once and loads the model on a side thread; the artifact is verified
-  before that (a tampered artifact never starts) and again by the loader.
+  (hashed once) before that, optionally against the checksum the operator pins, and the loader
+  checks the files are still the ones hashed (a tampered artifact never starts). ``edgekit serve``
+  exits non-zero when the load fails.
 - A full queue answers 429 with ``Retry-After``; a request older than ``timeout_s`` answers 504 (a
   stream ends with an error event) and its work stops; a client that disconnects cancels its
   work; SIGTERM stops accepting connections, finishes the requests in flight (uvicorn's graceful
   shutdown), then answers what is queued and closes the runner.
+- Refusals come before work (:mod:`edgekit.serve.gate`): a Host outside the allow-list (loopback
+  names by default) gets 400, a missing or wrong ``api_key`` 401, a body over ``max_body_bytes``
+  413 from its headers; a prompt with more characters than the context could hold tokens gets 413
+  before it is tokenized, and tokenizing runs off the event loop, so ``/health`` keeps answering.
+  ``/health`` shows no paths and no exception text (those go to the server log).
 - ``GET /metrics`` is Prometheus text (``prometheus-client``): requests by endpoint and outcome,
   latency, time-to-first-token and queue-wait histograms, generated tokens and decode tokens/s,
   queue depth, readiness, resident memory (the standard ``process_*`` metrics) and its high-water.
@@ -63,13 +70,15 @@ from prometheus_client import (
     generate_latest,
 )
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from edgekit.artifacts.manifest import verify_artifact
+from edgekit.artifacts.manifest import read_manifest, verify_artifact
 from edgekit.core.errors import ArtifactError
 from edgekit.measure.peak_memory import rss_breakdown
 from edgekit.memory.plan import load_profile
-from edgekit.runtimes import load_artifact
+from edgekit.runtimes import load_artifact, runtime_loader
 from edgekit.serve.engine import Engine, Job, QueueFull, TextStream
+from edgekit.serve.gate import LOOPBACK_HOSTS, MAX_BODY_BYTES, RequestGate, allowed_hosts
 
 MAX_NEW_TOKENS = 256
 LATENCY_WINDOW = 10_000  # latencies kept for /health's percentiles (the most recent ones)
@@ -111,7 +120,7 @@ class _OpenAIRequest(BaseModel):
     stop: StrictStr | Annotated[list[StrictStr], Field(max_length=4)] | None = None
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    seed: StrictInt | None = None
+    seed: StrictInt | None = Field(None, ge=0, le=2**63 - 1)
     n: StrictInt = Field(1, ge=1, le=1, description="one choice per request")
 
     def stops(self) -> list[str]:
@@ -182,9 +191,11 @@ class Server:
     """Everything one served artifact holds: settings, engine, runner once loaded, metrics and state."""
 
     def __init__(self, artifact_dir: str | Path, *, max_batch: int, max_wait_ms: float, max_new_tokens: int,
-                 max_prompt_tokens: int | None, max_queue: int, timeout_s: float, device: str | Path | None) -> None:
+                 max_prompt_tokens: int | None, max_queue: int, timeout_s: float, device: str | Path | None,
+                 expect_checksum: str | None = None) -> None:
         self.artifact_dir = Path(artifact_dir)
-        self.manifest = verify_artifact(self.artifact_dir)  # a tampered artifact never starts
+        max_opset = runtime_loader(read_manifest(self.artifact_dir).runtime)[1]()
+        self.manifest = verify_artifact(self.artifact_dir, max_opset, expect_checksum)  # hashed once, here
         self.model_id = self.manifest.variant
         self.max_new_tokens, self.timeout_s = max_new_tokens, timeout_s
         self.context = max_prompt_tokens or _context_length(self.artifact_dir)
@@ -193,7 +204,9 @@ class Server:
         self.engine = Engine(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                              on_finished=self._finished)
         self.runner = None
+        self.max_token_chars: int | None = None  # characters of the longest token: the prompt precheck
         self.phase = "loading"  # loading -> warming up -> ready | failed
+        self.on_failed: Callable[[], None] = lambda: None
         self.load_error: str | None = None
         self.last_error: str | None = None
         self.latencies_s: deque[float] = deque(maxlen=LATENCY_WINDOW)
@@ -206,7 +219,7 @@ class Server:
         m.peak_rss.set_function(lambda: _memory_now()[1])
         m.budget.set(self.budget_bytes)
         data = self.manifest.data
-        self.artifact_info = {"path": str(self.artifact_dir.resolve()), "variant": self.model_id,
+        self.artifact_info = {"variant": self.model_id,
                               "runtime": data["runtime"], "schema_version": data["schema_version"],
                               "edgekit_version": data.get("edgekit_version"), "created": data.get("created"),
                               "checksum": self.manifest.checksum, "runtime_settings": data.get("runtime_settings", {})}
@@ -217,16 +230,21 @@ class Server:
 
     def _load(self) -> None:
         try:
-            self.runner = load_artifact(self.artifact_dir)
+            # llama.cpp holds a KV cache of n_ctx tokens: the context this server admits
+            options = {"n_ctx": self.context} if self.manifest.runtime == "llama.cpp" else {}
+            self.runner = load_artifact(self.manifest, **options)  # not hashed again: checked unchanged
+            self.max_token_chars = max((len(t) for t in self.runner.tokenizer.get_vocab()), default=1) or 1
             self.engine.runner = self.runner
             self.phase = "warming up"
             self._warm_up()
             self.phase = "ready"
             log.info("edgekit: %s loaded and warmed up; ready", self.model_id)
         except Exception as exc:  # noqa: BLE001 - the process stays up to say why in /health
-            self.load_error = self.last_error = f"{type(exc).__name__}: {exc}"
+            self.load_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            self.last_error = f"the model failed to load ({type(exc).__name__}); see the server log"
             self.phase = "failed"
             log.error("edgekit: could not load %s: %s", self.artifact_dir, self.load_error)
+            self.on_failed()
 
     def _warm_up(self) -> None:
         """One short greedy request through the worker, as any request goes."""
@@ -252,7 +270,7 @@ class Server:
     def not_ready(self) -> str | None:
         """Why this replica should not get traffic now (None: it should)."""
         if self.phase == "failed":
-            return f"the model failed to load: {self.load_error}"
+            return "the model failed to load; see the server log"
         if self.phase != "ready":
             return f"{self.phase} the model"
         if not self.engine.batcher.alive:
@@ -314,7 +332,7 @@ class Server:
     def tokenizer(self):
         """The runner's tokenizer; raises 503 while the model is not loaded."""
         if self.phase != "ready":
-            message = (f"the model failed to load ({self.load_error}); see the server log" if self.phase == "failed"
+            message = ("the model failed to load; see the server log" if self.phase == "failed"
                        else f"the server is {self.phase} the model; retry in a few seconds")
             raise APIError(503, message, "unavailable", headers={"Retry-After": str(RETRY_WHILE_LOADING_S)})
         return self.runner.tokenizer
@@ -324,6 +342,10 @@ class Server:
         if max_new_tokens > self.max_new_tokens:
             raise APIError(422, f"{max_new_tokens} new tokens is over this server's limit of {self.max_new_tokens}; "
                                 "ask for fewer")
+        if len(text) > (self.context - max_new_tokens) * self.max_token_chars:  # no tokenizing what cannot fit
+            raise APIError(413, f"prompt of {len(text)} characters cannot fit the {self.context}-token context with "
+                                f"{max_new_tokens} new tokens; shorten the prompt or ask for fewer tokens",
+                           code="context_length_exceeded")
         ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
         if ids.shape[1] == 0 or not text.strip():
             raise APIError(422, "the prompt is empty after tokenization; send some text to continue")
@@ -332,6 +354,11 @@ class Server:
                                 f"{self.context}-token context; shorten the prompt or ask for fewer tokens",
                            code="context_length_exceeded")
         return ids
+
+    async def prompt_ids_async(self, text: str, max_new_tokens: int):
+        """:meth:`prompt_ids` in a worker thread: a long prompt's tokenizing never stalls the event loop."""
+        self.tokenizer()
+        return await asyncio.to_thread(self.prompt_ids, text, max_new_tokens)
 
     def submit(self, job: Job) -> None:
         try:
@@ -349,21 +376,28 @@ class Server:
                                  "or retry", "timeout")
         if kind in ("gone", "cancelled"):
             return APIError(499, "the client closed the connection", "cancelled")
-        return APIError(500, f"generation failed: {type(value).__name__}: {value}", "error")
+        log.error("edgekit: generation failed: %s: %s", type(value).__name__, value)
+        return APIError(500, f"generation failed ({type(value).__name__}); see the server log", "error")
 
 
 def create_app(artifact_dir: str | Path, *, max_batch: int = 8, max_wait_ms: float = 10.0,
                max_new_tokens: int = MAX_NEW_TOKENS, max_prompt_tokens: int | None = None, max_queue: int = 64,
-               timeout_s: float = 60.0, device: str | Path | None = None) -> FastAPI:
-    """The FastAPI app serving ``artifact_dir``; raises ArtifactError now if the artifact fails verification.
+               timeout_s: float = 60.0, device: str | Path | None = None, expect_checksum: str | None = None,
+               api_key: str | None = None, hosts: list[str] | None = None,
+               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The FastAPI app serving ``artifact_dir``; raises ArtifactError now if the artifact fails verification
+    (or its checksum is not ``expect_checksum``).
 
     The model loads on a side thread once the app starts (``/health/ready`` says when).
     ``max_queue`` bounds the requests waiting or decoding, ``timeout_s`` each request's time from
     arrival to its last token, and ``device`` (a profile name or file, default this machine) the
-    memory budget of readiness.
+    memory budget of readiness. ``api_key`` (bearer), ``hosts`` (the Host names answered, default
+    loopback ones; ``*`` any) and ``max_body_bytes`` are checked before a body is read
+    (:mod:`edgekit.serve.gate`).
     """
     server = Server(artifact_dir, max_batch=max_batch, max_wait_ms=max_wait_ms, max_new_tokens=max_new_tokens,
-                    max_prompt_tokens=max_prompt_tokens, max_queue=max_queue, timeout_s=timeout_s, device=device)
+                    max_prompt_tokens=max_prompt_tokens, max_queue=max_queue, timeout_s=timeout_s, device=device,
+                    expect_checksum=expect_checksum)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -373,6 +407,9 @@ def create_app(artifact_dir: str | Path, *, max_batch: int = 8, max_wait_ms: flo
 
     app = FastAPI(title="edgekit", description=f"serving {server.model_id}", lifespan=lifespan)
     app.state.server, app.state.batcher = server, server.engine.batcher
+    app.add_middleware(RequestGate, max_body_bytes=max_body_bytes, api_key=api_key,
+                       on_refused=lambda path, status: server.metrics.requests.labels(path, "rejected").inc())
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts or LOOPBACK_HOSTS))  # outermost: runs first
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
@@ -410,7 +447,7 @@ def create_app(artifact_dir: str | Path, *, max_batch: int = 8, max_wait_ms: flo
     # ------------------------------------------------------------ edgekit's own API
     @app.post("/generate")
     async def generate(body: GenerateRequest, request: Request):
-        ids = server.prompt_ids(body.prompt, body.max_new_tokens)
+        ids = await server.prompt_ids_async(body.prompt, body.max_new_tokens)
         job, events = _job(ids, body.max_new_tokens, TextStream(server.runner.tokenizer))
         await _answer(server, request, job, events)
         server.record("/generate", "ok", job)
@@ -429,7 +466,7 @@ def create_app(artifact_dir: str | Path, *, max_batch: int = 8, max_wait_ms: flo
     async def completions(body: CompletionRequest, request: Request):
         _check_model(server, body.model)
         max_tokens = body.max_tokens or 16  # OpenAI's default for completions
-        ids = server.prompt_ids(body.prompt, max_tokens)
+        ids = await server.prompt_ids_async(body.prompt, max_tokens)
         return await _openai(server, request, body, ids, max_tokens, body.stops(), chat=False)
 
     @app.post("/v1/chat/completions")
@@ -443,9 +480,11 @@ def create_app(artifact_dir: str | Path, *, max_batch: int = 8, max_wait_ms: flo
             prompt = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
             stops = list(FALLBACK_CHAT_STOPS)
         asked = body.max_completion_tokens or body.max_tokens
-        prompt_len = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"].shape[1]
-        max_tokens = asked or max(1, min(server.max_new_tokens, server.context - prompt_len))
-        ids = server.prompt_ids(prompt, max_tokens)
+        if asked:
+            max_tokens, ids = asked, await server.prompt_ids_async(prompt, asked)
+        else:  # as many as fit: the prompt checked with one new token, then the rest of the context
+            ids = await server.prompt_ids_async(prompt, 1)
+            max_tokens = max(1, min(server.max_new_tokens, server.context - ids.shape[1]))
         return await _openai(server, request, body, ids, max_tokens, body.stops() + stops, chat=True)
 
     return app
@@ -622,9 +661,19 @@ def uvicorn_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, log_
                           timeout_graceful_shutdown=app.state.server.timeout_s + 5)
 
 
-def serve(artifact_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, **settings) -> None:
-    """Verify ``artifact_dir`` and serve it until SIGINT/SIGTERM (``edgekit serve``); settings as :func:`create_app`."""
-    uvicorn.Server(uvicorn_config(create_app(artifact_dir, **settings), host, port)).run()
+def serve(artifact_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, allowed: list[str] | None = None,
+          **settings) -> None:
+    """Verify ``artifact_dir`` and serve it until SIGINT/SIGTERM (``edgekit serve``); settings as :func:`create_app`.
+
+    Host names answered: loopback ones, ``host`` itself and ``allowed``. Raises ArtifactError (the
+    CLI exits 2) when the model fails to load, after the server has stopped."""
+    app = create_app(artifact_dir, hosts=allowed_hosts(host, allowed), **settings)
+    server = uvicorn.Server(uvicorn_config(app, host, port))
+    state: Server = app.state.server
+    state.on_failed = lambda: setattr(server, "should_exit", True)
+    server.run()
+    if state.phase == "failed":
+        raise ArtifactError(f"the server stopped: it could not load the artifact ({state.load_error})")
 
 
 @contextmanager

@@ -10,16 +10,16 @@ guides; llama-server and vLLM refuse the same way).
 Each request is a :class:`Job`. The worker
 
 - skips jobs cancelled while they waited (client gone, timed out);
-- decodes the greedy, non-streaming jobs of one batch together with ``runner.generate_batch``
-  (the batch runs to its end: a job cancelled meanwhile is dropped after it);
+- decodes the non-streaming jobs of one batch together with ``runner.generate_batch``, greedy and
+  sampled rows side by side (the batch runs to its end: a job cancelled meanwhile is dropped after it);
 - decodes every other job alone, one token at a time, and stops between two tokens as soon as
   the job is cancelled, a stop string appears or the end-of-text token comes.
 
 Sampling (``temperature`` > 0 with nucleus ``top_p``: Holtzman et al., "The Curious Case of Neural
-Text Degeneration", ICLR 2020) needs next-token logits, which the Runner interface gives for a
-whole sequence: each sampled token re-reads the prompt and the tokens so far (no KV cache). That
-is correct on every runtime and cheap for short answers, but its cost grows with the square of
-the length; greedy decoding (temperature 0) uses each runtime's KV-cache loop.
+Text Degeneration", ICLR 2020) is a ``pick`` the runner's KV-cache loop calls with each step's
+last logits (:func:`nucleus_pick`), so a sampled token costs one forward pass as a greedy one
+does. A temperature below :data:`MIN_TEMPERATURE` is greedy (dividing logits by it would
+overflow), as in vLLM.
 
 Events go back to whoever waits through the job's ``deliver`` callback (the HTTP handler passes
 one that hands them to its asyncio loop); each job ends with exactly one ``done``, ``error`` or
@@ -30,13 +30,15 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
+import numpy as np
 import torch
 
 from edgekit.core.errors import EdgekitError, InputError
 from edgekit.serve.batching import DynamicBatcher
 
+MIN_TEMPERATURE = 1e-5  # below it sampling is greedy (vLLM's _SAMPLING_EPS)
 Event = tuple[str, object]  # ("text", piece) | ("done", finish_reason) | ("error", exception) | ("cancelled", None)
 
 
@@ -110,10 +112,25 @@ class Job:
     finished_at: float | None = None
     _ended: bool = field(default=False, repr=False)
 
+    def __post_init__(self) -> None:
+        if self.temperature < MIN_TEMPERATURE:
+            self.temperature = 0.0
+
     @property
     def batchable(self) -> bool:
-        """Greedy and answered at once: it can share ``generate_batch`` with others."""
-        return self.temperature == 0 and not self.stream
+        """Answered at once: it can share ``generate_batch`` with others."""
+        return not self.stream
+
+    def pick(self):
+        """The job's token chooser for the runner's decoding loop (None: greedy)."""
+        if self.temperature == 0:
+            return None
+        generator = torch.Generator()
+        if self.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(self.seed)
+        return nucleus_pick(self.temperature, self.top_p, generator)
 
     @property
     def new_tokens(self) -> int:
@@ -130,20 +147,32 @@ class Job:
             self.deliver((kind, value))
 
 
-def sample_stream(runner, input_ids: torch.Tensor, max_new_tokens: int, temperature: float, top_p: float,
-                  generator: torch.Generator) -> Iterator[int]:
-    """Temperature and nucleus (top-p) sampling through ``runner.logits`` (the whole sequence each step)."""
-    seq = input_ids.reshape(1, -1).cpu()
-    for _ in range(max_new_tokens):
-        logits = runner.logits(seq)[0, -1].double()
-        probs = torch.softmax(logits / temperature, dim=-1)
-        if top_p < 1.0:
-            sorted_p, order = probs.sort(descending=True)
-            keep = sorted_p.cumsum(0) - sorted_p < top_p  # the smallest head whose mass reaches top_p
-            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
-        token = int(torch.multinomial(probs, 1, generator=generator))
-        yield token
-        seq = torch.cat([seq, torch.tensor([[token]])], dim=1)
+NUCLEUS_HEAD = 256  # tokens partitioned out first: the nucleus is almost always among them
+
+
+def nucleus_pick(temperature: float, top_p: float, generator: torch.Generator) -> Callable[[torch.Tensor], int]:
+    """Temperature and nucleus (top-p) sampling of one position's logits, drawn from ``generator``.
+
+    Inverse-CDF sampling with one uniform draw, in NumPy: the head of :data:`NUCLEUS_HEAD` tokens
+    is partitioned out and sorted (the whole vocabulary only when the head holds less than
+    ``top_p`` of the mass), so a step costs microseconds beside the forward pass it follows."""
+    def pick(logits: torch.Tensor) -> int:
+        z = logits.double().numpy() / temperature
+        p = np.exp(z - z.max())
+        total = p.sum()
+        u = float(torch.rand(1, generator=generator, dtype=torch.float64))
+        if top_p >= 1.0:
+            cdf = np.cumsum(p)
+            return int(min(len(p) - 1, np.searchsorted(cdf, u * cdf[-1], side="right")))
+        head = np.argpartition(-p, NUCLEUS_HEAD - 1)[:NUCLEUS_HEAD] if len(p) > NUCLEUS_HEAD else np.arange(len(p))
+        if p[head].sum() < top_p * total:
+            head = np.arange(len(p))
+        order = head[np.argsort(-p[head], kind="stable")]
+        cdf = np.cumsum(p[order]) / total
+        kept = min(len(order), int(np.searchsorted(cdf, top_p, side="left")) + 1)  # smallest head reaching top_p
+        return int(order[min(kept - 1, int(np.searchsorted(cdf[:kept], u * cdf[kept - 1], side="right")))])
+
+    return pick
 
 
 class Engine:
@@ -218,22 +247,17 @@ class Engine:
     def _decode_together(self, jobs: list[Job]) -> None:
         for job in jobs:
             job.started = time.perf_counter()
-        outputs = self.runner.generate_batch([j.ids for j in jobs], max(j.max_new_tokens for j in jobs))
+        picks = [j.pick() for j in jobs]
+        outputs = self.runner.generate_batch([j.ids for j in jobs], max(j.max_new_tokens for j in jobs),
+                                             **({"picks": picks} if any(picks) else {}))
         for job, tokens in zip(jobs, outputs):
             self._emit(job, tokens[:job.max_new_tokens])
 
     def _decode_alone(self, jobs: list[Job]) -> None:
         (job,) = jobs
         job.started = time.perf_counter()
-        if job.temperature == 0:
-            tokens = self.runner.generate_stream(job.ids, job.max_new_tokens)
-        else:
-            generator = torch.Generator()
-            if job.seed is None:
-                generator.seed()
-            else:
-                generator.manual_seed(job.seed)
-            tokens = sample_stream(self.runner, job.ids, job.max_new_tokens, job.temperature, job.top_p, generator)
+        pick = job.pick()
+        tokens = self.runner.generate_stream(job.ids, job.max_new_tokens, **({"pick": pick} if pick else {}))
         try:
             self._emit(job, tokens)
         finally:

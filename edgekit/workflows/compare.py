@@ -86,7 +86,7 @@ def compare(model: str = "default", variants: Iterable[str] = DEFAULT_VARIANTS, 
     kept_top_k(baseline_top_k, ids, settings, len(tokenizer))  # a bad value fails before any work
     run_id = new_run_id()
     revision = model_revision(str(model))
-    base_dir = _baseline_dir(revision, run_settings)
+    base_dir = _baseline_dir(source, revision, run_settings)
     done = _measured(store, str(model), revision, run_settings) if resume and store is not None else {}
     if names[0] in done and not (base_dir / "sums.npz").is_file():
         del done[names[0]]  # its scores are gone: the baseline is measured again for the others' KL
@@ -269,9 +269,10 @@ def kept_top_k(baseline_top_k: int | None | str, ids, settings: EvalSettings, vo
     return None if scored * vocab * 4 <= FULL_BASELINE_MAX_BYTES else BASELINE_TOP_K
 
 
-def _baseline_dir(revision: str, run_settings: dict) -> Path:
-    """Where a baseline's scores are kept: one folder per model revision, eval tokens and settings."""
-    key = cache_key(revision, run_settings)
+def _baseline_dir(source: str, revision: str, run_settings: dict) -> Path:
+    """Where a baseline's scores are kept: one folder per model (its resolved folder or hub id, so two
+    models whose revision is still "unknown" never share one), revision, eval tokens and settings."""
+    key = cache_key(source, revision, run_settings)
     return work_dir() / "baselines" / key
 
 

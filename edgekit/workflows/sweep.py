@@ -161,8 +161,8 @@ def run_sweep(models: Iterable[str] = ("default",), variants: Iterable[str] = DE
         for text in texts:
             ids, prompt, run_settings = run_inputs(tokenizer, text, settings, latency, base_name)
             done = _measured(store, model, revision, run_settings) if resume else {}
-            if base_name in done and len(done) < len(names) and not (_baseline_dir(revision, run_settings)
-                                                                       / "sums.npz").is_file():
+            base_scores = _baseline_dir(resolve_source(model), revision, run_settings) / "sums.npz"
+            if base_name in done and len(done) < len(names) and not base_scores.is_file():
                 del done[base_name]  # its scores are gone: measured again for the others' KL
             groups.append((model, text, ids, prompt, run_settings, revision, done))
 
@@ -207,7 +207,7 @@ def _run(ray, groups, names, settings, latency, store, run_id, cpus_per_cell, ma
     for model, text, ids, prompt, run_settings, revision, done in groups:
         ids_ref = ray.put(ids)
         base_ref = None
-        base_dir = _baseline_dir(revision, run_settings)
+        base_dir = _baseline_dir(resolve_source(model), revision, run_settings)
         for name in names:
             memory, gpus, refused = plans[model, name]
             cell = Cell(model, name, text, name == names[0], run_settings, revision, memory, gpus, refused)
@@ -248,7 +248,8 @@ def _run(ray, groups, names, settings, latency, store, run_id, cpus_per_cell, ma
             try:
                 result = ray.get(ready[0])
                 if scores_ref is not None and result.status == "ok":
-                    ray.get(scores_ref).save(_baseline_dir(cell.revision, cell.run_settings))
+                    ray.get(scores_ref).save(_baseline_dir(resolve_source(cell.model), cell.revision,
+                                                            cell.run_settings))
             except ray.exceptions.RayError as exc:  # the worker died max_retries + 1 times, or its input did
                 result = _error(cell, run_id, f"{CELL_TASK_PREFIX} {cell.model} {cell.variant} failed after "
                                               f"{max_retries} retries: {_first_line(exc)}")

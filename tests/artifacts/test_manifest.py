@@ -46,12 +46,12 @@ def test_tampered_file_is_refused(artifact):
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 0xFF
     model.write_bytes(bytes(data))
-    _one_line_refusal(artifact, "model.onnx does not match its sha256")
+    _one_line_refusal(artifact, "model.onnx is missing or does not match its sha256")
 
 
 def test_missing_file_is_refused(artifact):
     (artifact / "tokenizer.json").unlink()
-    _one_line_refusal(artifact, "tokenizer.json is missing")
+    _one_line_refusal(artifact, "tokenizer.json is missing or does not match its sha256")
 
 
 def test_unlisted_file_is_refused(artifact):
@@ -98,6 +98,6 @@ def test_cli_export_verify_run(default_model, tmp_path, capsys, onnx_artifact):
     (out / "config.json").write_text("{}")
     assert main(["verify", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "config.json does not match" in err and err.count("\n") == 1
+    assert "config.json is missing or does not match" in err and err.count("\n") == 1
     assert main(["run", str(out), "--prompt", "HAMLET:"]) == 2
     assert main(["verify", str(tmp_path / "nowhere")]) == 2

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from edgekit.measure.quality import EvalSettings
-from edgekit.measure.store import SCHEMA, Result, ResultStore
+from edgekit.measure.store import MIGRATIONS, Result, ResultStore
 from edgekit.models.load import UNKNOWN_REVISION, model_revision
 from edgekit.workflows.compare import compare
 
@@ -41,7 +41,7 @@ def test_results_record_which_weights_they_measured(tmp_path, default_model):
 def test_store_written_before_revisions_opens_and_reads(tmp_path):
     path = tmp_path / "old.sqlite"
     with sqlite3.connect(path) as db:
-        db.execute("\n".join(line for line in SCHEMA.splitlines() if "model_revision" not in line))
+        db.execute(MIGRATIONS[0])  # the layout before revisions were recorded
         db.execute("INSERT INTO results (run_id, created, kind, model, variant, status, error, metrics, settings,"
                    " environment) VALUES ('r1', '2026-01-01T00:00:00', 'compare', 'default', 'fp32', 'ok', NULL,"
                    " '{}', '{}', '{}')")

@@ -86,7 +86,7 @@ def test_remote_code_stays_off(tmp_path, default_model):
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     config.update(model_type="my-custom-lm", auto_map={"AutoModelForCausalLM": "modeling_custom.CustomLM"})
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelSourceError, match="trust_remote_code"):
+    with pytest.raises(ModelSourceError, match="ships its own code"):
         load_model(tmp_path / "m")
 
 

@@ -48,7 +48,7 @@ def test_fresh_server_is_healthy_with_no_nan(onnx_artifact):
 def test_while_loading_live_but_not_ready_and_requests_get_503(onnx_artifact):
     """Before the lifespan has loaded the model (TestClient without ``with`` runs no lifespan)."""
     app = create_app(onnx_artifact(VARIANT))
-    client = TestClient(app)
+    client = TestClient(app, base_url="http://localhost")
     try:
         health = client.get("/health")
         assert health.status_code == 200 and strict_json(health)["status"] == "loading"

@@ -52,16 +52,23 @@ from gguf import GGUFReader, GGUFWriter
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import quantize
 from huggingface_hub import snapshot_download
-from transformers import AutoTokenizer
 
 from edgekit.artifacts.manifest import Manifest, artifact_loader, copy_side_files, write_manifest
 from edgekit.core.dtypes import config_dtype
 from edgekit.core.errors import ModelSourceError, VariantError
 from edgekit.core.native_build import CONVERTER, CONVERTER_PACKAGES, converter_dir, llama_cpp_version
 from edgekit.core.paths import read_split, staged, work_dir
-from edgekit.memory.guard import admit
-from edgekit.models.load import load_tokenizer, model_config, model_key, resolve_source
+from edgekit.memory.guard import admit, admit_artifact
+from edgekit.models.load import (
+    folder_tokenizer,
+    load_tokenizer,
+    model_config,
+    model_key,
+    refuse_remote_code,
+    resolve_source,
+)
 from edgekit.models.names import original_gguf
+from edgekit.models.runner import Pick, choose
 from edgekit.runtimes import cached_artifact, load_artifact
 from edgekit.variants.registry import Variant, register
 
@@ -110,8 +117,13 @@ def _local_model_dir(source: str) -> Path:
 
 
 def convert_to_gguf(source: str, out_path: Path, outtype: str = "f32") -> Path:
-    """Run llama.cpp's converter on ``source`` (with the documented pre-tokenizer mapping)."""
+    """Run llama.cpp's converter on ``source`` (with the documented pre-tokenizer mapping).
+
+    The converter asks transformers for remote code (``trust_remote_code=True``) for custom
+    tokenizers and several architectures, so a folder that carries code of its own is refused
+    first, and the converter's process forces remote code off as well (:func:`_run_converter`)."""
     model_dir = _local_model_dir(source)
+    refuse_remote_code(model_dir)
     folder = ensure_converter()
     env = {**os.environ, "EDGEKIT_GGUF_PRE": pre_tokenizer_mapping(model_dir) or ""}
     cmd = [sys.executable, str(Path(__file__).with_name("convert.py")), str(folder), str(model_dir), "--outfile", str(out_path),
@@ -282,7 +294,7 @@ class LlamaCppRunner:
             rows.append(torch.from_numpy(self.llm.scores[: len(row)].copy()))
         return torch.stack(rows)
 
-    def generate_stream(self, input_ids: torch.Tensor, max_new_tokens: int) -> Iterator[int]:
+    def generate_stream(self, input_ids: torch.Tensor, max_new_tokens: int, pick: Pick | None = None) -> Iterator[int]:
         import llama_cpp
 
         vocab = self.llm.n_vocab()
@@ -291,7 +303,7 @@ class LlamaCppRunner:
         for _ in range(max_new_tokens):
             self.llm.eval(tokens)  # appends to the KV cache
             last = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.llm.ctx, -1), shape=(vocab,))
-            token = int(last.argmax())
+            token = choose(torch.from_numpy(last.copy()), pick)
             yield token
             tokens = [token]
 
@@ -362,8 +374,8 @@ def self_test(tokens: int = 32) -> None:
 @artifact_loader("llama.cpp")
 def load_gguf_artifact(manifest: Manifest, threads: int | None = None, n_ctx: int = 1024, tokenizer=None,
                        kv: str | None = None):
-
-    tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(manifest.path))
+    admit_artifact(manifest)
+    tokenizer = tokenizer or folder_tokenizer(manifest.path)
     return LlamaCppRunner(manifest.variant, manifest.path / MODEL_FILE, tokenizer,
                           threads=threads or manifest.data.get("runtime_settings", {}).get("threads"), n_ctx=n_ctx,
                           kv=kv)

@@ -13,11 +13,19 @@ import runpy
 import sys
 from pathlib import Path
 
+import transformers
+
 from edgekit.core.native_build import CONVERTER
 
 
 def run_converter(folder: str, argv: list[str]) -> None:
-    """Run llama.cpp's converter in this process, with edgekit's pre-tokenizer mapping installed."""
+    """Run llama.cpp's converter in this process, with edgekit's pre-tokenizer mapping installed and
+    remote code forced off in every transformers ``from_pretrained`` it calls."""
+    for auto in (transformers.AutoConfig, transformers.AutoTokenizer, transformers.AutoModel,
+                 transformers.AutoModelForCausalLM):
+        def no_remote_code(*args, _load=auto.from_pretrained, **kwargs):
+            return _load(*args, **{**kwargs, "trust_remote_code": False})
+        auto.from_pretrained = no_remote_code
 
     sys.path[:0] = [folder, str(Path(folder) / "gguf-py")]  # the converter's own gguf, before PyPI's
     from conversion import base

@@ -27,10 +27,12 @@ import onnx.helper as h
 import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
-from transformers import AutoTokenizer
 
 from edgekit.artifacts.manifest import Manifest, artifact_loader
 from edgekit.core.errors import ArtifactError, InputError
+from edgekit.memory.guard import admit_artifact
+from edgekit.models.load import folder_tokenizer
+from edgekit.models.runner import Pick, choose
 from edgekit.runtimes.onnx.files import EXTERNAL_DATA_FILE, EXTERNAL_DATA_THRESHOLD, MODEL_FILE
 
 OPT_LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -142,6 +144,7 @@ class ORTRunner:
                  intra_op_threads: int | None = None, graph_optimization_level: str = "all",
                  io_binding: bool = True) -> None:
 
+
         if isinstance(manifest_or_folder, Manifest):
             folder, self.name = manifest_or_folder.path, manifest_or_folder.variant
         else:
@@ -158,7 +161,7 @@ class ORTRunner:
         self.session = ort.InferenceSession(str(self.model_path),
                                             session_options(graph_optimization_level, intra_op_threads),
                                             providers=self.providers)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder))
+        self.tokenizer = folder_tokenizer(self.folder)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         inputs = {i.name: i for i in self.session.get_inputs()}
@@ -191,9 +194,10 @@ class ORTRunner:
         return torch.from_numpy(logits).float()
 
     # ------------------------------------------------------------------ decoding
-    def _decode(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, max_new_tokens: int
-                ) -> Iterator[np.ndarray]:
-        """Greedy decoding of a (left-padded) batch; yields the next token of every row per step."""
+    def _decode(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, max_new_tokens: int,
+                picks: list[Pick | None] | None = None) -> Iterator[np.ndarray]:
+        """Decoding of a (left-padded) batch, row ``i`` greedy or by ``picks[i]``; yields the next token
+        of every row per step."""
         batch = ids.shape[0]
         past: dict[str, object] = self._empty_past(batch)
         for _ in range(max_new_tokens):
@@ -204,6 +208,8 @@ class ORTRunner:
                 outputs = self.session.run(["logits"] + self.present_names, {**feeds, **past})
                 logits, past = outputs[0], dict(zip(self.past_names, outputs[1:]))
             tokens = logits[:, -1].argmax(-1)
+            if picks is not None and any(picks):
+                tokens = np.array([choose(torch.from_numpy(row), p) for row, p in zip(logits[:, -1], picks)])
             yield tokens
             ids = tokens[:, None]
             mask = np.concatenate([mask, np.ones((batch, 1), dtype=mask.dtype)], axis=1)
@@ -218,14 +224,16 @@ class ORTRunner:
         outputs = self.session.run_with_ort_values(self._output_names, values)
         return outputs[0].numpy(), dict(zip(self.past_names, outputs[1:]))
 
-    def generate_stream(self, input_ids: torch.Tensor, max_new_tokens: int) -> Iterator[int]:
+    def generate_stream(self, input_ids: torch.Tensor, max_new_tokens: int, pick: Pick | None = None) -> Iterator[int]:
         ids = input_ids.reshape(1, -1).cpu().numpy()
         positions = np.arange(ids.shape[1])[None, :]
-        for tokens in self._decode(ids, np.ones_like(ids), positions, max_new_tokens):
+        for tokens in self._decode(ids, np.ones_like(ids), positions, max_new_tokens, [pick]):
             yield int(tokens[0])
 
-    def generate_batch(self, prompts: list[torch.Tensor], max_new_tokens: int) -> list[list[int]]:
-        """Greedy decoding of several prompts at once, left-padded with an attention mask."""
+    def generate_batch(self, prompts: list[torch.Tensor], max_new_tokens: int,
+                       picks: list[Pick | None] | None = None) -> list[list[int]]:
+        """Decoding of several prompts at once, left-padded with an attention mask (row ``i`` greedy or by
+        ``picks[i]``)."""
         if not prompts:
             return []
         rows = [p.reshape(-1).cpu().numpy() for p in prompts]
@@ -240,7 +248,7 @@ class ORTRunner:
             mask[i, width - len(row):] = 1
         positions = np.clip(mask.cumsum(axis=1) - 1, 0, None)
         out: list[list[int]] = [[] for _ in rows]
-        for tokens in self._decode(ids, mask, positions, max_new_tokens):
+        for tokens in self._decode(ids, mask, positions, max_new_tokens, picks):
             for i, token in enumerate(tokens):
                 out[i].append(int(token))
         return out
@@ -262,6 +270,7 @@ def load_onnx_artifact(manifest: Manifest, **runtime_options) -> ORTRunner:
     unknown = set(runtime_options) - allowed
     if unknown:
         raise InputError(f"unknown ONNX Runtime option(s) {', '.join(sorted(unknown))}; use {', '.join(sorted(allowed))}")
+    admit_artifact(manifest)
     return ORTRunner(manifest, **{**recommended, **runtime_options})
 
 

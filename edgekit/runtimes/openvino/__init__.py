@@ -33,12 +33,13 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer
 
 from edgekit.artifacts.cache import artifact_name
 from edgekit.artifacts.manifest import Manifest, artifact_loader, copy_side_files, write_manifest
 from edgekit.core.paths import work_dir
-from edgekit.memory.guard import admit
+from edgekit.memory.guard import admit, admit_artifact
+from edgekit.models.load import folder_tokenizer
+from edgekit.models.runner import Pick, choose
 from edgekit.runtimes import cached_artifact, load_artifact
 from edgekit.runtimes.onnx.build import build_nbits_decoder, check_matmul_nbits
 from edgekit.runtimes.onnx.export import cached_export
@@ -151,7 +152,7 @@ class OpenVINORunner:
         request.infer(inputs, share_inputs=True)  # always fresh tensors over numpy: any shape, no copy
         return torch.from_numpy(request.get_tensor("logits").data.copy())
 
-    def generate_stream(self, input_ids: torch.Tensor, max_new_tokens: int) -> Iterator[int]:
+    def generate_stream(self, input_ids: torch.Tensor, max_new_tokens: int, pick: Pick | None = None) -> Iterator[int]:
         ids = input_ids.reshape(1, -1).numpy().astype(np.int64)
         empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=np.float32)
         past = {n: empty for n in self.past_names}
@@ -159,7 +160,7 @@ class OpenVINORunner:
         for step in range(max_new_tokens):
             request = self.requests[step % 2]  # the other request still holds this step's past tensors
             request.infer({**self._inputs(ids, past_len), **past}, share_inputs=True)
-            token = int(request.get_tensor("logits").data[0, -1].argmax())
+            token = choose(torch.from_numpy(request.get_tensor("logits").data[0, -1]), pick)
             yield token
             past_len += ids.shape[1]
             past = {p: request.get_tensor(o) for p, o in zip(self.past_names, self.present_names)}
@@ -177,9 +178,9 @@ class OpenVINORunner:
 @artifact_loader("openvino")
 def load_openvino_artifact(manifest: Manifest, device: str | None = None, threads: int | None = None,
                            tokenizer=None) -> OpenVINORunner:
-
+    admit_artifact(manifest)
     settings = manifest.data.get("runtime_settings", {})
-    tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(manifest.path))
+    tokenizer = tokenizer or folder_tokenizer(manifest.path)
     return OpenVINORunner(manifest.variant, manifest.path, tokenizer,
                           device=device or settings.get("device", "CPU"),
                           threads=threads or settings.get("threads"))

@@ -25,7 +25,6 @@ compute spent waiting for weights (stall) and the bytes streamed, in ``runner.st
 """
 from __future__ import annotations
 
-import json
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,8 +38,10 @@ from transformers import AutoModelForCausalLM, DynamicCache
 
 from edgekit.core.errors import InputError, ModelSourceError
 from edgekit.memory.plan import DeviceProfile, load_config, module_bytes, plan_memory
+from edgekit.models.checkpoint import index_weight_map
 from edgekit.models.layout import block_index, decoder_blocks
 from edgekit.models.load import load_tokenizer, model_config, resolve_source
+from edgekit.models.runner import Pick, choose
 
 
 @dataclass
@@ -58,9 +59,9 @@ class StepTiming:
 
 def _weight_files(folder: Path) -> dict[str, Path]:
     """Tensor name -> safetensors file holding it (sharded or single-file checkpoints)."""
-    index = folder / "model.safetensors.index.json"
-    if index.exists():
-        return {k: folder / v for k, v in json.loads(index.read_text())["weight_map"].items()}
+    weight_map = index_weight_map(folder)
+    if weight_map is not None:
+        return weight_map
     single = folder / "model.safetensors"
     if not single.exists():
         raise ModelSourceError(f"{folder} has no safetensors weights; layer streaming reads safetensors only "
@@ -246,14 +247,14 @@ class StreamingRunner:
         return logits.float().cpu()
 
     @torch.inference_mode()
-    def generate_stream(self, input_ids: torch.Tensor, max_new_tokens: int) -> Iterator[int]:
+    def generate_stream(self, input_ids: torch.Tensor, max_new_tokens: int, pick: Pick | None = None) -> Iterator[int]:
 
         cache = DynamicCache()
         ids = input_ids.to(self.device)
         for _ in range(max_new_tokens):
             out, logits = self._forward(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
             cache = out.past_key_values
-            token = int(logits[0, -1].argmax())
+            token = choose(logits[0, -1], pick)
             yield token
             ids = torch.tensor([[token]], device=self.device)
 
