@@ -31,7 +31,9 @@ import time
 import torch
 
 from edgekit.measure.quality import EvalSettings
-from edgekit.memory.plan import _layout, held_config, load_config, weight_bytes
+from edgekit.memory.bytes import held_config, weight_bytes
+from edgekit.memory.plan import _layout
+from edgekit.models.config import load_config
 from edgekit.models.load import resolve_source
 from edgekit.pruning.spec import PruneSpec, storage
 from edgekit.pruning.variants import pruning_record

@@ -33,7 +33,7 @@ from make_random_checkpoint import PRESETS, write_checkpoint  # noqa: E402
 from edgekit.core.paths import data_dir, eval_token_ids  # noqa: E402
 from edgekit.measure.peak_memory import PeakMemory, release_memory  # noqa: E402
 from edgekit.measure.quality import EvalSettings, device_bandwidth, measure_latency, score  # noqa: E402
-from edgekit.memory.plan import weight_bytes as planned_bytes  # noqa: E402
+from edgekit.memory.bytes import weight_bytes as planned_bytes  # noqa: E402
 from edgekit.models.load import load_model, load_tokenizer, resolve_source  # noqa: E402
 from edgekit.models.runner import TorchRunner  # noqa: E402
 from edgekit.quantizers.packed import PackedLinear, compute_paths, quantize_rtn  # noqa: E402

@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--trust-contended", action="store_true",
                     help="let rows timed while other processes held their cores pass the speed limits")
 
-    vs = sub.add_parser("variants", help="every variant: its runtime, what it is, the options it takes")
+    vs = sub.add_parser("variants", help="every variant: its runtime, what it is, the options it takes (with their defaults)")
     vs.add_argument("--family", default=None, help="only this runtime (pytorch, onnxruntime, openvino, llama.cpp)")
 
     cl = sub.add_parser("clean", help="remove the work caches (exports, artifacts, baselines, spills); results stay")
@@ -139,7 +139,7 @@ def run_compare(args) -> None:
     latency = None if args.no_latency else LatencySettings(new_tokens=args.new_tokens, runs=args.runs)
     store = ResultStore(args.store)
     if args.report and args.device:
-        from edgekit.memory.plan import load_profile
+        from edgekit.memory.profiles import load_profile
 
         load_profile(args.device)  # an unknown device fails now, not after the whole comparison
 
@@ -253,7 +253,8 @@ def run_variants(args) -> None:
 
     for entry in entries():
         if args.family in (None, entry.family):
-            options = ", ".join(entry.accepted_options) or "none"
+            defaults = entry.default_options
+            options = ", ".join(f"{o}={defaults[o]}" if o in defaults else o for o in entry.accepted_options) or "none"
             print(f"{', '.join(entry.examples):<48} {entry.family:<12} {entry.summary}  [options: {options}]")
 
 

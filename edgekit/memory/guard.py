@@ -22,7 +22,8 @@ import torch
 from edgekit.core.dtypes import OFFLOADABLE
 from edgekit.core.errors import PlanError
 from edgekit.core.paths import work_dir
-from edgekit.memory.plan import GIB, MemoryPlan, alternatives_text, load_profile, plan_memory, this_machine
+from edgekit.memory.plan import MemoryPlan, alternatives_text, plan_memory
+from edgekit.memory.profiles import GIB, load_profile, this_machine
 from edgekit.models.load import load_model, model_config
 from edgekit.models.runner import TorchRunner
 from edgekit.variants.registry import Variant, device_of

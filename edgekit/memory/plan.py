@@ -20,300 +20,23 @@ offload map (layers on the accelerator, then host memory, then disk) that
 """
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import psutil
-import torch
-from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
-
-from edgekit.core.dtypes import DTYPE_BYTES
-from edgekit.core.errors import ModelSourceError, PlanError, VariantError
-from edgekit.core.paths import BATCH_SIZE, SAMPLES, SEQ_LEN, data_dir
-from edgekit.models.layout import block_linears, top_module
-from edgekit.models.load import model_config
+from edgekit.core.errors import PlanError, VariantError
+from edgekit.memory.bytes import (
+    activation_bytes,
+    activation_dtype,
+    held_config,
+    kv_cache_bytes,
+    kv_cache_dtype,
+    module_bytes,
+)
+from edgekit.memory.peak import load_peak_bytes
+from edgekit.memory.profiles import GIB, DeviceProfile, load_profile
+from edgekit.models.config import config_layout, load_config
 from edgekit.variants.registry import Variant, offered_variants
-
-GIB = 1024 ** 3
-PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
-TORCH_DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
-
-
-# ---------------------------------------------------------------- model configs
-def known_models() -> list[str]:
-    """Short names of the shipped 7B-class configs (``data/configs/*.json``)."""
-    return sorted(p.stem for p in (data_dir() / "configs").glob("*.json"))
-
-
-def load_config(config: Any):
-    """A transformers config from a known short name, a config.json path, a model folder,
-    ``"default"``, a hub id, a dict (a pasted config) or a config object."""
-
-    if isinstance(config, PretrainedConfig):
-        return config
-    if isinstance(config, dict):
-        return _config_from_dict(config, "the pasted config")
-    text = str(config).strip()
-    if text.startswith("{"):
-        try:
-            return _config_from_dict(json.loads(text), "the pasted config")
-        except json.JSONDecodeError as exc:
-            raise ModelSourceError(f"the pasted config is not valid JSON ({exc}); paste the whole config.json") from None
-    known = data_dir() / "configs" / f"{text}.json"
-    if known.exists():
-        return _config_from_dict(json.loads(known.read_text()), text)
-    path = Path(text).expanduser()
-    if path.is_file():
-        try:
-            return _config_from_dict(json.loads(path.read_text()), str(path))
-        except json.JSONDecodeError as exc:
-            raise ModelSourceError(f"{path} is not a JSON config ({exc}); pass a config.json") from None
-    if path.is_dir() and (path / "config.json").exists() and not any(path.glob("*.safetensors")):
-        return _config_from_dict(json.loads((path / "config.json").read_text()), str(path))
-    try:
-        return model_config(text)
-    except ModelSourceError as exc:
-        raise ModelSourceError(f"{exc}; known short names: {', '.join(known_models())}") from None
-
-
-def _config_from_dict(values: dict, origin: str):
-
-    values = dict(values)
-    model_type = values.pop("model_type", None)
-    if not model_type:
-        raise ModelSourceError(f"{origin} has no model_type; paste a Hugging Face config.json (it names model_type)")
-    try:
-        return AutoConfig.for_model(model_type, **values)
-    except ValueError as exc:
-        raise ModelSourceError(f"{origin}: {exc}") from None
-
-
-def config_dtype(config) -> str:
-    """The checkpoint's dtype as fp32/bf16/fp16 (fp32 when the config does not say)."""
-    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-    name = str(dtype).replace("torch.", "") if dtype is not None else "float32"
-    return TORCH_DTYPE_NAMES.get(name, "fp32")
-
-
-@lru_cache(maxsize=16)
-def _meta_layout(config_json: str, model_type: str) -> tuple:
-    """(parameter count, [(module, out, in, bias) for decoder linears], [(top module, numel)]) of a meta model."""
-
-    config = AutoConfig.for_model(model_type, **{k: v for k, v in json.loads(config_json).items() if k != "model_type"})
-    try:
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
-    except (ValueError, KeyError) as exc:
-        raise ModelSourceError(f"transformers cannot build a causal LM from this {model_type!r} config: {exc}") from None
-    try:
-        blocks = block_linears(model)
-    except VariantError:  # no nn.Linear in its blocks (GPT-2's Conv1D): everything is priced as dense
-        blocks = {}
-    linears = [(name, m.out_features, m.in_features, m.bias is not None) for name, m in blocks.items()]
-    in_linears = {f"{name}.{p}" for name, *_ in linears for p in ("weight", "bias")}
-    others: dict[str, int] = {}
-    for name, p in model.named_parameters():  # shared (tied) parameters are listed once
-        if name not in in_linears:
-            top = top_module(name)
-            others[top] = others.get(top, 0) + p.numel()
-    count = sum(p.numel() for p in model.parameters())
-    return count, tuple(linears), tuple(others.items())
-
-
-def _layout(config):
-    return _meta_layout(config.to_json_string(use_diff=False), config.model_type)
-
-
-def parameter_count(config) -> int:
-    """Exact number of parameters (tied embeddings counted once)."""
-    return _layout(load_config(config))[0]
-
-
-# ---------------------------------------------------------------- bytes per scheme
-def decoder_linears(config) -> list[str]:
-    """Names of the decoder blocks' linear layers (``model.layers.3.mlp.down_proj``...), from the meta model."""
-    return [name for name, *_ in _layout(load_config(config))[1]]
-
-
-def linear_bytes(out_f: int, in_f: int, bias: bool, scheme: "str | Variant", dense: str) -> int:
-    """Bytes one ``out_f x in_f`` linear layer occupies under ``scheme`` (its registry entry prices
-    it); ``dense`` is the dtype (fp32/bf16/fp16) of what the scheme leaves unquantized (biases)."""
-    variant = Variant.parse(scheme)
-    return variant.entry.linear_bytes(variant, out_f, in_f, bias, dense)
-
-
-def _dense_dtype(config, variant: "str | Variant") -> str:
-    """Dtype of what stays unquantized, as the variant's registry entry says (given the checkpoint's)."""
-    variant = Variant.parse(variant)
-    return variant.entry.dense(variant, config_dtype(config))
-
-
-def held_config(config, variant: "str | Variant"):
-    """The config of the model as ``variant`` holds it: its registry entry's ``held_config`` where the
-    variant changes shapes (structured pruning removes channels, KV groups, layers), else ``config``."""
-    config, variant = load_config(config), Variant.parse(variant)
-    return variant.entry.held_config(variant, config) if variant.entry.held_config else config
-
-
-def module_bytes(config, variant: str, layer_schemes: dict[str, str] | None = None) -> dict[str, int]:
-    """Weight bytes per top-level module in load order (embeddings, each decoder block, norm, head),
-    at the shapes the variant holds (:func:`held_config`)."""
-    config = held_config(config, variant)
-    _, linears, others = _layout(config)
-    dense = _dense_dtype(config, variant)
-    layer_schemes = dict(layer_schemes or {})
-    unknown = set(layer_schemes) - {name for name, *_ in linears}
-    if unknown:
-        raise VariantError(f"layer_schemes names layers this model does not have: {sorted(unknown)[:3]}; "
-                           f"names look like {linears[0][0]}")
-    sizes: dict[str, int] = {}
-    for top, numel in others:
-        sizes[top] = sizes.get(top, 0) + numel * DTYPE_BYTES[dense]
-    for name, out_f, in_f, bias in linears:
-        top = top_module(name + ".weight")
-        sizes[top] = sizes.get(top, 0) + linear_bytes(out_f, in_f, bias, layer_schemes.get(name, variant), dense)
-    order = lambda key: (0 if "embed" in key or key.endswith("wte") else 2 if not re.search(r"\.\d+$", key) else 1,
-                         int(key.rsplit(".", 1)[-1]) if re.search(r"\.\d+$", key) else 0, "head" in key)
-    return dict(sorted(sizes.items(), key=lambda kv: order(kv[0])))
-
-
-def weight_bytes(config, variant: str, layer_schemes: dict[str, str] | None = None) -> int:
-    """Bytes of the weights of ``config`` under ``variant``; ``layer_schemes`` maps decoder
-    linear layers (``model.layers.3.mlp.down_proj``) to the variant they use instead."""
-    return sum(module_bytes(config, variant, layer_schemes).values())
-
-
-def activation_dtype(config, variant: str) -> str:
-    """Dtype of activations and of the KV cache: the variant's compute dtype."""
-    return _dense_dtype(config, variant)
-
-
-def kv_cache_bytes(config, context: int, batch: int = 1, dtype: str = "fp16") -> int:
-    """Keys and values of every layer for ``batch`` sequences of ``context`` tokens.
-
-    ``dtype`` is fp32/bf16/fp16 or a llama.cpp cache type (``f16``, ``q8_0``, ``q4_0``...: its
-    ``type_k``/``type_v``), priced by gguf's own table of block sizes: a row of one head's values is
-    cut into blocks (q8_0: 32 int8 codes and an fp16 scale, 34 bytes; q4_0: 32 4-bit codes and a
-    scale, 18 bytes), so the head dimension must be a multiple of the block."""
-    config = load_config(config)
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    rows = 2 * config.num_hidden_layers * kv_heads * context * batch
-    if dtype in DTYPE_BYTES:
-        return rows * head_dim * DTYPE_BYTES[dtype]
-
-    try:
-        block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType[dtype.upper()]]
-    except KeyError:
-        raise PlanError(f"unknown KV cache type {dtype!r}; use {', '.join(DTYPE_BYTES)} or a llama.cpp cache "
-                        "type such as f16, q8_0, q4_0") from None
-    if head_dim % block:
-        raise PlanError(f"a {dtype} KV cache stores blocks of {block} values, and this model's heads have "
-                        f"{head_dim}; use f16 or a type whose block divides {head_dim}")
-    return rows * head_dim // block * block_bytes
-
-
-def kv_cache_dtype(config, variant: "str | Variant") -> str:
-    """What the KV cache is held in under ``variant``: its option ``kv`` (gguf-q4_0:kv=q8_0), else the
-    variant's compute dtype."""
-    variant = Variant.parse(variant)
-    return variant.option("kv") or activation_dtype(config, variant)
-
-
-def activation_bytes(config, context: int, batch: int = 1, dtype: str = "fp16") -> int:
-    """Working set of one forward pass over ``context`` tokens (the prompt, the worst case).
-
-    Per token: the residual stream, norm output and attention output (4 x hidden), q/k/v,
-    the MLP's gate, up and product (3 x intermediate), one layer's attention scores
-    (heads x context, as the math SDPA path on a CPU materializes them), plus fp32 logits
-    over the vocabulary for every position. Layers run one after another, so one layer's
-    intermediates are live at a time.
-    """
-    config = load_config(config)
-    h, heads = config.hidden_size, config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or h // heads
-    kv = 2 * (getattr(config, "num_key_value_heads", None) or heads) * head_dim
-    intermediate = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * h
-    per_token = 4 * h + heads * head_dim + kv + 3 * intermediate + heads * context
-    return batch * context * (per_token * DTYPE_BYTES[dtype] + 4 * config.vocab_size)
-
-
-# ---------------------------------------------------------------- device profiles
-@dataclass(frozen=True)
-class DeviceProfile:
-    """Memory of a target: host RAM, and for a CUDA GPU or an NPU its own memory (on-chip/dedicated)."""
-
-    name: str
-    kind: str  # cpu | cuda | npu
-    host_bytes: int
-    host_reserved_bytes: int = 0
-    accelerator_bytes: int = 0
-    accelerator_reserved_bytes: int = 0
-    runtime_overhead_bytes: int = GIB // 2
-    unified: bool = False  # CPU and accelerator share one pool (Jetson, Apple silicon)
-    runs: tuple[str, ...] = (".*",)
-    description: str = ""
-
-    @property
-    def host_budget(self) -> int:
-        return max(0, self.host_bytes - self.host_reserved_bytes)
-
-    @property
-    def accelerator_budget(self) -> int:
-        return max(0, self.accelerator_bytes - self.accelerator_reserved_bytes)
-
-    def can_run(self, variant_name: str) -> bool:
-        return any(re.fullmatch(p, variant_name) for p in self.runs)
-
-
-def device_profiles() -> list[str]:
-    """Names of the shipped device profiles, plus ``this-machine`` (measured now)."""
-    return sorted(p.stem for p in PROFILE_DIR.glob("*.json")) + ["this-machine"]
-
-
-def load_profile(device: "str | Path | DeviceProfile") -> DeviceProfile:
-    """A shipped profile by name, ``this-machine``, or your own JSON file by path."""
-    if isinstance(device, DeviceProfile):
-        return device
-    text = str(device)
-    if text == "this-machine":
-        return this_machine()
-    path = PROFILE_DIR / f"{text}.json"
-    if not path.exists():
-        path = Path(text).expanduser()
-        if not path.is_file():
-            raise PlanError(f"unknown device profile {text!r}; use one of {', '.join(device_profiles())} "
-                            "or the path of your own JSON profile (see edgekit/memory/profiles/laptop-16gb.json)")
-    try:
-        raw = json.loads(path.read_text())
-        return DeviceProfile(
-            name=raw.get("name", path.stem), kind=raw["kind"], description=raw.get("description", ""),
-            host_bytes=int(raw.get("host_gib", 0) * GIB), host_reserved_bytes=int(raw.get("host_reserved_gib", 0) * GIB),
-            accelerator_bytes=int(raw.get("accelerator_gib", 0) * GIB),
-            accelerator_reserved_bytes=int(raw.get("accelerator_reserved_gib", 0) * GIB),
-            runtime_overhead_bytes=int(raw.get("runtime_overhead_gib", 0.5) * GIB),
-            unified=bool(raw.get("unified", False)), runs=tuple(raw.get("runs", [".*"])))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PlanError(f"device profile {path} is malformed ({exc!r}); it needs kind (cpu/cuda/npu), host_gib "
-                        "and, for cuda/npu, accelerator_gib") from None
-
-
-def this_machine(device: str = "cpu") -> DeviceProfile:
-    """This process's machine now: available RAM (and free CUDA memory when ``device`` is cuda)."""
-    available = psutil.virtual_memory().available
-    if device == "cuda" and torch.cuda.is_available():
-        free, _ = torch.cuda.mem_get_info()
-        return DeviceProfile("this-machine", "cuda", available, GIB // 2, free, GIB // 4, 0,
-                             description="this machine now: free GPU memory and available RAM")
-    # the runtime is already loaded in this process, so its overhead is already spent
-    return DeviceProfile("this-machine", "cpu", available, GIB // 2, runtime_overhead_bytes=0,
-                         description="this machine now: available RAM less a 0.5 GiB margin")
 
 
 # ---------------------------------------------------------------- the plan
@@ -386,63 +109,6 @@ def _model_name(config, cfg) -> str:
     return getattr(cfg, "_name_or_path", "") or cfg.model_type
 
 
-def streamed_load(cfg, variant: Variant, device_kind: str = "cpu") -> bool:
-    """Whether a quantizing load reads the checkpoint tensor by tensor (edgekit.models.checkpoint):
-    the option ``low_memory``; by default always on an accelerator (whose memory is the scarce
-    one: loading in full precision first peaked at 1.6x the nf4 model on an H100) and on a CPU
-    once the checkpoint is over 1 GiB."""
-    return bool(variant.option("low_memory", device_kind != "cpu" or weight_bytes(cfg, config_dtype(cfg)) > GIB))
-
-
-def layer_calibration_bytes(cfg, variant: Variant) -> int:
-    """What calibrating one decoder layer holds beside the quantized model (:mod:`edgekit.quantizers.layerwise`): the
-    layer in fp32, the calibration windows' hidden states into and out of it, one batch's forward through
-    it, and its statistics: GPTQ's Hessian of each linear plus three [in, in] steps of the widest one's
-    Cholesky factorization (AWQ's captured inputs and scale search are smaller)."""
-    _, linears, _ = _layout(cfg)
-    first = top_module(linears[0][0] + ".weight")
-    layer = [(out_f, in_f, bias) for name, out_f, in_f, bias in linears if top_module(name + ".weight") == first]
-    seq_len = int(variant.option("seq_len", SEQ_LEN))
-    states = 2 * int(variant.option("samples", SAMPLES)) * seq_len * cfg.hidden_size
-    weights = sum(out_f * in_f + (out_f if bias else 0) for out_f, in_f, bias in layer)
-    statistics = sum(in_f * in_f for _, in_f, _ in layer) + 3 * max(in_f for _, in_f, _ in layer) ** 2
-    return 4 * (weights + states + statistics) + activation_bytes(cfg, seq_len, BATCH_SIZE, "fp32")
-
-
-def load_peak_bytes(cfg, variant: "str | Variant", total: int, working: int, device_kind: str) -> tuple[int, str]:
-    """The most memory the load (or export, or training run) of ``variant`` holds at once, and why:
-    the arithmetic of each load kind in :data:`edgekit.variants.registry.LOAD_KINDS`. ``total`` is the
-    steady state (weights, KV cache, activations, runtime), ``working`` its part beside the weights."""
-    variant = Variant.parse(variant)
-    kind = variant.entry.load
-    fp32 = weight_bytes(cfg, "fp32")
-    if kind == "bitsandbytes":
-        if streamed_load(cfg, variant, device_kind):
-            return total, "quantized tensor by tensor while loading"
-        return total + weight_bytes(cfg, config_dtype(cfg)), ("transformers holds the full-precision checkpoint while bitsandbytes quantizes it; "
-                                    "the option low_memory=true quantizes while loading")
-    if kind == "packed" and streamed_load(cfg, variant, device_kind):
-        largest = max(out_f * in_f for _, out_f, in_f, _ in _layout(cfg)[1])
-        embedding = getattr(cfg, "vocab_size", 0) * getattr(cfg, "hidden_size", 0)
-        return total + 4 * max(largest, embedding), "packed tensor by tensor while loading, one fp32 tensor at a time"
-    if kind == "calibrated":
-        job = layer_calibration_bytes(cfg, variant)
-        if streamed_load(cfg, variant, device_kind):
-            return (max(total, total - working + job),
-                    "calibrated layer by layer from the shards: one fp32 layer and its calibration activations at a time")
-        return max(total, fp32 + max(working, job)), "the model loads in full precision before it is calibrated"
-    if kind in ("full-precision", "packed"):
-        return max(total, fp32 + working), "the model loads in full precision before it is quantized"
-    if kind == "training":
-        return max(total, 5 * fp32 + working), "teacher, student, gradients and Adam's two moments in fp32"
-    if kind == "export":
-        return max(total, 2 * fp32 + working), "the exporter holds the fp32 model and the graph it writes"
-    if kind == "streamed-export":
-        return (max(total, 2 * (total - working) + working),
-                "written from the checkpoint one tensor at a time; compiling holds the quantized model twice")
-    return total, "the checkpoint loads as it is held"
-
-
 def _plan(cfg, variant: str, context: int, batch: int, profile: DeviceProfile, suggest: bool = True) -> MemoryPlan:
     sizes = module_bytes(cfg, variant)
     dtype = activation_dtype(cfg, variant)
@@ -471,7 +137,7 @@ def _plan(cfg, variant: str, context: int, batch: int, profile: DeviceProfile, s
     # happens on the machine that exports (the guard checks it there), not on the device it targets
     peak_budget = budget if not on_accelerator or profile.unified else profile.host_budget
     peak_fits = peak <= peak_budget or Variant.parse(variant).entry.load in ("export", "streamed-export")
-    plan = MemoryPlan(str(cfg.model_type), variant, profile.name, profile.kind, context, batch, _layout(held)[0],
+    plan = MemoryPlan(str(cfg.model_type), variant, profile.name, profile.kind, context, batch, config_layout(held)[0],
                       weights, kv, act, overhead, total, budget, fits and peak_fits, "", offload=offload,
                       peak_bytes=peak, peak_reason=peak_reason)
     if suggest and not plan.fits:

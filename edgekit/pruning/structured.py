@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from edgekit.core.errors import VariantError
-from edgekit.memory.plan import load_config
+from edgekit.models.config import load_config
 from edgekit.models.layout import block_linears, llama_layers, split_block
 from edgekit.pruning.spec import PruneSpec
 from edgekit.quantizers.calibration import collect_inputs

@@ -19,7 +19,7 @@ from transformers import BitsAndBytesConfig
 from edgekit.core.dtypes import DTYPE_BYTES, DTYPES, config_dtype
 from edgekit.core.errors import VariantError
 from edgekit.memory.guard import admit, torch_runner
-from edgekit.memory.plan import streamed_load
+from edgekit.memory.peak import streamed_load
 from edgekit.models.checkpoint import meta_model, stream_into
 from edgekit.models.layout import block_linears, replace_module
 from edgekit.models.load import model_config
@@ -60,7 +60,7 @@ def _bnb_compute(variant: Variant, checkpoint: str) -> str:
 
 def _bnb_runner(variant: Variant, source: str, tokenizer, config: BitsAndBytesConfig) -> TorchRunner:
     """Admitted by the guard, then loaded: quantized tensor by tensor while reading where
-    :func:`edgekit.memory.plan.streamed_load` says (on an accelerator, on a CPU over 1 GiB, or with
+    :func:`edgekit.memory.peak.streamed_load` says (on an accelerator, on a CPU over 1 GiB, or with
     ``low_memory=true``), else through ``from_pretrained``. bitsandbytes leaves embeddings, norms and the head
     in the checkpoint's dtype either way, as the planner prices them (holding them in fp32 instead put an int8
     7B on CUDA 7.4% over its plan)."""

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from edgekit.core.errors import VariantError
-from edgekit.core.paths import variant_calibration_ids
+from edgekit.core.paths import SAMPLES, SEQ_LEN, variant_calibration_ids
 from edgekit.models.layout import replace_module
 from edgekit.models.runner import TorchRunner
 from edgekit.quantizers.calibration import quantize_blockwise, single_thread
@@ -208,16 +208,20 @@ def apply_scheme(model: nn.Module, scheme: Variant, tokenizer, skip: frozenset[s
         return quantize_blockwise(model, None, rtn_block, f"RTN int{bits}-g{group_size}", load_block=load_block)
     calib = variant_calibration_ids(calib_from or scheme, tokenizer)
     if method == "gptq":
-        return quantize_gptq(model, calib, bits, group_size, skip, damp=float((calib_from or scheme).option("damp", 0.01)),
+        return quantize_gptq(model, calib, bits, group_size, skip, damp=float((calib_from or scheme).option("damp", CALIBRATION_DEFAULTS["damp"])),
                              load_block=load_block)
     return quantize_awq(model, calib, bits, group_size, skip, load_block=load_block)
 
 
+# the options every calibrated variant takes, with their defaults (GPTQ's damping: Frantar et al. 2022, 1%)
+CALIBRATION_DEFAULTS = {"samples": SAMPLES, "seq_len": SEQ_LEN, "seed": 0, "damp": 0.01}
+
+
 @register(r"(?P<method>gptq|awq)-int(?P<bits>[234])-g(?P<group_size>\d+)", "pytorch",
-          "calibrated weight-only GPTQ / AWQ into packed codes (options samples=16, seq_len=256, seed=0, damp=0.01)",
+          "calibrated weight-only GPTQ / AWQ into packed codes (options: calibration windows, seed, GPTQ damping)",
           ("gptq-int4-g128", "gptq-int4-g64", "gptq-int3-g128", "gptq-int2-g64", "awq-int4-g128", "awq-int3-g128"),
-          linear_bytes=packed_bytes, options=("samples", "seq_len", "seed", "damp"), load="calibrated",
-          dense=held_in_fp32)
+          linear_bytes=packed_bytes, options=tuple(CALIBRATION_DEFAULTS), load="calibrated",
+          dense=held_in_fp32, defaults=CALIBRATION_DEFAULTS)
 def build_calibrated(variant: Variant, source: str, tokenizer):
     model = calibrated_model(variant, source, lambda model, load_block: apply_scheme(model, variant, tokenizer,
                                                                                      load_block=load_block),

@@ -226,20 +226,30 @@ def quantize_kq(model: nn.Module, bits: int = 4, sensitive: int | None = 6, embe
 
 
 # ---------------------------------------------------------------- the variant
-def kq_linear_bytes(variant, out_f: int, in_f: int, bias: bool, dense: str) -> int:
-    """Codes, 8-bit block d and m, fp16 super-scales (at the larger of ``bits`` and ``sensitive``: an upper bound)."""
-    bits = max(variant.bits, int(variant.option("sensitive") or 0))
-    group = int(variant.option("group"))
+def kq_weight_bytes(bits: int, group: int, out_f: int, in_f: int, bias: bool) -> int:
+    """Codes, 8-bit block d and m, fp16 super-scales (and an fp32 bias) of one ``out_f x in_f`` table."""
     groups = -(-in_f // group)
     supers = -(-groups // (SUPER // group))
     return -(-out_f * in_f * bits // 8) + out_f * (2 * groups + 4 * supers) + (4 * out_f if bias else 0)
+
+
+def kq_linear_bytes(variant, out_f: int, in_f: int, bias: bool, dense: str) -> int:
+    """A block linear at the larger of ``bits`` and ``sensitive`` (an upper bound)."""
+    bits = max(variant.bits, int(variant.option("sensitive") or 0))
+    return kq_weight_bytes(bits, int(variant.option("group")), out_f, in_f, bias)
+
+
+def kq_table_bytes(variant, rows: int, cols: int, dense: str) -> int:
+    """The token embedding (and an untied LM head) at ``embed`` bits; ``embed=0`` keeps it dense."""
+    embed = int(variant.option("embed") or 0)
+    return kq_weight_bytes(embed, int(variant.option("group")), rows, cols, False) if embed else rows * cols * 4
 
 
 @register(r"kq(?P<bits>[2-8])", "pytorch",
           "K-quant-style blocks of 32: searched scale and min, 8-bit scales under fp16 super-scales, embedding "
           "quantized too (options sensitive: bits for v_proj/down_proj, embed: bits of the embedding, 0 keeps it dense)",
           ("kq4", "kq4:sensitive=4,embed=6"), linear_bytes=kq_linear_bytes, options=("sensitive", "embed", "group"),
-          load="full-precision", dense=lambda variant, checkpoint: "fp32",
+          load="full-precision", dense=lambda variant, checkpoint: "fp32", table_bytes=kq_table_bytes,
           defaults={"sensitive": 6, "embed": 8, "group": 32})
 def build_kq(variant: Variant, source: str, tokenizer):
     model = guarded_load(variant, source, device_of(variant), dtype=torch.float32)

@@ -9,11 +9,11 @@ read from the shards in fp32, and the calibration driver
 (:func:`edgekit.quantizers.calibration.quantize_blockwise`) reads each decoder layer's tensors in fp32 just
 before its turn, calibrates and packs it, and runs it to make the next layer's inputs. At any
 moment the process holds the quantized model built so far, one fp32 layer, the calibration
-activations and the layer's calibration statistics (priced by :func:`edgekit.memory.plan.load_peak_bytes`).
+activations and the layer's calibration statistics (priced by :func:`edgekit.memory.peak.load_peak_bytes`).
 
 The codes are the whole-model path's: the same driver sees the same fp32 weights and the same
 activations, block for block. :func:`calibrated_model` chooses the path as the packed RTN load
-does (:func:`edgekit.memory.plan.streamed_load`: the option ``low_memory``; by default a local checkpoint
+does (:func:`edgekit.memory.peak.streamed_load`: the option ``low_memory``; by default a local checkpoint
 on an accelerator, or over 1 GiB on a CPU).
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from torch import nn
 
 from edgekit.core.errors import ModelSourceError
 from edgekit.memory.guard import admit, guarded_fp32_load
-from edgekit.memory.plan import streamed_load
+from edgekit.memory.peak import streamed_load
 from edgekit.models.checkpoint import meta_model, place_tensors, tensor_shards
 from edgekit.models.layout import decoder_blocks, top_module
 from edgekit.models.load import model_config
@@ -38,7 +38,7 @@ Quantize = Callable[[nn.Module, "Callable[[str], None] | None"], object]
 
 def calibrated_model(variant: "str | Variant", source: str, quantize: Quantize, device: str = "cpu") -> nn.Module:
     """The model of ``source`` quantized by ``quantize``: layer by layer from the shards where the plan
-    streams (:func:`edgekit.memory.plan.streamed_load`), else on the fp32 model loaded whole. Admitted by the
+    streams (:func:`edgekit.memory.peak.streamed_load`), else on the fp32 model loaded whole. Admitted by the
     guard under ``variant`` either way, before a weight is read."""
     variant = Variant.parse(variant)
     if streamed_load(model_config(source), variant, torch.device(device).type):

@@ -15,10 +15,10 @@ from torch import nn
 
 from edgekit.core.errors import VariantError
 from edgekit.memory.guard import admit
-from edgekit.memory.plan import decoder_linears
+from edgekit.models.config import decoder_linears
 from edgekit.models.layout import replace_module, split_block
 from edgekit.models.runner import TorchRunner
-from edgekit.quantizers.calibrated import apply_scheme
+from edgekit.quantizers.calibrated import CALIBRATION_DEFAULTS, apply_scheme
 from edgekit.quantizers.layerwise import calibrated_model
 from edgekit.quantizers.packed import PackedLinear, held_in_fp32, packed_bytes
 from edgekit.quantizers.sensitivity import ranking
@@ -52,7 +52,7 @@ def mixed_layer_schemes(variant: "str | Variant", source: str = "default") -> di
     scheme = Variant.parse(variant.field("scheme"))
     names = decoder_linears(source)
     kept = set(mixed_kept_layers(variant, source))
-    high = variant.option("high", "int8")
+    high = variant.option("high")
     high_name = f"int8-g{scheme.group_size}" if high == "int8" else high
     return {n: high_name if n in kept else scheme.name for n in names}
 
@@ -60,7 +60,7 @@ def mixed_layer_schemes(variant: "str | Variant", source: str = "default") -> di
 def mixed_kept_layers(variant: Variant, source: str) -> list[str]:
     scheme = Variant.parse(variant.field("scheme"))
     rtn_scheme = f"int{scheme.bits}-g{scheme.group_size}"  # rank by RTN: the same bits, no calibration needed
-    order = ranking(source, rtn_scheme, tokens=int(variant.option("rank_tokens", 2048)))
+    order = ranking(source, rtn_scheme, tokens=int(variant.option("rank_tokens")))
     k = variant.field("k")
     if k > len(order):
         raise VariantError(f"{variant.name} keeps {k} layers but the model has {len(order)} block linears")
@@ -74,16 +74,16 @@ def _base_scheme_bytes(variant: Variant, out_f: int, in_f: int, bias: bool, dens
 
 
 @register(r"mixed-(?P<scheme>(?:(?:gptq|awq)-)?int[234]-g\d+)-k(?P<k>\d+)", "pytorch",
-          "the k most sensitive block linears at int8 (options high=fp16, rank_tokens=2048), the rest at <scheme>",
+          "the k most sensitive block linears at int8 (or option high=fp16), the rest at <scheme>",
           ("mixed-int4-g128-k4", "mixed-int3-g64-k6", "mixed-int2-g64-k8", "mixed-gptq-int3-g128-k4"),
-          linear_bytes=_base_scheme_bytes, options=("high", "rank_tokens", "samples", "seq_len", "seed", "damp"),
-          load="calibrated", dense=held_in_fp32)
+          linear_bytes=_base_scheme_bytes, options=("high", "rank_tokens", *CALIBRATION_DEFAULTS),
+          load="calibrated", dense=held_in_fp32, defaults={"high": "int8", "rank_tokens": 2048, **CALIBRATION_DEFAULTS})
 def build_mixed(variant: Variant, source: str, tokenizer):
     scheme = Variant.parse(variant.field("scheme"))
     device = device_of(variant)
     admit(variant, source, device)  # before the sensitivity ranking loads anything
     kept = mixed_kept_layers(variant, source)
-    high = variant.option("high", "int8")
+    high = variant.option("high")
 
     def quantize(model, load_block):
         def load_and_keep(block):  # the kept layers change before their block is calibrated, as the rest run

@@ -38,7 +38,7 @@ from torch.nn import functional as F
 from edgekit.core.dtypes import DTYPES
 from edgekit.core.errors import VariantError
 from edgekit.memory.guard import admit
-from edgekit.memory.plan import streamed_load
+from edgekit.memory.peak import streamed_load
 from edgekit.models.checkpoint import meta_model, stream_into
 from edgekit.models.layout import block_linears, replace_module
 from edgekit.models.load import load_model, model_config

@@ -75,7 +75,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from edgekit.artifacts.manifest import read_manifest, verify_artifact
 from edgekit.core.errors import ArtifactError
 from edgekit.measure.peak_memory import rss_breakdown
-from edgekit.memory.plan import load_profile
+from edgekit.memory.profiles import load_profile
 from edgekit.runtimes import load_artifact, runtime_loader
 from edgekit.serve.engine import Engine, Job, QueueFull, TextStream
 from edgekit.serve.gate import LOOPBACK_HOSTS, MAX_BODY_BYTES, RequestGate, allowed_hosts

@@ -23,7 +23,8 @@ import pandas as pd
 
 from edgekit.core.errors import EdgekitError, InputError
 from edgekit.measure.store import Result
-from edgekit.memory.plan import load_profile, plan_memory
+from edgekit.memory.plan import plan_memory
+from edgekit.memory.profiles import load_profile
 from edgekit.ui.plots import comparison_figure, figure_png
 from edgekit.workflows.compare import summary_frame
 

@@ -13,7 +13,9 @@ from edgekit.core.errors import EdgekitError, InputError
 from edgekit.core.paths import work_dir
 from edgekit.measure.quality import EvalSettings
 from edgekit.measure.store import ResultStore
-from edgekit.memory.plan import device_profiles, known_models, plan_memory
+from edgekit.memory.plan import plan_memory
+from edgekit.memory.profiles import device_profiles
+from edgekit.models.config import known_models
 from edgekit.models.names import model_names
 from edgekit.quantizers.reference import Scheme, fake_quantize, group_grid, quantization_error
 from edgekit.ui.plots import comparison_figure, figure_png, plot_memory_vs_device, plot_quant_grid

@@ -4,8 +4,8 @@ A variant name parses into a small immutable :class:`Variant`; options follow a 
 ``nf4:double_quant=true,compute_dtype=bf16``. **The registry entry is the variant**: the entry
 that ``@register`` adds carries the builder (name -> Runner), the runtime that runs it
 (``family``), the options it accepts, how the planner prices one linear layer under it, what
-dtype it leaves unquantized, how its load peaks (:data:`LOAD_KINDS`, priced in
-:mod:`edgekit.memory.plan`), and the example names pickers offer. The planner, the load guard, the
+dtype it leaves unquantized, how its load peaks (a load kind: its meaning and arithmetic live together
+in :data:`edgekit.memory.peak.LOAD_KINDS`), and the example names pickers offer. The planner, the load guard, the
 widgets, the CLI and the docs all read these entries, so adding a variant is adding one entry
 in one module, found by walking the rooms of :data:`METHOD_ROOMS` and imported on first lookup (so
 importing edgekit stays fast and a missing optional runtime only matters when its variant is asked for).
@@ -32,22 +32,6 @@ from edgekit.core.errors import VariantError
 # The rooms whose modules register variants, in the order their entries list: every module in them is found
 # by walking the room (a new method is one file in its room), and imported on first lookup.
 METHOD_ROOMS = ("edgekit.runtimes.pytorch", "edgekit.quantizers", "edgekit.pruning", "edgekit.runtimes")
-# How a load reaches its peak, beyond the loaded model itself (see edgekit.memory.plan.load_peak_bytes):
-LOAD_KINDS = {
-    "as-is": "the checkpoint loads at the variant's own dtype",
-    "bitsandbytes": "transformers holds the full-precision checkpoint while bitsandbytes quantizes it, "
-                    "unless it quantizes while loading (low_memory=true)",
-    "packed": "packed tensor by tensor while loading (low_memory=true, the default over 1 GiB); "
-              "else the model loads in fp32 before it is packed",
-    "calibrated": "calibrated layer by layer from the shards, one fp32 decoder layer and its calibration "
-                  "activations at a time (low_memory=true, the default over 1 GiB); else the model loads in "
-                  "fp32 before it is calibrated",
-    "full-precision": "the model loads in fp32 before it is quantized or packed",
-    "training": "teacher, student, gradients and Adam's two moments in fp32",
-    "export": "the exporter holds the fp32 model and the graph it writes",
-    "streamed-export": "the exporter reads the checkpoint one tensor at a time and writes the quantized artifact, "
-                       "which the runtime then holds while compiling and loading it",
-}
 # Options the load guard reads for every PyTorch variant (edgekit.memory.guard.guarded_load).
 GUARD_OPTIONS = ("context", "profile", "offload", "low_memory", "device")
 # Options every PyTorch variant's runner reads after it is built (compile=true: see TorchRunner.compile_decoding)
@@ -143,7 +127,7 @@ class Entry:
     linear_bytes: LinearBytes
     examples: tuple[str, ...] = ()   # the names pickers offer and help lists
     options: tuple[str, ...] = ()    # options of its own
-    load: str = "full-precision"     # a key of LOAD_KINDS
+    load: str = "full-precision"     # how its load peaks: a key of edgekit.memory.peak.LOAD_KINDS
     # (variant, checkpoint dtype) -> the dtype of the weights it leaves unquantized (embeddings, norms, head) ...
     dense: Callable[[Variant, str], str] = _own_dtype
     # ... and of its activations and KV cache (they differ for bitsandbytes: compute_dtype vs the checkpoint's)
@@ -158,6 +142,9 @@ class Entry:
     # options read when an artifact is loaded (threads, device...): they never change the artifact, every other
     # option does (see edgekit.artifacts.cache.artifact_name)
     runtime_options: tuple[str, ...] = ()
+    # (variant, rows, cols, dense dtype) -> bytes of the token embedding / LM head table as held, for a method
+    # that quantizes them too (kquant); None: they stay dense at ``dense``
+    table_bytes: Callable[["Variant", int, int, str], int] | None = None
 
     @property
     def default_options(self) -> dict[str, Any]:
@@ -169,6 +156,7 @@ class Entry:
 
 
 REGISTRY: list[Entry] = []
+_FOUND: dict[str, tuple[Entry, re.Match]] = {}  # lookup's memory, forgotten whenever the registry changes
 _modules_loaded = False
 
 
@@ -177,16 +165,14 @@ def register(pattern: str, family: str, summary: str, examples: tuple[str, ...] 
              dense: Callable[[Variant, str], str] = _own_dtype, compute: Callable[[Variant, str], str] | None = None,
              offered: bool = True, exporter: Callable[..., Any] | None = None,
              held_config: Callable[[Variant, Any], Any] | None = None, defaults: dict[str, Any] | None = None,
-             runtime_options: tuple[str, ...] = ()):
+             runtime_options: tuple[str, ...] = (), table_bytes: Callable[[Variant, int, int, str], int] | None = None):
     """Decorator: the one entry for the variant names matching ``pattern`` (see :class:`Entry`)."""
-    if load not in LOAD_KINDS:
-        raise ValueError(f"load={load!r}; choose one of {', '.join(LOAD_KINDS)}")
-
     def wrap(builder: Builder) -> Builder:
         REGISTRY.append(Entry(re.compile(pattern), family, builder, summary, linear_bytes, examples or (pattern,),
                               tuple(options), load, dense, compute or dense, offered, exporter, held_config,
-                              tuple(sorted((defaults or {}).items())), tuple(runtime_options)))
+                              tuple(sorted((defaults or {}).items())), tuple(runtime_options), table_bytes))
         REGISTRY.sort(key=_module_rank)  # stable: entries of one module keep their order
+        _FOUND.clear()
         return builder
     return wrap
 
@@ -220,13 +206,18 @@ def method_modules() -> list[str]:
 def unregister(pattern: str) -> None:
     """Remove the entry registered for ``pattern`` (a plugin or a test taking its variant back)."""
     REGISTRY[:] = [e for e in REGISTRY if e.pattern.pattern != pattern]
+    _FOUND.clear()
 
 
 def lookup(name: str) -> tuple[Entry, re.Match]:
+    """The entry whose pattern matches ``name`` and the match (remembered: a Variant asks for its entry often)."""
     _load_modules()
+    if name in _FOUND:
+        return _FOUND[name]
     for entry in REGISTRY:
         match = entry.pattern.fullmatch(name)
         if match:
+            _FOUND[name] = entry, match
             return entry, match
     raise VariantError(f"unknown variant {name!r}; valid variants: {', '.join(known_variants())}")
 

@@ -39,7 +39,8 @@ from edgekit.measure import roofline, speed
 from edgekit.measure.peak_memory import PeakMemory, release_memory
 from edgekit.measure.quality import EvalSettings, Scores, delta_reading, score
 from edgekit.measure.store import Result, ResultStore, new_run_id
-from edgekit.memory.plan import kv_cache_bytes, kv_cache_dtype, parameter_count, weight_bytes
+from edgekit.memory.bytes import kv_cache_bytes, kv_cache_dtype, weight_bytes
+from edgekit.models.config import parameter_count
 from edgekit.models.load import load_tokenizer, model_config, model_revision, resolve_source
 from edgekit.runtimes import build_runner
 from edgekit.variants.registry import Variant

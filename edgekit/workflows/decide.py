@@ -1,6 +1,6 @@
 """The decision: which variant, on which runtime, for this device and these limits.
 
-Given a device profile (:func:`edgekit.memory.plan.load_profile`), the most quality you will give up (KL
+Given a device profile (:func:`edgekit.memory.profiles.load_profile`), the most quality you will give up (KL
 from the baseline, or the perplexity change) and a latency target (decode tokens/s, or P99 ms per
 token), every variant the results store measured is checked against each limit; of those that pass
 them all, the one with the fewest weight bytes is recommended (then the faster one). Every other
@@ -40,7 +40,8 @@ import pandas as pd
 from edgekit.core.errors import EdgekitError, InputError
 from edgekit.measure.speed import P99_MIN_SAMPLES, rate_bounds, trusted
 from edgekit.measure.store import Result, ResultStore
-from edgekit.memory.plan import GIB, DeviceProfile, load_profile, plan_memory
+from edgekit.memory.plan import plan_memory
+from edgekit.memory.profiles import GIB, DeviceProfile, load_profile
 from edgekit.variants.registry import Variant
 
 # the settings a row's quality figures depend on: rows that differ here were scored on other tokens

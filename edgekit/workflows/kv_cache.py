@@ -28,7 +28,8 @@ from typing import Iterable, Iterator
 import pandas as pd
 
 from edgekit.core.errors import VariantError
-from edgekit.memory.plan import kv_cache_bytes, kv_cache_dtype, load_config, weight_bytes
+from edgekit.memory.bytes import kv_cache_bytes, kv_cache_dtype, weight_bytes
+from edgekit.models.config import load_config
 from edgekit.runtimes import build_runner
 from edgekit.variants.registry import Variant
 

@@ -35,7 +35,8 @@ from edgekit.core.errors import InputError, PlanError
 from edgekit.measure.quality import EvalSettings, Scores
 from edgekit.measure.store import Result, ResultStore, new_run_id
 from edgekit.memory.guard import refusal
-from edgekit.memory.plan import DeviceProfile, plan_memory
+from edgekit.memory.plan import plan_memory
+from edgekit.memory.profiles import DeviceProfile
 from edgekit.models.load import load_tokenizer, model_config, model_revision, resolve_source
 from edgekit.variants.registry import Variant
 from edgekit.workflows.compare import (

@@ -14,7 +14,6 @@ from types import SimpleNamespace
 import pytest
 
 import edgekit.memory.plan
-from edgekit import selftest
 from edgekit.artifacts.manifest import verify_artifact
 from edgekit.cli import main
 from edgekit.core.caches import clean, entries
@@ -23,7 +22,7 @@ from edgekit.core.paths import staged
 from edgekit.measure.store import MIGRATIONS, Result, ResultStore
 from edgekit.memory.guard import admit_artifact
 from edgekit.models.load import model_revision
-from edgekit.runtimes import load_artifact
+from edgekit.runtimes import load_artifact, selftest
 from edgekit.workflows.compare import _baseline_dir
 
 TESTS = Path(__file__).resolve().parent
@@ -35,7 +34,7 @@ def test_an_artifact_too_big_for_the_host_is_refused_before_loading(onnx_artifac
     tiny.write_text(json.dumps({"name": "tiny", "kind": "cpu", "host_gib": 0.001}))
     with pytest.raises(PlanError, match="refusing to load artifact onnx-int4-g32.*tiny has 0.00 GiB"):
         admit_artifact(verify_artifact(folder), str(tiny))
-    monkeypatch.setattr(edgekit.memory.plan.psutil, "virtual_memory", lambda: SimpleNamespace(available=1 << 20))
+    monkeypatch.setattr(edgekit.memory.profiles.psutil, "virtual_memory", lambda: SimpleNamespace(available=1 << 20))
     with pytest.raises(PlanError, match="refusing to load artifact"):
         load_artifact(folder)
 

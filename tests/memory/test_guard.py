@@ -7,7 +7,7 @@ import pytest
 from edgekit.core.errors import PlanError
 from edgekit.core.paths import data_dir
 from edgekit.memory.guard import admit
-from edgekit.memory.plan import GIB
+from edgekit.memory.profiles import GIB
 from edgekit.runtimes import build_runner, export_artifact
 from edgekit.variants.registry import Variant
 
@@ -93,7 +93,7 @@ class _Memory:
 @pytest.fixture
 def available_ram(monkeypatch):
     """Set the RAM the guard sees as available on this machine, in GiB."""
-    return lambda gib: monkeypatch.setattr("edgekit.memory.plan.psutil.virtual_memory", lambda: _Memory(int(gib * GIB)))
+    return lambda gib: monkeypatch.setattr("edgekit.memory.profiles.psutil.virtual_memory", lambda: _Memory(int(gib * GIB)))
 
 
 @pytest.mark.parametrize("variant", ["onnx-int4-g32", "ov-int4-g128", "gguf-q4_0"])

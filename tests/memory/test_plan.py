@@ -5,16 +5,10 @@ import pytest
 import torch
 
 from edgekit.core.errors import PlanError
-from edgekit.memory.plan import (
-    GIB,
-    device_profiles,
-    known_models,
-    kv_cache_bytes,
-    load_profile,
-    parameter_count,
-    plan_memory,
-    weight_bytes,
-)
+from edgekit.memory.bytes import kv_cache_bytes, weight_bytes
+from edgekit.memory.plan import plan_memory
+from edgekit.memory.profiles import GIB, device_profiles, load_profile
+from edgekit.models.config import known_models, parameter_count
 from edgekit.models.runner import module_weight_bytes
 from edgekit.runtimes import build_runner
 
@@ -37,13 +31,25 @@ def test_parameter_count_of_default_model_matches_weights(default_model, fp32_ru
     assert parameter_count(default_model) == sum(p.numel() for p in fp32_runner.model.parameters())
 
 
-@pytest.mark.parametrize("variant", ["fp32", "fp16", "int8", "nf4", "nf4:double_quant=true", "int4-g128", "int3-g64"])
+@pytest.mark.parametrize("variant", ["fp32", "fp16", "int8", "nf4", "nf4:double_quant=true", "nf4:compute_dtype=bf16",
+                                     "int4-g128", "int3-g64"])
 def test_planned_weight_bytes_match_built_variant(variant, default_model, tokenizer):
     runner = build_runner(variant, default_model, tokenizer)
     measured = runner.weight_bytes()
     runner.close()
     planned = weight_bytes(default_model, variant)
     assert abs(planned - measured) / measured < 0.02, (planned, measured)
+
+
+def test_bitsandbytes_keeps_the_checkpoint_dtype_and_computes_in_its_own():
+    """Unquantized weights and activations/KV are two facts: nf4:compute_dtype=bf16 on an fp32 checkpoint holds
+    its embeddings in fp32 (as bitsandbytes leaves them) and computes in bf16."""
+    from edgekit.memory.bytes import activation_dtype
+    from edgekit.variants.registry import Variant
+
+    variant = Variant.parse("nf4:compute_dtype=bf16")
+    assert variant.entry.dense(variant, "fp32") == "fp32"
+    assert activation_dtype("default", variant) == "bf16"
 
 
 def test_layer_schemes_price_a_mixed_precision_model(default_model, fp32_runner, tokenizer):
@@ -180,3 +186,24 @@ def test_cli_plan_writes_json(tmp_path, capsys):
                  "--device", "cpu-24gb", "--json", str(out)]) in (0, None)
     assert json.loads(out.read_text())["parameters"] == EXACT["qwen2.5-7b"]
     assert "qwen2.5-7b" in capsys.readouterr().out
+
+
+def test_every_entry_names_a_load_kind_the_planner_prices():
+    """The registry stores a load kind by name; its meaning and arithmetic live in one table (memory.peak)."""
+    from edgekit.memory.peak import LOAD_KINDS
+    from edgekit.variants.registry import entries
+
+    assert {entry.load for entry in entries()} <= set(LOAD_KINDS)
+
+
+@pytest.mark.parametrize("variant", ["kq4", "kq4:embed=0"])
+def test_kquant_embedding_is_priced_as_held(variant, default_model, tokenizer):
+    """kq quantizes the token embedding too (8 bits by default): the planner prices it so, not at fp32.
+    (Its block linears are priced at the larger of bits and sensitive: an upper bound.)"""
+    from edgekit.memory.bytes import module_bytes
+
+    runner = build_runner(variant, default_model, tokenizer)
+    held = module_weight_bytes(runner.model.get_input_embeddings())
+    runner.close()
+    planned = module_bytes(default_model, variant)["model.embed_tokens"]
+    assert abs(planned - held) / held < 0.02, (planned, held)

@@ -3,7 +3,9 @@ loads an accelerator gets (quantize-on-load, bitsandbytes' unquantized parts in 
 import pytest
 import torch
 
-from edgekit.memory.plan import plan_memory, streamed_load, weight_bytes
+from edgekit.memory.bytes import weight_bytes
+from edgekit.memory.peak import streamed_load
+from edgekit.memory.plan import plan_memory
 from edgekit.models.runner import generate_text
 from edgekit.runtimes import build_runner
 from edgekit.variants.registry import Variant

@@ -6,7 +6,9 @@ from transformers import AutoModelForCausalLM
 
 from edgekit.core.errors import VariantError
 from edgekit.core.paths import calibration_ids
-from edgekit.memory.plan import kv_cache_bytes, load_config, plan_memory, weight_bytes
+from edgekit.memory.bytes import kv_cache_bytes, weight_bytes
+from edgekit.memory.plan import plan_memory
+from edgekit.models.config import load_config
 from edgekit.models.layout import block_linears
 from edgekit.models.runner import module_weight_bytes
 from edgekit.pruning.masks import nm_mask, row_mask, sparsity, wanda_scores

@@ -5,8 +5,9 @@ import torch
 
 from edgekit.cli import main
 from edgekit.core.errors import VariantError
+from edgekit.memory.bytes import weight_bytes
 from edgekit.memory.guard import torch_runner
-from edgekit.memory.plan import plan_memory, weight_bytes
+from edgekit.memory.plan import plan_memory
 from edgekit.quantizers.packed import quantize_rtn
 from edgekit.runtimes import build_runner
 from edgekit.ui.widgets import Dashboard, MemoryPlanner, variant_picker
@@ -61,3 +62,33 @@ def test_unregistered_names_are_unknown(throwaway):
     unregister(PATTERN)
     with pytest.raises(VariantError, match="unknown variant 'throwaway-int8-g64'"):
         Variant.parse(throwaway)
+
+
+def test_a_new_method_is_one_file_in_its_room(tmp_path, monkeypatch):
+    """Discovery, not a list: a module dropped into a method room registers its variant on first lookup."""
+    import sys
+
+    from edgekit.variants import registry
+
+    room = tmp_path / "throwaway_room"
+    room.mkdir()
+    (room / "__init__.py").write_text("")
+    (room / "tern.py").write_text(
+        "from edgekit.variants.registry import dense_linear_bytes, register\n"
+        "@register(r'tern-test', 'pytorch', 'a throwaway method', linear_bytes=dense_linear_bytes('fp32'),\n"
+        "          defaults={'levels': 3})\n"
+        "def build(variant, source, tokenizer):\n"
+        "    raise NotImplementedError\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "METHOD_ROOMS", (*registry.METHOD_ROOMS, "throwaway_room"))
+    monkeypatch.setattr(registry, "_modules_loaded", False)
+    registry.method_modules.cache_clear()
+    try:
+        variant = Variant.parse("tern-test")
+        assert variant.entry.summary == "a throwaway method"
+        assert variant.option("levels") == 3  # the entry's default, read back through the variant
+        assert "throwaway_room.tern" in registry.method_modules()
+    finally:
+        unregister("tern-test")
+        registry.method_modules.cache_clear()
+        sys.modules.pop("throwaway_room.tern", None)

@@ -2,7 +2,9 @@
 import pytest
 
 from edgekit.core.errors import PlanError, VariantError
-from edgekit.memory.plan import kv_cache_bytes, load_config, plan_memory
+from edgekit.memory.bytes import kv_cache_bytes
+from edgekit.memory.plan import plan_memory
+from edgekit.models.config import load_config
 from edgekit.runtimes import build_runner
 from edgekit.workflows.kv_cache import MIB, runtime_kv_bytes
 

@@ -75,7 +75,7 @@ from edgekit.variants.registry import Variant, register
 MODEL_FILE = "model.gguf"
 # llama.cpp file types (enum llama_ftype in llama.h) for each variant's quantization
 FTYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q4_k_m": 15}
-# the converter's --outtype for each checkpoint dtype (edgekit.memory.plan.config_dtype)
+# the converter's --outtype for each checkpoint dtype (edgekit.core.dtypes.config_dtype)
 INTERMEDIATE_TYPES = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 KEEP_INTERMEDIATE_BYTES = 2 << 30  # intermediates above this are deleted after quantizing
 # the types llama.cpp accepts for its KV cache (common/arg.cpp, --cache-type-k / --cache-type-v)

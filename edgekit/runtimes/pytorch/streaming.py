@@ -37,8 +37,11 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, DynamicCache
 
 from edgekit.core.errors import InputError, ModelSourceError
-from edgekit.memory.plan import DeviceProfile, load_config, module_bytes, plan_memory
+from edgekit.memory.bytes import module_bytes
+from edgekit.memory.plan import plan_memory
+from edgekit.memory.profiles import DeviceProfile
 from edgekit.models.checkpoint import index_weight_map
+from edgekit.models.config import load_config
 from edgekit.models.layout import block_index, decoder_blocks
 from edgekit.models.load import load_tokenizer, model_config, resolve_source
 from edgekit.models.runner import Pick, choose
