@@ -23,9 +23,11 @@ import pandas as pd
 
 from edgekit.data import eval_token_ids, work_dir
 from edgekit.errors import EdgekitError, InputError
+from edgekit.lm_eval_backend import TaskRun
 from edgekit.loading import load_tokenizer, model_revision, resolve_source
 from edgekit.measure import EvalSettings, Scores, delta_reading, measure_latency, score
 from edgekit.memory import PeakMemory, release_memory
+from edgekit.paired import kl_flip_relation
 from edgekit.registry import Variant, build_runner
 from edgekit.results import Result, ResultStore, new_run_id
 
@@ -48,7 +50,8 @@ def compare(model: str = "default", variants: Iterable[str] = DEFAULT_VARIANTS, 
             settings: EvalSettings = EvalSettings(), latency: LatencySettings | None = LatencySettings(),
             baseline: str = "fp32", store: ResultStore | None = None,
             on_result: Callable[[Result], None] | None = None, progress: bool = True,
-            resume: bool = False, baseline_top_k: int | None | str = "auto") -> list[Result]:
+            resume: bool = False, baseline_top_k: int | None | str = "auto",
+            tasks: TaskRun | None = None) -> list[Result]:
     """Measure ``baseline`` then every variant; returns the results in order (errors included).
 
     With ``resume`` (and a ``store``), a variant the store already holds as measured for the same
@@ -56,7 +59,9 @@ def compare(model: str = "default", variants: Iterable[str] = DEFAULT_VARIANTS, 
     so a comparison that was killed goes on where it stopped. The baseline's scores are kept on
     disk under the work folder, so the variants measured after a resume get KL and top-1 against
     the very same baseline. ``baseline_top_k``: "auto" keeps them whole up to ``FULL_BASELINE_MAX_BYTES``
-    and as the top ``BASELINE_TOP_K`` beyond; None always whole; k the top k.
+    and as the top ``BASELINE_TOP_K`` beyond; None always whole; k the top k. ``tasks``: lm-eval tasks
+    every variant also answers, paired item by item against the baseline's answers
+    (:class:`edgekit.lm_eval_backend.TaskRun`).
     """
     parsed = [Variant.parse(v) for v in variants]  # fail on a bad name before any work
     base_name = str(Variant.parse(baseline))
@@ -64,6 +69,8 @@ def compare(model: str = "default", variants: Iterable[str] = DEFAULT_VARIANTS, 
     source = resolve_source(model)
     tokenizer = load_tokenizer(model)
     ids, prompt, run_settings = run_inputs(tokenizer, eval_text, settings, latency, names[0])
+    if tasks is not None:
+        run_settings = {**run_settings, **tasks.settings()}
     kept_top_k(baseline_top_k, ids, settings, len(tokenizer))  # a bad value fails before any work
     run_id = new_run_id()
     revision = model_revision(str(model))
@@ -72,6 +79,8 @@ def compare(model: str = "default", variants: Iterable[str] = DEFAULT_VARIANTS, 
     if names[0] in done and not (base_dir / "sums.npz").is_file():
         del done[names[0]]  # its scores are gone: the baseline is measured again for the others' KL
     base: Scores | None = Scores.load(base_dir) if names[0] in done else None
+    if tasks is not None and names[0] in done:
+        tasks.baseline = tasks.answers_from(done[names[0]].metrics)
     results = []
     for name in names:
         if name in done:
@@ -82,7 +91,7 @@ def compare(model: str = "default", variants: Iterable[str] = DEFAULT_VARIANTS, 
         is_baseline = name == names[0]
         result, scores = measure_variant(str(model), name, source, tokenizer, ids, settings, latency, prompt,
                                          base, is_baseline, run_settings, run_id, revision, progress,
-                                         baseline_top_k)
+                                         baseline_top_k, tasks)
         if is_baseline and scores is not None:
             base = scores
             scores.save(base_dir)
@@ -113,7 +122,8 @@ def run_inputs(tokenizer, eval_text: str, settings: EvalSettings, latency: Laten
 def measure_variant(model: str, name: str, source, tokenizer, ids, settings: EvalSettings,
                     latency: LatencySettings | None, prompt, base: Scores | None, is_baseline: bool,
                     run_settings: dict, run_id: str, revision: str, progress: bool = True,
-                    baseline_top_k: int | None | str = "auto") -> tuple[Result, Scores | None]:
+                    baseline_top_k: int | None | str = "auto", tasks: TaskRun | None = None
+                    ) -> tuple[Result, Scores | None]:
     """One cell: variant ``name`` of ``model`` measured on ``ids`` (against ``base`` unless it is the baseline).
 
     Returns its result, and its scores (None when it failed). A failure is recorded in the result, never
@@ -124,7 +134,7 @@ def measure_variant(model: str, name: str, source, tokenizer, ids, settings: Eva
     try:
         top_k = kept_top_k(baseline_top_k, ids, settings, len(tokenizer)) if is_baseline else None
         result.metrics, scores = _measure_one(name, source, tokenizer, ids, settings, latency, prompt,
-                                              base, is_baseline, progress, top_k)
+                                              base, is_baseline, progress, top_k, tasks)
     except EdgekitError as exc:
         result.status, result.error = "error", str(exc)
     except Exception as exc:  # one variant's failure must not end the sweep
@@ -156,7 +166,8 @@ def _measured(store: ResultStore, model: str, revision: str, run_settings: dict)
             if r.status == "ok" and r.model_revision == revision and r.settings == same}
 
 
-def _measure_one(name, source, tokenizer, ids, settings, latency, prompt, base, is_baseline, progress, top_k):
+def _measure_one(name, source, tokenizer, ids, settings, latency, prompt, base, is_baseline, progress, top_k,
+                 tasks=None):
     release_memory()
     with PeakMemory() as peak:
         start = time.perf_counter()
@@ -175,6 +186,8 @@ def _measure_one(name, source, tokenizer, ids, settings, latency, prompt, base, 
                                kl_base_top_k=top_k)
             elif base is not None:
                 metrics.update(scores.against(base))
+            if tasks is not None:
+                metrics.update(tasks.measure(runner, source, is_baseline))
             if latency:
                 metrics.update(measure_latency(runner, prompt, latency.new_tokens, latency.runs,
                                                latency.warmup, progress))
@@ -219,9 +232,43 @@ def summary_frame(results: list[Result]) -> pd.DataFrame:
         rows.append(row)
     frame = pd.DataFrame(rows)
     frame = frame[[c for c in SUMMARY_COLUMNS if c in frame.columns]].rename(columns=SUMMARY_COLUMNS)
+    task_frame = pd.DataFrame([task_columns(r.metrics.get("tasks") or {}) for r in results])
+    if not task_frame.empty:  # each task's accuracy, paired Δ [interval], flips both ways, McNemar p; error last
+        frame = pd.concat([frame.drop(columns="error", errors="ignore"), task_frame, frame.filter(["error"])], axis=1)
     if "error" in frame and frame["error"].isna().all():
         frame = frame.drop(columns="error")
     return frame
+
+
+def task_columns(tasks: dict) -> dict:
+    """A row's task columns for the table: accuracy, Δaccuracy [95% paired bootstrap], flips right-to-wrong /
+    wrong-to-right, McNemar's exact p (blank where there is no baseline to pair with)."""
+    out = {}
+    for task, m in tasks.items():
+        low, high = m.get("task_accuracy_delta_ci95") or (None, None)
+        paired = m.get("task_accuracy_delta") is not None
+        out[f"{task} acc"] = m.get("task_accuracy")
+        out[f"{task} Δacc [95%]"] = (f"{m['task_accuracy_delta']:+.3f} [{low:+.3f}, {high:+.3f}]"
+                                     if paired and low is not None else "-")
+        out[f"{task} flips -/+"] = f"{m['flips_right_to_wrong']}/{m['flips_wrong_to_right']}" if paired else "-"
+        out[f"{task} McNemar p"] = m.get("mcnemar_p")
+    return out
+
+
+def kl_flip_lines(results: list[Result]) -> list[str]:
+    """Per task, how the rows' KL from the baseline goes with their flip rate (both ways, per item)."""
+    lines = []
+    tasks = dict.fromkeys(t for r in results for t in (r.metrics.get("tasks") or {}))
+    for task in tasks:
+        pairs = [(r.metrics.get("kl_divergence"), (m["flips_right_to_wrong"] + m["flips_wrong_to_right"]) / m["task_items"])
+                 for r in results[1:] if r.status == "ok"
+                 for m in [(r.metrics.get("tasks") or {}).get(task)] if m and m.get("flips_right_to_wrong") is not None]
+        relation = kl_flip_relation(pairs)
+        rates = ", ".join(f"KL {kl:.4f}: {rate:.1%}" for kl, rate in sorted(p for p in pairs if p[0] is not None))
+        rho = "too few rows for a rank correlation" if relation["spearman"] is None else \
+            f"Spearman rho {relation['spearman']:+.2f} over {relation['rows']} rows (p {relation['p']:.2g})"
+        lines.append(f"{task}: flip rate against KL: {rho}; {rates or 'no paired rows'}")
+    return lines
 
 
 COMPARE_JSON_KEYS = ("variant", "status", "error", "perplexity", "perplexity_ci95", "delta_ppl_pct",
@@ -230,7 +277,7 @@ COMPARE_JSON_KEYS = ("variant", "status", "error", "perplexity", "perplexity_ci9
                      "peak_rss_file_bytes", "ttft_ms", "decode_tokens_per_s", "latency_ms_p50", "latency_ms_p95",
                      "latency_ms_p99", "scored_tokens", "windows", "load_s", "eval_s",
                      "delta_ppl_pct_ci95_bootstrap", "kl_divergence_ci95_bootstrap", "top1_agreement_ci95_bootstrap",
-                     "kl_base_top_k")
+                     "kl_base_top_k", "tasks")
 
 
 def results_json(results: list[Result]) -> list[dict]:
