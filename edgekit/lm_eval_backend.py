@@ -35,6 +35,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -149,10 +150,16 @@ class EdgekitLM(HFLM):
                 "weight_bytes": self.runner.weight_bytes()}
 
 
+@lru_cache(maxsize=1)
+def task_manager() -> TaskManager:
+    """lm-eval's task index with the shipped tasks on its include path (built once: it reads every YAML)."""
+    return TaskManager(include_path=str(tasks_dir()))
+
+
 def load_tasks(names: list[str], manager: TaskManager | None = None) -> list:
     """lm-eval's Task objects for ``names``; a task lm-eval does not know, or whose data cannot be read
     (a hub dataset offline), is refused in one line."""
-    manager = manager or TaskManager(include_path=str(tasks_dir()))
+    manager = manager or task_manager()
     tasks = []
     for name in names:
         if name not in manager.all_tasks and not name.endswith(".yaml"):

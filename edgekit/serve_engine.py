@@ -225,7 +225,9 @@ class Engine:
     def _decode_alone(self, jobs: list[Job]) -> None:
         (job,) = jobs
         job.started = time.perf_counter()
-        if job.temperature == 0:
+        if hasattr(job, "scored_tokens"):  # /v1/completions with logprobs or echo (edgekit.serve_logprobs)
+            tokens = job.scored_tokens(self.runner)
+        elif job.temperature == 0:
             tokens = self.runner.generate_stream(job.ids, job.max_new_tokens)
         else:
             generator = torch.Generator()
