@@ -21,7 +21,7 @@ def compared(tmp_path_factory):
     env = {**os.environ, "EDGEKIT_HOME": str(tmp), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "edgekit", "compare", "--model", "default", "--variants",
                            "fp32,int8,int4-g32,int2-g64", "--max-tokens", "256", "--context", "128", "--stride", "64",
-                           "--no-latency", "--tasks", ",".join(TASKS), "--task-limit", "40", "--json",
+                           "--no-latency", "--tasks", ",".join(TASKS), "--task-limit", "30", "--json",
                            str(tmp / "out.json")], capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc, json.loads((tmp / "out.json").read_text()), ResultStore(tmp / "results.sqlite")
@@ -34,13 +34,13 @@ def test_json_has_each_tasks_paired_figures(compared):
     for row in rows:
         assert set(row["tasks"]) == set(TASKS)
         for task, m in row["tasks"].items():
-            assert TASK_KEYS <= set(m) and m["task_items"] == 40
+            assert TASK_KEYS <= set(m) and m["task_items"] == 30
             assert m["prompt_fingerprint"] == base[task]["prompt_fingerprint"]
             ours, theirs = m["task_correct"], base[task]["task_correct"]
             right_to_wrong = sum(b == "1" and o == "0" for o, b in zip(ours, theirs))
             wrong_to_right = sum(b == "0" and o == "1" for o, b in zip(ours, theirs))
             assert (m["flips_right_to_wrong"], m["flips_wrong_to_right"]) == (right_to_wrong, wrong_to_right)
-            assert m["task_accuracy"] == pytest.approx(ours.count("1") / 40)
+            assert m["task_accuracy"] == pytest.approx(ours.count("1") / 30)
             assert m["mcnemar_p"] == pytest.approx(mcnemar_exact_p(right_to_wrong, wrong_to_right))
             low, high = m["task_accuracy_delta_ci95"]
             assert low <= m["task_accuracy"] - base[task]["task_accuracy"] + 1e-9 and \
