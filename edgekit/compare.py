@@ -265,7 +265,7 @@ def kl_flip_lines(results: list[Result]) -> list[str]:
                  for m in [(r.metrics.get("tasks") or {}).get(task)] if m and m.get("flips_right_to_wrong") is not None]
         relation = kl_flip_relation(pairs)
         rates = ", ".join(f"KL {kl:.4f}: {rate:.1%}" for kl, rate in sorted(p for p in pairs if p[0] is not None))
-        rho = "too few rows for a rank correlation" if relation["spearman"] is None else \
+        rho = "no rank correlation (fewer than three rows, or no spread)" if relation["spearman"] is None else \
             f"Spearman rho {relation['spearman']:+.2f} over {relation['rows']} rows (p {relation['p']:.2g})"
         lines.append(f"{task}: flip rate against KL: {rho}; {rates or 'no paired rows'}")
     return lines
