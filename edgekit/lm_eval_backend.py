@@ -125,7 +125,8 @@ class EdgekitLM(HFLM):
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
         for request_str, context_enc, continuation_enc in requests:
             if request_str is not None:  # None: a window of loglikelihood_rolling
-                self._encoded[request_str] = context_enc + continuation_enc
+                # what the model sees, as HFLM truncates it on the left, and the last token it scores
+                self._encoded[request_str] = (context_enc + continuation_enc)[-(self.max_length + 1):]
         return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):

@@ -8,11 +8,14 @@ import pytest
 from lm_eval import simple_evaluate
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
+from tokenizers.processors import TemplateProcessing
 
 from edgekit.errors import EdgekitError
 from edgekit.lm_eval_backend import EdgekitLM, evaluate_tasks, load_tasks, shipped_tasks
-from edgekit.loading import resolve_source
+from edgekit.loading import load_tokenizer, resolve_source
 from edgekit.models import named_model
+from edgekit.paired import paired_accuracy
+from edgekit.registry import build_runner
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ["edgekit_lastword", "edgekit_nextline"]
@@ -75,7 +78,7 @@ def test_loglikelihood_with_empty_context_and_truncation_matches(default_model):
     a, b = ours.loglikelihood(reqs), theirs.loglikelihood(reqs)
     assert [g for _, g in a] == [g for _, g in b]
     assert [x for x, _ in a] == pytest.approx([x for x, _ in b], abs=1e-3)
-    assert len(ours.prompt_tokens["t"][(1, 0)]) > 16  # the item's whole encoding is fingerprinted
+    assert len(ours.prompt_tokens["t"][(1, 0)]) == 17  # what the model saw (16) and the last token it scored
 
 
 def test_an_onnx_artifact_answers_the_shipped_tasks_as_fp32_does():
@@ -87,11 +90,17 @@ def test_an_onnx_artifact_answers_the_shipped_tasks_as_fp32_does():
         assert onnx[task].doc_ids == tuple(range(12))
 
 
-def test_tokens_differ_so_does_the_fingerprint(default_model):
+def test_a_tokenizer_that_adds_bos_changes_the_fingerprint_and_pairing_is_refused(default_model):
+    """lm-eval #2676: the same task, one tokenizer adding BOS and one not, must not be paired."""
+    bos = load_tokenizer(default_model)
+    bos._tokenizer.post_processor = TemplateProcessing(single=f"{bos.bos_token} $A", pair=f"{bos.bos_token} $A $B",
+                                                       special_tokens=[(bos.bos_token, bos.bos_token_id)])
     plain = evaluate_tasks(EdgekitLM(model="default", variant="fp32"), ["edgekit_lastword"], limit=4)
-    with_bos = evaluate_tasks(EdgekitLM(model="default", variant="fp32", prefix_token_id=1, add_bos_token=True),
+    with_bos = evaluate_tasks(EdgekitLM(model="default", runner=build_runner("fp32", default_model, bos)),
                               ["edgekit_lastword"], limit=4)
     assert plain["edgekit_lastword"].fingerprint != with_bos["edgekit_lastword"].fingerprint
+    with pytest.raises(EdgekitError, match="token ids differ"):
+        paired_accuracy(plain["edgekit_lastword"], with_bos["edgekit_lastword"])
 
 
 def test_unknown_and_unreachable_tasks_are_refused_in_one_line():
