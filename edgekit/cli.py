@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--plan-for", default=None, help="model config the report's memory plan is for (default: the compared model)")
     c.add_argument("--resume", action="store_true",
                    help="skip variants the store already holds for the same weights, text and settings")
+    c.add_argument("--tasks", type=_name_list, default=None,
+                   help="comma-separated lm-eval tasks every variant answers, paired against the baseline "
+                        "(offline: edgekit_lastword, edgekit_nextline)")
+    c.add_argument("--task-limit", type=int, default=None, help="score the first N items of each task (default: all)")
 
     w = sub.add_parser("sweep", help="models x variants x eval texts as Ray tasks, on this machine or a Ray cluster")
     w.add_argument("--models", type=_name_list, default=["default"],
@@ -133,9 +137,20 @@ def build_parser() -> argparse.ArgumentParser:
 def run_compare(args) -> None:
     from edgekit.measure.quality import EvalSettings
     from edgekit.measure.store import ResultStore
-    from edgekit.workflows.compare import DEFAULT_VARIANTS, LatencySettings, compare, results_json, summary_frame
+    from edgekit.workflows.compare import (
+        DEFAULT_VARIANTS,
+        LatencySettings,
+        compare,
+        kl_flip_lines,
+        results_json,
+        summary_frame,
+    )
+    from edgekit.workflows.tasks import TaskRun, load_tasks
 
     settings = EvalSettings(context=args.context, stride=args.stride, max_tokens=args.max_tokens or None)
+    tasks = TaskRun(tuple(args.tasks), args.task_limit) if args.tasks else None
+    if tasks:
+        load_tasks(list(tasks.names))  # an unknown task or unreachable data fails now, not in every row
     latency = None if args.no_latency else LatencySettings(new_tokens=args.new_tokens, runs=args.runs)
     store = ResultStore(args.store)
     if args.report and args.device:
@@ -148,9 +163,11 @@ def run_compare(args) -> None:
         print(f"  {result.variant}: {status}", file=sys.stderr, flush=True)
 
     results = compare(args.model, args.variants or DEFAULT_VARIANTS, args.eval_text, settings, latency,
-                      baseline=args.baseline, store=store, on_result=show, resume=args.resume)
+                      baseline=args.baseline, store=store, on_result=show, resume=args.resume, tasks=tasks)
     with _pandas_wide():
         print(summary_frame(results).to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    for line in kl_flip_lines(results) if tasks else []:
+        print(line)
     print(f"results stored in {store.path} (run {results[0].run_id})", file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps(results_json(results), indent=1))

@@ -102,6 +102,8 @@ class Result:
         row = {"run_id": self.run_id, "created": self.created, "kind": self.kind, "model": self.model,
                "model_revision": self.model_revision, "variant": self.variant, "status": self.status, "error": self.error}
         row.update(self.metrics)
+        for task, values in (row.pop("tasks", None) or {}).items():  # one column per task and figure
+            row.update({f"{task}.{k}": v for k, v in values.items() if k != "task_doc_ids"})
         row.update({f"setting_{k}": v for k, v in self.settings.items()})
         return row
 

@@ -79,6 +79,7 @@ from edgekit.memory.profiles import load_profile
 from edgekit.runtimes import load_artifact, runtime_loader
 from edgekit.serve.engine import Engine, Job, QueueFull, TextStream
 from edgekit.serve.gate import LOOPBACK_HOSTS, MAX_BODY_BYTES, RequestGate, allowed_hosts
+from edgekit.serve.logprobs import MAX_TOP_LOGPROBS, ScoredJob, token_prompt
 
 MAX_NEW_TOKENS = 256
 LATENCY_WINDOW = 10_000  # latencies kept for /health's percentiles (the most recent ones)
@@ -128,7 +129,9 @@ class _OpenAIRequest(BaseModel):
 
 
 class CompletionRequest(_OpenAIRequest):
-    prompt: StrictStr = Field(min_length=1)
+    prompt: StrictStr | list[StrictInt] | list[list[StrictInt]] = Field(min_length=1)
+    logprobs: StrictInt | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    echo: StrictBool = False
 
 
 class TextPart(BaseModel):
@@ -466,7 +469,16 @@ def create_app(artifact_dir: str | Path, *, max_batch: int = 8, max_wait_ms: flo
     async def completions(body: CompletionRequest, request: Request):
         _check_model(server, body.model)
         max_tokens = body.max_tokens or 16  # OpenAI's default for completions
-        ids = await server.prompt_ids_async(body.prompt, max_tokens)
+        if isinstance(body.prompt, str):
+            ids = await server.prompt_ids_async(body.prompt, max_tokens)
+        else:  # token ids, as lm-eval's local-completions sends them: the server's limits, then the ids as sent
+            ids = token_prompt(body.prompt, len(server.tokenizer()))
+            if ids is None:
+                raise APIError(422, "a prompt of token ids must be one non-empty list of ids in the vocabulary")
+            await server.prompt_ids_async(server.tokenizer().decode(ids[0]), max_tokens)
+        if (body.logprobs is not None or body.echo) and (body.stream or body.temperature > 0):
+            raise APIError(422, "logprobs and echo are given for greedy answers sent whole (temperature 0, "
+                                "stream false)")
         return await _openai(server, request, body, ids, max_tokens, body.stops(), chat=False)
 
     @app.post("/v1/chat/completions")
@@ -491,7 +503,7 @@ def create_app(artifact_dir: str | Path, *, max_batch: int = 8, max_wait_ms: flo
 
 
 # ---------------------------------------------------------------- handlers' helpers
-def _job(ids, max_new_tokens: int, text: TextStream, **sampling) -> tuple[Job, asyncio.Queue]:
+def _job(ids, max_new_tokens: int, text: TextStream, job_class: type[Job] = Job, **sampling) -> tuple[Job, asyncio.Queue]:
     """A job whose events land in an asyncio queue of the running loop."""
     loop, events = asyncio.get_running_loop(), asyncio.Queue()
 
@@ -501,7 +513,7 @@ def _job(ids, max_new_tokens: int, text: TextStream, **sampling) -> tuple[Job, a
         except RuntimeError:  # the loop has closed: nobody waits for this request any more
             pass
 
-    return Job(ids, max_new_tokens, text, deliver=deliver, **sampling), events
+    return job_class(ids, max_new_tokens, text, deliver=deliver, **sampling), events
 
 
 def _expire(job: Job, events: asyncio.Queue) -> None:
@@ -548,8 +560,10 @@ async def _openai(server: Server, request: Request, body: _OpenAIRequest, ids, m
                   chat: bool):
     endpoint = request.url.path
     text = TextStream(server.runner.tokenizer, stops, server.runner.tokenizer.eos_token_id)
+    scored = {"job_class": ScoredJob, "top": body.logprobs or 0, "echo": body.echo} \
+        if not chat and (body.logprobs is not None or body.echo) else {}
     job, events = _job(ids, max_tokens, text, temperature=body.temperature, top_p=body.top_p, seed=body.seed,
-                       stream=body.stream)
+                       stream=body.stream, **scored)
     head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
             "object": "chat.completion.chunk" if body.stream and chat else "chat.completion" if chat
             else "text_completion", "created": int(time.time()), "model": server.model_id}
@@ -557,6 +571,9 @@ async def _openai(server: Server, request: Request, body: _OpenAIRequest, ids, m
         answer, finish = await _answer(server, request, job, events)
         server.record(endpoint, "ok", job)
         choice = ({"message": {"role": "assistant", "content": answer}} if chat else {"text": answer, "logprobs": None})
+        if isinstance(job, ScoredJob):
+            prompt = server.tokenizer().decode(ids[0]) if not isinstance(body.prompt, str) else body.prompt
+            choice = {"text": prompt + answer if job.echo else answer, "logprobs": job.logprobs(server.tokenizer())}
         return {**head, "choices": [{"index": 0, **choice, "finish_reason": finish}], "usage": _usage(job)}
 
     def chunk(piece: str = "", finish: str | None = None, role: bool = False) -> dict:

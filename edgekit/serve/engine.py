@@ -256,8 +256,11 @@ class Engine:
     def _decode_alone(self, jobs: list[Job]) -> None:
         (job,) = jobs
         job.started = time.perf_counter()
-        pick = job.pick()
-        tokens = self.runner.generate_stream(job.ids, job.max_new_tokens, **({"pick": pick} if pick else {}))
+        if hasattr(job, "scored_tokens"):  # /v1/completions with logprobs or echo (edgekit.serve.logprobs)
+            tokens = job.scored_tokens(self.runner)
+        else:
+            pick = job.pick()
+            tokens = self.runner.generate_stream(job.ids, job.max_new_tokens, **({"pick": pick} if pick else {}))
         try:
             self._emit(job, tokens)
         finally:

@@ -27,7 +27,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import pandas as pd
 import psutil
@@ -36,6 +36,7 @@ import torch
 from edgekit.core.errors import EdgekitError, InputError
 from edgekit.core.paths import cache_key, eval_token_ids, work_dir
 from edgekit.measure import roofline, speed
+from edgekit.measure.paired import kl_flip_relation
 from edgekit.measure.peak_memory import PeakMemory, release_memory
 from edgekit.measure.quality import EvalSettings, Scores, delta_reading, score
 from edgekit.measure.store import Result, ResultStore, new_run_id
@@ -44,6 +45,9 @@ from edgekit.models.config import parameter_count
 from edgekit.models.load import load_tokenizer, model_config, model_revision, resolve_source
 from edgekit.runtimes import build_runner
 from edgekit.variants.registry import Variant
+
+if TYPE_CHECKING:  # task scoring imports lm-eval; only a run that asks for tasks pays for it
+    from edgekit.workflows.tasks import TaskRun
 
 DEFAULT_VARIANTS = ("fp32", "int8", "nf4", "fp4", "int4-g32", "int4-g128", "int2-g64")
 FULL_BASELINE_MAX_BYTES = 2 << 30
@@ -68,7 +72,8 @@ def compare(model: str = "default", variants: Iterable[str] = DEFAULT_VARIANTS, 
             settings: EvalSettings = EvalSettings(), latency: LatencySettings | None = LatencySettings(),
             baseline: str = "fp32", store: ResultStore | None = None,
             on_result: Callable[[Result], None] | None = None, progress: bool = True,
-            resume: bool = False, baseline_top_k: int | None | str = "auto") -> list[Result]:
+            resume: bool = False, baseline_top_k: int | None | str = "auto",
+            tasks: TaskRun | None = None) -> list[Result]:
     """Measure ``baseline`` then every variant; returns the results in order (errors included).
 
     With ``resume`` (and a ``store``), a variant the store already holds as measured for the same
@@ -76,7 +81,9 @@ def compare(model: str = "default", variants: Iterable[str] = DEFAULT_VARIANTS, 
     so a comparison that was killed goes on where it stopped. The baseline's scores are kept on
     disk under the work folder, so the variants measured after a resume get KL and top-1 against
     the very same baseline. ``baseline_top_k``: "auto" keeps them whole up to ``FULL_BASELINE_MAX_BYTES``
-    and as the top ``BASELINE_TOP_K`` beyond; None always whole; k the top k.
+    and as the top ``BASELINE_TOP_K`` beyond; None always whole; k the top k. ``tasks``: lm-eval tasks
+    every variant also answers, paired item by item against the baseline's answers
+    (:class:`edgekit.workflows.tasks.TaskRun`).
     """
     parsed = [Variant.parse(v) for v in variants]  # fail on a bad name before any work
     base_name = str(Variant.parse(baseline))
@@ -84,6 +91,8 @@ def compare(model: str = "default", variants: Iterable[str] = DEFAULT_VARIANTS, 
     source = resolve_source(model)
     tokenizer = load_tokenizer(model)
     ids, prompt, run_settings = run_inputs(tokenizer, eval_text, settings, latency, names[0])
+    if tasks is not None:
+        run_settings = {**run_settings, **tasks.settings()}
     kept_top_k(baseline_top_k, ids, settings, len(tokenizer))  # a bad value fails before any work
     run_id = new_run_id()
     revision = model_revision(str(model))
@@ -92,6 +101,8 @@ def compare(model: str = "default", variants: Iterable[str] = DEFAULT_VARIANTS, 
     if names[0] in done and not (base_dir / "sums.npz").is_file():
         del done[names[0]]  # its scores are gone: the baseline is measured again for the others' KL
     base: Scores | None = Scores.load(base_dir) if names[0] in done else None
+    if tasks is not None and names[0] in done:
+        tasks.baseline = tasks.answers_from(done[names[0]].metrics)
     timed = [n for n in names if n not in done]
     interleave = latency is not None and bool(timed) and fit_together(source, list(dict.fromkeys([names[0], *timed])))
     results, pending = [], []
@@ -104,7 +115,7 @@ def compare(model: str = "default", variants: Iterable[str] = DEFAULT_VARIANTS, 
         is_baseline = name == names[0]
         result, scores = measure_variant(str(model), name, source, tokenizer, ids, settings, latency, prompt,
                                          base, is_baseline, run_settings, run_id, revision, progress,
-                                         baseline_top_k, time_speed=not interleave)
+                                         baseline_top_k, tasks, time_speed=not interleave)
         if is_baseline and scores is not None:
             base = scores
             scores.save(base_dir)
@@ -235,7 +246,8 @@ def run_inputs(tokenizer, eval_text: str, settings: EvalSettings, latency: Laten
 def measure_variant(model: str, name: str, source, tokenizer, ids, settings: EvalSettings,
                     latency: LatencySettings | None, prompt, base: Scores | None, is_baseline: bool,
                     run_settings: dict, run_id: str, revision: str, progress: bool = True,
-                    baseline_top_k: int | None | str = "auto", time_speed: bool = True) -> tuple[Result, Scores | None]:
+                    baseline_top_k: int | None | str = "auto", tasks: TaskRun | None = None,
+                    time_speed: bool = True) -> tuple[Result, Scores | None]:
     """One cell: variant ``name`` of ``model`` measured on ``ids`` (against ``base`` unless it is the baseline).
 
     Returns its result, and its scores (None when it failed). A failure is recorded in the result, never
@@ -249,7 +261,7 @@ def measure_variant(model: str, name: str, source, tokenizer, ids, settings: Eva
     try:
         top_k = kept_top_k(baseline_top_k, ids, settings, len(tokenizer)) if is_baseline else None
         result.metrics, scores, reps = _measure_one(name, source, tokenizer, ids, settings, latency, prompt,
-                                                    base, is_baseline, progress, top_k, time_speed)
+                                                    base, is_baseline, progress, top_k, tasks, time_speed)
         if reps:
             _speed_row(result, reps, reps if is_baseline else None, False, source, latency)
     except EdgekitError as exc:
@@ -285,7 +297,7 @@ def _measured(store: ResultStore, model: str, revision: str, run_settings: dict)
 
 
 def _measure_one(name, source, tokenizer, ids, settings, latency, prompt, base, is_baseline, progress, top_k,
-                 time_speed=True):
+                 tasks=None, time_speed=True):
     release_memory()
     reps = None
     with PeakMemory() as peak:
@@ -306,6 +318,8 @@ def _measure_one(name, source, tokenizer, ids, settings, latency, prompt, base, 
                                kl_base_top_k=top_k)
             elif base is not None:
                 metrics.update(scores.against(base))
+            if tasks is not None:
+                metrics.update(tasks.measure(runner, source, is_baseline))
             if latency:
                 metrics["cold_start_ms"] = cold
                 if getattr(runner, "compute_path", None):  # how its layers multiply: explains its roofline verdict
@@ -365,9 +379,43 @@ def summary_frame(results: list[Result]) -> pd.DataFrame:
         rows.append(row)
     frame = pd.DataFrame(rows)
     frame = frame[[c for c in SUMMARY_COLUMNS if c in frame.columns]].rename(columns=SUMMARY_COLUMNS)
+    task_frame = pd.DataFrame([task_columns(r.metrics.get("tasks") or {}) for r in results])
+    if not task_frame.empty:  # each task's accuracy, paired Δ [interval], flips both ways, McNemar p; error last
+        frame = pd.concat([frame.drop(columns="error", errors="ignore"), task_frame, frame.filter(["error"])], axis=1)
     if "error" in frame and frame["error"].isna().all():
         frame = frame.drop(columns="error")
     return frame
+
+
+def task_columns(tasks: dict) -> dict:
+    """A row's task columns for the table: accuracy, Δaccuracy [95% paired bootstrap], flips right-to-wrong /
+    wrong-to-right, McNemar's exact p (blank where there is no baseline to pair with)."""
+    out = {}
+    for task, m in tasks.items():
+        low, high = m.get("task_accuracy_delta_ci95") or (None, None)
+        paired = m.get("task_accuracy_delta") is not None
+        out[f"{task} acc"] = m.get("task_accuracy")
+        out[f"{task} Δacc [95%]"] = (f"{m['task_accuracy_delta']:+.3f} [{low:+.3f}, {high:+.3f}]"
+                                     if paired and low is not None else "-")
+        out[f"{task} flips -/+"] = f"{m['flips_right_to_wrong']}/{m['flips_wrong_to_right']}" if paired else "-"
+        out[f"{task} McNemar p"] = m.get("mcnemar_p")
+    return out
+
+
+def kl_flip_lines(results: list[Result]) -> list[str]:
+    """Per task, how the rows' KL from the baseline goes with their flip rate (both ways, per item)."""
+    lines = []
+    tasks = dict.fromkeys(t for r in results for t in (r.metrics.get("tasks") or {}))
+    for task in tasks:
+        pairs = [(r.metrics.get("kl_divergence"), (m["flips_right_to_wrong"] + m["flips_wrong_to_right"]) / m["task_items"])
+                 for r in results[1:] if r.status == "ok"
+                 for m in [(r.metrics.get("tasks") or {}).get(task)] if m and m.get("flips_right_to_wrong") is not None]
+        relation = kl_flip_relation(pairs)
+        rates = ", ".join(f"KL {kl:.4f}: {rate:.1%}" for kl, rate in sorted(p for p in pairs if p[0] is not None))
+        rho = "no rank correlation (fewer than three rows, or no spread)" if relation["spearman"] is None else \
+            f"Spearman rho {relation['spearman']:+.2f} over {relation['rows']} rows (p {relation['p']:.2g})"
+        lines.append(f"{task}: flip rate against KL: {rho}; {rates or 'no paired rows'}")
+    return lines
 
 
 COMPARE_JSON_KEYS = ("variant", "status", "error", "perplexity", "perplexity_ci95", "delta_ppl_pct",
@@ -380,7 +428,7 @@ COMPARE_JSON_KEYS = ("variant", "status", "error", "perplexity", "perplexity_ci9
                      "cold_start_ms", "repetitions", "contended", "contended_repetitions", "speed_protocol",
                      "speed_ci_coverage", "latency_samples", "latency_ms_p95_ci95", "latency_ms_p99_ci95",
                      "bytes_per_token", "bandwidth_gbps", "bandwidth_fraction", "peak_bandwidth_gbps",
-                     "compute_fraction", "bound")
+                     "compute_fraction", "bound", "tasks")
 
 
 def results_json(results: list[Result]) -> list[dict]:
