@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 from lm_eval import simple_evaluate
+from lm_eval.__main__ import cli_evaluate
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
@@ -237,7 +238,6 @@ class TaskRun:
 
 def main(argv: list[str] | None = None) -> None:
     """lm-eval's command line with ``edgekit`` registered and the shipped tasks on the include path."""
-    from lm_eval.__main__ import cli_evaluate
 
     args = list(sys.argv[1:] if argv is None else argv)
     if "--include_path" not in args and any(a.startswith("--tasks") for a in args):
