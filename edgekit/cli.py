@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     vs = sub.add_parser("variants", help="every variant: its runtime, what it is, the options it takes")
     vs.add_argument("--family", default=None, help="only this runtime (pytorch, onnxruntime, openvino, llama.cpp)")
 
+    i = sub.add_parser("inspect", help="which quantization grid each module group's weights already lie on")
+    i.add_argument("model", help='a named model ("default", "smollm2-135m", "gemma3-270m") or a local model folder')
+    i.add_argument("--json", type=Path, default=None, help="also write the groups as JSON here")
+
     d = sub.add_parser("doctor", help="what this machine can run: CPU features, runtimes' self-tests, GPU, memory")
     d.add_argument("--json", type=Path, default=None, help="also write the checks as JSON here")
     return parser
@@ -231,6 +235,15 @@ def run_variants(args) -> None:
             print(f"{', '.join(entry.examples):<48} {entry.family:<12} {entry.summary}  [options: {options}]")
 
 
+def run_inspect(args) -> None:
+    from edgekit.grids import format_inspection, inspect_model
+
+    groups = inspect_model(args.model)
+    print(format_inspection(groups))
+    if args.json:
+        args.json.write_text(json.dumps([g.to_dict() for g in groups], indent=1))
+
+
 def run_doctor(args) -> None:
     from dataclasses import asdict
 
@@ -255,7 +268,7 @@ class _pandas_wide:
 
 
 COMMANDS = {"compare": run_compare, "sweep": run_sweep, "plan": run_plan, "export": run_export, "verify": run_verify,
-            "run": run_run, "serve": run_serve, "doctor": run_doctor,
+            "run": run_run, "serve": run_serve, "doctor": run_doctor, "inspect": run_inspect,
             "variants": run_variants, "decide": run_decide}
 
 

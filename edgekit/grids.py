@@ -16,8 +16,8 @@ The grids, along each row's input columns from the row's start:
   block's signed extreme at ``-2^(b-1) d``), ``Q4_1``/``Q5_1`` (asymmetric min-max), ``Q8_0`` (absmax/127);
 - K-quant sub-blocks (``Q4_K``/``Q5_K``: asymmetric, 32; ``Q6_K``: symmetric, 16): llama.cpp picks their
   scales by a search that cannot be replayed, so the step is *fitted*: the smallest gap between the
-  block's distinct values, never below the step that covers the block's range with 2^b levels (what
-  continuous weights get, so they still read r near 1);
+  block's distinct values (or a small fraction of it), never below the step that covers the block's
+  range with 2^b levels (what continuous weights get, so they still read r near 1);
 - groups of 128 as PyTorch RTN schemes hold them (``g128-asym4``: edgekit.packed's integer zero point;
   ``g128-sym4``: absmax/7).
 
@@ -34,8 +34,9 @@ import torch
 from edgekit.layout import BLOCK
 
 ON_GRID = 0.05      # r below this: the weights lie on the grid
-MAX_ROWS = 512      # rows of a tensor measured (evenly spaced) when it has more
+MAX_ROWS = 128      # rows of a tensor measured (evenly spaced) when it has more: thousands of blocks
 DUPLICATE = 1e-3    # gaps below this share of a block's range are the same level (fitted grids)
+FIT_DIVISORS = 4    # fitted grids try steps of the smallest gap / 1..4
 
 
 @dataclass(frozen=True)
@@ -74,14 +75,33 @@ def _blocks(weight: torch.Tensor, block: int) -> torch.Tensor | None:
     return w[:, :whole].reshape(-1, block) if whole else None
 
 
-def _fitted_step(x: torch.Tensor, levels: int, symmetric: bool) -> torch.Tensor:
-    """The smallest gap between a block's distinct values, at least the step covering its range with ``levels``."""
+def _fitted(x: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, torch.Tensor]:
+    """K-quant sub-blocks rounded onto the b-bit grid that fits each best: steps ``gap / k`` (``gap``: the
+    smallest gap between the block's distinct values; k up to :data:`FIT_DIVISORS`, as 16 values on 64
+    levels need not hold two neighbours), never below the step that covers the block with 2^b levels."""
+    levels = 1 << grid.bits
+    half = levels // 2
     lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
-    span = torch.maximum(hi.abs(), lo.abs()) if symmetric else hi - lo
-    cover = span / (levels // 2 if symmetric else levels - 1)
+    cover = (torch.maximum(hi.abs(), lo.abs()) / half if grid.symmetric else (hi - lo) / (levels - 1)).clamp(min=1e-30)
     gaps = x.sort(-1).values.diff(dim=-1)
     gaps = torch.where(gaps > DUPLICATE * (hi - lo).clamp(min=1e-30), gaps, torch.full_like(gaps, float("inf")))
-    return torch.maximum(gaps.amin(-1, keepdim=True), cover)
+    gap = gaps.amin(-1, keepdim=True)
+    gap = torch.where(gap.isfinite(), gap, cover)  # a constant block: its cover
+    best = best_step = best_error = None
+    for k in range(1, FIT_DIVISORS + 1):
+        step = torch.maximum(gap / k, cover)
+        if grid.symmetric:  # the scale's sign is free (llama.cpp puts the block's signed extreme at -half)
+            rounded = torch.clamp(torch.round(x / step), -half, half) * step
+        else:
+            rounded = torch.clamp(torch.round((x - lo) / step), 0, levels - 1) * step + lo
+        error = ((x - rounded) ** 2).mean(-1, keepdim=True) / step ** 2
+        if best is None:
+            best, best_step, best_error = rounded, step, error
+        else:
+            better = error < best_error
+            best = torch.where(better, rounded, best)
+            best_step, best_error = torch.where(better, step, best_step), torch.where(better, error, best_error)
+    return best, best_step
 
 
 def requantize(x: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,11 +109,7 @@ def requantize(x: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, torch.Tensor]
     levels = 1 << grid.bits
     half = levels // 2
     if grid.rule == "fitted":
-        step = _fitted_step(x, levels, grid.symmetric).clamp(min=1e-30)
-        if grid.symmetric:
-            return torch.clamp(torch.round(x / step), -half, half - 1) * step, step
-        lo = x.amin(-1, keepdim=True)
-        return torch.clamp(torch.round((x - lo) / step), 0, levels - 1) * step + lo, step
+        return _fitted(x, grid)
     if grid.rule == "legacy" and grid.symmetric and grid.bits == 8:  # Q8_0: absmax / 127
         step = (x.abs().amax(-1, keepdim=True) / 127).clamp(min=1e-30)
         return torch.clamp(torch.round(x / step), -127, 127) * step, step
@@ -121,8 +137,8 @@ def error_ratio(weight: torch.Tensor, grid: Grid) -> float | None:
     if x is None:
         return None
     rounded, step = requantize(x, grid)
-    reference = float((step.double() ** 2).mean() / 12)
-    error = float(((x.double() - rounded.double()) ** 2).mean())
+    reference = float((step ** 2).mean() / 12)
+    error = float(((x - rounded) ** 2).mean())
     return error / reference if reference > 0 else 0.0
 
 
