@@ -135,10 +135,18 @@ def run_compare(args) -> None:
         status = result.error or f"ppl {result.metrics['perplexity']:.3f}"
         print(f"  {result.variant}: {status}", file=sys.stderr, flush=True)
 
+    from edgekit.grids import baseline_grid_line, inspect_model
+    from edgekit.loading import resolve_source
+
+    if Path(resolve_source(args.model)).is_dir():  # a local checkpoint: which grid its weights already lie on
+        print(baseline_grid_line(inspect_model(args.model, sampled=True)), file=sys.stderr, flush=True)
     results = compare(args.model, args.variants or DEFAULT_VARIANTS, args.eval_text, settings, latency,
                       baseline=args.baseline, store=store, on_result=show, resume=args.resume)
     with _pandas_wide():
         print(summary_frame(results).to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    for r in results[1:]:
+        if r.metrics.get("grid_aligned"):
+            print(f"{r.variant}: aligned with the baseline's grid: understates its error", file=sys.stderr)
     print(f"results stored in {store.path} (run {results[0].run_id})", file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps(results_json(results), indent=1))

@@ -28,6 +28,7 @@ from edgekit.measure import EvalSettings, Scores, delta_reading, measure_latency
 from edgekit.memory import PeakMemory, release_memory
 from edgekit.registry import Variant, build_runner
 from edgekit.results import Result, ResultStore, new_run_id
+from edgekit.storage import held_storage
 
 DEFAULT_VARIANTS = ("fp32", "int8", "nf4", "fp4", "int4-g32", "int4-g128", "int2-g64")
 FULL_BASELINE_MAX_BYTES = 2 << 30
@@ -168,7 +169,7 @@ def _measure_one(name, source, tokenizer, ids, settings, latency, prompt, base, 
                            keep_logprobs=is_baseline, progress=progress, top_k=top_k)
             eval_s = time.perf_counter() - start
             metrics = {**scores.perplexity(), "load_s": load_s, "eval_s": eval_s,
-                       "weight_bytes": runner.weight_bytes()}
+                       "weight_bytes": runner.weight_bytes(), **held_storage(runner, str(source))}
             if is_baseline:
                 metrics.update(delta_ppl_pct=0.0, delta_ppl_pct_ci95=[0.0, 0.0], kl_divergence=0.0,
                                kl_divergence_se=0.0, top1_agreement=1.0, top1_agreement_se=0.0,
@@ -189,7 +190,8 @@ SUMMARY_COLUMNS = {
     "variant": "variant", "perplexity": "ppl", "delta_ppl_pct": "Δppl %", "delta_ppl_pct_ci95": "Δppl 95% CI",
     "delta_ppl_reading": "Δppl reading", "kl_divergence": "KL", "kl_divergence_se": "KL ±se",
     "top1_agreement": "top-1", "top1_agreement_se": "top-1 ±se",
-    "weight_bytes": "weights MB", "peak_rss_bytes": "peak RSS MB", "ttft_ms": "TTFT ms",
+    "weight_bytes": "weights MB", "bits_per_weight": "bits/w", "bits_per_weight_embeddings": "emb bits/w",
+    "grid_aligned": "on base grid", "peak_rss_bytes": "peak RSS MB", "ttft_ms": "TTFT ms",
     "decode_tokens_per_s": "tok/s", "latency_ms_p50": "p50 ms", "latency_ms_p95": "p95 ms",
     "latency_ms_p99": "p99 ms", "latency_indicative": "indicative", "error": "error",
 }
@@ -214,6 +216,8 @@ def summary_frame(results: list[Result]) -> pd.DataFrame:
                 row["delta_ppl_reading"] = "baseline"
             else:  # rows stored before the reading existed get it from their interval
                 row.setdefault("delta_ppl_reading", delta_reading(lo, hi))
+        if row.get("grid_aligned") and r.metrics.get("delta_ppl_pct_ci95") != [0.0, 0.0]:
+            row["grid_aligned"] = "yes: understates its error"  # its scheme reproduces the baseline's grid
         if "latency_indicative" in row:
             row["latency_indicative"] = ", ".join(row["latency_indicative"]) or "-"
         rows.append(row)
@@ -230,7 +234,7 @@ COMPARE_JSON_KEYS = ("variant", "status", "error", "perplexity", "perplexity_ci9
                      "peak_rss_file_bytes", "ttft_ms", "decode_tokens_per_s", "latency_ms_p50", "latency_ms_p95",
                      "latency_ms_p99", "scored_tokens", "windows", "load_s", "eval_s",
                      "delta_ppl_pct_ci95_bootstrap", "kl_divergence_ci95_bootstrap", "top1_agreement_ci95_bootstrap",
-                     "kl_base_top_k")
+                     "kl_base_top_k", "bits_per_weight", "bits_per_weight_embeddings", "storage_types", "grid_aligned")
 
 
 def results_json(results: list[Result]) -> list[dict]:

@@ -215,11 +215,37 @@ def checkpoint_weights(folder: "str | Path"):
         yield name, read_tensor(shard, name)
 
 
-def inspect_model(source: str) -> list[GroupGrid]:
-    """The grids of a model's checkpoint (a named model, a local folder), per module group."""
+def inspect_model(source: str, sampled: bool = False) -> list[GroupGrid]:
+    """The grids of a model's checkpoint (a named model, a local folder), per module group; ``sampled``: the
+    first, middle and last decoder block stand for all (what the compare header reads, in seconds)."""
     from edgekit.loading import resolve_source
 
-    return inspect_weights(checkpoint_weights(resolve_source(source)))
+    weights = checkpoint_weights(resolve_source(source))
+    if sampled:
+        names = list(_shard_names(resolve_source(source)))
+        blocks = 1 + max((int(m["index"]) for n in names if (m := BLOCK.match(n))), default=-1)
+        keep = {0, blocks // 2, blocks - 1}
+        weights = ((n, t) for n, t in weights if not (m := BLOCK.match(n)) or int(m["index"]) in keep)
+    return inspect_weights(weights)
+
+
+def _shard_names(folder):
+    from edgekit.quantize_on_load import tensor_shards
+
+    return tensor_shards(folder).keys()
+
+
+def baseline_grid_line(groups: list[GroupGrid]) -> str:
+    """One line for the compare header: the grid of the block linears and of the embeddings/head."""
+    linears = block_linear_grid(groups)
+    if linears is None:
+        mixed = Counter()
+        for g in groups:
+            if g.group not in ("embeddings", "head"):
+                mixed.update(g.found)
+        linears = ", ".join(f"{k} {v}/{sum(mixed.values())}" for k, v in mixed.most_common()) or "none"
+    rest = ", ".join(f"{g.group} {g.grid}" for g in groups if g.group in ("embeddings", "head"))
+    return f"baseline weights lie on: block linears {linears}; {rest or 'no embeddings read'} (edgekit inspect)"
 
 
 def block_linear_grid(groups: list[GroupGrid]) -> str | None:
