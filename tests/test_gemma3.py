@@ -74,3 +74,37 @@ def test_the_weights_are_gemma_3_and_score_as_llama_cpp_scores_the_gguf():
         assert all(rome[0] in lp[-1].topk(5).indices for lp in (ours, theirs))
     finally:
         reference.close()
+
+
+def tiny_gemma3(folder):
+    """A Gemma 3 shaped like the real one (head_dim apart from hidden/heads, 1 KV head, tied head, 5 sliding
+    layers to 1 global, q/k norms) but tiny and random, saved as safetensors."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=6,
+                              num_attention_heads=4, num_key_value_heads=1, head_dim=32, sliding_window=16,
+                              max_position_embeddings=256, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    Gemma3ForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def test_the_planner_prices_gemma_shapes_as_transformers_builds_them(tmp_path):
+    """Weights (tied head counted once, head_dim 32 != 64/4) and the KV cache (sliding layers hold their
+    window only) within 2% of the model and the cache transformers actually holds."""
+    from transformers import DynamicCache
+
+    from edgekit.loading import load_model
+    from edgekit.plan import kv_cache_bytes, parameter_count
+
+    folder = str(tiny_gemma3(tmp_path / "gemma"))
+    model = load_model(folder, dtype=torch.float32)
+    assert model.config.layer_types.count("sliding_attention") == 5
+    held = sum(p.numel() for p in model.parameters())  # shared tensors once
+    assert abs(parameter_count(folder) / held - 1) < 0.02
+    context = 64
+    cache = DynamicCache(config=model.config)
+    with torch.inference_mode():
+        model(input_ids=torch.randint(0, 512, (1, context)), past_key_values=cache, use_cache=True)
+    built = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+    assert abs(kv_cache_bytes(folder, context, dtype="fp32") / built - 1) < 0.02, (kv_cache_bytes(folder, context, dtype="fp32"), built)
