@@ -128,29 +128,36 @@ def _gguf_storage(path: Path, tally: _Tally) -> None:
 
 
 def _onnx_storage(path: Path, tally: _Tally) -> None:
-    """Initializers by name: block linears (``layers.N`` in the name) and the embedding/head (``embed``, ``lm_head``)."""
+    """Initializers by name: block linears (``layers.N`` in the name) and the embedding/head (``embed``,
+    ``lm_head``); a MatMulNBits weight counts its K x N weights, its scales and zero points add bits only.
+    Initializers named by the exporter alone (``onnx::MatMul_12``) cannot be placed and are left out."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    nodes = {out: node for node in model.graph.node for out in node.input}
+    consumers = {name: node for node in model.graph.node for name in node.input}
     for init in model.graph.initializer:
+        if re.search(r"layers\.\d+\.", init.name):
+            part = BLOCK_LINEARS
+        elif "embed" in init.name or "lm_head" in init.name:
+            part = EMBEDDINGS
+        else:
+            continue
         count = 1
         for d in init.dims:
             count *= d
         bits = count * onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize * 8.0
-        node = nodes.get(init.name)
-        op = node.op_type if node is not None else "?"
-        if BLOCK.match(init.name.replace("/", ".")) or re.search(r"layers\.\d+\.", init.name):
-            if op == "MatMulNBits" and node.input[1] == init.name:
+        node = consumers.get(init.name)
+        if node is not None and node.op_type == "MatMulNBits":
+            if node.input[1] == init.name:
                 attrs = {a.name: a.i for a in node.attribute}
-                weights = attrs["K"] * attrs["N"]
-                tally.add(BLOCK_LINEARS, f"MatMulNBits-int{attrs['bits']}-g{attrs['block_size']}", weights, bits)
-            elif op == "MatMulNBits":
-                tally.bits[BLOCK_LINEARS] += bits  # its scales and zero points
-            elif len(init.dims) == 2:
-                tally.add(BLOCK_LINEARS, onnx.TensorProto.DataType.Name(init.data_type).lower(), count, bits)
-        elif "embed" in init.name or "lm_head" in init.name:
-            tally.add(EMBEDDINGS, onnx.TensorProto.DataType.Name(init.data_type).lower(), count, bits)
+                tally.add(part, f"MatMulNBits-int{attrs['bits']}-b{attrs['block_size']}", attrs["K"] * attrs["N"], bits,
+                          init.name)
+            else:
+                tally.bits[part] += bits  # its scales and zero points
+        elif len(init.dims) == 2:
+            tally.add(part, onnx.TensorProto.DataType.Name(init.data_type).lower(), count, bits, init.name)
+        else:
+            tally.bits[part] += bits  # per-row scales of an int8 table, biases
 
 
 def held_storage(runner, source: str | None = None) -> dict:

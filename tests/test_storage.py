@@ -28,3 +28,13 @@ def test_a_scheme_that_reproduces_the_baselines_grid_is_flagged(tmp_path):
     assert 8 < kq["bits_per_weight_embeddings"] <= 9  # 8-bit codes and their scales (one super-block a 64-wide row)
     rtn = held_storage(build_runner("int4-g32", folder, tokenizer), folder)
     assert rtn["grid_aligned"] is False
+
+
+def test_an_onnx_graph_reports_its_matmulnbits_and_embedding(default_model, onnx_artifact):
+    from edgekit.runtimes.onnxruntime.runner import ORTRunner
+
+    runner = ORTRunner(onnx_artifact("onnx-int4-g32"))
+    held = held_storage(runner, default_model)
+    assert held["storage_types"][BLOCK_LINEARS] == {"MatMulNBits-int4-b32": 1.0}
+    assert 4.5 <= held["bits_per_weight"] < 5.5
+    assert held["bits_per_weight_embeddings"] is not None
