@@ -32,7 +32,6 @@ BLOCK_LINEARS, EMBEDDINGS = "block linears", "embeddings/head"
 GGUF_LINEARS = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
                 "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
                 "ffn_down": "mlp.down_proj"}
-SAMPLED_BLOCKS = 3  # first, middle and last decoder block stand for all when checking alignment
 
 
 class _Tally:
