@@ -108,3 +108,21 @@ def test_the_planner_prices_gemma_shapes_as_transformers_builds_them(tmp_path):
         model(input_ids=torch.randint(0, 512, (1, context)), past_key_values=cache, use_cache=True)
     built = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
     assert abs(kv_cache_bytes(folder, context, dtype="fp32") / built - 1) < 0.02, (kv_cache_bytes(folder, context, dtype="fp32"), built)
+
+
+def test_kq_keeps_gemmas_embedding_scale(tmp_path):
+    """Gemma multiplies its embeddings by sqrt(hidden); kq's quantized embedding must too (without it a
+    real Gemma's perplexity went from 180 to a million)."""
+    from edgekit.loading import load_model
+    from edgekit.kquant import quantize_kq
+
+    folder = str(tiny_gemma3(tmp_path / "gemma"))
+    ids = torch.randint(0, 512, (1, 24))
+    reference = load_model(folder, dtype=torch.float32)
+    quantized = quantize_kq(load_model(folder, dtype=torch.float32), bits=8, sensitive=8, embed=8, progress=False)
+    with torch.inference_mode():
+        ref = reference.model.embed_tokens(ids)
+        assert ((quantized.model.embed_tokens(ids) - ref).norm() / ref.norm()) < 0.02  # 8-bit rounding only
+        kl = torch.nn.functional.kl_div(quantized(ids).logits.log_softmax(-1), reference(ids).logits.log_softmax(-1),
+                                        log_target=True, reduction="batchmean")
+    assert kl < 0.05
