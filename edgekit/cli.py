@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("compare", help="measure quantization variants side by side")
-    c.add_argument("--model", default="default", help='a named model ("default", "smollm2-135m"), a local model folder or a hub id')
+    c.add_argument("--model", default="default", help='a named model ("default", "smollm2-135m", "gemma3-270m"), a local model folder or a hub id')
     c.add_argument("--variants", type=_name_list, default=None,
                    help="comma-separated variant names, options after a colon (`edgekit variants` lists them)")
     c.add_argument("--eval-text", default="eval", help="a corpus split (eval, eval_milton) or a text file")
