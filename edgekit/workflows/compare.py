@@ -39,6 +39,7 @@ from edgekit.measure import roofline, speed
 from edgekit.measure.paired import kl_flip_relation
 from edgekit.measure.peak_memory import PeakMemory, release_memory
 from edgekit.measure.quality import EvalSettings, Scores, delta_reading, score
+from edgekit.measure.storage import held_storage
 from edgekit.measure.store import Result, ResultStore, new_run_id
 from edgekit.memory.bytes import kv_cache_bytes, kv_cache_dtype, weight_bytes
 from edgekit.models.config import parameter_count
@@ -311,7 +312,7 @@ def _measure_one(name, source, tokenizer, ids, settings, latency, prompt, base, 
                            keep_logprobs=is_baseline, progress=progress, top_k=top_k)
             eval_s = time.perf_counter() - start
             metrics = {**scores.perplexity(), "load_s": load_s, "eval_s": eval_s,
-                       "weight_bytes": runner.weight_bytes()}
+                       "weight_bytes": runner.weight_bytes(), **held_storage(runner, str(source))}
             if is_baseline:
                 metrics.update(delta_ppl_pct=0.0, delta_ppl_pct_ci95=[0.0, 0.0], kl_divergence=0.0,
                                kl_divergence_se=0.0, top1_agreement=1.0, top1_agreement_se=0.0,
@@ -338,7 +339,8 @@ SUMMARY_COLUMNS = {
     "variant": "variant", "perplexity": "ppl", "delta_ppl_pct": "Δppl %", "delta_ppl_pct_ci95": "Δppl 95% CI",
     "delta_ppl_reading": "Δppl reading", "kl_divergence": "KL", "kl_divergence_se": "KL ±se",
     "top1_agreement": "top-1", "top1_agreement_se": "top-1 ±se",
-    "weight_bytes": "weights MB", "peak_rss_bytes": "peak RSS MB", "cold_start_ms": "cold ms", "ttft_ms": "TTFT ms",
+    "weight_bytes": "weights MB", "bits_per_weight": "bits/w", "bits_per_weight_embeddings": "emb bits/w",
+    "grid_aligned": "on base grid", "peak_rss_bytes": "peak RSS MB", "cold_start_ms": "cold ms", "ttft_ms": "TTFT ms",
     "decode_tokens_per_s": "tok/s", "decode_tokens_per_s_ci95": "tok/s 95% CI", "speed_ratio_ci95": "× base [95% CI]", "latency_ms_p50": "p50 ms", "latency_ms_p95": "p95 ms",
     "latency_ms_p99": "p99 ms", "latency_indicative": "withheld", "bandwidth_gbps": "GB/s",
     "bandwidth_fraction": "of peak", "bound": "bound", "contended": "contended", "error": "error",
@@ -365,6 +367,8 @@ def summary_frame(results: list[Result]) -> pd.DataFrame:
                 row["delta_ppl_reading"] = "baseline"
             else:  # rows stored before the reading existed get it from their interval
                 row.setdefault("delta_ppl_reading", delta_reading(lo, hi))
+        if row.get("grid_aligned") and r.metrics.get("delta_ppl_pct_ci95") != [0.0, 0.0]:
+            row["grid_aligned"] = "yes: understates its error"  # its scheme reproduces the baseline's grid
         if "latency_indicative" in row:
             row["latency_indicative"] = ", ".join(row["latency_indicative"]) or "-"
         if row.get("decode_tokens_per_s_ci95"):
@@ -428,7 +432,8 @@ COMPARE_JSON_KEYS = ("variant", "status", "error", "perplexity", "perplexity_ci9
                      "cold_start_ms", "repetitions", "contended", "contended_repetitions", "speed_protocol",
                      "speed_ci_coverage", "latency_samples", "latency_ms_p95_ci95", "latency_ms_p99_ci95",
                      "bytes_per_token", "bandwidth_gbps", "bandwidth_fraction", "peak_bandwidth_gbps",
-                     "compute_fraction", "bound", "tasks")
+                     "compute_fraction", "bound", "tasks", "bits_per_weight",
+                     "bits_per_weight_embeddings", "storage_types", "grid_aligned")
 
 
 def results_json(results: list[Result]) -> list[dict]:

@@ -1,0 +1,40 @@
+"""edgekit.measure.storage: bits per weight and storage types as runners hold them, and the flag for a scheme on the baseline's grid."""
+import torch
+from test_grids import tiny_checkpoint
+
+from edgekit.measure.storage import BLOCK_LINEARS, EMBEDDINGS, held_storage
+from edgekit.models.load import load_tokenizer
+from edgekit.runtimes import build_runner
+
+
+def test_dense_and_packed_runners_report_what_they_hold(default_model, tokenizer):
+    dense = held_storage(build_runner("fp32", default_model, tokenizer), default_model)
+    assert dense["bits_per_weight"] == dense["bits_per_weight_embeddings"] == 32
+    assert dense["storage_types"] == {BLOCK_LINEARS: {"float32": 1.0}, EMBEDDINGS: {"float32": 1.0}}
+    assert dense["grid_aligned"] is False
+    packed = held_storage(build_runner("int4-g32", default_model, tokenizer), default_model)
+    assert packed["storage_types"][BLOCK_LINEARS] == {"int4-g32": 1.0}
+    assert 4.5 < packed["bits_per_weight"] < 5.5  # 4-bit codes plus a scale and zero point per 32 weights
+    assert packed["bits_per_weight_embeddings"] == 32  # PyTorch rows keep the embedding as it was
+
+
+def test_a_scheme_that_reproduces_the_baselines_grid_is_flagged(tmp_path):
+    """On a checkpoint whose block linears lie on Q4_1, kq4 (a real-valued min per 32) lands on that grid;
+    int4-g32 (an integer zero point that keeps 0 in range) does not."""
+    folder = str(tiny_checkpoint(tmp_path / "ckpt", torch.Generator().manual_seed(4)))
+    tokenizer = load_tokenizer("default")
+    kq = held_storage(build_runner("kq4:sensitive=4", folder, tokenizer), folder)
+    assert kq["grid_aligned"] is True and set(kq["storage_types"][BLOCK_LINEARS]) == {"kq4-b32"}
+    assert 8 < kq["bits_per_weight_embeddings"] <= 9  # 8-bit codes and their scales (one super-block a 64-wide row)
+    rtn = held_storage(build_runner("int4-g32", folder, tokenizer), folder)
+    assert rtn["grid_aligned"] is False
+
+
+def test_an_onnx_graph_reports_its_matmulnbits_and_embedding(default_model, onnx_artifact):
+    from edgekit.runtimes.onnxruntime.runner import ORTRunner
+
+    runner = ORTRunner(onnx_artifact("onnx-int4-g32"))
+    held = held_storage(runner, default_model)
+    assert held["storage_types"][BLOCK_LINEARS] == {"MatMulNBits-int4-b32": 1.0}
+    assert 4.5 <= held["bits_per_weight"] < 5.5
+    assert held["bits_per_weight_embeddings"] is not None
