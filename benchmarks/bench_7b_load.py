@@ -14,7 +14,8 @@ a second baseline: it holds the whole bf16 checkpoint while quantizing (18.1 GB 
 Llama-2-7B here), so it is off by default on a shared machine.
 
 Write the checkpoint first (once, ~13.5 GB):
-  flock /tmp/edgekit-7b.lock python benchmarks/make_random_checkpoint.py --preset llama-2-7b --dtype bf16 --out edgekit-results/random-llama-2-7b
+  flock /tmp/edgekit-7b.lock python benchmarks/make_random_checkpoint.py --preset llama-2-7b --dtype bf16 --out
+  edgekit-results/random-llama-2-7b
 Run:
   flock /tmp/edgekit-bench.lock nice -n 5 python benchmarks/bench_7b_load.py
 """
@@ -65,16 +66,19 @@ def measure_one(model: str, variant: str, context: int, prompt_tokens: int, deco
 def report(r: dict) -> None:
     lp, rp, st = r["load_peak"], r["run_peak"], r["start"]
     print(f"\n== {r['variant']}  ({r['threads']} threads, load average {r['load_avg_1m']:.1f})")
-    print(f"weights   planned {r['planned_weight_bytes'] / GB:6.2f} GB   measured {r['measured_weight_bytes'] / GB:6.2f} GB"
+    print(f"weights   planned {r['planned_weight_bytes'] / GB:6.2f} GB   measured "
+          f"{r['measured_weight_bytes'] / GB:6.2f} GB"
           f"   measured/planned {r['measured_weight_bytes'] / r['planned_weight_bytes']:.3f}")
-    print(f"load      {r['load_s']:6.1f} s ({r['load_cpu_s']:.0f} s of CPU time)   peak RSS {lp['peak_rss_bytes'] / GB:6.2f} GB (anonymous "
+    print(f"load      {r['load_s']:6.1f} s ({r['load_cpu_s']:.0f} s of CPU time)   peak RSS "
+          f"{lp['peak_rss_bytes'] / GB:6.2f} GB (anonymous "
           f"{lp['peak_rss_anon_bytes'] / GB:.2f}, file-backed {lp['peak_rss_file_bytes'] / GB:.2f}); "
           f"before loading {st['rss_bytes'] / GB:.2f} GB (anonymous {st.get('rss_anon_bytes', 0) / GB:.2f}, "
           f"file-backed {st.get('rss_file_bytes', 0) / GB:.2f}: the runtime's libraries)")
     print(f"run       peak RSS {rp['peak_rss_bytes'] / GB:6.2f} GB (anonymous {rp['peak_rss_anon_bytes'] / GB:.2f}, "
           f"file-backed {rp['peak_rss_file_bytes'] / GB:.2f});  plan (weights + KV + activations) "
           f"{r['planned_total_bytes'] / GB:.2f} GB on top of the runtime")
-    print(f"compute   forward {r['forward_s']:.1f} s ({r['forward_cpu_s']:.0f} s of CPU time), prefill {r['prefill_s']:.1f} s, decode steps "
+    print(f"compute   forward {r['forward_s']:.1f} s ({r['forward_cpu_s']:.0f} s of CPU time), prefill "
+          f"{r['prefill_s']:.1f} s, decode steps "
           + ", ".join(f"{s:.1f}" for s in r["decode_step_s"]) + " s"
           + f"  ({len(r['decode_step_s']) / max(sum(r['decode_step_s']), 1e-9):.3f} tokens/s)")
 
@@ -86,11 +90,13 @@ def main() -> None:
     p.add_argument("--context", type=int, default=512, help="context the plan (and the load guard) reserves")
     p.add_argument("--prompt-tokens", type=int, default=4)
     p.add_argument("--decode-steps", type=int, default=3)
-    p.add_argument("--from-pretrained", action="store_true", help="also load nf4 with plain from_pretrained (~18 GB peak)")
+    p.add_argument("--from-pretrained", action="store_true", help="also load nf4 with plain from_pretrained (~18 GB "
+                                                                  "peak)")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:  # child process: measure one variant, print one JSON line
-        print("RESULT " + json.dumps(measure_one(args.model, args.one, args.context, args.prompt_tokens, args.decode_steps)))
+        print("RESULT " + json.dumps(measure_one(args.model, args.one, args.context, args.prompt_tokens,
+                                                 args.decode_steps)))
         return
     variants = [v if ":" in v else f"{v}:low_memory=true" for v in args.variants]
     if args.from_pretrained:

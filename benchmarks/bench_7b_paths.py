@@ -16,7 +16,8 @@ Each finished row is printed and appended to ``--out`` (JSON lines) at once, so 
 keeps every row before it. The baseline of the same run is the plan itself (measured / planned).
 
 Write the checkpoint first (once, ~13.5 GB):
-  flock /tmp/edgekit-7b.lock python benchmarks/make_random_checkpoint.py --preset llama-2-7b --dtype bf16 --out /tmp/ck7b/llama-2-7b
+  flock /tmp/edgekit-7b.lock python benchmarks/make_random_checkpoint.py --preset llama-2-7b --dtype bf16 --out
+  /tmp/ck7b/llama-2-7b
 Run (``gptq-int4-g128`` comes last: its layer-by-layer calibration alone takes over an hour on 2 cores):
   flock /tmp/edgekit-7b.lock python benchmarks/bench_7b_paths.py --model /tmp/ck7b/llama-2-7b
 """
@@ -49,7 +50,8 @@ def measure_one(model: str, name: str, context: int, prompt_tokens: int, decode_
 
     variant = Variant.parse(name)
     plan = plan_memory(model, name.split(":")[0], context=context, device="this-machine")
-    row = {"variant": name, "threads": torch.get_num_threads(), "planned_peak_bytes": max(plan.total_bytes, plan.peak_bytes),
+    row = {"variant": name, "threads": torch.get_num_threads(),
+           "planned_peak_bytes": max(plan.total_bytes, plan.peak_bytes),
            "planned_weight_bytes": plan.weight_bytes, "peak_reason": plan.peak_reason}
     if variant.entry.exporter is not None:  # the artifact cache compare reads
         with PeakMemory() as peak:
@@ -87,7 +89,8 @@ def measure_one(model: str, name: str, context: int, prompt_tokens: int, decode_
 def report(r: dict) -> None:
     export = (f"export {r['export_s']:7.1f} s, peak {r['export_peak_bytes'] / GB:5.2f} GB; " if "export_s" in r
               else "export cached; " if "export_cached" in r else "")
-    print(f"{r['variant']:16s} planned peak {r['planned_peak_bytes'] / GB:6.2f} GB  measured {r['measured_peak_bytes'] / GB:6.2f} GB "
+    print(f"{r['variant']:16s} planned peak {r['planned_peak_bytes'] / GB:6.2f} GB  measured "
+          f"{r['measured_peak_bytes'] / GB:6.2f} GB "
           f"({r['measured_peak_bytes'] / r['planned_peak_bytes']:.2f}x) | {export}load {r['load_s']:6.1f} s, peak "
           f"{r['load_peak_bytes'] / GB:5.2f} GB | weights {r['measured_weight_bytes'] / GB:5.2f} GB (planned "
           f"{r['planned_weight_bytes'] / GB:5.2f}) | decode {r['decode_tokens_per_s']:.2f} tokens/s", flush=True)

@@ -31,7 +31,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--p99-ms", type=float, default=None, help="P99 target (default: 3x the batch-1 P99)")
     p.add_argument("--requests", type=int, default=120, help="requests in the load test (bounded)")
-    p.add_argument("--load", type=float, default=0.5, help="offered rate as a fraction of the capped batch's requests/s")
+    p.add_argument("--load", type=float, default=0.5, help="offered rate as a fraction of the capped batch's "
+                                                           "requests/s")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long the batcher waits for companions")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--store", default=None)
@@ -69,9 +70,11 @@ def main() -> None:
         report["new_tokens"] = args.new_tokens
         loads.append(report)
         store.add(Result(model=args.model, variant=runner.name, kind="batching", metrics=report,
-                         settings={"mode": "poisson", "max_batch": max_batch, "max_wait_ms": args.max_wait_ms, "rate_per_s": rate,
+                         settings={"mode": "poisson", "max_batch": max_batch, "max_wait_ms": args.max_wait_ms,
+                                   "rate_per_s": rate,
                                    "seed": args.seed, "requests": args.requests}))
-    frame = pd.DataFrame(loads)[["max_batch", "offered_rate_per_s", "requests_per_s", "latency_ms_p50", "latency_ms_p95",
+    frame = pd.DataFrame(loads)[["max_batch", "offered_rate_per_s", "requests_per_s", "latency_ms_p50",
+                                 "latency_ms_p95",
                                  "latency_ms_p99", "missed_target", "mean_batch_size", "batches"]]
     print(f"\nopen-loop Poisson load, {args.requests} requests at {rate:.2f}/s (seed {args.seed}), max wait 10 ms:")
     print(frame.to_string(index=False, float_format=lambda x: f"{x:.1f}"))

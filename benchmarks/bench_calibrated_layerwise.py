@@ -71,7 +71,8 @@ def measure_one(model: str, variant: str) -> dict:
 
 
 def run_child(model: str, variant: str) -> dict:
-    child = subprocess.run([sys.executable, __file__, "--one", variant, "--model", model], capture_output=True, text=True)
+    child = subprocess.run([sys.executable, __file__, "--one", variant, "--model", model], capture_output=True,
+                           text=True)
     lines = [line for line in child.stdout.splitlines() if line.startswith("RESULT ")]
     if not lines:
         tail = child.stderr.strip().splitlines()[-1] if child.stderr.strip() else "no output"
@@ -79,7 +80,8 @@ def run_child(model: str, variant: str) -> dict:
     return json.loads(lines[0][len("RESULT "):])
 
 
-HEADER = (f"{'variant':66} {'planned':>8} {'measured':>9} {'meas/plan':>9} {'bound':>7} {'meas/bound':>10} {'wall':>8}  weights")
+HEADER = (f"{'variant':66} {'planned':>8} {'measured':>9} {'meas/plan':>9} {'bound':>7} {'meas/bound':>10} "
+          f"{'wall':>8}  weights")
 LEGEND = ("planned: the planner's load peak; measured: peak RSS above the process before the build (runtime "
           "libraries excluded); bound: quantized model + one fp32 layer + calibration activations")
 

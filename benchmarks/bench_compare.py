@@ -100,7 +100,8 @@ def default_comparison(quick: bool, extra: list[str]) -> None:
     for r in rows:
         print(f"  {r['variant']:10s} load {r['load_s']:6.1f} s  eval {r['eval_s']:6.1f} s "
               f"({r['scored_tokens'] / r['eval_s']:7.0f} tok/s, x{r['eval_s'] / base['eval_s']:4.2f} of fp32)  "
-              f"decode {r['decode_tokens_per_s']:6.1f} tok/s (x{r['decode_tokens_per_s'] / base['decode_tokens_per_s']:4.2f})"
+              f"decode {r['decode_tokens_per_s']:6.1f} tok/s "
+              f"(x{r['decode_tokens_per_s'] / base['decode_tokens_per_s']:4.2f})"
               f"  weights {r['weight_bytes'] / 1e6:5.1f} MB (x{r['weight_bytes'] / base['weight_bytes']:4.2f})")
     measured = sum(r["load_s"] + r["eval_s"] for r in rows)
     print(f"  load + eval {measured:.1f} s of {wall:.1f} s; the rest is latency runs, start-up and bookkeeping")

@@ -8,7 +8,8 @@ child process of its own (a build that crashes ends only its child): prompt proc
 median of ``--runs``. Rows are ratios against the installed build from the same run.
 
     # the build it replaces: llama-cpp-python's default (-march=native), installed into a side folder
-    CMAKE_ARGS="-DLLAVA_BUILD=OFF" pip install --no-deps --no-cache-dir --target /tmp/native/site llama-cpp-python==0.3.36
+    CMAKE_ARGS="-DLLAVA_BUILD=OFF" pip install --no-deps --no-cache-dir --target /tmp/native/site
+    llama-cpp-python==0.3.36
     python benchmarks/bench_llama_build.py --other native=/tmp/native/site --llama-bench
 
 ``--llama-bench`` also builds llama.cpp's own llama-bench with the installed build's switches
@@ -69,7 +70,8 @@ def llama_bench(binary: Path, gguf: Path, threads: int, prompt: int, gen: int, r
     out = subprocess.run([str(binary), "-m", str(gguf), "-p", str(prompt), "-n", str(gen), "-t", str(threads),
                           "-r", str(runs), "-o", "json"], capture_output=True, text=True, check=True)
     rows = json.loads(out.stdout)
-    return {"pp": next(r["avg_ts"] for r in rows if r["n_prompt"]), "tg": next(r["avg_ts"] for r in rows if r["n_gen"])}
+    return {"pp": next(r["avg_ts"] for r in rows if r["n_prompt"]),
+            "tg": next(r["avg_ts"] for r in rows if r["n_gen"])}
 
 
 def main() -> None:

@@ -79,7 +79,8 @@ def genai_loop(folder: Path, threads: int, workspace: Path):
     for name in os.listdir(folder):
         if name != "manifest.json":
             os.link(folder / name, linked / name)
-    decoder = {"session_options": {"log_id": "onnxruntime-genai", "intra_op_num_threads": threads, "provider_options": []},
+    decoder = {"session_options": {"log_id": "onnxruntime-genai", "intra_op_num_threads": threads,
+                                   "provider_options": []},
                "filename": "model.onnx", "head_size": config["hidden_size"] // config["num_attention_heads"],
                "hidden_size": config["hidden_size"], "num_attention_heads": config["num_attention_heads"],
                "num_hidden_layers": config["num_hidden_layers"], "num_key_value_heads": config["num_key_value_heads"],
@@ -160,7 +161,8 @@ def bench_model(source: str, args) -> None:
             optimum_model = optimum_loop(folders[variant], args.threads)
             genai_fn = genai_loop(folders[variant], args.threads, workspace)
             loops = {"ORTRunner": lambda: list(runner.generate_stream(batch, n)),
-                     "optimum": lambda: optimum_model.generate(batch, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+                     "optimum": lambda: optimum_model.generate(batch, attention_mask=mask, max_new_tokens=n,
+                                                               min_new_tokens=n,
                                                          do_sample=False)[0, batch.shape[1]:].tolist()}
             if genai_fn is not None:
                 loops["genai"] = lambda: genai_fn(prompt.tolist(), n)

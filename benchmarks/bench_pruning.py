@@ -69,11 +69,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=os.environ.get("EDGEKIT_MODEL", "default"))
     parser.add_argument("--eval-tokens", type=int, default=4096)
-    parser.add_argument("--samples", type=int, default=16, help="calibration windows of 256 tokens (Wanda, importance)")
+    parser.add_argument("--samples", type=int, default=16, help="calibration windows of 256 tokens (Wanda, "
+                                                                "importance)")
     parser.add_argument("--distill-steps", type=int, default=60)
     parser.add_argument("--distill-batch", type=int, default=8, help="windows of 128 tokens per distillation step")
     parser.add_argument("--latency-runs", type=int, default=5)
-    parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated per timed run (after a 32-token prompt)")
+    parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated per timed run (after a 32-token "
+                                                                   "prompt)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:
@@ -106,7 +108,8 @@ def main() -> None:
     table["planned MB"] = [weight_bytes(source, r.variant) / 1e6 for r in results]
     columns = ["variant", "removed", "KL", "KL ±se", "top-1", "Δppl %", "weights MB", "stored as", "sparse MB",
                "planned MB", "tok/s", "p99 ms", "error"]
-    print(f"\n{args.model}: {args.eval_tokens} eval tokens, context 256, stride 128; latency 32+{args.new_tokens} tokens, "
+    print(f"\n{args.model}: {args.eval_tokens} eval tokens, context 256, stride 128; latency 32+{args.new_tokens} "
+          f"tokens, "
           f"{args.latency_runs} runs, {torch.get_num_threads()} torch thread(s)")
     print(table[[c for c in columns if c in table.columns]].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     record = pruning_record(args.model, f"prune-mlp-25%+distill+int4-g64:{distill}")

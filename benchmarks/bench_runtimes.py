@@ -197,7 +197,8 @@ def bench_model(model: str, args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=["default", str(ROOT / "edgekit-results" / "random-llama-214m")])
+    parser.add_argument("--models", nargs="+",
+                        default=["default", str(ROOT / "edgekit-results" / "random-llama-214m")])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)

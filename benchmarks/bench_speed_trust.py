@@ -1,4 +1,5 @@
-"""Can the speed figures be trusted? Three checks of the speed protocol (:mod:`edgekit.measure.speed`) on real compares.
+"""Can the speed figures be trusted? Three checks of the speed protocol (:mod:`edgekit.measure.speed`) on real
+compares.
 
 For fp32, int8, int4-g32, onnx-int4-g32 and gguf-q4_0 on the default model (``--variants`` to change):
 

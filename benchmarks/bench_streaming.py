@@ -62,9 +62,11 @@ def main() -> None:
                                    "prompt_tokens": args.prompt_tokens, "device_map": device_map}))
         print(f"{name:12s} {figures['decode_tokens_per_s']:.4f} tok/s  {figures['decode_s_per_token']:.2f} s/token "
               f"(compute {figures['compute_s_per_token']:.2f} s, stall {figures['stall_s_per_token']:.2f} s, "
-              f"stall fraction {figures['stall_fraction']:.2f})  streamed {figures['streamed_bytes_per_token'] / 2**30:.2f} "
+              f"stall fraction {figures['stall_fraction']:.2f})  streamed "
+              f"{figures['streamed_bytes_per_token'] / 2**30:.2f} "
               f"GiB/token  peak RSS {figures['peak_rss_bytes'] / 2**30:.2f} GiB "
-              f"(anon {figures['peak_rss_anon_bytes'] / 2**30:.2f}, file {figures['peak_rss_file_bytes'] / 2**30:.2f})",
+              f"(anon {figures['peak_rss_anon_bytes'] / 2**30:.2f}, file "
+              f"{figures['peak_rss_file_bytes'] / 2**30:.2f})",
               flush=True)
     same = rows["prefetch"]["tokens"] == rows["no-prefetch"]["tokens"]
     gain = rows["prefetch"]["decode_tokens_per_s"] / rows["no-prefetch"]["decode_tokens_per_s"]

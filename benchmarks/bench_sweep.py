@@ -4,7 +4,8 @@ Figures, each with its same-run baseline:
 
 1. **Wall time.** One model's variants (default: fp32 baseline, int8, int4-g32, int4-g128 of the
    default model, no latency runs) measured by :func:`edgekit.workflows.compare.compare` in this process
-   (twice: cold, then warm; one torch thread, as each sweep cell has), then by :func:`edgekit.workflows.sweep.run_sweep` on a local cluster of 1 and of 2 CPUs (one cell a CPU;
+   (twice: cold, then warm; one torch thread, as each sweep cell has), then by
+   :func:`edgekit.workflows.sweep.run_sweep` on a local cluster of 1 and of 2 CPUs (one cell a CPU;
    each sweep twice: cold workers that import torch first, then warm ones). Cluster start-up is
    timed apart.
 2. **Ray's overhead per task**: the round trip of an empty task on the same cluster, and, with one

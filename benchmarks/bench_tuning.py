@@ -27,7 +27,8 @@ COLUMNS = ["rank", "label", "latency_ms_p50", "latency_ms_p99", "decode_tokens_p
 def show(title: str, report) -> None:
     print(f"\n== {title}")
     with pd.option_context("display.width", 200, "display.max_colwidth", 70):
-        print(report.table[[c for c in COLUMNS if c in report.table]].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+        print(report.table[[c for c in COLUMNS if c in report.table]].to_string(index=False,
+                                                                                float_format=lambda x: f"{x:.3f}"))
     print(f"best: {report.best}; P50 speed-up over the default in the same run: {report.gain_over_default:.2f}x")
 
 
@@ -49,8 +50,10 @@ def main() -> None:
     print(f"model {args.model}, prompt {prompt.shape[1]} tokens, {args.new_tokens} new tokens, "
           f"{args.runs} timed runs after 1 warm-up, {cores} cores")
 
-    onnx_default = {"accuracy_level": 4, "intra_op_threads": None, "graph_optimization_level": "all", "io_binding": True}
-    candidates = grid(accuracy_level=[1, 4], intra_op_threads=sorted({1, cores}), graph_optimization_level=["basic", "all"],
+    onnx_default = {"accuracy_level": 4, "intra_op_threads": None, "graph_optimization_level": "all",
+                    "io_binding": True}
+    candidates = grid(accuracy_level=[1, 4], intra_op_threads=sorted({1, cores}),
+                      graph_optimization_level=["basic", "all"],
                       io_binding=[True, False])
     onnx = tune(onnx_variant_factory(args.variant, args.model), candidates, prompt, default=onnx_default,
                 new_tokens=args.new_tokens, runs=args.runs, model=args.model, variant=args.variant, store=store)

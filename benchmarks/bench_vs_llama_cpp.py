@@ -56,7 +56,8 @@ class LlamaTokenGeneration:
         tokens = input_ids.reshape(-1).tolist()
         for _ in range(max_new_tokens):
             self.llm.eval(tokens)
-            token = int(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.llm.ctx, -1), shape=(vocab,)).argmax())
+            token = int(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.llm.ctx, -1),
+                                              shape=(vocab,)).argmax())
             yield token
             tokens = [token]
 
@@ -76,7 +77,8 @@ def main() -> None:
     prompt = eval_token_ids(tokenizer, "eval")[: args.prompt_tokens]
     threads = torch.get_num_threads()
     gguf = cached_artifact(Variant.parse("gguf-q4_0"), source) / MODEL_FILE
-    runners = {"fp32": build_runner("fp32", source, tokenizer), "int4-g32": build_runner("int4-g32", source, tokenizer),
+    runners = {"fp32": build_runner("fp32", source, tokenizer),
+               "int4-g32": build_runner("int4-g32", source, tokenizer),
                "llama.cpp Q4_0 tg": LlamaTokenGeneration(gguf, threads)}
     try:
         reps = measure_speed(runners, prompt, args.new_tokens, args.runs, progress=False)
@@ -87,7 +89,8 @@ def main() -> None:
     for name, mine in reps.items():
         f = speed_figures(mine, reps["fp32"])
         print(f"  {name:18s} {f['decode_tokens_per_s']:8.1f} tok/s  95% CI [{f['decode_tokens_per_s_ci95'][0]:.1f}, "
-              f"{f['decode_tokens_per_s_ci95'][1]:.1f}]  x fp32 {f['speed_ratio']:.2f} [{f['speed_ratio_ci95'][0]:.2f}, "
+              f"{f['decode_tokens_per_s_ci95'][1]:.1f}]  x fp32 {f['speed_ratio']:.2f} "
+              f"[{f['speed_ratio_ci95'][0]:.2f}, "
               f"{f['speed_ratio_ci95'][1]:.2f}]  contended {f['contended_repetitions']}/{f['repetitions']}")
     ratio, lo, hi, coverage = median_interval(paired_ratios(reps["int4-g32"], reps["llama.cpp Q4_0 tg"]))
     verdict = ("too few repetitions for a 95% interval" if coverage < 0.9 else "meets" if lo >= TARGET

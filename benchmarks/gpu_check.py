@@ -72,7 +72,8 @@ def measure_row(variant: str, source: str, tokenizer, ids, settings, prompt, dev
             del runner
     try:
         plan = planned_bytes(source, variant)
-        row.update({"plan MB": plan / 1e6, "held/plan": held / plan, "load peak/plan": row["load peak MB"] * 1e6 / plan})
+        row.update({"plan MB": plan / 1e6, "held/plan": held / plan,
+                    "load peak/plan": row["load peak MB"] * 1e6 / plan})
     except Exception as exc:  # a variant the planner cannot price is a finding, not a crash
         row["plan MB"] = f"not planned: {exc}"
     row["peak MB"] = peak.result[key] / 1e6
@@ -80,7 +81,8 @@ def measure_row(variant: str, source: str, tokenizer, ids, settings, prompt, dev
         quality = scores.against(base)
         row.update({"KL": quality["kl_divergence"], "top-1": quality["top1_agreement"]})
     row.update({"tok/s": lat["decode_tokens_per_s"], "GB/s": lat["achieved_bandwidth_gb_s"],
-                "of copy": lat["bandwidth_fraction"], "warm-ups": f"{lat['warmup_runs']}{'' if lat['steady'] else '!'}"})
+                "of copy": lat["bandwidth_fraction"],
+                "warm-ups": f"{lat['warmup_runs']}{'' if lat['steady'] else '!'}"})
     return row, scores
 
 
@@ -100,11 +102,13 @@ def check_variants(title, source, variants, device, settings, new_tokens, runs) 
     base = None
     for variant in variants:
         try:
-            row, scores = measure_row(variant, source, tokenizer, ids, settings, prompt, device, base, new_tokens, runs)
+            row, scores = measure_row(variant, source, tokenizer, ids, settings, prompt, device, base, new_tokens,
+                                      runs)
             base = base or scores
             print_row(row)
         except Exception as exc:
-            print(f"{variant} | ERROR {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", flush=True)
+            print(f"{variant} | ERROR {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                  flush=True)
             traceback.print_exc(limit=3, file=sys.stdout)
 
 
@@ -183,7 +187,8 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--eval-tokens", type=int, default=1024)
-    p.add_argument("--big-first", action="store_true", help="the big checkpoint's section first (a short device lease)")
+    p.add_argument("--big-first", action="store_true", help="the big checkpoint's section first (a short device "
+                                                            "lease)")
     args = p.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA device here; run with --device cpu")

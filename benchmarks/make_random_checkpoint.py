@@ -70,8 +70,10 @@ def write_checkpoint(config: dict, out: Path, dtype: str = "fp32", layers_per_sh
             weight_map[key] = name
             total += t.numel() * t.element_size()
         del shard
-    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
-    (out / "config.json").write_text(json.dumps({**config, "torch_dtype": {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype]}, indent=1))
+    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
+                                                                  "weight_map": weight_map}))
+    (out / "config.json").write_text(json.dumps({**config, "torch_dtype": {"fp32": "float32", "bf16": "bfloat16",
+                                                                           "fp16": "float16"}[dtype]}, indent=1))
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(default_model_path() / f, out / f)
     return out

@@ -19,11 +19,13 @@ def _name_list(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgekit", description="Quantize a causal LM, measure what it costs, ship it.")
+    parser = argparse.ArgumentParser(prog="edgekit", description="Quantize a causal LM, measure what it costs, ship "
+                                                                 "it.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("compare", help="measure quantization variants side by side")
-    c.add_argument("--model", default="default", help='a named model ("default", "smollm2-135m", "gemma3-270m"), a local model folder or a hub id')
+    c.add_argument("--model", default="default", help='a named model ("default", "smollm2-135m", "gemma3-270m"), a '
+                                                      'local model folder or a hub id')
     c.add_argument("--variants", type=_name_list, default=None,
                    help="comma-separated variant names, options after a colon (`edgekit variants` lists them)")
     c.add_argument("--eval-text", default="eval", help="a corpus split (eval, eval_milton) or a text file")
@@ -36,11 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--runs", type=int, default=5,
                    help="timed repetitions per variant, in interleaved rounds (the speed protocol)")
     c.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
-    c.add_argument("--store", type=Path, default=None, help="SQLite results file (default: ./edgekit-results/results.sqlite)")
+    c.add_argument("--store", type=Path, default=None, help="SQLite results file (default: "
+                                                            "./edgekit-results/results.sqlite)")
     c.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     c.add_argument("--report", type=Path, default=None, help="write an HTML and Markdown report into this folder")
-    c.add_argument("--device", default=None, help="add to the report the memory plan of each variant on this device profile")
-    c.add_argument("--plan-for", default=None, help="model config the report's memory plan is for (default: the compared model)")
+    c.add_argument("--device", default=None, help="add to the report the memory plan of each variant on this device "
+                                                  "profile")
+    c.add_argument("--plan-for", default=None, help="model config the report's memory plan is for (default: the "
+                                                    "compared model)")
     c.add_argument("--resume", action="store_true",
                    help="skip variants the store already holds for the same weights, text and settings")
     c.add_argument("--tasks", type=_name_list, default=None,
@@ -67,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--cpus-per-cell", type=float, default=1.0, help="CPUs each cell's task reserves")
     w.add_argument("--max-retries", type=int, default=2, help="times Ray reruns a cell whose worker died")
     w.add_argument("--no-resume", action="store_true", help="measure again the cells the store already holds")
-    w.add_argument("--store", type=Path, default=None, help="SQLite results file (default: ./edgekit-results/results.sqlite)")
+    w.add_argument("--store", type=Path, default=None, help="SQLite results file (default: "
+                                                            "./edgekit-results/results.sqlite)")
     w.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
 
     p = sub.add_parser("plan", help="memory plan for a model config, variant, context and device")
@@ -111,11 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                                      "--host ('*': any)")
     s.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413 unread")
 
-    dc = sub.add_parser("decide", help="recommend a variant and runtime from measured results, for a device and limits")
-    dc.add_argument("--store", type=Path, default=None, help="SQLite results file (default: ./edgekit-results/results.sqlite)")
+    dc = sub.add_parser("decide", help="recommend a variant and runtime from measured results, for a device and "
+                                       "limits")
+    dc.add_argument("--store", type=Path, default=None, help="SQLite results file (default: "
+                                                             "./edgekit-results/results.sqlite)")
     dc.add_argument("--device", default="laptop-16gb", help="device profile name or JSON file")
     dc.add_argument("--max-kl", type=float, default=None, help="largest KL from the baseline (95%% upper bound)")
-    dc.add_argument("--max-delta-ppl", type=float, default=None, help="largest perplexity change in %% (95%% upper bound)")
+    dc.add_argument("--max-delta-ppl", type=float, default=None, help="largest perplexity change in %% (95%% upper "
+                                                                      "bound)")
     dc.add_argument("--min-tokens-per-s", type=float, default=None, help="slowest acceptable decode speed")
     dc.add_argument("--max-p99-ms", type=float, default=None, help="largest acceptable P99 ms per token")
     dc.add_argument("--context", type=int, default=2048, help="context the memory plan is made for")
@@ -123,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--trust-contended", action="store_true",
                     help="let rows timed while other processes held their cores pass the speed limits")
 
-    vs = sub.add_parser("variants", help="every variant: its runtime, what it is, the options it takes (with their defaults)")
+    vs = sub.add_parser("variants", help="every variant: its runtime, what it is, the options it takes (with their "
+                                         "defaults)")
     vs.add_argument("--family", default=None, help="only this runtime (pytorch, onnxruntime, openvino, llama.cpp)")
 
     cl = sub.add_parser("clean", help="remove the work caches (exports, artifacts, baselines, spills); results stay")
@@ -200,7 +210,8 @@ def run_sweep(args) -> None:
     latency = None if args.no_latency else LatencySettings(new_tokens=args.new_tokens, runs=args.runs)
     store = ResultStore(args.store)
     results = sweep(args.models, args.variants or DEFAULT_VARIANTS, args.eval_texts, settings, latency,
-                    baseline=args.baseline, store=store, address=args.address, num_cpus=args.num_cpus, cpus_per_cell=args.cpus_per_cell,
+                    baseline=args.baseline, store=store, address=args.address, num_cpus=args.num_cpus,
+                    cpus_per_cell=args.cpus_per_cell,
                     max_retries=args.max_retries, resume=not args.no_resume)
     with _pandas_wide():
         for (model, text) in dict.fromkeys((r.model, r.settings.get("eval_text")) for r in results):

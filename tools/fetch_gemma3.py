@@ -33,7 +33,8 @@ LICENCE = "GEMMA_TERMS.html"
 # the notice the Gemma Terms of Use (section 3.1) require with every distribution, and the modification made
 NOTICE = ("Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms\n\n"
           "Modified by edgekit (tools/fetch_gemma3.py): the published Q4_K_M GGUF was dequantized to fp32 and saved\n"
-          "as safetensors, and its tokenizer was rebuilt from the GGUF vocabulary. The original GGUF is kept beside it.\n")
+          "as safetensors, and its tokenizer was rebuilt from the GGUF vocabulary. The original GGUF is kept beside "
+          "it.\n")
 
 
 def main(argv=None) -> int:

@@ -83,10 +83,12 @@ def write_model_card(folder: Path) -> Path:
     log = json.loads((folder / "training_log.json").read_text())
     runner = build_runner("fp32", str(folder))
     rows = []
-    for split, what in (("eval", "Hamlet + The Tempest (in-domain)"), ("eval_milton", "Milton, Paradise Regained (out-of-domain)")):
+    for split, what in (("eval", "Hamlet + The Tempest (in-domain)"),
+                        ("eval_milton", "Milton, Paradise Regained (out-of-domain)")):
         ppl = score(runner, eval_token_ids(runner.tokenizer, split), EvalSettings(**CARD_SETTINGS)).perplexity()
         lo, hi = ppl["perplexity_ci95"]
-        rows.append(f"| `{split}` | {what} | {ppl['perplexity']:.2f} | [{lo:.2f}, {hi:.2f}] | {ppl['scored_tokens']:,} |")
+        rows.append(f"| `{split}` | {what} | {ppl['perplexity']:.2f} | [{lo:.2f}, {hi:.2f}] | "
+                    f"{ppl['scored_tokens']:,} |")
     a = log["args"]
     card = f"""---
 license: apache-2.0
@@ -180,7 +182,8 @@ def main() -> None:
 
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup)
-                                                 * 0.5 * (1 + math.cos(math.pi * min(s, args.max_steps) / args.max_steps)))
+                                                 * 0.5 * (1 + math.cos(math.pi * min(s, args.max_steps)
+                                                                       / args.max_steps)))
     gen = torch.Generator().manual_seed(args.seed)
     best, best_step, bad_evals, history, start = float("inf"), 0, 0, [], time.time()
     stop_reason = f"reached --max-steps {args.max_steps}"

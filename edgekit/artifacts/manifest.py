@@ -94,7 +94,8 @@ class Manifest:
 
     @property
     def checksum(self) -> str:
-        """One digest for the whole artifact: sha256 over the manifest's file list (what ``--expect-checksum`` pins)."""
+        """One digest for the whole artifact: sha256 over the manifest's file list (what ``--expect-checksum``
+        pins)."""
         listing = json.dumps(self.data["files"], sort_keys=True).encode()
         return hashlib.sha256(listing).hexdigest()
 
@@ -154,7 +155,8 @@ def write_manifest(folder: str | Path, *, variant: str, runtime: str, runtime_ve
 
 
 def update_manifest(folder: str | Path, **fields: Any) -> Manifest:
-    """Set top-level fields (``evaluation``, ``runtime_settings``) of an intact artifact; files are re-checked first."""
+    """Set top-level fields (``evaluation``, ``runtime_settings``) of an intact artifact; files are re-checked
+    first."""
     manifest = verify_artifact(folder)
     data = {**manifest.data, **fields}
     (Path(folder) / MANIFEST).write_text(json.dumps(data, indent=2))
@@ -173,7 +175,8 @@ def read_manifest(folder: str | Path) -> Manifest:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
-        raise ArtifactError(f"{path} is not valid JSON ({reason}); the manifest was damaged, re-export the artifact") from None
+        raise ArtifactError(f"{path} is not valid JSON ({reason}); the manifest was damaged, re-export the "
+                            f"artifact") from None
     _check_fields(data, path)
     return Manifest(folder, data)
 
@@ -284,7 +287,8 @@ def verify_artifact(folder: str | Path, supported_opset: int | None = None,
     data, folder = manifest.data, Path(folder)
     check_compatible(manifest, supported_opset)
     if expect_checksum is not None and manifest.checksum != expect_checksum.strip().lower():
-        raise ArtifactError(f"artifact checksum {manifest.checksum} is not the expected {expect_checksum.strip()[:64]}; "
+        raise ArtifactError(f"artifact checksum {manifest.checksum} is not the expected "
+                            f"{expect_checksum.strip()[:64]}; "
                             "this is not the artifact you pinned")
     extra = sorted(_present_files(folder) - set(data["files"]))
     if extra:

@@ -17,7 +17,8 @@ CONVERTER = "convert_hf_to_gguf.py"
 # (newer than the gguf release on PyPI), which it finds next to itself
 CONVERTER_PACKAGES = ("conversion/", "gguf-py/gguf/")
 BUILD_RECORD = "build.json"
-REBUILD_HINT = "rebuild it with `make llama-cpp` (or `make llama-cpp LLAMA_PORTABLE=1` for a venv shared by several CPUs)"
+REBUILD_HINT = ("rebuild it with `make llama-cpp` (or `make llama-cpp LLAMA_PORTABLE=1` for a venv shared by "
+                "several CPUs)")
 
 
 def llama_cpp_version() -> str:

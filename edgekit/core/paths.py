@@ -54,13 +54,15 @@ def work_dir() -> Path:
 
 
 def eval_token_ids(tokenizer, eval_text: str = "eval"):
-    """Token ids (a 1-D tensor) of a corpus split name (``eval``, ``eval_milton``...), a text file path, or raw text."""
+    """Token ids (a 1-D tensor) of a corpus split name (``eval``, ``eval_milton``...), a text file path, or raw
+    text."""
     if eval_text in SPLITS:
         text = read_split(eval_text)
     elif len(eval_text) < 4096 and "\n" not in eval_text and Path(eval_text).expanduser().is_file():
         text = Path(eval_text).expanduser().read_text(encoding="utf-8")
     elif len(eval_text) < 4096 and "\n" not in eval_text and ("/" in eval_text or eval_text.endswith(".txt")):
-        raise InputError(f"no text file at {eval_text!r}; pass an existing file, a split ({', '.join(SPLITS)}) or the text itself")
+        raise InputError(f"no text file at {eval_text!r}; pass an existing file, a split ({', '.join(SPLITS)}) or the "
+                         f"text itself")
     else:
         text = eval_text
     return tokenizer(text, return_tensors="pt", add_special_tokens=False, verbose=False)["input_ids"][0]
@@ -73,7 +75,8 @@ def cache_key(*parts: Any) -> str:
 
 
 # calibration windows come from the calibration split (Macbeth: a whole work the eval text does not contain)
-SAMPLES, SEQ_LEN = 16, 256  # the calibration windows every calibrated variant takes by default (and the planner prices)
+SAMPLES, SEQ_LEN = 16, 256  # the calibration windows every calibrated variant takes by default (and the planner
+                            # prices)
 BATCH_SIZE = 8  # windows run through the model at once
 
 

@@ -48,7 +48,8 @@ class Grid:
     bits: int
     block: int
     symmetric: bool
-    rule: str           # "legacy" (llama.cpp's Q4_0..Q8_0 rounding), "fitted" (K-quant sub-blocks), "rtn" (PyTorch groups)
+    rule: str           # "legacy" (llama.cpp's Q4_0..Q8_0 rounding), "fitted" (K-quant sub-blocks), "rtn" (PyTorch
+                        # groups)
 
 
 GRIDS: tuple[Grid, ...] = (  # coarsest first: a tensor is reported on the first grid it lies on
@@ -127,7 +128,8 @@ def requantize(x: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, torch.Tensor]
     if grid.symmetric:  # g128-sym4: absmax / (2^(b-1) - 1)
         step = (x.abs().amax(-1, keepdim=True) / (half - 1)).clamp(min=1e-30)
         return torch.clamp(torch.round(x / step), -half, half - 1) * step, step
-    lo, hi = x.amin(-1, keepdim=True).clamp(max=0), x.amax(-1, keepdim=True).clamp(min=0)  # edgekit.quantizers.packed.rtn_quantize
+    # edgekit.quantizers.packed.rtn_quantize
+    lo, hi = x.amin(-1, keepdim=True).clamp(max=0), x.amax(-1, keepdim=True).clamp(min=0)
     step = ((hi - lo) / (levels - 1)).clamp(min=1e-8)
     zero = torch.round(-lo / step).clamp(0, levels - 1)
     return (torch.clamp(torch.round(x / step) + zero, 0, levels - 1) - zero) * step, step

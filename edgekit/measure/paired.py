@@ -61,7 +61,8 @@ def prompt_fingerprint(items: Mapping[tuple[int, int], Sequence[int]]) -> str:
 
 
 def mcnemar_exact_p(right_to_wrong: int, wrong_to_right: int) -> float:
-    """Two-sided exact McNemar p: the binomial test of ``right_to_wrong`` among all flips at 1/2 (1.0 without flips)."""
+    """Two-sided exact McNemar p: the binomial test of ``right_to_wrong`` among all flips at 1/2 (1.0 without
+    flips)."""
     flips = right_to_wrong + wrong_to_right
     if flips == 0:
         return 1.0

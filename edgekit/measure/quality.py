@@ -112,7 +112,8 @@ def t_quantile(windows: int, level: float = 0.95) -> float:
     return float(stats.t.ppf(0.5 + level / 2, windows - 1)) if windows >= 2 else float("nan")
 
 
-def ratio_interval(numerators: np.ndarray, denominators: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+def ratio_interval(numerators: np.ndarray, denominators: np.ndarray,
+                   level: float = 0.95) -> tuple[float, float, float]:
     """``(mean, low, high)``: the ratio estimator and its t-interval, each window one sample."""
     mean, se = ratio_stat(numerators, denominators)
     half = t_quantile(len(np.asarray(numerators)), level) * se
@@ -193,7 +194,8 @@ def block_bootstrap_interval(values: np.ndarray, level: float = 0.95, block: int
     blocks, last = -(-n // block), n - (-(-n // block) - 1) * block
     sums = np.concatenate([[0.0], np.cumsum(np.concatenate([x, x[:block]]))])
     starts = np.random.default_rng(seed).integers(0, n, (resamples, blocks))
-    totals = (sums[starts[:, :-1] + block] - sums[starts[:, :-1]]).sum(1) + sums[starts[:, -1] + last] - sums[starts[:, -1]]
+    totals = ((sums[starts[:, :-1] + block] - sums[starts[:, :-1]]).sum(1)
+              + sums[starts[:, -1] + last] - sums[starts[:, -1]])
     low, high = np.quantile(totals / n, [(1 - level) / 2, (1 + level) / 2])
     return float(x.mean()), float(low), float(high), block
 
@@ -343,7 +345,8 @@ def score(runner, token_ids: torch.Tensor, settings: EvalSettings = EvalSettings
     windows = sliding_windows(len(ids), settings.context, settings.stride)
     n_scored = sum(len(scored_positions(w)) for w in windows)
     if baseline is not None and baseline.scored_tokens != n_scored:
-        raise InputError("the baseline was scored on other tokens or settings; score both on the same text and settings")
+        raise InputError("the baseline was scored on other tokens or settings; score both on the same text and "
+                         "settings")
     nll, counts = np.zeros(len(windows)), np.zeros(len(windows), dtype=np.int64)
     token_nll = np.zeros(n_scored, dtype=np.float32)
     kl = np.zeros(len(windows)) if baseline is not None else None
@@ -399,7 +402,8 @@ def _keep(kept: dict, logp: torch.Tensor, here: slice, n_scored: int, top_k: int
 
 
 def _tail_logprob(logp: torch.Tensor, top_ids: torch.Tensor) -> torch.Tensor:
-    """log of the probability outside ``top_ids`` in each row, summed over the tail itself (no 1 - sum cancellation)."""
+    """log of the probability outside ``top_ids`` in each row, summed over the tail itself (no 1 - sum
+    cancellation)."""
     return logp.scatter(-1, top_ids, float("-inf")).logsumexp(-1)
 
 

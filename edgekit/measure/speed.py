@@ -38,7 +38,8 @@ Cost: per variant one cold-start call (one token), one warm-up generation and ``
 generations of ``new_tokens``: 1 + 16 + 5 x 16 = 97 decoded tokens at the defaults, against the
 224 to 544 that :func:`edgekit.measure.quality.measure_latency` spends (one to twelve 32-token warm-up runs until
 steady, then 5 x 32 timed tokens). Interleaving has one more cost, paid by the comparison: the variants
-are loaded a second time to be held together (:mod:`edgekit.workflows.compare`). The raw repetitions (:class:`Repetition`, each with its gaps and contention reading) are kept
+are loaded a second time to be held together (:mod:`edgekit.workflows.compare`). The raw repetitions
+(:class:`Repetition`, each with its gaps and contention reading) are kept
 so the results store can keep them.
 """
 from __future__ import annotations

@@ -150,7 +150,8 @@ def _onnx_storage(path: Path, tally: _Tally) -> None:
         if node is not None and node.op_type == "MatMulNBits":
             if node.input[1] == init.name:
                 attrs = {a.name: a.i for a in node.attribute}
-                tally.add(part, f"MatMulNBits-int{attrs['bits']}-b{attrs['block_size']}", attrs["K"] * attrs["N"], bits,
+                tally.add(part, f"MatMulNBits-int{attrs['bits']}-b{attrs['block_size']}", attrs["K"] * attrs["N"],
+                          bits,
                           init.name)
             else:
                 tally.bits[part] += bits  # its scales and zero points

@@ -91,7 +91,8 @@ class Result:
     run_id: str = field(default_factory=new_run_id)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     model_revision: str | None = None  # None: fingerprint ``model``'s weights now (see loading.model_revision)
-    repetitions: list = field(default_factory=list)  # edgekit.measure.speed.Repetition dicts, written to their own table
+    repetitions: list = field(default_factory=list)  # edgekit.measure.speed.Repetition dicts, written to their own
+                                                     # table
 
     def __post_init__(self) -> None:
         if self.model_revision is None:
@@ -100,7 +101,8 @@ class Result:
     def flat(self) -> dict:
         """One row: identity columns, then every metric, then settings prefixed ``setting_``."""
         row = {"run_id": self.run_id, "created": self.created, "kind": self.kind, "model": self.model,
-               "model_revision": self.model_revision, "variant": self.variant, "status": self.status, "error": self.error}
+               "model_revision": self.model_revision, "variant": self.variant, "status": self.status,
+               "error": self.error}
         row.update(self.metrics)
         for task, values in (row.pop("tasks", None) or {}).items():  # one column per task and figure
             row.update({f"{task}.{k}": v for k, v in values.items() if k != "task_doc_ids"})
@@ -188,7 +190,8 @@ class ResultStore:
         """One row per run: when, which model (and which weights of it), how many variants."""
         with self._connect() as db:
             return pd.read_sql_query(
-                "SELECT run_id, MIN(created) AS created, kind, model, model_revision, COUNT(*) AS variants FROM results "
+                "SELECT run_id, MIN(created) AS created, kind, model, model_revision, COUNT(*) AS variants FROM "
+                "results "
                 "GROUP BY run_id ORDER BY MIN(id)", db)
 
     def dataframe(self, **filters) -> pd.DataFrame:

@@ -51,7 +51,8 @@ def module_bytes(config, variant: str, layer_schemes: dict[str, str] | None = No
     table_bytes, width = variant.entry.table_bytes, getattr(config, "hidden_size", 0)
     for top, numel in others:
         table = ("embed" in top or top.endswith("wte") or "head" in top) and width and numel % width == 0
-        held = table_bytes(variant, numel // width, width, dense) if table and table_bytes else numel * DTYPE_BYTES[dense]
+        held = (table_bytes(variant, numel // width, width, dense) if table and table_bytes
+                else numel * DTYPE_BYTES[dense])
         sizes[top] = sizes.get(top, 0) + held
     for name, out_f, in_f, bias in linears:
         top = top_module(name + ".weight")
@@ -87,10 +88,12 @@ def kv_cache_bytes(config, context: int, batch: int = 1, dtype: str = "fp16") ->
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     rows = 2 * config.num_hidden_layers * kv_heads * context * batch
-    if dtype in DTYPE_BYTES:  # transformers' cache keeps a sliding-window layer's last ``sliding_window - 1`` positions
+    if dtype in DTYPE_BYTES:  # transformers' cache keeps a sliding-window layer's last ``sliding_window - 1``
+                              # positions
         window = getattr(config, "sliding_window", None)
         kinds = getattr(config, "layer_types", None) or ()
-        positions = sum(min(context, window - 1) if kind == "sliding_attention" and window else context for kind in kinds)
+        positions = sum(min(context, window - 1) if kind == "sliding_attention" and window else context
+                        for kind in kinds)
         if kinds:
             rows = 2 * kv_heads * positions * batch
         return rows * head_dim * DTYPE_BYTES[dtype]

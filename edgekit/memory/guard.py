@@ -110,4 +110,5 @@ def refusal(variant: Variant, source: str, plan: MemoryPlan, device: str = "cpu"
             candidate = candidate.with_options(profile=profile)
         if _plan_here(candidate, source, device)[1]:
             admitted.append(name)
-    return f"{refused} {alternatives_text({**plan.alternatives, 'variants': admitted}, offload=variant.name in OFFLOADABLE)}"
+    return (f"{refused} "
+            f"{alternatives_text({**plan.alternatives, 'variants': admitted}, offload=variant.name in OFFLOADABLE)}")

@@ -89,7 +89,8 @@ def _calibrated(load: Load) -> tuple[int, str]:
     if load.streamed:
         return (max(load.total, load.total - load.working + job),
                 "calibrated layer by layer from the shards: one fp32 layer and its calibration activations at a time")
-    return max(load.total, load.fp32 + max(load.working, job)), "the model loads in full precision before it is calibrated"
+    return (max(load.total, load.fp32 + max(load.working, job)),
+            "the model loads in full precision before it is calibrated")
 
 
 def _training(load: Load) -> tuple[int, str]:

@@ -67,14 +67,16 @@ class MemoryPlan:
 
     def summary(self) -> str:
         g = lambda b: f"{b / GIB:6.2f} GiB"
-        lines = [f"{self.model} as {self.variant}, context {self.context} x batch {self.batch}, on {self.device} ({self.device_kind})",
+        lines = [f"{self.model} as {self.variant}, context {self.context} x batch {self.batch}, on {self.device} "
+                 f"({self.device_kind})",
                  f"  parameters      {self.parameters:,}",
                  f"  weights         {g(self.weight_bytes)}",
                  f"  KV cache        {g(self.kv_cache_bytes)}",
                  f"  activations     {g(self.activation_bytes)}",
                  f"  runtime         {g(self.runtime_overhead_bytes)}",
                  f"  total           {g(self.total_bytes)}   (budget {g(self.budget_bytes).strip()})",
-                 *([f"  load peak       {g(self.peak_bytes)}   ({self.peak_reason})"] if self.peak_bytes > self.total_bytes else []),
+                 *([f"  load peak       {g(self.peak_bytes)}   ({self.peak_reason})"]
+                   if self.peak_bytes > self.total_bytes else []),
                  f"  verdict: {self.verdict}"]
         if self.offload.get("device_map") and not self.fits:
             counts: dict[str, int] = {}
@@ -146,17 +148,22 @@ def _plan(cfg, variant: str, context: int, batch: int, profile: DeviceProfile, s
              "accelerator memory" if on_accelerator and not profile.unified else "memory")
     if fits and not peak_fits:
         plan.verdict = (f"does not fit while loading: holding it takes {total / GIB:.2f} GiB, but the load peaks at "
-                        f"{peak / GIB:.2f} GiB ({peak_reason}) and {profile.name} has {peak_budget / GIB:.2f} GiB usable. "
+                        f"{peak / GIB:.2f} GiB ({peak_reason}) and {profile.name} has {peak_budget / GIB:.2f} GiB "
+                        f"usable. "
                         + alternatives_text(plan.alternatives))
     elif fits and profile.kind == "npu":
         host = offload["offloaded_bytes"]
-        plan.verdict = (f"fits: {total / GIB:.2f} GiB of {budget / GIB:.2f} GiB usable: {(weights + kv + act - host) / GIB:.2f} GiB "
+        plan.verdict = (f"fits: {total / GIB:.2f} GiB of {budget / GIB:.2f} GiB usable: "
+                        f"{(weights + kv + act - host) / GIB:.2f} GiB "
                         f"in NPU memory, {host / GIB:.2f} GiB of weights read from shared host RAM each token")
     elif fits:
-        plan.verdict = f"fits: {total / GIB:.2f} GiB of {budget / GIB:.2f} GiB usable {where} ({100 * total / max(budget, 1):.0f}%)"
+        plan.verdict = (f"fits: {total / GIB:.2f} GiB of {budget / GIB:.2f} GiB usable {where} "
+                        f"({100 * total / max(budget, 1):.0f}%)")
     else:
-        plan.verdict = (f"does not fit: needs {(weights + kv + act + (0 if on_accelerator and not profile.unified else overhead)) / GIB:.2f} GiB, "
-                        f"{profile.name} has {budget / GIB:.2f} GiB usable {where}. " + alternatives_text(plan.alternatives))
+        plan.verdict = (
+            f"does not fit: needs "
+            f"{(weights + kv + act + (0 if on_accelerator and not profile.unified else overhead)) / GIB:.2f} GiB, "
+            f"{profile.name} has {budget / GIB:.2f} GiB usable {where}. " + alternatives_text(plan.alternatives))
     return plan
 
 
@@ -226,4 +233,5 @@ def alternatives_text(alternatives: dict, offload: bool = True) -> str:
         parts.append(f"context {alternatives['context']}")
     if offload:
         parts.append("offload (the option offload=true on fp32/bf16/fp16: slow, every token reads offloaded layers)")
-    return ("Would fit: " + "; ".join(parts) + ".") if parts else "Nothing offered fits; use a machine with more memory."
+    return (("Would fit: " + "; ".join(parts) + ".") if parts
+            else "Nothing offered fits; use a machine with more memory.")

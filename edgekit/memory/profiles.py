@@ -69,7 +69,8 @@ def load_profile(device: "str | Path | DeviceProfile") -> DeviceProfile:
         raw = json.loads(path.read_text())
         return DeviceProfile(
             name=raw.get("name", path.stem), kind=raw["kind"], description=raw.get("description", ""),
-            host_bytes=int(raw.get("host_gib", 0) * GIB), host_reserved_bytes=int(raw.get("host_reserved_gib", 0) * GIB),
+            host_bytes=int(raw.get("host_gib", 0) * GIB),
+            host_reserved_bytes=int(raw.get("host_reserved_gib", 0) * GIB),
             accelerator_bytes=int(raw.get("accelerator_gib", 0) * GIB),
             accelerator_reserved_bytes=int(raw.get("accelerator_reserved_gib", 0) * GIB),
             runtime_overhead_bytes=int(raw.get("runtime_overhead_gib", 0.5) * GIB),

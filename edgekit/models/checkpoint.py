@@ -141,7 +141,8 @@ def stream_into(model, folder: Path, config, dtype: torch.dtype, targets: set[st
         model.tie_weights()
     missing = [n for n, p in model.named_parameters() if p.device.type == "meta"]
     if missing:
-        raise ModelSourceError(f"{folder} lacks weights for {missing[:3]}...; the checkpoint does not match its config.json")
+        raise ModelSourceError(f"{folder} lacks weights for {missing[:3]}...; the checkpoint does not match its "
+                               f"config.json")
     return model.eval()
 
 

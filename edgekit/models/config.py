@@ -36,7 +36,8 @@ def load_config(config: Any):
         try:
             return _config_from_dict(json.loads(text), "the pasted config")
         except json.JSONDecodeError as exc:
-            raise ModelSourceError(f"the pasted config is not valid JSON ({exc}); paste the whole config.json") from None
+            raise ModelSourceError(f"the pasted config is not valid JSON ({exc}); paste the whole "
+                                   f"config.json") from None
     known = data_dir() / "configs" / f"{text}.json"
     if known.exists():
         return _config_from_dict(json.loads(known.read_text()), text)
@@ -70,12 +71,14 @@ def _config_from_dict(values: dict, origin: str):
 def meta_layout(config_json: str, model_type: str) -> tuple:
     """(parameter count, [(module, out, in, bias) for decoder linears], [(top module, numel)]) of a meta model."""
 
-    config = AutoConfig.for_model(model_type, **{k: v for k, v in json.loads(config_json).items() if k != "model_type"})
+    config = AutoConfig.for_model(model_type, **{k: v for k, v in json.loads(config_json).items()
+                                                 if k != "model_type"})
     try:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
     except (ValueError, KeyError) as exc:
-        raise ModelSourceError(f"transformers cannot build a causal LM from this {model_type!r} config: {exc}") from None
+        raise ModelSourceError(f"transformers cannot build a causal LM from this {model_type!r} config: "
+                               f"{exc}") from None
     try:
         blocks = block_linears(model)
     except VariantError:  # no nn.Linear in its blocks (GPT-2's Conv1D): everything is priced as dense

@@ -72,7 +72,8 @@ def _bnb_runner(variant: Variant, source: str, tokenizer, config: BitsAndBytesCo
 
 
 @register(r"int8", "pytorch", "bitsandbytes LLM.int8 (option threshold=6.0)", ("int8",),
-          linear_bytes=_int8_bytes, options=("threshold",), load="bitsandbytes", dense=checkpoint_dtype, compute=_bnb_compute)
+          linear_bytes=_int8_bytes, options=("threshold",), load="bitsandbytes", dense=checkpoint_dtype,
+          compute=_bnb_compute)
 def build_bnb_int8(variant: Variant, source: str, tokenizer):
     # LLM.int8 quantizes activations from fp16; bitsandbytes logs that cast on every matmul
     # of an fp32 model, thousands of times a run. It is expected, so that one message is dropped.

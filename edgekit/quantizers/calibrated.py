@@ -59,7 +59,8 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_
     # GPTQ wants U, the upper Cholesky factor of H^-1. With J the flip, J H J = L L^T gives H^-1 = U^T U for
     # U = J L^-1 J: one factorization and one triangular solve, 1.6x faster than factor, invert, factor again.
     # Beside ``hessian`` at most two [in, in] steps are held: for a 7B's down_proj (11008 inputs) 0.48 GB each.
-    H = hessian.to(Wt.device, torch.float32).flip(0, 1)  # statistics are gathered on the CPU; the weight may be on a GPU
+    H = hessian.to(Wt.device, torch.float32).flip(0, 1)  # statistics are gathered on the CPU; the weight may be on a
+                                                         # GPU
     dead = torch.diag(H) == 0  # in H's reversed order
     H[dead, dead] = 1
     Wt[dead.flip(0)] = 0
@@ -126,7 +127,8 @@ def rtn_dequantized(weight: torch.Tensor, bits: int, group_size: int) -> torch.T
     return dequantize(codes, scale.half().float(), zero, group_size)
 
 
-def awq_scale(x: torch.Tensor, weights: list[torch.Tensor], bits: int, group_size: int, grid: int = 20) -> torch.Tensor:
+def awq_scale(x: torch.Tensor, weights: list[torch.Tensor], bits: int, group_size: int,
+              grid: int = 20) -> torch.Tensor:
     """AWQ's per-input-channel scale for linears sharing the input ``x`` [tokens, in]."""
     W = torch.cat([w.float() for w in weights])
     reference = x @ W.T
@@ -208,7 +210,8 @@ def apply_scheme(model: nn.Module, scheme: Variant, tokenizer, skip: frozenset[s
         return quantize_blockwise(model, None, rtn_block, f"RTN int{bits}-g{group_size}", load_block=load_block)
     calib = variant_calibration_ids(calib_from or scheme, tokenizer)
     if method == "gptq":
-        return quantize_gptq(model, calib, bits, group_size, skip, damp=float((calib_from or scheme).option("damp", CALIBRATION_DEFAULTS["damp"])),
+        return quantize_gptq(model, calib, bits, group_size, skip,
+                             damp=float((calib_from or scheme).option("damp", CALIBRATION_DEFAULTS["damp"])),
                              load_block=load_block)
     return quantize_awq(model, calib, bits, group_size, skip, load_block=load_block)
 

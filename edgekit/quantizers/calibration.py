@@ -50,7 +50,8 @@ def _feed_until_stopped(model: nn.Module, calib: torch.Tensor, batch_size: int, 
             handle.remove()
 
 
-def collect_inputs(model: nn.Module, names: list[str], calib: torch.Tensor, on_input, batch_size: int = BATCH_SIZE) -> None:
+def collect_inputs(model: nn.Module, names: list[str], calib: torch.Tensor, on_input,
+                   batch_size: int = BATCH_SIZE) -> None:
     """Run ``calib`` through ``model`` and call ``on_input(name, x)`` with each named linear's input
     ``x`` ([tokens, in_features]); the forward stops after the last of their blocks."""
     order = list(blocks_in_order(model))

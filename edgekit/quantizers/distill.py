@@ -1,4 +1,5 @@
-"""The KL distillation loop shared by QAT (:mod:`edgekit.quantizers.qat`) and pruning recovery (:mod:`edgekit.pruning.variants`).
+"""The KL distillation loop shared by QAT (:mod:`edgekit.quantizers.qat`) and pruning recovery
+(:mod:`edgekit.pruning.variants`).
 
 A student learns to match its unmodified teacher's next-token distributions: the loss is
 KL(teacher || student) on seeded windows of the train split (Hinton et al. 2015, "Distilling the

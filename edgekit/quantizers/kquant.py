@@ -71,7 +71,8 @@ def search_scale_min(x: torch.Tensor, bits: int, steps: int = 20, spread: float 
     for k in range(steps + 1):
         iscale = (nmax + spread * (k / steps - 0.5)) / span
         q = torch.clamp(torch.round(iscale * (x - lo)), 0, nmax)
-        swq, swqq, swqx = (wt * q).sum(-1, keepdim=True), (wt * q * q).sum(-1, keepdim=True), (wt * q * x).sum(-1, keepdim=True)
+        swq, swqq, swqx = ((wt * q).sum(-1, keepdim=True), (wt * q * q).sum(-1, keepdim=True),
+                           (wt * q * x).sum(-1, keepdim=True))
         det = sw * swqq - swq * swq
         ok = det > 1e-20
         d = torch.where(ok, (sw * swqx - swq * swx) / torch.where(ok, det, 1.0), best_d)
@@ -79,7 +80,8 @@ def search_scale_min(x: torch.Tensor, bits: int, steps: int = 20, spread: float 
         d = d.clamp(min=1e-12)
         err = _error(x, wt, d, m, nmax)
         better = err < best_err
-        best_d, best_m, best_err = torch.where(better, d, best_d), torch.where(better, m, best_m), torch.where(better, err, best_err)
+        best_d, best_m, best_err = (torch.where(better, d, best_d), torch.where(better, m, best_m),
+                                    torch.where(better, err, best_err))
     return best_d.squeeze(-1), best_m.squeeze(-1)
 
 
@@ -150,7 +152,8 @@ class KQuantWeight(nn.Module):
         if self.in_features % 8 == 0:  # rows start on whole bytes (and whole 8-code words)
             row_bytes = self.in_features * self.bits // 8
             packed = self.qweight[: self.out_features * row_bytes].view(self.out_features, row_bytes)[flat_rows]
-            return unpack_codes(packed.reshape(-1), self.bits, flat_rows.numel() * self.in_features).view(-1, self.in_features)
+            return unpack_codes(packed.reshape(-1), self.bits,
+                                flat_rows.numel() * self.in_features).view(-1, self.in_features)
         return unpack_codes(self.qweight, self.bits, self.out_features * self.in_features).view(
             self.out_features, self.in_features)[flat_rows]
 
@@ -250,7 +253,8 @@ def kq_table_bytes(variant, rows: int, cols: int, dense: str) -> int:
 
 @register(r"kq(?P<bits>[2-8])", "pytorch",
           "K-quant-style blocks of 32: searched scale and min, 8-bit scales under fp16 super-scales, embedding "
-          "quantized too (options sensitive: bits for v_proj/down_proj, embed: bits of the embedding, 0 keeps it dense)",
+          "quantized too (options sensitive: bits for v_proj/down_proj, embed: bits of the embedding, 0 keeps it "
+          "dense)",
           ("kq4", "kq4:sensitive=4,embed=6"), linear_bytes=kq_linear_bytes, options=("sensitive", "embed", "group"),
           load="full-precision", dense=lambda variant, checkpoint: "fp32", table_bytes=kq_table_bytes,
           defaults={"sensitive": 6, "embed": 8, "group": 32})

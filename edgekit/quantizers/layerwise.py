@@ -64,6 +64,7 @@ def layerwise_model(source: str, quantize: Quantize, device: str = "cpu") -> nn.
         model.tie_weights()
     missing = [n for n, p in model.named_parameters() if p.device.type == "meta" and n not in locations]
     if missing:  # found before hours of calibration, not after
-        raise ModelSourceError(f"{folder} lacks weights for {missing[:3]}...; the checkpoint does not match its config.json")
+        raise ModelSourceError(f"{folder} lacks weights for {missing[:3]}...; the checkpoint does not match its "
+                               f"config.json")
     quantize(model, lambda block: place_tensors(model, block_keys.pop(block, []), locations, torch.float32, device))
     return model.eval()

@@ -77,7 +77,8 @@ def _base_scheme_bytes(variant: Variant, out_f: int, in_f: int, bias: bool, dens
           "the k most sensitive block linears at int8 (or option high=fp16), the rest at <scheme>",
           ("mixed-int4-g128-k4", "mixed-int3-g64-k6", "mixed-int2-g64-k8", "mixed-gptq-int3-g128-k4"),
           linear_bytes=_base_scheme_bytes, options=("high", "rank_tokens", *CALIBRATION_DEFAULTS),
-          load="calibrated", dense=held_in_fp32, defaults={"high": "int8", "rank_tokens": 2048, **CALIBRATION_DEFAULTS})
+          load="calibrated", dense=held_in_fp32, defaults={"high": "int8", "rank_tokens": 2048,
+                                                           **CALIBRATION_DEFAULTS})
 def build_mixed(variant: Variant, source: str, tokenizer):
     scheme = Variant.parse(variant.field("scheme"))
     device = device_of(variant)
@@ -91,7 +92,8 @@ def build_mixed(variant: Variant, source: str, tokenizer):
                 load_block(block)
             for name in kept:
                 if split_block(name)[0] == block:
-                    replace_module(model, name, high_precision_layer(model.get_submodule(name), high, scheme.group_size))
+                    replace_module(model, name, high_precision_layer(model.get_submodule(name), high,
+                                                                     scheme.group_size))
         apply_scheme(model, scheme, tokenizer, skip=frozenset(kept), calib_from=variant, load_block=load_and_keep)
 
     return TorchRunner(str(variant), calibrated_model(variant, source, quantize, device), tokenizer)

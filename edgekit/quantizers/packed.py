@@ -82,13 +82,15 @@ def unpack_codes(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
 
 
 def check_group(in_features: int, group_size: int) -> None:
-    """Refuse a group size that is not a positive number of columns (any width is fine: the last group may be short)."""
+    """Refuse a group size that is not a positive number of columns (any width is fine: the last group may be
+    short)."""
     if group_size < 1:
         raise VariantError(f"group size {group_size} must be a positive number of input columns (e.g. 32, 64, 128)")
 
 
 def group_count(in_features: int, group_size: int) -> int:
-    """Groups a row of ``in_features`` columns has: whole groups plus one shorter last group if any columns are left."""
+    """Groups a row of ``in_features`` columns has: whole groups plus one shorter last group if any columns are
+    left."""
     check_group(in_features, group_size)
     return -(-in_features // group_size)
 
@@ -156,7 +158,8 @@ def _cpu_block_rows() -> int | None:
 
 
 def _codes_from_cpu_kernel(packed: torch.Tensor, out_features: int, in_features: int) -> torch.Tensor:
-    """Unpack the CPU kernel's layout back to codes [out, in] (uint8): the check of each packed layer, and its weight."""
+    """Unpack the CPU kernel's layout back to codes [out, in] (uint8): the check of each packed layer, and its
+    weight."""
     block = _cpu_block_rows()
     flat = packed.reshape(-1)
     full = out_features // block
@@ -211,7 +214,8 @@ class PackedLinear(nn.Module):
             self.register_buffer("zero", torch.zeros(out_features, groups, dtype=torch.uint8, device=device))
         else:  # filled by from_codes: the kernel's own layout and its interleaved bf16 scale/zero
             self.register_buffer("qweight", torch.empty(0, dtype=torch.uint8, device=device))
-            self.register_buffer("scale_zero", torch.zeros(groups, out_features, 2, dtype=torch.bfloat16, device=device))
+            self.register_buffer("scale_zero", torch.zeros(groups, out_features, 2, dtype=torch.bfloat16,
+                                                           device=device))
         self.bias = nn.Parameter(torch.zeros(out_features, device=device)) if bias else None
 
     @property
@@ -234,7 +238,8 @@ class PackedLinear(nn.Module):
         name = int4_kernel_for(codes.device, bits, group_size, out_features) if kernel is not False else None
         if kernel and name is None:
             raise VariantError(f"no int4 kernel runs {bits}-bit groups of {group_size} with {out_features} outputs on "
-                               f"{codes.device.type}; it needs 4 bits, a group of {', '.join(map(str, KERNEL_GROUPS))} "
+                               f"{codes.device.type}; it needs 4 bits, a group of "
+                               f"{', '.join(map(str, KERNEL_GROUPS))} "
                                "and an AVX2/AVX-512 CPU or an sm80+ GPU. Leave the kernel to the default (automatic)")
         layer = cls(in_features, out_features, bits, group_size, bias is not None, device=codes.device, kernel=name)
         if name is None:
@@ -276,7 +281,8 @@ class PackedLinear(nn.Module):
 
     def _kernel_mm(self, x2: torch.Tensor) -> torch.Tensor:
         """[rows, padded in] bf16 -> [rows, out] bf16 through the fused kernel."""
-        op = torch.ops.aten._weight_int4pack_mm_for_cpu if self.kernel == CPU_KERNEL else torch.ops.aten._weight_int4pack_mm
+        op = (torch.ops.aten._weight_int4pack_mm_for_cpu if self.kernel == CPU_KERNEL
+              else torch.ops.aten._weight_int4pack_mm)
         return op(x2, self.qweight, self.group_size, self.scale_zero)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

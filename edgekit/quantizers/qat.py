@@ -41,7 +41,8 @@ from edgekit.variants.registry import Variant, device_of, register
 
 @dataclass(frozen=True)
 class QATSettings(DistillSettings):
-    """The distillation loop's settings (:class:`edgekit.quantizers.distill.DistillSettings`) plus the grid it trains for."""
+    """The distillation loop's settings (:class:`edgekit.quantizers.distill.DistillSettings`) plus the grid it trains
+    for."""
 
     bits: int = 2
     group_size: int = 64

@@ -113,7 +113,8 @@ def layer_sensitivity(model: str = "default", scheme: str = "int4-g128", by: str
                        params=sum(originals[n].weight.numel() for n in names))
         rows.append(metrics)
         if store is not None:
-            store.add(Result(str(model), f"{scheme}@{target}", metrics, run_settings, kind="sensitivity", run_id=run_id))
+            store.add(Result(str(model), f"{scheme}@{target}", metrics, run_settings, kind="sensitivity",
+                             run_id=run_id))
     frame = pd.DataFrame(rows)
     return frame[["target", "block", "module", "kl_divergence", "kl_divergence_se", "top1_agreement",
                   "delta_ppl_pct", "delta_ppl_pct_ci95", "params"]]

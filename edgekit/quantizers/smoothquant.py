@@ -47,7 +47,8 @@ def calibration_windows(tokenizer, windows: int = 8, length: int = 256) -> torch
 def activation_maxima(model: nn.Module, batches: torch.Tensor) -> dict[str, np.ndarray]:
     """max |x| per input channel of q_proj ("attention"), gate_proj ("mlp") and down_proj, per layer:
     ``{"attention": [layers, hidden], "mlp": [layers, hidden], "down_proj": [layers, intermediate]}``."""
-    layers = llama_layers(model, "activation outliers are measured on Llama-style models (model.layers.*.self_attn.q_proj, mlp.gate/up/down_proj)")
+    layers = llama_layers(model, "activation outliers are measured on Llama-style models "
+                                 "(model.layers.*.self_attn.q_proj, mlp.gate/up/down_proj)")
     found: dict[str, list] = {key: [None] * len(layers) for key in INPUTS}
     hooks = []
     for i, layer in enumerate(layers):
@@ -86,7 +87,8 @@ def smooth_quant(model: nn.Module, batches: torch.Tensor, alpha: float = 0.5) ->
     if not 0 <= alpha <= 1:
         raise VariantError(f"SmoothQuant alpha={alpha}; choose a value between 0 and 1 (the paper uses 0.5)")
     maxima = activation_maxima(model, batches)
-    for i, layer in enumerate(llama_layers(model, "activation outliers are measured on Llama-style models (model.layers.*.self_attn.q_proj, mlp.gate/up/down_proj)")):
+    for i, layer in enumerate(llama_layers(model, "activation outliers are measured on Llama-style models "
+                                                  "(model.layers.*.self_attn.q_proj, mlp.gate/up/down_proj)")):
         attn, mlp = layer.self_attn, layer.mlp
         _fold(maxima["attention"][i], [attn.q_proj, attn.k_proj, attn.v_proj], layer.input_layernorm.weight, alpha)
         _fold(maxima["mlp"][i], [mlp.gate_proj, mlp.up_proj], layer.post_attention_layernorm.weight, alpha)

@@ -71,7 +71,8 @@ def load_artifact(folder: str | Path | Manifest, expect_checksum: str | None = N
 
     ``folder`` may be a manifest :func:`verify_artifact` returned: it is not hashed again (``serve``
     verifies once at start). Each runtime's loader has the memory guard admit the load from the
-    artifact's own bytes first (:func:`edgekit.memory.guard.admit_artifact`). Either way the files must still be the ones hashed once
+    artifact's own bytes first (:func:`edgekit.memory.guard.admit_artifact`). Either way the files must still be the
+    ones hashed once
     the runtime has loaded them (:meth:`Manifest.confirm_unchanged`), else the runner is closed and refused.
     """
     if isinstance(folder, Manifest):

@@ -59,7 +59,8 @@ def _llama_build() -> Check:
     missing = [name for name in cpu_features.GGML_ISA if f"-D{name}=ON" in record["cmake_args"] and not here[name]]
     kind = "portable (x86-64-v3)" if record["portable"] else "for this machine's instruction sets"
     if missing:
-        return Check("llama build", False, f"{record['version']} built {kind} with {', '.join(missing)}, which this CPU "
+        return Check("llama build", False, f"{record['version']} built {kind} with {', '.join(missing)}, which this "
+                                           f"CPU "
                                          f"or OS lacks; {REBUILD_HINT}")
     return Check("llama build", True, f"{record['version']} built {kind}, GGML_NATIVE=OFF, no AMX")
 

@@ -107,7 +107,8 @@ def check(runtime: str, refresh: bool = False) -> Verdict:
     if verdict is None:
         start = time.perf_counter()
         try:
-            child = subprocess.run([sys.executable, "-m", "edgekit.runtimes.selftest", spec], capture_output=True, text=True,
+            child = subprocess.run([sys.executable, "-m", "edgekit.runtimes.selftest", spec], capture_output=True,
+                                   text=True,
                                    timeout=TIMEOUT_S)
             ok = child.returncode == 0
             reason = "" if ok else _describe(child.returncode, child.stderr, runtime)

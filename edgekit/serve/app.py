@@ -503,7 +503,8 @@ def create_app(artifact_dir: str | Path, *, max_batch: int = 8, max_wait_ms: flo
 
 
 # ---------------------------------------------------------------- handlers' helpers
-def _job(ids, max_new_tokens: int, text: TextStream, job_class: type[Job] = Job, **sampling) -> tuple[Job, asyncio.Queue]:
+def _job(ids, max_new_tokens: int, text: TextStream, job_class: type[Job] = Job,
+         **sampling) -> tuple[Job, asyncio.Queue]:
     """A job whose events land in an asyncio queue of the running loop."""
     loop, events = asyncio.get_running_loop(), asyncio.Queue()
 
@@ -570,7 +571,8 @@ async def _openai(server: Server, request: Request, body: _OpenAIRequest, ids, m
     if not body.stream:
         answer, finish = await _answer(server, request, job, events)
         server.record(endpoint, "ok", job)
-        choice = ({"message": {"role": "assistant", "content": answer}} if chat else {"text": answer, "logprobs": None})
+        choice = ({"message": {"role": "assistant", "content": answer}} if chat else {"text": answer,
+                                                                                      "logprobs": None})
         if isinstance(job, ScoredJob):
             prompt = server.tokenizer().decode(ids[0]) if not isinstance(body.prompt, str) else body.prompt
             choice = {"text": prompt + answer if job.echo else answer, "logprobs": job.logprobs(server.tokenizer())}

@@ -63,7 +63,8 @@ def batch_sweep(runner, prompts: list[torch.Tensor], batch_sizes=(1, 2, 4, 8, 16
             outputs = runner.generate_batch(batch, new_tokens)
             wall = time.perf_counter() - start
             if len(outputs) != b or any(len(o) != new_tokens for o in outputs):
-                raise InputError(f"{runner.name} answered {len(outputs)} of {b} requests; its generate_batch is broken")
+                raise InputError(f"{runner.name} answered {len(outputs)} of {b} requests; its generate_batch is "
+                                 f"broken")
             if run >= warmup:
                 walls.append(wall)
                 latencies.extend([wall] * b)

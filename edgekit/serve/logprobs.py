@@ -65,7 +65,8 @@ class ScoredJob(Job):
         offsets = [sum(len(p) for p in pieces[:i]) for i in range(len(pieces))]
         return {"tokens": pieces,
                 "token_logprobs": [None] * len(first) + [lp for _, lp, _ in kept],
-                "top_logprobs": [None] * len(first) + [{tokenizer.decode([i]): v for i, v in top} for _, _, top in kept],
+                "top_logprobs": [None] * len(first) + [{tokenizer.decode([i]): v for i, v in top}
+                                                       for _, _, top in kept],
                 "text_offset": offsets}
 
 

@@ -244,7 +244,8 @@ def plot_load_sweep(sweep: pd.DataFrame, ax: Axes | None = None) -> Axes:
 
 
 def _point_labels(data: pd.DataFrame) -> list[str]:
-    flags = data["contended"].map(lambda c: c is True or c == "CONTENDED") if "contended" in data else [False] * len(data)
+    flags = (data["contended"].map(lambda c: c is True or c == "CONTENDED") if "contended" in data
+             else [False] * len(data))
     names = [f"{v} (contended)" if flag else v for v, flag in zip(data["variant"], flags)]
     if data["run"].nunique() > 1:
         return [f"{v} ({r})" for v, r in zip(names, data["run"])]
@@ -309,7 +310,8 @@ def plot_quant_grid(values, levels, title: str = "", bins: int = 60, ax: Axes | 
     values, levels = np.asarray(values, float).reshape(-1), np.asarray(levels, float).reshape(-1)
     ax.hist(values, bins=bins, color="tab:blue", alpha=0.75, label=f"{len(values)} weights sharing one scale")
     for i, level in enumerate(levels):
-        ax.axvline(level, color="tab:orange", linewidth=0.8, alpha=0.9, label=f"{len(levels)} levels" if i == 0 else None)
+        ax.axvline(level, color="tab:orange", linewidth=0.8, alpha=0.9,
+                   label=f"{len(levels)} levels" if i == 0 else None)
     ax.set_xlabel("weight value")
     ax.set_ylabel("count")
     ax.set_title(title or "weights and their quantization grid", fontsize=10)

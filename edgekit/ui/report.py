@@ -146,7 +146,8 @@ def _section(heading: str, results: list[Result], table: pd.DataFrame, memory: p
                      f"{first.model_revision}, run {first.run_id}",
             "failed": [(r.variant, r.error) for r in results if r.status != "ok"],
             "settings": dict(first.settings), "plan": plan_table, "plan_title": None if memory is None else
-            f"Memory plan: {memory['model'].iloc[0]} on {memory['device'].iloc[0]}, context {memory['context'].iloc[0]}"}
+            f"Memory plan: {memory['model'].iloc[0]} on {memory['device'].iloc[0]}, context "
+            f"{memory['context'].iloc[0]}"}
 
 
 def _environment(results: list[Result]) -> dict:

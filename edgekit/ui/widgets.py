@@ -319,7 +319,8 @@ class Dashboard:
             self._figures = {model: figures.get(model) or figure_png(self.figure(model))
                              for model in self.models_measured() or [None]}
             self.table.outputs = ()
-            self.table.append_display_data(HTML(frame.style.format(precision=4, na_rep="").hide(axis="index").to_html()))
+            self.table.append_display_data(HTML(frame.style.format(precision=4, na_rep="")
+                                                .hide(axis="index").to_html()))
             self.plots.outputs = ()
             for png in self._figures.values():
                 self.plots.append_display_data(Image(png))
@@ -349,7 +350,8 @@ class Dashboard:
             self.report_path = write_report(self.results, out, self._earlier_results(), device=self.device.value,
                                             plan_model=model, context=None if model is None else 4096)
 
-            self.messages.append_display_data(HTML(f"report written: <code>{html.escape(str(self.report_path))}</code>"))
+            self.messages.append_display_data(HTML(f"report written: "
+                                                   f"<code>{html.escape(str(self.report_path))}</code>"))
         return self.report_path
 
 

@@ -165,7 +165,8 @@ def register(pattern: str, family: str, summary: str, examples: tuple[str, ...] 
              dense: Callable[[Variant, str], str] = _own_dtype, compute: Callable[[Variant, str], str] | None = None,
              offered: bool = True, exporter: Callable[..., Any] | None = None,
              held_config: Callable[[Variant, Any], Any] | None = None, defaults: dict[str, Any] | None = None,
-             runtime_options: tuple[str, ...] = (), table_bytes: Callable[[Variant, int, int, str], int] | None = None):
+             runtime_options: tuple[str, ...] = (), table_bytes: Callable[[Variant, int, int, str], int]
+             | None = None):
     """Decorator: the one entry for the variant names matching ``pattern`` (see :class:`Entry`)."""
     def wrap(builder: Builder) -> Builder:
         REGISTRY.append(Entry(re.compile(pattern), family, builder, summary, linear_bytes, examples or (pattern,),

@@ -37,7 +37,8 @@ class CanaryThresholds:
     max_kl_divergence: float = 0.02          # mean KL(current || candidate), nats per token
     min_top1_agreement: float = 0.95         # share of tokens where both pick the same next token
     max_slowdown_pct: float = 10.0           # decode tokens/s may drop at most this many percent
-    max_p99_increase_pct: float = 25.0       # P99 decode-step latency (median without enough samples) may rise at most this much
+    max_p99_increase_pct: float = 25.0       # P99 decode-step latency (median without enough samples) may rise at
+                                             # most this much
     trust_contended: bool = False            # judge speed measured while other processes held the cores all the same
 
 
@@ -94,7 +95,8 @@ def canary(candidate: str | Path, current: str | Path, token_ids, thresholds: Ca
         for runner in runners.values():
             runner.close()
     metrics = {**quality, "perplexity_current": base.perplexity()["perplexity"],
-               "perplexity_candidate": cand.perplexity()["perplexity"], **speed_change(reps["candidate"], reps["current"]),
+               "perplexity_candidate": cand.perplexity()["perplexity"],
+               **speed_change(reps["candidate"], reps["current"]),
                "weight_bytes_current": _model_bytes(manifests["current"]),
                "weight_bytes_candidate": _model_bytes(manifests["candidate"])}
     return CanaryReport(manifests["candidate"].variant, manifests["current"].variant, metrics).judged(thresholds)
@@ -108,7 +110,8 @@ def speed_change(candidate: list, current: list) -> dict:
     ratio, lo, hi, _ = median_interval(paired_ratios(candidate, current))
     out = {"tokens_per_s_current": figures["current"]["decode_tokens_per_s"],
            "tokens_per_s_candidate": figures["candidate"]["decode_tokens_per_s"],
-           "slowdown_pct": 100 * (1 - ratio), "slowdown_pct_ci95": None if lo is None else [100 * (1 - hi), 100 * (1 - lo)],
+           "slowdown_pct": 100 * (1 - ratio),
+           "slowdown_pct_ci95": None if lo is None else [100 * (1 - hi), 100 * (1 - lo)],
            "contended": bool(figures["current"]["contended"] or figures["candidate"]["contended"])}
     for role in ("current", "candidate"):
         out[f"p99_ms_{role}"] = figures[role]["latency_ms_p99"]
@@ -129,7 +132,8 @@ def judge(metrics: dict, t: CanaryThresholds) -> list[dict]:
     """The checks of a canary's measurements against thresholds; quality is judged on the
     pessimistic end of its 95% interval, so a noisy measurement cannot pass by luck."""
     m = metrics
-    kl_hi = m["kl_divergence_ci95"][1] if "kl_divergence_ci95" in m else m["kl_divergence"] + Z95 * m["kl_divergence_se"]
+    kl_hi = (m["kl_divergence_ci95"][1] if "kl_divergence_ci95" in m
+             else m["kl_divergence"] + Z95 * m["kl_divergence_se"])
     top1_lo = (m["top1_agreement_ci95"][0] if "top1_agreement_ci95" in m
                else m["top1_agreement"] - Z95 * m["top1_agreement_se"])
     ppl_hi = m["delta_ppl_pct_ci95"][1]

@@ -341,7 +341,8 @@ SUMMARY_COLUMNS = {
     "top1_agreement": "top-1", "top1_agreement_se": "top-1 ±se",
     "weight_bytes": "weights MB", "bits_per_weight": "bits/w", "bits_per_weight_embeddings": "emb bits/w",
     "grid_aligned": "on base grid", "peak_rss_bytes": "peak RSS MB", "cold_start_ms": "cold ms", "ttft_ms": "TTFT ms",
-    "decode_tokens_per_s": "tok/s", "decode_tokens_per_s_ci95": "tok/s 95% CI", "speed_ratio_ci95": "× base [95% CI]", "latency_ms_p50": "p50 ms", "latency_ms_p95": "p95 ms",
+    "decode_tokens_per_s": "tok/s", "decode_tokens_per_s_ci95": "tok/s 95% CI", "speed_ratio_ci95": "× base [95% CI]",
+    "latency_ms_p50": "p50 ms", "latency_ms_p95": "p95 ms",
     "latency_ms_p99": "p99 ms", "latency_indicative": "withheld", "bandwidth_gbps": "GB/s",
     "bandwidth_fraction": "of peak", "bound": "bound", "contended": "contended", "error": "error",
 }
@@ -374,7 +375,8 @@ def summary_frame(results: list[Result]) -> pd.DataFrame:
         if row.get("decode_tokens_per_s_ci95"):
             row["decode_tokens_per_s_ci95"] = "[{:.4g}, {:.4g}]".format(*row["decode_tokens_per_s_ci95"])
         if row.get("speed_ratio_ci95"):
-            row["speed_ratio_ci95"] = "{:.2f} [{:.2f}, {:.2f}]".format(r.metrics["speed_ratio"], *row["speed_ratio_ci95"])
+            row["speed_ratio_ci95"] = "{:.2f} [{:.2f}, {:.2f}]".format(r.metrics["speed_ratio"],
+                                                                       *row["speed_ratio_ci95"])
         for key in ("latency_ms_p95", "latency_ms_p99"):
             if key in row and row[key] is None:
                 row[key] = "-"  # withheld: too few samples
@@ -411,9 +413,11 @@ def kl_flip_lines(results: list[Result]) -> list[str]:
     lines = []
     tasks = dict.fromkeys(t for r in results for t in (r.metrics.get("tasks") or {}))
     for task in tasks:
-        pairs = [(r.metrics.get("kl_divergence"), (m["flips_right_to_wrong"] + m["flips_wrong_to_right"]) / m["task_items"])
+        pairs = [(r.metrics.get("kl_divergence"),
+                  (m["flips_right_to_wrong"] + m["flips_wrong_to_right"]) / m["task_items"])
                  for r in results[1:] if r.status == "ok"
-                 for m in [(r.metrics.get("tasks") or {}).get(task)] if m and m.get("flips_right_to_wrong") is not None]
+                 for m in [(r.metrics.get("tasks") or {}).get(task)]
+                 if m and m.get("flips_right_to_wrong") is not None]
         relation = kl_flip_relation(pairs)
         rates = ", ".join(f"KL {kl:.4f}: {rate:.1%}" for kl, rate in sorted(p for p in pairs if p[0] is not None))
         rho = "no rank correlation (fewer than three rows, or no spread)" if relation["spearman"] is None else \

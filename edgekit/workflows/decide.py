@@ -94,7 +94,8 @@ class Decision:
         lines = [f"on {self.device.name} ({asked}); latency as measured on {self.measured_on}"]
         if self.recommended is not None:
             pick = self.recommended
-            lines.append(f"recommended: {pick.variant} on {pick.runtime}, {pick.weight_bytes / 1e6:.2f} MB of weights: "
+            lines.append(f"recommended: {pick.variant} on {pick.runtime}, {pick.weight_bytes / 1e6:.2f} MB of "
+                         f"weights: "
                          + "; ".join(c.text for c in pick.checks))
         else:
             lines.append("nothing qualifies: no measured variant passes every limit")
@@ -151,7 +152,8 @@ def decide(store: "ResultStore | str | os.PathLike | Iterable[Result]", device: 
                              trust_contended) for r in kept]
     passing = sorted((c for c in candidates if c.passed),
                      key=lambda c: (c.weight_bytes, -(c.metrics.get("decode_tokens_per_s") or 0)))
-    failing = sorted((c for c in candidates if not c.passed), key=lambda c: (len(c.failed), sum(k.miss for k in c.failed)))
+    failing = sorted((c for c in candidates if not c.passed), key=lambda c: (len(c.failed),
+                                                                             sum(k.miss for k in c.failed)))
     limits = {"max KL": max_kl, "max Δppl %": max_delta_ppl_pct, "min tokens/s": min_tokens_per_s,
               "max P99 ms": max_p99_ms, "context": context}
     return Decision(passing[0] if passing else None, passing + failing, None if passing else failing[0], profile,
@@ -198,7 +200,8 @@ def _candidate(row: Result, profile: DeviceProfile, context: int, max_kl, max_dp
         if limit is not None:
             value, which = quality_bound(m, key)
             candidate.checks.append(_at_most(label, value, limit, which))
-    speed_limits = [(label, limit) for label, limit in (("tokens/s", min_tps), ("P99 ms", max_p99)) if limit is not None]
+    speed_limits = [(label, limit) for label, limit in (("tokens/s", min_tps), ("P99 ms", max_p99))
+                    if limit is not None]
     if speed_limits and not trusted(m, trust_contended):
         for label, _ in speed_limits:
             candidate.checks.append(Check(label, False, f"{label} measured while other processes held its cores "
@@ -218,7 +221,8 @@ def _candidate(row: Result, profile: DeviceProfile, context: int, max_kl, max_dp
         flagged = "p99" in (m.get("latency_indicative") or [])
         if m.get("latency_ms_p99") is None and m.get("latency_samples") is not None:
             candidate.checks.append(Check("P99 ms", False, f"P99 withheld: {m['latency_samples']} decode steps timed, "
-                                          f"fewer than {P99_MIN_SAMPLES}; time more repetitions to judge it", math.inf))
+                                          f"fewer than {P99_MIN_SAMPLES}; time more repetitions to judge it",
+                                          math.inf))
         else:
             candidate.checks.append(_at_most("P99 ms", m.get("latency_ms_p99"), max_p99,
                                              "indicative: too few samples" if flagged else "measured"))

@@ -35,7 +35,8 @@ from edgekit.variants.registry import Variant
 
 MIB = 1024 ** 2
 # llama.cpp's line when it allocates the cache (src/llama-kv-cache.cpp)
-KV_LINE = re.compile(r"llama_kv_cache: size = +([\d.]+) MiB \( *(\d+) cells, +(\d+) layers.*?K \((\w+)\): +([\d.]+) MiB, "
+KV_LINE = re.compile(r"llama_kv_cache: size = +([\d.]+) MiB \( *(\d+) cells, +(\d+) layers.*?K \((\w+)\): +([\d.]+) "
+                     r"MiB, "
                      r"V \((\w+)\): +([\d.]+) MiB")
 
 

@@ -220,7 +220,8 @@ def _run(ray, groups, names, settings, latency, store, run_id, cpus_per_cell, ma
                 continue
             if not cell.is_baseline and base_ref is None and names[0] in done:
                 base = Scores.load(base_dir)
-                base_ref = ray.put(replace(base, logprobs=None if base.logprobs is None else np.asarray(base.logprobs)))
+                base_ref = ray.put(replace(base, logprobs=None if base.logprobs is None
+                                           else np.asarray(base.logprobs)))
             options = dict(num_cpus=cpus_per_cell, memory=max(memory, 1), num_gpus=gpus, max_retries=max_retries,
                            name=f"{CELL_TASK_PREFIX} {model} {name} {text}"[:200])
             if cell.is_baseline:

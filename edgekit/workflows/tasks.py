@@ -226,7 +226,8 @@ class TaskRun:
         for task, mine in answers.items():
             base = self.baseline.get(task)
             paired = paired_accuracy(base, mine) if base is not None else {
-                "task_accuracy": mine.accuracy, "prompt_fingerprint": mine.fingerprint, "task_items": len(mine.correct)}
+                "task_accuracy": mine.accuracy, "prompt_fingerprint": mine.fingerprint,
+                "task_items": len(mine.correct)}
             per_task[task] = {**paired, "task_correct": mine.correct_string(), "task_doc_ids": list(mine.doc_ids)}
         return {"tasks": per_task, "task_eval_s": time.perf_counter() - start}
 

@@ -220,7 +220,8 @@ def write_best(artifact_dir: str | Path, report: TuningReport, insist: bool = Fa
     default = report.row(report.default) if report.default is not None else None
     record = {"winner": winner, "fastest": report.best, "tie": winner != report.best,
               "decode_tokens_per_s_ci95": chosen.get("decode_tokens_per_s_ci95"),
-              "default": report.default, "default_decode_tokens_per_s_ci95": (default or {}).get("decode_tokens_per_s_ci95"),
+              "default": report.default,
+              "default_decode_tokens_per_s_ci95": (default or {}).get("decode_tokens_per_s_ci95"),
               "contended": chosen.get("contended")}
     update_manifest(artifact_dir, runtime_settings=settings, tuning=json.loads(json.dumps(record, default=str)))
     return settings

@@ -84,7 +84,8 @@ def test_only_exportable_variants_export(default_model, tmp_path):
 def test_cli_export_verify_run(default_model, tmp_path, capsys, onnx_artifact):
     onnx_artifact("onnx-fp32")  # the plain export is cached, so this export only compiles and checks parity
     out = tmp_path / "cli-artifact"
-    assert main(["export", "--model", default_model, "--variant", "onnx-fp32:opt_level=extended", "--out", str(out)]) == 0
+    assert main(["export", "--model", default_model, "--variant", "onnx-fp32:opt_level=extended", "--out",
+                 str(out)]) == 0
     assert "wrote onnx-fp32:opt_level=extended artifact" in capsys.readouterr().out
     assert main(["verify", str(out)]) == 0
     assert capsys.readouterr().out.startswith("ok: onnx-fp32:opt_level=extended for onnxruntime")

@@ -1,4 +1,5 @@
-"""edgekit.measure.grids: a checkpoint dequantized from a quantized file is found on that file's grid; a continuous one is not."""
+"""edgekit.measure.grids: a checkpoint dequantized from a quantized file is found on that file's grid; a continuous
+one is not."""
 import json
 
 import pytest

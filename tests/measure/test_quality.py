@@ -224,8 +224,10 @@ def test_latency_reports_achieved_bandwidth(table):
     runner = BigramRunner(table)
     runner.compute_path = "dense"
     stats = measure_latency(runner, torch.tensor([1, 2, 3]), new_tokens=8, runs=3, progress=False)
-    assert stats["achieved_bandwidth_gb_s"] == pytest.approx(runner.weight_bytes() * stats["decode_tokens_per_s"] / 1e9)
-    assert stats["bandwidth_fraction"] == pytest.approx(stats["achieved_bandwidth_gb_s"] * 1e9 / device_bandwidth("cpu"))
+    assert stats["achieved_bandwidth_gb_s"] == pytest.approx(runner.weight_bytes() * stats["decode_tokens_per_s"]
+                                                             / 1e9)
+    assert stats["bandwidth_fraction"] == pytest.approx(stats["achieved_bandwidth_gb_s"] * 1e9
+                                                        / device_bandwidth("cpu"))
     assert device_bandwidth("cpu") > 0 and stats["compute_path"] == "dense"
 
 

@@ -1,4 +1,5 @@
-"""edgekit.measure.storage: bits per weight and storage types as runners hold them, and the flag for a scheme on the baseline's grid."""
+"""edgekit.measure.storage: bits per weight and storage types as runners hold them, and the flag for a scheme on the
+baseline's grid."""
 import torch
 from test_grids import tiny_checkpoint
 

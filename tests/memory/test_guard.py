@@ -93,7 +93,8 @@ class _Memory:
 @pytest.fixture
 def available_ram(monkeypatch):
     """Set the RAM the guard sees as available on this machine, in GiB."""
-    return lambda gib: monkeypatch.setattr("edgekit.memory.profiles.psutil.virtual_memory", lambda: _Memory(int(gib * GIB)))
+    return lambda gib: monkeypatch.setattr("edgekit.memory.profiles.psutil.virtual_memory",
+                                           lambda: _Memory(int(gib * GIB)))
 
 
 @pytest.mark.parametrize("variant", ["onnx-int4-g32", "ov-int4-g128", "gguf-q4_0"])

@@ -1,4 +1,5 @@
-"""The named model gemma3-270m: its rebuilt tokenizer gives llama.cpp's ids, its weights are Gemma 3's, its grids the GGUF's."""
+"""The named model gemma3-270m: its rebuilt tokenizer gives llama.cpp's ids, its weights are Gemma 3's, its grids the
+GGUF's."""
 import math
 
 import pytest
@@ -55,7 +56,8 @@ def test_the_weights_are_gemma_3_and_score_as_llama_cpp_scores_the_gguf():
     tokenizer = load_tokenizer("gemma3-270m")
     model = load_model("gemma3-270m", dtype=torch.float32)
     config = model.config
-    assert (config.hidden_size, config.head_dim, config.num_key_value_heads, config.sliding_window) == (640, 256, 1, 512)
+    assert (config.hidden_size, config.head_dim, config.num_key_value_heads,
+            config.sliding_window) == (640, 256, 1, 512)
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
     reference = Llama(str(original_gguf(resolve_source("gemma3-270m"))), logits_all=True, verbose=False, n_ctx=64,
                       n_threads=2)
@@ -107,7 +109,8 @@ def test_the_planner_prices_gemma_shapes_as_transformers_builds_them(tmp_path):
     with torch.inference_mode():
         model(input_ids=torch.randint(0, 512, (1, context)), past_key_values=cache, use_cache=True)
     built = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
-    assert abs(kv_cache_bytes(folder, context, dtype="fp32") / built - 1) < 0.02, (kv_cache_bytes(folder, context, dtype="fp32"), built)
+    assert abs(kv_cache_bytes(folder, context, dtype="fp32") / built - 1) < 0.02, \
+        (kv_cache_bytes(folder, context, dtype="fp32"), built)
 
 
 def test_kq_keeps_gemmas_embedding_scale(tmp_path):

@@ -76,7 +76,8 @@ def test_pickle_weights_are_refused(tmp_path, default_model):
 def test_folder_without_causal_lm_head(tmp_path):
     from transformers import BertConfig, BertModel
 
-    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).save_pretrained(tmp_path)
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(tmp_path)
     with pytest.raises(ModelSourceError, match="causal"):
         load_model(tmp_path)
 

@@ -1,4 +1,5 @@
-"""edgekit.models.names: the named-model registry, its resolver, and the real pretrained model `make setup` installs."""
+"""edgekit.models.names: the named-model registry, its resolver, and the real pretrained model `make setup`
+installs."""
 import pytest
 import torch
 

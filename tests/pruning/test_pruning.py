@@ -125,7 +125,8 @@ def test_heads_pruning_removes_whole_kv_groups_exactly(default_model, tokenizer)
         assert len(groups) == 1
         with torch.no_grad():
             for group in set(range(kv)) - set(groups):
-                layer.self_attn.o_proj.weight[:, group * (heads // kv) * head_dim:(group + 1) * (heads // kv) * head_dim] = 0
+                layer.self_attn.o_proj.weight[:, group * (heads // kv) * head_dim:(group + 1) * (heads // kv)
+                                              * head_dim] = 0
     for layer in pruned.model.layers:  # k and v shrink with q and o
         attn = layer.self_attn
         assert (attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features,

@@ -76,7 +76,8 @@ def test_mixed_variant_keeps_the_most_sensitive_layers(default_model, tokenizer)
     assert sorted(n for n, s in schemes.items() if s == "int8-g64") == sorted(kept)
 
 
-@pytest.mark.parametrize("variant", ["mixed-int2-g64-k4:rank_tokens=512", "mixed-int2-g64-k3:rank_tokens=512,high=fp16"])
+@pytest.mark.parametrize("variant", ["mixed-int2-g64-k4:rank_tokens=512",
+                                     "mixed-int2-g64-k3:rank_tokens=512,high=fp16"])
 def test_mixed_bytes_match_the_planner(variant, default_model, tokenizer):
     plan = pytest.importorskip("edgekit.memory.plan")
     from edgekit.models.load import model_config

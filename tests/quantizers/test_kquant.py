@@ -1,4 +1,5 @@
-"""edgekit.quantizers.kquant: searched block scale/min with 8-bit scales; bytes, round trip, ragged widths, tied embeddings."""
+"""edgekit.quantizers.kquant: searched block scale/min with 8-bit scales; bytes, round trip, ragged widths, tied
+embeddings."""
 import math
 
 import pytest
@@ -42,7 +43,8 @@ def test_bytes_round_trip_and_ragged_widths(width):
     rtn = (dequantize(codes, scale, zero, 32) - w).pow(2).mean() / w.pow(2).mean()
     assert rel < rtn  # the searched, real-valued min beats RTN's integer zero point
     rows = q.dequantize(rows=torch.tensor([[5, 1, 2], [0, 5, 47]]))  # a batch of token ids, as an embedding gets
-    assert rows.shape == (6, width) and torch.equal(rows[1], q.dequantize()[1]) and torch.equal(rows[5], q.dequantize()[47])
+    assert (rows.shape == (6, width) and torch.equal(rows[1], q.dequantize()[1])
+            and torch.equal(rows[5], q.dequantize()[47]))
 
 
 def test_a_q4_1_grid_is_nearly_reproduced():

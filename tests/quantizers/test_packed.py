@@ -1,4 +1,5 @@
-"""edgekit.quantizers.packed: bit packing round trips, ragged groups, the int4 kernel path against the dequantize path."""
+"""edgekit.quantizers.packed: bit packing round trips, ragged groups, the int4 kernel path against the dequantize
+path."""
 import pytest
 import torch
 from torch import nn
@@ -78,11 +79,13 @@ def test_rtn_error_within_half_a_step(bits):
 
 def test_dequantize_path_holds_b_bits_plus_three_bytes_a_group():
     layer = PackedLinear.from_linear(nn.Linear(512, 256, bias=False), 4, 64, kernel=False)
-    assert held_bytes(layer) == 512 * 256 // 2 + 2 * (256 * 512 // 64) + 256 * 512 // 64  # codes + fp16 scales + uint8 zeros
+    assert held_bytes(layer) == 512 * 256 // 2 + 2 * (256 * 512 // 64) + 256 * 512 // 64  # codes + fp16 scales +
+                                                                                          # uint8 zeros
     assert held_bytes(layer) == packed_linear_bytes(256, 512, 4, 64, bias=False, kernel=False)
 
 
-# ---------------------------------------------------------------- ragged last group (a width the group does not divide)
+# ---------------------------------------------------------------- ragged last group (a width the group does not
+# divide)
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_ragged_last_group_has_its_own_scale(bits):
     torch.manual_seed(2)
@@ -134,7 +137,8 @@ def test_kernel_is_chosen_only_where_the_format_allows():
 @pytest.mark.parametrize("in_features,group", [(256, 32), (256, 64), (512, 128), (512, 256), (576, 128), (200, 64)])
 def test_kernel_path_matches_dequantize_path(in_features, group):
     torch.manual_seed(4)
-    linear = nn.Linear(in_features, 112, bias=True)  # 112 rows: one full block of 64 and a shorter one of 48 on AVX-512
+    linear = nn.Linear(in_features, 112, bias=True)  # 112 rows: one full block of 64 and a shorter one of 48 on
+                                                     # AVX-512
     reference = PackedLinear.from_linear(linear, 4, group, kernel=False)
     kernel = PackedLinear.from_linear(linear, 4, group)
     assert kernel.kernel == CPU_KERNEL and "int4 kernel" in kernel.compute_path

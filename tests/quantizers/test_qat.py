@@ -23,7 +23,8 @@ def test_qat_lowers_kl_against_fp32(default_model, checkpoint):
 
 def test_qat_variant_is_packed_and_beats_rtn(default_model, tokenizer, eval_ids, checkpoint):
     settings = EvalSettings(context=256, stride=128, max_tokens=1024)
-    base = score(build_runner("fp32", default_model, tokenizer), eval_ids, settings, keep_logprobs=True, progress=False)
+    base = score(build_runner("fp32", default_model, tokenizer), eval_ids, settings, keep_logprobs=True,
+                 progress=False)
     kl = {}
     for name in ("int2-g64", f"qat-int2-g64:{OPTIONS}"):
         runner = build_runner(name, default_model, tokenizer)

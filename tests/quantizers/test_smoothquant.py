@@ -1,4 +1,5 @@
-"""edgekit.quantizers.smoothquant: per-channel activation maxima, and SmoothQuant as an exact rewrite of the fp32 model."""
+"""edgekit.quantizers.smoothquant: per-channel activation maxima, and SmoothQuant as an exact rewrite of the fp32
+model."""
 import numpy as np
 import pytest
 import torch

@@ -93,7 +93,8 @@ def test_8_bit_blocks_are_closer_to_fp32_than_4_bit(default_model, eval_ids, fp3
     kl = {}
     for variant in ("onnx-int4-g128", "onnx-int8-g128"):
         runner = build_runner(variant, default_model)
-        kl[variant] = score(runner, eval_ids, SETTINGS, baseline=fp32_scores, progress=False).against(fp32_scores)["kl_divergence"]
+        kl[variant] = score(runner, eval_ids, SETTINGS, baseline=fp32_scores,
+                            progress=False).against(fp32_scores)["kl_divergence"]
         runner.close()
     assert kl["onnx-int8-g128"] < 0.25 * kl["onnx-int4-g128"]
 

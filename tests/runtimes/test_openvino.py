@@ -33,7 +33,8 @@ def test_int4_is_smaller_than_int8(default_model):
 def test_streamed_int8_graph_is_as_close_as_nncf_int8(quality_against_fp32):
     """ov-int8-g128 (read from the MatMulNBits graph written tensor by tensor, the int8 path that fits
     a 7B) loses no more than NNCF's per-channel int8 of the fp32 export, and far less than int4."""
-    streamed, nncf_int8, int4 = (quality_against_fp32(n)["kl_divergence"] for n in ("ov-int8-g128", "ov-int8", "ov-int4-g128"))
+    streamed, nncf_int8, int4 = (quality_against_fp32(n)["kl_divergence"]
+                                 for n in ("ov-int8-g128", "ov-int8", "ov-int4-g128"))
     assert streamed < 2 * nncf_int8 and streamed < 0.25 * int4
 
 

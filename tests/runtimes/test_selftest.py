@@ -56,7 +56,8 @@ def test_a_probe_killed_by_a_signal_refuses_its_runtime_in_one_line(probe, cause
 def test_a_crashing_runtime_is_refused_while_the_other_variants_are_measured(tmp_path):
     """The compare child survives a llama.cpp that would die with SIGILL: gguf refused, the rest measured."""
     env = _env(tmp_path, EDGEKIT_SELFTEST_PROBES="llama.cpp=crashing_probes:illegal_instruction")
-    done = subprocess.run([sys.executable, "-m", "edgekit", "compare", "--variants", "fp32,gguf-q8_0,int4-g32", *SMALL],
+    done = subprocess.run([sys.executable, "-m", "edgekit", "compare", "--variants", "fp32,gguf-q8_0,int4-g32",
+                           *SMALL],
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = {variant: (status, error) for variant, status, error, _ in _stored(tmp_path / "home" / "results.sqlite")}

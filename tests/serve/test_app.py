@@ -172,7 +172,8 @@ def test_bad_requests_get_4xx_with_reason_and_server_keeps_serving(server, body,
 
 def test_not_json_is_rejected(server):
     url, _ = server
-    reply = httpx.post(url + "/generate", content=b"not json", headers={"content-type": "application/json"}, timeout=30)
+    reply = httpx.post(url + "/generate", content=b"not json", headers={"content-type": "application/json"},
+                       timeout=30)
     assert reply.status_code == 422
 
 

@@ -1,4 +1,5 @@
-"""The dynamic batcher answers every request exactly once, respects its cap and wait; the sweep and load test add up."""
+"""The dynamic batcher answers every request exactly once, respects its cap and wait; the sweep and load test add
+up."""
 import threading
 import time
 

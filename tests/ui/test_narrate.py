@@ -44,10 +44,12 @@ def test_every_closing_is_rendered_from_its_run(path):
     """Each notebook's "What you saw" is a heading and then a cell that fills its text from the run's figures
     (edgekit.ui.narrate), so no closing claim is hand-written beside the outputs it describes."""
     cells = nbformat.read(path, as_version=4).cells
-    heads = [i for i, c in enumerate(cells) if c.cell_type == "markdown" and c.source.lstrip().startswith("## What you saw")]
+    heads = [i for i, c in enumerate(cells)
+             if c.cell_type == "markdown" and c.source.lstrip().startswith("## What you saw")]
     assert len(heads) == 1, f"{path.name}: one '## What you saw' heading, found {len(heads)}"
     (i,) = heads
     assert cells[i].source.strip() == "## What you saw", f"{path.name}: the closing's text belongs in the render cell"
     render_cell = cells[i + 1] if i + 1 < len(cells) else None
-    assert render_cell is not None and render_cell.cell_type == "code" and "from edgekit.ui import" in render_cell.source \
+    assert render_cell is not None and render_cell.cell_type == "code" \
+        and "from edgekit.ui import" in render_cell.source \
         and "render(" in render_cell.source, f"{path.name}: follow 'What you saw' with a cell calling narrate.render"

@@ -21,7 +21,8 @@ from edgekit.workflows.compare import summary_frame  # noqa: E402
 
 
 def _result(variant, size, delta, kl, p50=None, error=None):
-    metrics = {} if error else {"weight_bytes": size, "delta_ppl_pct": delta, "delta_ppl_pct_ci95": [delta - 1, delta + 1],
+    metrics = {} if error else {"weight_bytes": size, "delta_ppl_pct": delta,
+                                "delta_ppl_pct_ci95": [delta - 1, delta + 1],
                                 "kl_divergence": kl, "kl_divergence_se": kl / 10, "perplexity": 10 + delta,
                                 "peak_rss_bytes": 3 * size}
     if p50 and not error:

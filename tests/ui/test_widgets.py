@@ -29,7 +29,8 @@ def test_offers_pytorch_and_onnx_variants_and_device_profiles(tmp_path):
 
 def test_run_fills_progress_table_and_plots(ran):
     dashboard, results = ran
-    assert [(r.variant, r.status) for r in results] == [("fp32", "ok"), ("int2-g64", "ok"), ("int8:threshold=abc", "error")]
+    assert [(r.variant, r.status) for r in results] == [("fp32", "ok"), ("int2-g64", "ok"),
+                                                        ("int8:threshold=abc", "error")]
     assert dashboard.progress.value == dashboard.progress.max == 3
     assert dashboard.status.value.startswith("<b>done</b>") and "✗ int8:threshold=abc" in dashboard.status.value
     assert not dashboard.run_button.disabled
@@ -109,7 +110,8 @@ def test_sweep_mode_runs_two_models_on_ray_and_fills_a_section_per_model(tmp_pat
     shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=256)
     tiny = str(write_checkpoint({**PRESETS["214m"], **shape}, tmp_path / "tiny"))
-    dash = Dashboard(mode="sweep", models=("default", tiny), variants=("fp32",), store=ResultStore(tmp_path / "r.sqlite"),
+    dash = Dashboard(mode="sweep", models=("default", tiny), variants=("fp32",),
+                     store=ResultStore(tmp_path / "r.sqlite"),
                      **FAST)
     assert dash.models.value == ("default",) and dash.typed_models.value == tiny  # a folder is typed, not picked
     assert dash.run_button.description == "Run sweep" and dash.model.layout.display == "none"

@@ -66,4 +66,5 @@ def test_artifacts_with_different_tokenizers_are_refused(onnx_artifact, eval_ids
 def test_manifest_frame_lists_files_and_settings(onnx_artifact):
     frame = manifest_frame(onnx_artifact("onnx-int4-g32"))
     fields = set(frame["field"])
-    assert {"variant", "schema_version", "quantization.block_size", "files.model.onnx", "evaluation.top1_agreement"} <= fields
+    assert {"variant", "schema_version", "quantization.block_size", "files.model.onnx",
+            "evaluation.top1_agreement"} <= fields

@@ -1,4 +1,5 @@
-"""edgekit.workflows.decide: a recommendation from a real comparison's store, and the edge cases from hand-made rows."""
+"""edgekit.workflows.decide: a recommendation from a real comparison's store, and the edge cases from hand-made
+rows."""
 import pytest
 
 from edgekit.cli import main

@@ -1,4 +1,5 @@
-"""edgekit.workflows.side_by_side: the default model continued by fp32 and by a variant, cut at the first differing token."""
+"""edgekit.workflows.side_by_side: the default model continued by fp32 and by a variant, cut at the first differing
+token."""
 import pytest
 
 from edgekit.core.errors import InputError, VariantError

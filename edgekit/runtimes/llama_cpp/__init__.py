@@ -126,7 +126,8 @@ def convert_to_gguf(source: str, out_path: Path, outtype: str = "f32") -> Path:
     refuse_remote_code(model_dir)
     folder = ensure_converter()
     env = {**os.environ, "EDGEKIT_GGUF_PRE": pre_tokenizer_mapping(model_dir) or ""}
-    cmd = [sys.executable, str(Path(__file__).with_name("convert.py")), str(folder), str(model_dir), "--outfile", str(out_path),
+    cmd = [sys.executable, str(Path(__file__).with_name("convert.py")), str(folder), str(model_dir),
+           "--outfile", str(out_path),
            "--outtype", outtype]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
@@ -396,7 +397,8 @@ def _gguf_bytes(variant: Variant, out_f: int, in_f: int, bias: bool, dense: str)
 @register(r"gguf-(?P<quant>f32|f16|q8_0|q4_0|q4_k_m)", "llama.cpp",
           "llama.cpp GGUF via llama-cpp-python (options threads, n_ctx, kv: the KV cache type)",
           ("gguf-f16", "gguf-q8_0", "gguf-q4_0", "gguf-q4_k_m"), linear_bytes=_gguf_bytes,
-          options=("threads", "n_ctx", "kv"), runtime_options=("threads", "n_ctx", "kv"), load="streamed-export", dense=lambda variant, checkpoint: "fp16",
+          options=("threads", "n_ctx", "kv"), runtime_options=("threads", "n_ctx", "kv"), load="streamed-export",
+          dense=lambda variant, checkpoint: "fp16",
           exporter=export_artifact)
 def build_gguf(variant: Variant, source: str, tokenizer) -> LlamaCppRunner:
     return load_artifact(cached_artifact(variant, source), threads=variant.option("threads"),

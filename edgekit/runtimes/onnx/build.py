@@ -204,7 +204,8 @@ def _decoder_graph(w: _Writer, weights: _Weights, config, int8_embeddings: bool)
     f32 = TensorProto.FLOAT
 
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
-              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"]),
+              helper.make_tensor_value_info("attention_mask", TensorProto.INT64,
+                                            ["batch_size", "total_sequence_length"]),
               helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch_size", "sequence_length"])]
     outputs = [helper.make_tensor_value_info("logits", f32, ["batch_size", "sequence_length", config.vocab_size])]
     for i in range(layers):

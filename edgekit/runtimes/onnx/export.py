@@ -38,7 +38,8 @@ def export_onnx(source: str, out_dir: str | Path, opset: int | None = None) -> P
                         library_name="transformers")
     except (KeyError, ValueError) as exc:
         raise ModelSourceError(f"optimum cannot export {resolved} for {TASK}: {exc}; "
-                               "pick a decoder-only model optimum supports (Llama, Mistral, Qwen2, GPT-2...)") from None
+                               "pick a decoder-only model optimum supports (Llama, Mistral, Qwen2, "
+                               "GPT-2...)") from None
     model_path = out_dir / MODEL_FILE
     consolidate_external_data(model_path)
     return model_path

@@ -172,9 +172,11 @@ def export_artifact(variant: Variant, source: str, out_dir: str | Path) -> Manif
     return write_manifest(out_dir, variant=str(variant), runtime="onnxruntime", runtime_version=ort.__version__,
                           model=resolve_source(source), quantization=settings, signature=signature,
                           opset=model_opset(out_dir / MODEL_FILE), evaluation=evaluation,
-                          runtime_settings={"graph_optimization_level": level, "providers": resolve_providers(providers)},
+                          runtime_settings={"graph_optimization_level": level,
+                                            "providers": resolve_providers(providers)},
                           extra={"compile": {"graph_optimization_level": level,
-                                             "providers": resolve_providers(providers), "onnxruntime": ort.__version__}})
+                                             "providers": resolve_providers(providers),
+                                             "onnxruntime": ort.__version__}})
 
 
 def _build(variant: Variant, source: str, tokenizer):

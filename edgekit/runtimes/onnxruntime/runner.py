@@ -88,7 +88,8 @@ def resolve_providers(requested: list[str] | tuple[str, ...] | str | None) -> li
 
 def session_options(graph_optimization_level: str = "all", intra_op_threads: int | None = None) -> ort.SessionOptions:
     if graph_optimization_level not in OPT_LEVELS:
-        raise InputError(f"graph_optimization_level={graph_optimization_level!r}; choose one of {', '.join(OPT_LEVELS)}")
+        raise InputError(f"graph_optimization_level={graph_optimization_level!r}; choose one of "
+                         f"{', '.join(OPT_LEVELS)}")
     options = ort.SessionOptions()
     options.graph_optimization_level = OPT_LEVELS[graph_optimization_level]
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -269,7 +270,8 @@ def load_onnx_artifact(manifest: Manifest, **runtime_options) -> ORTRunner:
     recommended = {k: v for k, v in (manifest.data.get("runtime_settings") or {}).items() if k in allowed}
     unknown = set(runtime_options) - allowed
     if unknown:
-        raise InputError(f"unknown ONNX Runtime option(s) {', '.join(sorted(unknown))}; use {', '.join(sorted(allowed))}")
+        raise InputError(f"unknown ONNX Runtime option(s) {', '.join(sorted(unknown))}; use "
+                         f"{', '.join(sorted(allowed))}")
     admit_artifact(manifest)
     return ORTRunner(manifest, **{**recommended, **runtime_options})
 

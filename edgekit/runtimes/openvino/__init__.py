@@ -11,7 +11,8 @@ asymmetric unless ``sym=`` says otherwise, as NNCF's modes default): OpenVINO's 
 turns each MatMulNBits into its own compressed-weight pattern (u4/i4 or u8 constants, a scale
 per group), which the CPU plugin runs as compressed weights. That is the path that fits a 7B:
 NNCF would need the fp32 graph in memory first. Either way the result is saved as OpenVINO IR (``openvino_model.xml`` +
-``.bin``) in an artifact folder with the edgekit manifest. The artifact is compiled for a device at load time: ``CPU``, or
+``.bin``) in an artifact folder with the edgekit manifest. The artifact is compiled for a device at load time:
+``CPU``, or
 ``GPU`` / ``NPU`` where OpenVINO sees one; a device that is not present falls back to the
 CPU with a :class:`DeviceFallbackWarning`, never silently.
 
@@ -194,12 +195,16 @@ def _ov_bytes(variant: Variant, out_f: int, in_f: int, bias: bool, dense: str) -
 
 @register(r"ov-int(?P<bits>[48])-g(?P<group_size>\d+)", "openvino",
           "OpenVINO IR of the 4- or 8-bit graph built from the checkpoint tensor by tensor (options sym, device, "
-          "threads)", ("ov-int4-g32", "ov-int4-g128", "ov-int8-g128"), linear_bytes=_ov_bytes, options=("sym", "device", "threads"),
-          runtime_options=("device", "threads"), load="streamed-export", dense=lambda variant, checkpoint: "fp16", exporter=export_artifact)
+          "threads)", ("ov-int4-g32", "ov-int4-g128", "ov-int8-g128"), linear_bytes=_ov_bytes,
+          options=("sym", "device", "threads"),
+          runtime_options=("device", "threads"), load="streamed-export", dense=lambda variant, checkpoint: "fp16",
+          exporter=export_artifact)
 @register(r"ov-int(?P<bits>8)", "openvino",
-          "OpenVINO IR, NNCF int8 weight compression of the fp32 ONNX export (options sym, device=CPU|GPU|NPU, threads)",
+          "OpenVINO IR, NNCF int8 weight compression of the fp32 ONNX export (options sym, device=CPU|GPU|NPU, "
+          "threads)",
           ("ov-int8",), linear_bytes=_ov_bytes, options=("sym", "device", "threads"),
-          runtime_options=("device", "threads"), load="export", dense=lambda variant, checkpoint: "fp16", exporter=export_artifact)
+          runtime_options=("device", "threads"), load="export", dense=lambda variant, checkpoint: "fp16",
+          exporter=export_artifact)
 def build_openvino(variant: Variant, source: str, tokenizer) -> OpenVINORunner:
     compression_settings(variant)  # refuse a group size MatMulNBits does not take before exporting anything
     return load_artifact(cached_artifact(variant, source), device=variant.option("device"),

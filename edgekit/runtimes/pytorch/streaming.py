@@ -86,7 +86,8 @@ def _skeleton(folder: Path, dtype: torch.dtype):
 
 def stream_device_map(source: str, budget_bytes: int, dtype: torch.dtype = torch.bfloat16,
                       context: int = 256) -> dict[str, str]:
-    """The memory plan's offload map under ``budget_bytes`` of host memory: layers that fit stay on ``"cpu"``, the rest ``"disk"``.
+    """The memory plan's offload map under ``budget_bytes`` of host memory: layers that fit stay on ``"cpu"``, the
+    rest ``"disk"``.
 
     :func:`edgekit.memory.plan.plan_memory` places modules in load order under the budget left after
     the KV cache and activations for ``context`` tokens. Two streamed layers are in memory at
@@ -318,7 +319,8 @@ def stream_summary(steps: list[StepTiming], new_tokens: int) -> dict:
     decode = steps[-(new_tokens - 1):] if new_tokens > 1 else []
     wall = sum(s.wall_s for s in decode)
     stall = sum(s.stall_s for s in decode)
-    return {"prefill_s": steps[-new_tokens].wall_s, "decode_tokens_per_s": len(decode) / wall if wall else float("nan"),
+    return {"prefill_s": steps[-new_tokens].wall_s,
+            "decode_tokens_per_s": len(decode) / wall if wall else float("nan"),
             "decode_s_per_token": wall / len(decode) if decode else float("nan"),
             "stall_s_per_token": stall / len(decode) if decode else float("nan"),
             "compute_s_per_token": (wall - stall) / len(decode) if decode else float("nan"),
