@@ -176,9 +176,10 @@ def run_compare(args) -> None:
         print(f"  {result.variant}: {status}", file=sys.stderr, flush=True)
 
     from edgekit.measure.grids import baseline_grid_line, inspect_model
-    from edgekit.models.load import resolve_source
+    from edgekit.models.load import refuse_remote_code, resolve_source
 
     if Path(resolve_source(args.model)).is_dir():  # a local checkpoint: which grid its weights already lie on
+        refuse_remote_code(resolve_source(args.model))  # a folder that ships code is refused before anything reads it
         print(baseline_grid_line(inspect_model(args.model, sampled=True)), file=sys.stderr, flush=True)
     results = compare(args.model, args.variants or DEFAULT_VARIANTS, args.eval_text, settings, latency,
                       baseline=args.baseline, store=store, on_result=show, resume=args.resume, tasks=tasks)

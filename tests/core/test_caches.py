@@ -25,7 +25,7 @@ from edgekit.models.load import model_revision
 from edgekit.runtimes import load_artifact, selftest
 from edgekit.workflows.compare import _baseline_dir
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]  # crashing_probes.py
 
 
 def test_an_artifact_too_big_for_the_host_is_refused_before_loading(onnx_artifact, tmp_path, monkeypatch):

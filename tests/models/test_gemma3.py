@@ -96,7 +96,8 @@ def test_the_planner_prices_gemma_shapes_as_transformers_builds_them(tmp_path):
     window only) within 2% of the model and the cache transformers actually holds."""
     from transformers import DynamicCache
 
-    from edgekit.memory.plan import kv_cache_bytes, parameter_count
+    from edgekit.memory.bytes import kv_cache_bytes
+    from edgekit.models.config import parameter_count
     from edgekit.models.load import load_model
 
     folder = str(tiny_gemma3(tmp_path / "gemma"))

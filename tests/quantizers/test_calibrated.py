@@ -79,7 +79,7 @@ def test_mixed_variant_keeps_the_most_sensitive_layers(default_model, tokenizer)
 @pytest.mark.parametrize("variant", ["mixed-int2-g64-k4:rank_tokens=512",
                                      "mixed-int2-g64-k3:rank_tokens=512,high=fp16"])
 def test_mixed_bytes_match_the_planner(variant, default_model, tokenizer):
-    plan = pytest.importorskip("edgekit.memory.plan")
+    plan = pytest.importorskip("edgekit.memory.bytes")
     from edgekit.models.load import model_config
 
     runner = build_runner(variant, default_model, tokenizer)

@@ -17,7 +17,7 @@ from edgekit.models.names import named_model
 from edgekit.runtimes import build_runner
 from edgekit.workflows.tasks import EdgekitLM, evaluate_tasks, load_tasks, shipped_tasks
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ["edgekit_lastword", "edgekit_nextline"]
 # smollm2-135m fp32: the first LIMIT items of each shipped task (32 items matched too, in 17 minutes on the
 # shared 2-core CPU; 12 keeps the suite's share small)
