@@ -4,7 +4,7 @@ Each model is loaded once per row in this process: fp32 (the baseline of the sam
 int4-g32 and int4-g128 on the fused kernel (``aten._weight_int4pack_mm_for_cpu`` here,
 ``aten._weight_int4pack_mm`` on CUDA), then int4-g32 on the dequantize path (unpack +
 dense matmul, what every packed layer did before). Each row is timed by
-:func:`edgekit.measure.quality.measure_latency` (warm-up until steady, median of runs) and printed with
+:func:`edgekit.measure.latency.measure_latency` (warm-up until steady, median of runs) and printed with
 its ratio to fp32 and its achieved bandwidth. The target (issue 16): the kernel row decodes at
 least 1.5x the fp32 row of a 135M-class or the 214M random model on a CPU.
 
@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from edgekit.core.paths import eval_token_ids
+from edgekit.measure.latency import measure_latency
 from edgekit.measure.peak_memory import release_memory
-from edgekit.measure.quality import measure_latency
 from edgekit.models.load import load_model, load_tokenizer, resolve_source
 from edgekit.models.runner import TorchRunner
 from edgekit.quantizers.packed import quantize_rtn

@@ -3,7 +3,7 @@
 For each model (the default tiny Llama, and a random-weight Llama of hundreds of millions
 of parameters where ONNX Runtime's kernels rather than Python overhead decide), the script
 measures PyTorch fp32 first and then each ONNX variant through the same
-:func:`edgekit.measure.quality.measure_latency`: time to first token, decode tokens/s and the
+:func:`edgekit.measure.latency.measure_latency`: time to first token, decode tokens/s and the
 P50/P95/P99 of single decode steps, with the ratio to PyTorch fp32 from the same run.
 
 Then it checks that :class:`edgekit.runtimes.onnxruntime.runner.ORTRunner` loses nothing against the
@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edgekit.core.paths import eval_token_ids
-from edgekit.measure.quality import measure_latency
+from edgekit.measure.latency import measure_latency
 from edgekit.models.load import resolve_source
 from edgekit.runtimes import build_runner, cached_artifact, load_artifact
 

@@ -2,7 +2,7 @@
 
 For each model (the default tiny Llama; a 214M random-weight Llama where kernels, not
 Python overhead, decide) the script measures, through the same
-:func:`edgekit.measure.quality.measure_latency` and the same prompt and thread count: PyTorch
+:func:`edgekit.measure.latency.measure_latency` and the same prompt and thread count: PyTorch
 (fp32 baseline, packed int8 and int4), ONNX Runtime (``onnx-int8``, ``onnx-int4-g32``),
 OpenVINO (``ov-int8``, ``ov-int4-g32``) and llama.cpp (``gguf-f32``, ``gguf-q8_0``,
 ``gguf-q4_0``, ``gguf-q4_k_m``), printing decode tokens/s, its ratio to PyTorch fp32 from
@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from edgekit.core.native_build import build_record, llama_cpp_version  # noqa: E402
 from edgekit.core.paths import eval_token_ids, work_dir  # noqa: E402
-from edgekit.measure.quality import measure_latency  # noqa: E402
+from edgekit.measure.latency import measure_latency  # noqa: E402
 from edgekit.models.load import load_tokenizer, resolve_source  # noqa: E402
 from edgekit.runtimes import build_runner  # noqa: E402
 from edgekit.variants.registry import Variant  # noqa: E402

@@ -11,7 +11,7 @@ planned vs measured weight bytes, the peak during the load alone and against the
 loads stream tensor by tensor: within 1.15x), the peak over load and scoring (CUDA max allocated,
 or RSS on a CPU), KL and top-1 agreement against the first row on a short eval text, and the
 steady decode tokens/s with the achieved bandwidth (weight bytes x tokens/s) and its fraction
-of the device's copy bandwidth (:func:`edgekit.measure.quality.measure_latency`); ``:compile=true`` rows
+of the device's copy bandwidth (:func:`edgekit.measure.latency.measure_latency`); ``:compile=true`` rows
 decode on a static KV cache with a compiled step, as gpt-fast does. Then: the int4 kernel
 against the dequantize path on one model (logits, bytes, speed), a ragged layer (576 columns,
 groups of 128) on the kernel, and layer streaming. Figures are printed, never asserted.
@@ -31,8 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_random_checkpoint import PRESETS, write_checkpoint  # noqa: E402
 
 from edgekit.core.paths import data_dir, eval_token_ids  # noqa: E402
+from edgekit.measure.latency import device_bandwidth, measure_latency  # noqa: E402
 from edgekit.measure.peak_memory import PeakMemory, release_memory  # noqa: E402
-from edgekit.measure.quality import EvalSettings, device_bandwidth, measure_latency, score  # noqa: E402
+from edgekit.measure.quality import EvalSettings, score  # noqa: E402
 from edgekit.memory.bytes import weight_bytes as planned_bytes  # noqa: E402
 from edgekit.models.load import load_model, load_tokenizer, resolve_source  # noqa: E402
 from edgekit.models.runner import TorchRunner  # noqa: E402

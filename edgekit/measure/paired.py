@@ -5,7 +5,7 @@ independent proportions (lm-eval's own comparison is an unpaired z-test): each i
 ``variant - baseline`` is -1 (a flip from right to wrong), +1 (wrong to right) or 0, and
 
 - Δaccuracy is the mean difference, with a paired bootstrap percentile interval (items resampled
-  together, seeded so a run is reproducible; :func:`edgekit.measure.quality.block_bootstrap_interval` with
+  together, seeded so a run is reproducible; :func:`edgekit.measure.stats.block_bootstrap_interval` with
   blocks of one item: task items are independent draws, unlike the tokens of one text);
 - the flips are counted both ways: an accuracy that does not move can hide many answers that
   changed ("Accuracy is not all you need", Dutta et al., NeurIPS 2024, who find flips track KL);
@@ -29,7 +29,7 @@ import numpy as np
 from scipy import stats
 
 from edgekit.core.errors import InputError
-from edgekit.measure.quality import block_bootstrap_interval
+from edgekit.measure.stats import block_bootstrap_interval
 
 BOOTSTRAP_RESAMPLES = 2000
 

@@ -49,20 +49,16 @@ from __future__ import annotations
 
 import math
 import tempfile
-import time
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import stats
 
 from edgekit.core.errors import InputError
 from edgekit.core.paths import staged
 from edgekit.core.progress import tqdm
-
-Z95 = 1.959963984540054
+from edgekit.measure.stats import block_bootstrap_interval, delta_reading, ratio_interval, ratio_stat, t_quantile
 
 
 @dataclass(frozen=True)
@@ -105,99 +101,6 @@ def scored_positions(window: Window) -> np.ndarray:
     length = window.end - window.begin
     first_target = max(1, length - window.target_len)
     return np.arange(first_target - 1, length - 1)
-
-
-def t_quantile(windows: int, level: float = 0.95) -> float:
-    """Two-sided Student-t multiplier for ``windows`` samples (``windows - 1`` degrees of freedom); nan below 2."""
-    return float(stats.t.ppf(0.5 + level / 2, windows - 1)) if windows >= 2 else float("nan")
-
-
-def ratio_interval(numerators: np.ndarray, denominators: np.ndarray,
-                   level: float = 0.95) -> tuple[float, float, float]:
-    """``(mean, low, high)``: the ratio estimator and its t-interval, each window one sample."""
-    mean, se = ratio_stat(numerators, denominators)
-    half = t_quantile(len(np.asarray(numerators)), level) * se
-    return mean, mean - half, mean + half
-
-
-def delta_reading(low: float, high: float) -> str:
-    """What a perplexity delta's interval ``[low, high]`` (variant vs its baseline) allows one to say.
-
-    "worse" when the whole interval is above zero, "within noise" when it holds zero, and
-    "below baseline: noise of the text" when the whole interval is below zero: rounding weights
-    does not make a model better; a slice of text on which it happens to score lower does not
-    generalize (score more text, or another split, and it moves)."""
-    if low > 0:
-        return "worse"
-    if high < 0:
-        return "below baseline: noise of the text"
-    return "within noise"
-
-
-def ratio_stat(numerators: np.ndarray, denominators: np.ndarray) -> tuple[float, float]:
-    """Mean sum(num)/sum(den) and its standard error, each window one sample (ratio estimator)."""
-    num, den = np.asarray(numerators, float), np.asarray(denominators, float)
-    mean = num.sum() / den.sum()
-    k = len(num)
-    if k < 2:
-        return float(mean), float("nan")
-    resid = num - mean * den
-    se = math.sqrt(k / (k - 1) * (resid ** 2).sum()) / den.sum()
-    return float(mean), float(se)
-
-
-def block_length(values: np.ndarray) -> int:
-    """Block length for a circular block bootstrap of the mean of ``values`` (a series in order).
-
-    The Politis & White (2004) automatic choice with the correction of Patton, Politis & White
-    (2009): autocorrelations up to the first run of insignificant lags set a flat-top lag window;
-    the optimal length is (2 G^2 / D)^(1/3) n^(1/3), with G the window's sum of |k| R(k) and
-    D = 4/3 (sum of R(k))^2. 1 for a series without variance or correlation."""
-    x = np.asarray(values, float)
-    n = len(x)
-    x = x - x.mean()
-    if n < 4 or not np.any(x):
-        return 1
-    spectrum = np.fft.rfft(x, 2 * n)
-    kn = max(5, int(math.log10(n)))
-    max_lag = min(n - 1, int(math.ceil(math.sqrt(n))) + kn)
-    acov = np.fft.irfft(spectrum * spectrum.conj(), 2 * n)[: max_lag + 1] / n
-    insignificant = np.abs(acov[1:] / acov[0]) < 2 * math.sqrt(math.log10(n) / n)
-    runs = [m for m in range(max_lag - kn + 1) if insignificant[m : m + kn].all()]
-    m_hat = runs[0] if runs else max_lag
-    window = min(2 * max(m_hat, 1), max_lag)
-    lags = np.arange(-window, window + 1)
-    flat_top = np.clip(2 * (1 - np.abs(lags / window)), 0, 1)
-    cov = acov[np.abs(lags)]
-    long_run, g = float((flat_top * cov).sum()), float((flat_top * np.abs(lags) * cov).sum())
-    if long_run <= 0:
-        return 1
-    b = (2 * g ** 2 / (4 / 3 * long_run ** 2)) ** (1 / 3) * n ** (1 / 3)
-    return int(np.clip(math.ceil(b), 1, math.ceil(min(3 * math.sqrt(n), n / 3))))
-
-
-def block_bootstrap_interval(values: np.ndarray, level: float = 0.95, block: int | None = None,
-                             resamples: int = 2000, seed: int = 0) -> tuple[float, float, float, int]:
-    """``(mean, low, high, block)``: the mean of a series and its circular block bootstrap percentile interval.
-
-    Each resample joins blocks of ``block`` consecutive values (wrapping at the end; the Politis &
-    White length, :func:`block_length`, unless given) at uniformly drawn starts, cut to the
-    series' length; block sums come from one cumulative sum, so a resample costs n / block
-    additions. ``block=1`` is the iid bootstrap, too narrow for autocorrelated series."""
-    x = np.asarray(values, float)
-    n = len(x)
-    if n < 2:
-        raise InputError(f"a bootstrap needs at least 2 values, got {n}; score more tokens")
-    block = block_length(x) if block is None else int(block)
-    if not 1 <= block <= n:
-        raise InputError(f"block={block} must be between 1 and the number of values ({n})")
-    blocks, last = -(-n // block), n - (-(-n // block) - 1) * block
-    sums = np.concatenate([[0.0], np.cumsum(np.concatenate([x, x[:block]]))])
-    starts = np.random.default_rng(seed).integers(0, n, (resamples, blocks))
-    totals = ((sums[starts[:, :-1] + block] - sums[starts[:, :-1]]).sum(1)
-              + sums[starts[:, -1] + last] - sums[starts[:, -1]])
-    low, high = np.quantile(totals / n, [(1 - level) / 2, (1 + level) / 2])
-    return float(x.mean()), float(low), float(high), block
 
 
 @dataclass
@@ -439,117 +342,3 @@ def _scratch_array(shape: tuple[int, int]) -> np.ndarray:
     array = np.memmap(tmp.name, dtype=np.float32, mode="w+", shape=shape)
     array._edgekit_tmpfile = tmp  # the file is deleted when the array is garbage-collected
     return array
-
-
-def measure_latency(runner, prompt_ids: torch.Tensor, new_tokens: int = 32, runs: int = 5,
-                    warmup: int = 1, progress: bool = True, max_warmup: int = 12,
-                    steady_within: float = 0.1, max_warmup_s: float = 120.0) -> dict:
-    """Time to first token and per-token decode latency over ``runs`` timed generations, once steady.
-
-    Warm-up is not a fixed count: generations run (at least ``warmup``, at most ``max_warmup``)
-    until the median decode gap of one is within ``steady_within`` of the previous one's, because
-    the first tokens of a process run several times slower (allocator, kernel selection, caches;
-    on a GPU the first ~150 tokens, 2-4x). That effect lasts a number of tokens, not of seconds, so
-    warm-up also ends once it has taken ``max_warmup_s``: a 7B decoding at one token a second on a
-    CPU is warm after its first run, and ten more would cost ten minutes a row. ``warmup_runs``
-    says how many it took, ``steady`` whether it got there. On CUDA each token is stamped with a
-    CUDA event (read after the run), elsewhere with ``time.perf_counter``.
-
-    TTFT is the median over runs; decode tokens/s is the median of each run's
-    (tokens - 1) / (time of last token - time of first token); P50/P95/P99 are taken over
-    every decode-step gap of every run pooled. As gpt-fast reports it, the achieved bandwidth is
-    weight bytes x decode tokens/s (every weight is read once a token) and its fraction is of the
-    bandwidth a large copy reaches on the same device (:func:`device_bandwidth`).
-    """
-    if new_tokens < 2:
-        raise InputError("new_tokens must be at least 2 to time decoding")
-    prompt = prompt_ids.reshape(1, -1)
-    device = getattr(runner, "device", None)  # a torch runner's; other runtimes time on the host
-    device = device if isinstance(device, torch.device) else torch.device("cpu")
-    bar = tqdm(desc=f"latency {runner.name}", unit="run", disable=not progress, leave=False)
-    previous, warmup_runs, steady, started = None, 0, False, time.perf_counter()
-    while warmup_runs < max_warmup and not (warmup_runs >= warmup
-                                            and (steady or time.perf_counter() - started > max_warmup_s)):
-        gap = float(np.median(np.diff(_timed_generation(runner, prompt, new_tokens, device)[1:])))
-        steady = previous is not None and abs(gap - previous) <= steady_within * previous
-        previous, warmup_runs = gap, warmup_runs + 1
-        bar.update()
-    ttfts, rates, gaps = [], [], []
-    for _ in range(runs):
-        stamps = _timed_generation(runner, prompt, new_tokens, device)
-        ttfts.append(stamps[1] - stamps[0])
-        gaps.extend(np.diff(stamps[1:]))
-        rates.append((new_tokens - 1) / (stamps[-1] - stamps[1]))
-        bar.update()
-    bar.close()
-    gaps_ms = np.asarray(gaps) * 1000
-    indicative = percentiles_indicative(len(gaps_ms))
-    rate = float(np.median(rates))
-    achieved = runner.weight_bytes() * rate
-    out = {"ttft_ms": float(np.median(ttfts) * 1000), "decode_tokens_per_s": rate,
-           "latency_ms_p50": float(np.percentile(gaps_ms, 50)), "latency_ms_p95": float(np.percentile(gaps_ms, 95)),
-           "latency_ms_p99": float(np.percentile(gaps_ms, 99)), "latency_samples": len(gaps_ms),
-           "latency_indicative": indicative, "prompt_tokens": int(prompt.shape[1]),
-           "new_tokens": new_tokens, "latency_runs": runs, "warmup_runs": warmup_runs, "steady": steady,
-           "timer": "cuda events" if device.type == "cuda" else "perf_counter",
-           "achieved_bandwidth_gb_s": achieved / 1e9,
-           "bandwidth_fraction": achieved / device_bandwidth(str(device))}
-    if getattr(runner, "compute_path", None):
-        out["compute_path"] = runner.compute_path
-    return out
-
-
-TAIL_SAMPLES = 5
-
-
-def percentiles_indicative(samples: int, percentiles=(50, 95, 99)) -> list[str]:
-    """The percentiles that ``samples`` gaps cannot pin down: fewer than ``TAIL_SAMPLES`` of them beyond it.
-
-    A P99 from 16 gaps is the largest gap; from 155 it rests on 1-2 of them. Such a figure is
-    indicative (shown, flagged), not a measurement: time more runs or more tokens for it."""
-    return [f"p{q}" for q in percentiles if samples * (1 - q / 100) < TAIL_SAMPLES]
-
-
-def _timed_generation(runner, prompt: torch.Tensor, new_tokens: int, device: torch.device) -> list[float]:
-    """Seconds of the start and of each token of one greedy generation (CUDA events on a GPU)."""
-    if device.type == "cuda":
-        events = [torch.cuda.Event(enable_timing=True)]
-        events[0].record()
-        for _ in runner.generate_stream(prompt, new_tokens):
-            events.append(torch.cuda.Event(enable_timing=True))
-            events[-1].record()
-        events[-1].synchronize()
-        stamps = [0.0] + [events[0].elapsed_time(e) / 1000 for e in events[1:]]
-    else:
-        stamps = [time.perf_counter()]
-        for _ in runner.generate_stream(prompt, new_tokens):
-            stamps.append(time.perf_counter())
-    if len(stamps) - 1 != new_tokens:
-        raise InputError(f"{runner.name} produced {len(stamps) - 1} tokens instead of {new_tokens}")
-    return stamps
-
-
-@lru_cache(maxsize=None)
-def device_bandwidth(device: str = "cpu") -> float:
-    """Bytes a second a large tensor copy moves on ``device`` (read + write), the best of five.
-
-    The yardstick for achieved bandwidth: what this process can really stream through memory,
-    not a datasheet peak. 256 MiB on a GPU, 64 MiB on a CPU (larger than its caches)."""
-    dev = torch.device(device)
-    size = (256 if dev.type == "cuda" else 64) << 20
-    src = torch.empty(size, dtype=torch.uint8, device=dev).fill_(1)
-    dst = torch.empty_like(src)
-    best = math.inf
-    for _ in range(5):
-        if dev.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            dst.copy_(src)
-            end.record()
-            end.synchronize()
-            best = min(best, start.elapsed_time(end) / 1000)
-        else:
-            begin = time.perf_counter()
-            dst.copy_(src)
-            best = min(best, time.perf_counter() - begin)
-    return 2 * size / best

@@ -36,7 +36,7 @@ speed figure therefore comes from this protocol, written against the Runner inte
 
 Cost: per variant one cold-start call (one token), one warm-up generation and ``repetitions`` timed
 generations of ``new_tokens``: 1 + 16 + 5 x 16 = 97 decoded tokens at the defaults, against the
-224 to 544 that :func:`edgekit.measure.quality.measure_latency` spends (one to twelve 32-token warm-up runs until
+224 to 544 that :func:`edgekit.measure.latency.measure_latency` spends (one to twelve 32-token warm-up runs until
 steady, then 5 x 32 timed tokens). Interleaving has one more cost, paid by the comparison: the variants
 are loaded a second time to be held together (:mod:`edgekit.workflows.compare`). The raw repetitions
 (:class:`Repetition`, each with its gaps and contention reading) are kept
@@ -53,7 +53,7 @@ from scipy import stats
 from edgekit.core.errors import InputError
 from edgekit.core.progress import tqdm
 from edgekit.measure import contention
-from edgekit.measure.quality import _timed_generation
+from edgekit.measure.latency import timed_generation
 
 REPETITIONS = 5
 NEW_TOKENS = 16
@@ -172,7 +172,7 @@ def _device(runner) -> torch.device:
 
 def cold_start_ms(runner, prompt_ids: torch.Tensor) -> float:
     """Milliseconds to the first token of one generation: call it first after the load."""
-    stamps = _timed_generation(runner, prompt_ids.reshape(1, -1), 1, _device(runner))
+    stamps = timed_generation(runner, prompt_ids.reshape(1, -1), 1, _device(runner))
     return 1000 * (stamps[1] - stamps[0])
 
 
@@ -191,7 +191,7 @@ def measure_speed(runners: dict, prompt_ids: torch.Tensor, new_tokens: int = NEW
     threads = threads or torch.get_num_threads()
     for runner in runners.values():
         for _ in range(warmup):
-            _timed_generation(runner, prompt, new_tokens, _device(runner))
+            timed_generation(runner, prompt, new_tokens, _device(runner))
     rng = np.random.default_rng(seed)
     names = list(runners)
     counted = contention.available()
@@ -201,7 +201,7 @@ def measure_speed(runners: dict, prompt_ids: torch.Tensor, new_tokens: int = NEW
     for round_ in range(repetitions):
         for order, i in enumerate(rng.permutation(len(names))):
             name = names[i]
-            stamps = _timed_generation(runners[name], prompt, new_tokens, _device(runners[name]))
+            stamps = timed_generation(runners[name], prompt, new_tokens, _device(runners[name]))
             if counted:
                 marks.append(contention.snapshot())
             gaps = np.diff(stamps[1:]) * 1000

@@ -96,7 +96,7 @@ class TorchRunner:
         positions (more if a generation asks) and the one-token forward step compiled once with
         ``torch.compile`` (CUDA graphs on a GPU, ``mode="reduce-overhead"``), so every decoded token
         replays the same graph. The prompt runs eagerly; the first decode step pays the compilation,
-        which the steady-state warm-up of :func:`edgekit.measure.quality.measure_latency` leaves out."""
+        which the steady-state warm-up of :func:`edgekit.measure.latency.measure_latency` leaves out."""
         def step(ids: torch.Tensor, position: torch.Tensor, cache) -> torch.Tensor:
             out = self.model(input_ids=ids, past_key_values=cache, cache_position=position, use_cache=True)
             return out.logits[:, -1].argmax(-1)

@@ -24,8 +24,9 @@ import pandas as pd
 
 from edgekit.artifacts.manifest import verify_artifact
 from edgekit.core.errors import ArtifactError
-from edgekit.measure.quality import Z95, EvalSettings, score
+from edgekit.measure.quality import EvalSettings, score
 from edgekit.measure.speed import P99_MIN_SAMPLES, measure_speed, median_interval, paired_ratios, speed_figures
+from edgekit.measure.stats import Z95
 from edgekit.runtimes import load_artifact
 
 

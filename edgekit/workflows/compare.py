@@ -38,7 +38,8 @@ from edgekit.core.paths import cache_key, eval_token_ids, work_dir
 from edgekit.measure import roofline, speed
 from edgekit.measure.paired import kl_flip_relation
 from edgekit.measure.peak_memory import PeakMemory, release_memory
-from edgekit.measure.quality import EvalSettings, Scores, delta_reading, score
+from edgekit.measure.quality import EvalSettings, Scores, score
+from edgekit.measure.stats import delta_reading
 from edgekit.measure.storage import held_storage
 from edgekit.measure.store import Result, ResultStore, new_run_id
 from edgekit.memory.bytes import kv_cache_bytes, kv_cache_dtype, weight_bytes
@@ -351,7 +352,7 @@ SUMMARY_COLUMNS = {
 def summary_frame(results: list[Result]) -> pd.DataFrame:
     """The comparison table: quality with its uncertainty beside bytes and latency.
 
-    "Δppl reading" says what the interval allows (:func:`edgekit.measure.quality.delta_reading`): a variant
+    "Δppl reading" says what the interval allows (:func:`edgekit.measure.stats.delta_reading`): a variant
     below its baseline beyond its interval is noise of the text, not a better model; "withheld" lists
     the latency percentiles too few samples pin down, withheld (:mod:`edgekit.measure.speed`); "contended" marks a row
     whose repetitions ran while other processes took its cores (its speed backs no claim)."""

@@ -15,21 +15,15 @@ from scipy.signal import lfilter
 from torch.nn import functional as F
 
 from edgekit.core.errors import InputError
-from edgekit.measure.quality import (
+from edgekit.measure.latency import device_bandwidth, measure_latency, percentiles_indicative
+from edgekit.measure.quality import EvalSettings, paired_difference, score, scored_positions, sliding_windows
+from edgekit.measure.stats import (
     Z95,
-    EvalSettings,
     block_bootstrap_interval,
     block_length,
     delta_reading,
-    device_bandwidth,
-    measure_latency,
-    paired_difference,
-    percentiles_indicative,
     ratio_interval,
     ratio_stat,
-    score,
-    scored_positions,
-    sliding_windows,
     t_quantile,
 )
 
