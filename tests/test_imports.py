@@ -138,3 +138,16 @@ def test_the_public_face_resolves():
     """Every name ``edgekit`` exports exists where the face says it lives."""
     missing = [name for name in edgekit.__all__ if not hasattr(edgekit, name)]
     assert not missing, missing
+
+
+def test_importing_the_library_leaves_logging_alone():
+    """No module configures the root logger when imported (one that did sent every httpx request to a notebook's
+    stderr): onnxruntime's MatMulNBits quantizer does, so it is imported where it is used."""
+    import subprocess
+    import sys
+
+    code = ("import importlib, logging, edgekit, edgekit.ui\n"
+            "[importlib.import_module(m) for m in sorted(set(edgekit._HOME.values()))]\n"
+            "print(len(logging.getLogger().handlers))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.stdout.strip().splitlines()[-1] == "0", done.stderr[-2000:]

@@ -33,10 +33,6 @@ import numpy as np
 import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
-from onnxruntime.quantization.matmul_nbits_quantizer import (
-    DefaultWeightOnlyQuantConfig,
-    DefaultWeightOnlyQuantizer,
-)
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from edgekit.core.errors import VariantError
@@ -84,6 +80,11 @@ class _Writer:
     """The graph under construction and the external data file its initializers point into."""
 
     def __init__(self, out_dir: Path, bits: int, block_size: int, symmetric: bool, accuracy_level: int) -> None:
+        from onnxruntime.quantization.matmul_nbits_quantizer import (  # configures the root logger when imported
+            DefaultWeightOnlyQuantConfig,
+            DefaultWeightOnlyQuantizer,
+        )
+
 
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[TensorProto] = []
