@@ -15,7 +15,7 @@ def _parameter_cells(path: Path) -> list:
 
 
 def test_there_are_notebooks():
-    assert any(p.name == "06_compare_dashboard.ipynb" for p in NOTEBOOKS)
+    assert any(p.name == "07_compare_dashboard.ipynb" for p in NOTEBOOKS)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -34,7 +34,7 @@ def test_papermill_runs_the_dashboard_with_other_parameters(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out.ipynb"
     papermill.execute_notebook(
-        str(next(p for p in NOTEBOOKS if p.name == "06_compare_dashboard.ipynb")), str(out),
+        str(next(p for p in NOTEBOOKS if p.name == "07_compare_dashboard.ipynb")), str(out),
         parameters={"VARIANTS": ["fp32", "int2-g64"], "MAX_TOKENS": 256, "CONTEXT": 128, "STRIDE": 64,
                     "LATENCY_RUNS": 0, "PLAN_FOR": "compared model", "DEVICE": "raspberry-pi-5-8gb"},
         kernel_name="python3", progress_bar=False, cwd=str(tmp_path))

@@ -86,7 +86,7 @@ class Scheme:
         return self.bits + groups * meta / (out_features * in_features)
 
 
-# The schemes notebook 02 lays side by side: scope first, then the code book.
+# The schemes notebook 01 lays side by side: scope first, then the code book.
 TEACHING_SCHEMES = (
     Scheme(8, "tensor"), Scheme(8, "channel"),
     Scheme(4, "tensor"), Scheme(4, "channel"), Scheme(4, "group", 128), Scheme(4, "group", 32),

@@ -424,7 +424,7 @@ class MemoryPlanner:
                 display(Image(png))
 
 
-# ---------------------------------------------------------------- quantization knobs (notebook 02)
+# ---------------------------------------------------------------- quantization knobs (notebook 01)
 class QuantKnobs:
     """Live knobs over one weight matrix: bits (2-8), scope (tensor / channel / group) and group size,
     symmetric or with a zero point, integer grid or NF4; each change redraws the grid over the weights that

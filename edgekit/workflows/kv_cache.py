@@ -1,6 +1,6 @@
 """Quantized KV caches: the bytes they save, priced by the planner and reported by the runtime.
 
-At long context the KV cache, not the weights, holds most of a model's memory (notebook 01): every
+At long context the KV cache, not the weights, holds most of a model's memory (notebook 02): every
 layer keeps a key and a value vector per KV head for every token. Storing them in fewer bits is a
 lever separate from weight quantization. What runs with this environment:
 
