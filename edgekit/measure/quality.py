@@ -18,10 +18,10 @@ evaluation scores a few to a few hundred windows, and with 15 windows a z-interv
 too narrow, with 3 windows less than half as wide as it should be (its coverage of a 95%
 claim falls to about 80%). :func:`paired_difference` compares two variants window by window
 on the same tokens (the paired test a reviewer asks for when two variants are ranked), and
-:func:`delta_reading` names what an interval allows one to say: a quantized variant whose
-perplexity lands *below* its baseline beyond its interval is a property of the text slice
-(the interval assumes windows independent; neighbouring windows of one text are not quite),
-not a better model.
+:func:`delta_reading` names what an interval allows one to say, reading both sides alike: a
+difference resolved on this text (the interval assumes windows independent; neighbouring windows
+of one text are not quite) is a claim about this text, whichever its sign; another split
+(``--eval-text``) tells whether it holds.
 
 Per-token figures (the KL, the top-1 agreement and the log-likelihood difference of each scored
 token) also get a circular block bootstrap interval (Politis & Romano 1992) beside the window
