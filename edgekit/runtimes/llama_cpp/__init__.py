@@ -69,7 +69,7 @@ from edgekit.models.load import (
 )
 from edgekit.models.names import original_gguf
 from edgekit.models.runner import Pick, choose
-from edgekit.runtimes import cached_artifact, load_artifact
+from edgekit.runtimes import cached_manifest, load_artifact
 from edgekit.variants.registry import Variant, register
 
 MODEL_FILE = "model.gguf"
@@ -401,5 +401,5 @@ def _gguf_bytes(variant: Variant, out_f: int, in_f: int, bias: bool, dense: str)
           dense=lambda variant, checkpoint: "fp16",
           exporter=export_artifact)
 def build_gguf(variant: Variant, source: str, tokenizer) -> LlamaCppRunner:
-    return load_artifact(cached_artifact(variant, source), threads=variant.option("threads"),
+    return load_artifact(cached_manifest(variant, source), threads=variant.option("threads"),
                          n_ctx=int(variant.option("n_ctx", 1024)), tokenizer=tokenizer, kv=variant.option("kv"))
