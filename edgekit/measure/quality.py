@@ -55,8 +55,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgekit.core.caches import cache_build
 from edgekit.core.errors import InputError
-from edgekit.core.paths import staged
 from edgekit.core.progress import tqdm
 from edgekit.measure.stats import block_bootstrap_interval, delta_reading, ratio_interval, ratio_stat, t_quantile
 
@@ -143,7 +143,7 @@ class Scores:
             np.savez(out / "sums.npz", tokens=np.array(self.tokens), **arrays)
             if self.logprobs is not None:
                 np.save(out / "logprobs.npy", self.logprobs)
-        return folder if (Path(folder) / "sums.npz").is_file() else staged(folder, write)
+        return folder if (Path(folder) / "sums.npz").is_file() else cache_build(folder, write)
 
     @classmethod
     def load(cls, folder: Path) -> "Scores":

@@ -54,10 +54,11 @@ from gguf.quants import quantize
 from huggingface_hub import snapshot_download
 
 from edgekit.artifacts.manifest import Manifest, artifact_loader, copy_side_files, write_manifest
+from edgekit.core.caches import cache_build
 from edgekit.core.dtypes import config_dtype
 from edgekit.core.errors import ModelSourceError, VariantError
 from edgekit.core.native_build import CONVERTER, CONVERTER_PACKAGES, converter_dir, llama_cpp_version
-from edgekit.core.paths import read_split, staged, work_dir
+from edgekit.core.paths import read_split, work_dir
 from edgekit.memory.guard import admit, admit_artifact
 from edgekit.models.load import (
     folder_tokenizer,
@@ -167,7 +168,7 @@ def intermediate_gguf(source: str) -> Iterator[Path]:
         else:
             convert_to_gguf(source, path, outtype)
         if path.stat().st_size <= KEEP_INTERMEDIATE_BYTES:
-            staged(cached.parent, lambda out: shutil.copyfile(path, out / cached.name))
+            cache_build(cached.parent, lambda out: shutil.copyfile(path, out / cached.name))
             path = cached if cached.is_file() else path  # (a folder another version left keeps its own)
         yield path
 
