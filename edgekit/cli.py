@@ -183,8 +183,7 @@ def run_compare(args) -> None:
         print(baseline_grid_line(inspect_model(args.model, sampled=True)), file=sys.stderr, flush=True)
     results = compare(args.model, args.variants or DEFAULT_VARIANTS, args.eval_text, settings, latency,
                       baseline=args.baseline, store=store, on_result=show, resume=args.resume, tasks=tasks)
-    with _pandas_wide():
-        print(summary_frame(results).to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    print_comparison(summary_frame(results))
     for line in kl_flip_lines(results) if tasks else []:
         print(line)
     for r in results[1:]:
@@ -199,6 +198,37 @@ def run_compare(args) -> None:
         report = write_report(results, args.report, device=args.device, plan_model=args.plan_for,
                               context=4096 if args.plan_for else None)
         print(f"report: {report}", file=sys.stderr)
+
+
+QUALITY_COLUMNS = ("ppl", "Δppl %", "Δppl 95% CI", "Δppl reading", "KL", "KL ±se", "top-1", "top-1 ±se",
+                   "weights MB", "bits/w", "emb bits/w", "on base grid", "error")
+SPEED_COLUMNS = ("peak RSS MB", "cold ms", "TTFT ms", "tok/s", "tok/s 95% CI", "× base [95% CI]", "p50 ms", "p95 ms",
+                 "p99 ms", "withheld", "GB/s", "of peak", "bound", "contended")
+
+
+def print_comparison(frame) -> None:
+    """The comparison as a reader takes it in: quality, then speed and memory, then tasks, each a table of its own
+    (the variant first in each), numbers at 3 significant figures and sizes at 2 decimals (``--json`` keeps
+    every digit)."""
+    from edgekit.core.numbers import sig
+
+    def cell(column, value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return "-" if value is None else str(value)
+        if value != value:
+            return "-"
+        return f"{value:,.2f}" if column.endswith("MB") else sig(value)
+
+    speed = [c for c in SPEED_COLUMNS if c in frame]
+    tasks = [c for c in frame.columns if c not in QUALITY_COLUMNS + SPEED_COLUMNS + ("variant",)]
+    with _pandas_wide():
+        for title, columns in (("quality", [c for c in QUALITY_COLUMNS if c in frame]), ("speed and memory", speed),
+                               ("tasks", tasks)):
+            if columns:
+                part = frame[["variant", *columns]].copy()
+                for column in columns:
+                    part[column] = [cell(column, v) for v in part[column]]
+                print(f"\n{title}:\n{part.to_string(index=False)}")
 
 
 def run_sweep(args) -> None:

@@ -88,7 +88,7 @@ def build(sdist: Path, args: list[str]) -> None:
     """pip builds the wheel from the sdist with these CMake switches; no wheel cache, so no stale build."""
     env = {**os.environ, "CMAKE_ARGS": " ".join(args),
            "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-cache-dir", "--force-reinstall",
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-cache-dir", "--force-reinstall",
                     str(sdist)], check=True, env=env)
 
 

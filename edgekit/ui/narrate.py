@@ -21,7 +21,7 @@ The predicates below are the only grounds a closing may compare on, each decided
   ``|Δ|`` from :func:`loss_bound`);
 - :func:`trend` and :func:`ranking`: a monotone trend and an order, ties (within tolerance) kept as ties.
 
-:func:`sig`, :func:`mb` and :func:`gib` format numbers for reading (3 significant figures, 2 decimals).
+:func:`sig`, :func:`mb` and :func:`gib` (from :mod:`edgekit.core.numbers`) format numbers for reading.
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from typing import Iterable, Mapping, Sequence
 from IPython.display import Markdown  # IPython comes with Jupyter; the library does not need it otherwise
 
 from edgekit.core.errors import InputError
+from edgekit.core.numbers import gib, mb, sig  # noqa: F401  (a closing's formats, one home in core)
 from edgekit.measure.stats import interval_side
 from edgekit.ui.plots import pareto_front
 
@@ -152,29 +153,3 @@ def listing(names: Iterable[str], empty: str = "none") -> str:
 def plural(count: int, one: str, many: str | None = None) -> str:
     """``1 variant``, ``3 variants``."""
     return f"{count} {one if count == 1 else (many or one + 's')}"
-
-
-# ---------------------------------------------------------------- numbers for reading
-def sig(value: float, digits: int = 3) -> str:
-    """``value`` to ``digits`` significant figures, without exponent for everyday magnitudes (0.00123, 49.6,
-    1230)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    if value == 0:
-        return "0"
-    magnitude = math.floor(math.log10(abs(value)))
-    if magnitude >= digits - 1:
-        return f"{round(value, digits - 1 - magnitude):,.0f}"
-    if magnitude < -4:
-        return f"{value:.{digits - 1}e}"
-    return f"{value:.{digits - 1 - magnitude}f}"
-
-
-def mb(num_bytes: float) -> str:
-    """Bytes as megabytes with 2 decimals: ``10.91 MB``."""
-    return f"{num_bytes / 1e6:.2f} MB"
-
-
-def gib(num_bytes: float) -> str:
-    """Bytes as GiB with 2 decimals: ``5.36 GiB``."""
-    return f"{num_bytes / 2**30:.2f} GiB"

@@ -11,7 +11,7 @@ import numbers
 import pandas as pd
 from pandas.io.formats.style import Styler
 
-from edgekit.ui.narrate import sig
+from edgekit.core.numbers import sig
 
 SIZE_MARKERS = ("MB", "GiB", "GB", "_mb", "_gib", "_gb")
 

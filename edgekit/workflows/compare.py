@@ -34,6 +34,7 @@ import psutil
 import torch
 
 from edgekit.core.errors import EdgekitError, InputError
+from edgekit.core.numbers import sig
 from edgekit.core.paths import cache_key, eval_token_ids, work_dir
 from edgekit.measure import roofline, speed
 from edgekit.measure.paired import kl_flip_relation
@@ -374,7 +375,7 @@ def summary_frame(results: list[Result]) -> pd.DataFrame:
         if "latency_indicative" in row:
             row["latency_indicative"] = ", ".join(row["latency_indicative"]) or "-"
         if row.get("decode_tokens_per_s_ci95"):
-            row["decode_tokens_per_s_ci95"] = "[{:.4g}, {:.4g}]".format(*row["decode_tokens_per_s_ci95"])
+            row["decode_tokens_per_s_ci95"] = "[{}, {}]".format(*map(sig, row["decode_tokens_per_s_ci95"]))
         if row.get("speed_ratio_ci95"):
             row["speed_ratio_ci95"] = "{:.2f} [{:.2f}, {:.2f}]".format(r.metrics["speed_ratio"],
                                                                        *row["speed_ratio_ci95"])

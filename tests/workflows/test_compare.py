@@ -1,6 +1,7 @@
 """`edgekit compare` end to end on the default model, and its answers to bad input."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -43,7 +44,10 @@ def test_compare_end_to_end(tmp_path):
     assert rows[0]["delta_ppl_pct"] == 0 and rows[0]["kl_divergence"] == 0 and rows[0]["top1_agreement"] == 1
     assert rows[0]["speed_ratio_ci95"] == [1.0, 1.0] and rows[1]["speed_ratio_ci95"][0] <= rows[1]["speed_ratio"]
     assert rows[2]["kl_divergence"] > 0 and rows[2]["weight_bytes"] < rows[1]["weight_bytes"] < rows[0]["weight_bytes"]
-    assert "int4-g32" in proc.stdout and "Δppl %" in proc.stdout  # the table is printed
+    assert "int4-g32" in proc.stdout and "Δppl %" in proc.stdout  # the tables are printed: quality, then speed
+    assert proc.stdout.index("quality:") < proc.stdout.index("speed and memory:")
+    decimals = re.findall(r"(?<![\w.])\d[\d,]*\.\d+", proc.stdout.split("results stored")[0])
+    assert decimals and all(len(d.replace(",", "").replace(".", "").lstrip("0")) <= 4 for d in decimals)  # for reading
     assert (tmp_path / "results.sqlite").exists()
     reps = ResultStore(tmp_path / "results.sqlite").repetitions(run_id=rows[0]["run_id"])
     assert len(reps) == 6 and sorted(set(reps["round"])) == [0, 1]
