@@ -29,6 +29,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's edgekit
 
+from edgekit.core.numbers import sig  # noqa: E402
 from edgekit.measure.quality import EvalSettings  # noqa: E402
 from edgekit.measure.store import ResultStore  # noqa: E402
 from edgekit.workflows.compare import LatencySettings, compare  # noqa: E402
@@ -89,7 +90,7 @@ def main() -> None:
                      "contended hog": f"{c.get('contended_repetitions')}/{c.get('repetitions')}",
                      "bound": a.get("bound"), "GB/s": a.get("bandwidth_gbps")})
     with pd.option_context("display.width", 220, "display.max_columns", 20):
-        print(pd.DataFrame(rows).to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+        print(pd.DataFrame(rows).to_string(index=False, float_format=sig))
     quiet = pd.concat([reps1, reps2])
     print(f"(a) ratio intervals overlap for {sum(bool(r['overlap']) for r in rows)}/{len(rows)} variants")
     print(f"(b) hog on core {core}: repetitions flagged contended {flagged(reps3)} (target >= 90%)")
