@@ -33,7 +33,8 @@ def test_withheld_p99_is_said_and_the_median_gates_the_tail(figures):
     figures["samples"] = {"current": 480, "candidate": 480}
     figures["checks"][-1] = check("P99 latency increase", 40.0, 60.0, 25.0, False)
     text = closing(figures)
-    assert "so the tail is gated on P99: P99 latency increase judged on 60.0 against a limit of 25.0: **failed**" in text
+    assert ("so the tail is gated on P99: P99 latency increase judged on 60.0 against a limit of 25.0: **failed**"
+            in text)
     assert "withheld" not in text
 
 
