@@ -20,8 +20,9 @@ QUALITY = ("perplexity delta", "KL divergence", "top-1 agreement")
 
 def judged(check: dict) -> str:
     """``bound +1.23 against a limit of 1: passed``."""
-    return (f"{check['check']} judged on {sig(check['bound'])} against a limit of {sig(check['limit'])}: "
-            + ("passed" if check["passed"] else "**failed**"))
+    outcome = ("passed" if check["passed"]
+               else "**failed** (contended timing)" if "contended" in check.get("unit", "") else "**failed**")
+    return f"{check['check']} judged on {sig(check['bound'])} against a limit of {sig(check['limit'])}: {outcome}"
 
 
 def verification_sentence(f: dict) -> str:
@@ -42,15 +43,15 @@ def tail_sentence(f: dict, by: dict) -> str:
     tail = by["median latency increase"]
     return (f"The artifacts were timed on {current} and {candidate} decode steps, fewer than the {p99_min} a P99 "
             f"needs, so P99 is withheld and the tail check is the median step time's increase with its interval: "
-            f"{judged(tail)} (upper 95% bound, %).")
+            f"{judged(tail)} (upper 95% bound, in %).")
 
 
 def speed_sentence(f: dict, by: dict) -> str:
     slow = by["decode slowdown"]
     if f["contended"]:
         return ("The timing ran while other processes held the cores (contended), so both speed checks fail whatever "
-                "their values: measure again on a quiet machine before promoting on speed.")
-    return f"The timing ran uncontended: {judged(slow)} (upper 95% bound, %)."
+                f"their values ({judged(slow)}): measure again on a quiet machine before promoting on speed.")
+    return f"The timing ran uncontended: {judged(slow)} (upper 95% bound, in %)."
 
 
 def closing(figures: dict) -> str:
@@ -67,6 +68,6 @@ def closing(figures: dict) -> str:
         "- Quality, on the pessimistic end of each 95% interval: "
         + "; ".join(judged(by[name]) for name in QUALITY if name in by) + ".",
         "- " + tail_sentence(f, by) + " " + speed_sentence(f, by),
-        f"- The canary's verdict: {verdict} (`{f['verdict']}`). Moving the sliders re-judges the same measurements: "
+        f"- The canary's verdict: {verdict}. Moving the sliders re-judges the same measurements: "
         "the thresholds are a policy decision, separate from the measurement.",
     ])

@@ -19,7 +19,7 @@ def figures():
         "refusals": {"tampered model": "sha256 mismatch", "missing tokenizer": "missing file"},
         "checks": [check("perplexity delta", 2.1, 3.0, 1.0, False), check("KL divergence", 0.01, 0.012, 0.02, True),
                    check("top-1 agreement", 0.96, 0.955, 0.95, True),
-                   check("decode slowdown", -20.0, -5.0, 10.0, False),
+                   dict(check("decode slowdown", -20.0, -5.0, 10.0, False), unit="% - contended"),
                    check("median latency increase", -15.0, 3.0, 25.0, False)],
         "verdict": "hold back: perplexity delta, decode slowdown, median latency increase",
         "samples": {"current": 45, "candidate": 45}, "p99_min": 100, "contended": True,
@@ -41,13 +41,18 @@ def test_withheld_p99_is_said_and_the_median_gates_the_tail(figures):
 def test_the_verdict_is_the_reports(figures):
     text = closing(figures)
     assert "**hold back**, on perplexity delta, decode slowdown and median latency increase" in text
-    assert "contended" in text and "fail whatever their values" in text
+    assert "fail whatever their values" in text
+    assert "median latency increase judged on 3.00 against a limit of 25.0: **failed**" in text
     figures["contended"] = False
     figures["checks"] = [dict(c, passed=True) for c in figures["checks"]]
     figures["verdict"] = "promote"
     text = closing(figures)
     assert "**promote**: every check passed" in text and "hold back" not in text
-    assert "The timing ran uncontended: decode slowdown judged on -5.00" in text
+    assert "The timing ran uncontended: decode slowdown judged on -5.00 against a limit of 10.0: passed" in text
+
+
+def test_a_contended_check_says_why_it_failed(figures):
+    assert "decode slowdown judged on -5.00 against a limit of 10.0: **failed** (contended timing)" in closing(figures)
 
 
 def test_a_damage_verification_missed_is_named(figures):
