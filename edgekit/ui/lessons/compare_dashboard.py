@@ -64,13 +64,19 @@ def closest_sentence(rows: dict) -> str:
 
 
 def speed_word(row: dict) -> str:
+    """What a row's speed ratio against the baseline allows: resolved faster/slower, no resolved difference,
+    contended, too few repetitions for a 95% interval, or no interval at all."""
     coverage = row.get("speed_coverage")
+    if not row.get("speed_ratio_ci95") and not row.get("contended"):
+        return "no interval (too few timed runs)"
     if row.get("speed_ratio_ci95") and coverage is not None and coverage < LEVEL and not row.get("contended"):
         return f"not resolved: too few repetitions for a 95% interval (its interval covers {coverage:.0%})"
     return speed_reading(row.get("speed_ratio_ci95"), bool(row.get("contended")))
 
 
 def speed_sentence(f: dict) -> str:
+    if not f.get("samples"):
+        return "**Speed** was not timed in this run: no speed claim."
     words = {n: speed_word(r) for n, r in f["rows"].items()}
     withheld = listing([p.upper() for p in f["withheld"]], empty="none")
     return ("**Speed** against the baseline, from the speed protocol's paired ratio per variant: "

@@ -63,3 +63,13 @@ def test_the_sweep_reads_each_models_rows(figures):
     text = closing(figures)
     assert "on `smollm2-135m` (perplexity 36.6): `int4-g128` Δppl [+25.00, +36.00]% (worse)" in text
     assert "on `default` (perplexity 5.93): `int4-g128` Δppl [-1.64, +1.11]% (within noise)" in text
+
+
+def test_no_timing_no_speed_claim(figures):
+    figures["samples"], figures["withheld"] = None, []
+    for row in figures["rows"].values():
+        row["speed_ratio_ci95"] = row["speed_coverage"] = None
+        row["contended"] = False
+    text = closing(figures)
+    assert "**Speed** was not timed in this run" in text
+    assert "faster" not in text and "slower" not in text
