@@ -25,8 +25,8 @@ REAL_MODEL = "smollm2-135m"
 def quality_sentence(f: dict) -> str:
     parts = [f"`{n}` {r['mb']:.2f} MB, KL {sig(r['kl'])} ± {sig(r['kl_se'], 2)}, Δppl {interval(r['delta_ci95'])}% "
              f"({delta_reading(*r['delta_ci95'])})" for n, r in f["rows"].items()]
-    return (f"In the comparison ({f['tokens']:,} tokens of the eval split, the same windows as `{f['baseline']}`, "
-            f"{f['base_mb']:.2f} MB): " + "; ".join(parts) + ".")
+    return (f"In the comparison ({f['tokens']:,} tokens of the eval split, the same windows as `{f['baseline']}` "
+            f"and its {f['base_mb']:.2f} MB of weights): " + "; ".join(parts) + ".")
 
 
 def dynamic_int8_sentence(f: dict) -> str:
