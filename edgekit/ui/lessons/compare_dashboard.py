@@ -93,6 +93,9 @@ def side_by_side_sentence(f: dict) -> str:
 
 
 def sweep_sentence(f: dict) -> str:
+    if not f["sweep"]:
+        return ("**The sweep** returned no cells in this run: the dashboard's messages above say why (a local Ray "
+                "cluster that cannot start on a loaded machine is the usual reason), so it backs no claim.")
     cells = sum(len(m["rows"]) + 1 for m in f["sweep"].values())
     per_model = []
     for model, m in f["sweep"].items():

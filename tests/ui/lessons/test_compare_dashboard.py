@@ -73,3 +73,10 @@ def test_no_timing_no_speed_claim(figures):
     text = closing(figures)
     assert "**Speed** was not timed in this run" in text
     assert "faster" not in text and "slower" not in text
+
+
+def test_an_empty_sweep_is_said(figures):
+    assert "**The sweep** covered 2 models in 4 cells" in closing(figures)
+    figures["sweep"], figures["n_ray"], figures["n_store"] = {}, 0, 0
+    text = closing(figures)
+    assert "**The sweep** returned no cells in this run" in text and "covered" not in text
