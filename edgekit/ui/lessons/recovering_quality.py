@@ -99,7 +99,7 @@ def qat_sentence(f: dict) -> str:
                  "(the intervals overlap): no recovery is claimed from this run")}[moved]
     packed = reads(kl_difference(v[f["qat"]], v[f["int2"]]), above=f"further from fp32 than `{f['int2']}`",
                    below=f"closer to fp32 than `{f['int2']}`", within=f"not resolved from `{f['int2']}`")
-    return (f"{curve}, in {end['train_s']:.0f} s of training on its {f['eval_tokens']}-token curve; its packed row "
+    return (f"{curve} ({end['train_s']:.0f} s of training, on its {f['eval_tokens']}-token curve). Its packed row "
             f"in the table ({kl(v[f['qat']])}) is {packed}. Longer runs (`benchmarks/bench_recovering_quality.py`) "
             "are how to find out whether more training helps.")
 
