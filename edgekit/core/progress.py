@@ -6,8 +6,14 @@ however it ended, and a hidden bar (``leave=False``) is still stored. This ``tqd
 ``tqdm.auto``'s, except that in a notebook its display is replaced when it closes: by
 nothing for ``leave=False`` bars, by the finished bar for the others. A terminal gets the
 plain tqdm unchanged. Import it instead of ``tqdm.auto``: ``from edgekit.core.progress import tqdm``.
+
+A hidden bar still leaves an empty output behind in a stored notebook, so a notebook that stores its outputs sets
+``TQDM_DISABLE=1`` before importing edgekit: here that silences every bar, even one a caller asked for with
+``disable=False`` (tqdm itself lets an explicit argument win over the environment).
 """
 from __future__ import annotations
+
+import os
 
 from tqdm.auto import tqdm as _auto_tqdm
 
@@ -23,6 +29,8 @@ if _notebook_tqdm is not None and issubclass(_auto_tqdm, _notebook_tqdm):
         """tqdm.auto's notebook bar, displayed under a display id so that closing it rewrites its stored output."""
 
         def __init__(self, *args, **kwargs):
+            if os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
+                kwargs["disable"] = True  # no bar at all: a hidden one would leave an empty stored output
             show = kwargs.pop("display", True) and kwargs.get("delay", 0) <= 0
             super().__init__(*args, display=False, **kwargs)
             self._handle = None

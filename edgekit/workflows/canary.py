@@ -172,19 +172,32 @@ def _model_bytes(manifest) -> int:
 
 
 def manifest_frame(folder: str | Path) -> pd.DataFrame:
-    """An artifact's manifest as a two-column table (nested fields flattened) for reading in a notebook."""
+    """An artifact's manifest as a two-column table (nested fields flattened) for reading in a notebook: file sizes in
+    MB or kB, floats at 3 significant figures (the manifest itself keeps them in full)."""
     data = verify_artifact(folder).data
     rows = []
     for key, value in data.items():
         if key == "files":
             for name, info in value.items():
-                rows.append((f"files.{name}", f"{info['bytes']:,} bytes, sha256 {info['sha256'][:16]}…"))
+                rows.append((f"files.{name}", f"{_size(info['bytes'])}, sha256 {info['sha256'][:16]}…"))
         elif key == "signature":
             for direction, items in value.items():
                 rows.append((f"signature.{direction}", ", ".join(i["name"] for i in items[:4])
                              + (f" … ({len(items)} in all)" if len(items) > 4 else "")))
         elif isinstance(value, dict):
-            rows.extend((f"{key}.{k}", str(v)) for k, v in value.items())
+            rows.extend((f"{key}.{k}", _reading(v)) for k, v in value.items())
         else:
-            rows.append((key, str(value)))
+            rows.append((key, _reading(value)))
     return pd.DataFrame(rows, columns=["field", "value"])
+
+
+def _size(num_bytes: int) -> str:
+    """A file size for reading: ``8.48 MB``, ``259 kB``, ``131 bytes``."""
+    if num_bytes >= 1e6:
+        return f"{num_bytes / 1e6:.2f} MB"
+    return f"{num_bytes / 1e3:.3g} kB" if num_bytes >= 1e3 else f"{num_bytes} bytes"
+
+
+def _reading(value) -> str:
+    """A manifest value for reading: floats at 3 significant figures (the manifest keeps them in full)."""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -68,3 +68,10 @@ def test_manifest_frame_lists_files_and_settings(onnx_artifact):
     fields = set(frame["field"])
     assert {"variant", "schema_version", "quantization.block_size", "files.model.onnx",
             "evaluation.top1_agreement"} <= fields
+
+
+def test_manifest_frame_reads_sizes_and_floats_for_reading(onnx_artifact):
+    values = manifest_frame(onnx_artifact("onnx-int4-g32")).set_index("field")["value"]
+    assert values["files.model.onnx"].split(",")[0].endswith(" MB")
+    assert "bytes" not in values["files.model.onnx"]
+    assert len(values["evaluation.max_abs_logit_diff"].replace(".", "").lstrip("0-")) <= 3
