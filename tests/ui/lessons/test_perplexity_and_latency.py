@@ -9,7 +9,8 @@ def _row(ci, kl, se, size, ratio=None, contended=False, path=None, bound=None):
 
 
 ROWS = {"fp32": _row([0.0, 0.0], 0.0, 0.0, 27e6, [1.0, 1.0]),
-        "int4-g32": _row([0.2, 0.9], 0.010, 0.001, 11.35e6, [1.3, 1.6], path="fused int4 kernel", bound="memory-bound"),
+        "int4-g32": _row([0.2, 0.9], 0.010, 0.001, 11.35e6, [1.3, 1.6], path="fused int4 kernel",
+                         bound="memory-bound"),
         "int4-g128": _row([-0.4, 0.5], 0.020, 0.002, 10.9e6, [0.5, 0.7], path="fused int4 kernel"),
         "nf4": _row([-1.2, -0.3], 0.012, 0.001, 11.06e6, [0.9, 1.2], path="Linear4bit"),
         "fp4": _row([0.1, 0.4], 0.013, 0.001, 11.06e6, [0.1, 0.2], contended=True)}
@@ -42,7 +43,7 @@ def test_opposite_data_changes_each_sentence():
     text = closing(RUN | {"rows": rows, "real": real})
     assert "worse than `fp32`: `nf4` and `fp4`; within noise: `int4-g128`; better: `int4-g32`" in text
     assert "not separated (0.4 standard errors apart" in text
-    assert "`nf4` drifts less" in text
+    assert "`fp4` drifts less" in text
     assert "slower: `int4-g32` and `int4-g128`; faster: `nf4`; no resolved difference: `fp4`" in text
     assert "`int4-g32` unpacked per step" in text
     assert "on the baseline's grid" not in text and "`int4-g32` Δppl +1.2% [+0.5, +2.9] (worse)" in text
