@@ -163,8 +163,8 @@ _FAR = [(dx * 8, dy * 8) for dx, dy in _FAR]
 
 
 def place_labels(ax: Axes, xs, ys, labels: list[str], fontsize: float = 8) -> list:
-    """Annotate each point with its label at the first offset where it overlaps no placed label, no point
-    and leaves the axes' area; labels that find no place are listed beside the plot, so no label
+    """Annotate each point with its label at the first offset where it overlaps no placed label, no point, not
+    the legend, and stays inside the axes; labels that find no place are listed beside the plot, so no label
     overprints another. Returns the annotations placed (the listing, if any, is ``ax.texts[-1]``)."""
     fig = ax.figure
     if not hasattr(fig.canvas, "get_renderer"):  # a bare Figure (comparison_figure): measure with Agg
@@ -175,6 +175,8 @@ def place_labels(ax: Axes, xs, ys, labels: list[str], fontsize: float = 8) -> li
     points = [to_pixels((x, y)) for x, y in zip(xs, ys) if np.isfinite(x) and np.isfinite(y)]
     marker_radius = 4 * fig.dpi / 72
     taken = [(px - marker_radius, py - marker_radius, px + marker_radius, py + marker_radius) for px, py in points]
+    if ax.get_legend() is not None:  # a label never hides under the legend either
+        taken.append(tuple(ax.get_legend().get_window_extent(renderer).extents))
     frame = ax.get_window_extent(renderer)
     placed, unplaced = [], []
     order = sorted(range(len(labels)), key=lambda i: (xs[i], ys[i]))
