@@ -57,5 +57,5 @@ def closing(figures: dict) -> str:
   its quality figures say nothing about a trained 7B): the planner admits {_names(admitted)}
   {choose(bool(refused), 'and refuses ' + _names(refused), 'and refuses none of them')}. Measured peak within the
   planned peak: {_names(within)}; above it: {listing(above)}. Which admitted path decodes fastest is a speed
-  question: notebook 12 answers it with the speed protocol's intervals, not this notebook.
+  question for the speed protocol's paired intervals (notebook 12), not for a memory plan.
 """
