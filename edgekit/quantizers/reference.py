@@ -71,10 +71,13 @@ class Scheme:
 
     @property
     def label(self) -> str:
+        """A name kept apart from the runnable variants' (``sym-int4-b32`` here is not the registry's ``int4-g32``,
+        which is asymmetric with a bf16 scale and zero a group): grid (sym/asym), bits, scope (b = block of
+        columns)."""
         if self.codebook == "nf4":
             return f"nf4-b{self.group_size}"
-        scope = {"tensor": "tensor", "channel": "channel"}.get(self.granularity, f"g{self.group_size}")
-        return f"int{self.bits}-{scope}" + ("" if self.symmetric else "-asym")
+        scope = {"tensor": "tensor", "channel": "channel"}.get(self.granularity, f"b{self.group_size}")
+        return f"{'sym' if self.symmetric else 'asym'}-int{self.bits}-{scope}"
 
     def bits_per_weight(self, shape: tuple[int, int]) -> float:
         """Stored bits per weight: the codes plus each group's metadata (fp16 scale, 8-bit zero

@@ -9,9 +9,11 @@ several values (earlier runs laid beside the new one), each run gets its own mar
 memory plot takes :func:`edgekit.ui.report.device_memory_frame` (a plan per variant).
 
 Pareto front as in multi-objective model selection (a variant is on the front when no other
-variant is both smaller and at least as good); error bars are the 95% interval of the
-perplexity delta or ±1 standard error of the KL divergence, as llama.cpp's
-``perplexity --kl-divergence`` reports them.
+variant is both smaller and at least as good), computed on KL or on the largest ``|Δppl|`` each 95%
+interval allows, so a negative Δ within noise is never rewarded. Error bars are the 95% interval of the
+perplexity delta or ±1 standard error of the KL divergence (as llama.cpp's ``perplexity
+--kl-divergence`` reports them), and the legend says which. Point labels never overprint
+(:func:`place_labels`).
 """
 from __future__ import annotations
 
@@ -21,8 +23,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import ScalarFormatter
+
+from edgekit.ui import narrate  # narrate imports pareto_front from here: used at call time only
 
 # raw metric key -> the label summary_frame gives it
 LABELS = {"variant": "variant", "delta_ppl_pct": "Δppl %", "delta_ppl_pct_ci95": "Δppl 95% CI",
@@ -81,9 +86,30 @@ def _runs(frame: pd.DataFrame):
         yield MARKERS[i % len(MARKERS)], run, rows
 
 
+def quality_losses(data: pd.DataFrame, metric: str) -> np.ndarray:
+    """The loss the Pareto front is computed on, one per row: the KL divergence itself, or for a perplexity
+    change the largest ``|Δ|`` its 95% interval allows (:func:`edgekit.ui.narrate.loss_bound`), so a negative
+    Δ within noise is never rewarded; ``|Δ|`` where a row has no interval."""
+    values = pd.to_numeric(data[metric], errors="coerce").to_numpy(float)
+    if metric != "delta_ppl_pct":
+        return values
+    intervals = data["delta_ppl_pct_ci95"] if "delta_ppl_pct_ci95" in data else [None] * len(data)
+    return np.array([narrate.loss_bound(ci) if ci is not None else abs(v) for v, ci in zip(values, intervals)])
+
+
+ERROR_BARS = {"delta_ppl_pct": "error bars: 95% interval of Δppl", "kl_divergence": "error bars: ±1 SE of KL"}
+FRONT_ON = {"delta_ppl_pct": "Pareto front (on the |Δ| bound of each 95% interval)",
+            "kl_divergence": "Pareto front (on KL)"}
+
+
 def plot_quality_vs_size(frame: pd.DataFrame, metric: str = "delta_ppl_pct", ax: Axes | None = None) -> Axes:
-    """Quality loss (``delta_ppl_pct`` or ``kl_divergence``) against weight megabytes; the
-    Pareto front is drawn as a dashed step line through the circled variants."""
+    """Quality loss (``delta_ppl_pct`` or ``kl_divergence``) against weight megabytes.
+
+    The Pareto front (dashed line through the circled variants) is computed on :func:`quality_losses`: KL, or
+    the ``|Δ|`` bound of each perplexity interval. The legend says what the error bars are (95% interval of
+    Δppl, ±1 standard error of KL). KL goes on a log axis when its positive values span more than a decade;
+    a variant at KL 0 (the baseline itself) is then named under the plot instead. Labels are placed where
+    they overprint neither each other nor a point; one that finds no free place is listed beside the plot."""
     metric = {label: key for key, label in LABELS.items()}.get(metric, metric)
     if metric not in QUALITY_METRICS:
         raise ValueError(f"metric {metric!r}; choose one of {', '.join(QUALITY_METRICS)}")
@@ -94,25 +120,93 @@ def plot_quality_vs_size(frame: pd.DataFrame, metric: str = "delta_ppl_pct", ax:
     data = data.dropna(subset=[metric, "weight_bytes"])
     if data.empty:
         return _empty(ax, "no quality results to plot")
-    several_runs = data["run"].nunique() > 1
-    for marker, run, rows in _runs(data):
-        errors = _error_bars(rows, metric)
-        ax.errorbar(rows["weight_bytes"], rows[metric], yerr=errors, fmt=marker, capsize=3,
-                    label=str(run) if several_runs else None)
-        for _, row in rows.iterrows():
-            ax.annotate(row["variant"], (row["weight_bytes"], row[metric]), textcoords="offset points",
-                        xytext=(5, 4), fontsize=8)
-    front = data[pareto_front(data["weight_bytes"], data[metric])].sort_values("weight_bytes")
-    ax.step(front["weight_bytes"], front[metric], where="post", linestyle="--", color="tab:red", alpha=0.7,
-            label="Pareto front")
+    data = data.assign(**{metric: pd.to_numeric(data[metric], errors="coerce")}).reset_index(drop=True)
+    on_front = pareto_front(data["weight_bytes"], quality_losses(data, metric))
+    log_axis = metric == "kl_divergence" and _spans_decades(data[metric])
+    shown = data[data[metric] > 0] if log_axis else data
+    several_runs = shown["run"].nunique() > 1
+    for marker, run, rows in _runs(shown):
+        label = f"{run}, {ERROR_BARS[metric]}" if several_runs else ERROR_BARS[metric]
+        ax.errorbar(rows["weight_bytes"], rows[metric], yerr=_error_bars(rows, metric), fmt=marker, capsize=3,
+                    label=label)
+    front = data[on_front & data.index.isin(shown.index)].sort_values("weight_bytes")
+    ax.plot(front["weight_bytes"], front[metric], linestyle="--", color="tab:red", alpha=0.7,
+            label=FRONT_ON[metric])
     ax.scatter(front["weight_bytes"], front[metric], s=140, facecolors="none", edgecolors="tab:red")
-    ax.axhline(0, color="grey", linewidth=0.6)
+    if log_axis:
+        ax.set_yscale("log", nonpositive="clip")
+        zero = data.loc[~data.index.isin(shown.index), "variant"].tolist()
+        if zero:
+            ax.text(0.0, -0.16, f"at KL 0 (not drawn on a log axis): {', '.join(map(str, zero))}",
+                    transform=ax.transAxes, fontsize=7, color="grey", va="top")
+    else:
+        ax.axhline(0, color="grey", linewidth=0.6)
     ax.set_xlabel("weight memory (MB)")
     ax.set_ylabel(QUALITY_METRICS[metric])
     ax.set_title("quality lost vs bytes kept")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
+    place_labels(ax, shown["weight_bytes"].to_numpy(float), shown[metric].to_numpy(float),
+                 [str(v) for v in shown["variant"]])
     return ax
+
+
+def _spans_decades(values: pd.Series) -> bool:
+    positive = values[values > 0]
+    return len(positive) > 1 and positive.max() / positive.min() > 10
+
+
+# offsets (points) tried in turn for a label: right, above, left, below, then further out with a leader line
+_OFFSETS = [(6, 4), (6, -10), (-6, 4), (-6, -10), (0, 9), (0, -14)]
+_FAR = [(dx * r, dy * r) for r in (2.5, 4.0) for dx, dy in ((1, 1), (1, -1), (-1, 1), (-1, -1), (0, 1.2), (0, -1.2))]
+_FAR = [(dx * 8, dy * 8) for dx, dy in _FAR]
+
+
+def place_labels(ax: Axes, xs, ys, labels: list[str], fontsize: float = 8) -> list:
+    """Annotate each point with its label at the first offset where it overlaps no placed label, no point, not
+    the legend, and stays inside the axes; labels that find no place are listed beside the plot, so no label
+    overprints another. Returns the annotations placed (the listing, if any, is ``ax.texts[-1]``)."""
+    fig = ax.figure
+    if not hasattr(fig.canvas, "get_renderer"):  # a bare Figure (comparison_figure): measure with Agg
+        FigureCanvasAgg(fig)
+    fig.draw_without_rendering()  # settle layout and limits before measuring
+    renderer = fig.canvas.get_renderer()
+    to_pixels = ax.transData.transform
+    points = [to_pixels((x, y)) for x, y in zip(xs, ys) if np.isfinite(x) and np.isfinite(y)]
+    marker_radius = 4 * fig.dpi / 72
+    taken = [(px - marker_radius, py - marker_radius, px + marker_radius, py + marker_radius) for px, py in points]
+    if ax.get_legend() is not None:  # a label never hides under the legend either
+        taken.append(tuple(ax.get_legend().get_window_extent(renderer).extents))
+    frame = ax.get_window_extent(renderer)
+    placed, unplaced = [], []
+    order = sorted(range(len(labels)), key=lambda i: (xs[i], ys[i]))
+    for i in order:
+        if not (np.isfinite(xs[i]) and np.isfinite(ys[i])):
+            continue
+        for n, offset in enumerate(_OFFSETS + _FAR):
+            far = n >= len(_OFFSETS)
+            ha = "left" if offset[0] > 0 else "right" if offset[0] < 0 else "center"
+            note = ax.annotate(labels[i], (xs[i], ys[i]), textcoords="offset points", xytext=offset,
+                               fontsize=fontsize, ha=ha, va="center", annotation_clip=False,
+                               arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5} if far else None)
+            note.set_in_layout(False)
+            box = note.get_window_extent(renderer)
+            inside = (box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y0 >= frame.y0 and box.y1 <= frame.y1)
+            if inside and not any(_overlap(box.extents, other) for other in taken):
+                taken.append(tuple(box.extents))
+                placed.append(note)
+                break
+            note.remove()
+        else:
+            unplaced.append(labels[i])
+    if unplaced:
+        ax.text(1.02, 1.0, "not labelled in place:\n" + "\n".join(unplaced), transform=ax.transAxes,
+                fontsize=fontsize - 1, va="top", ha="left", color="dimgrey")
+    return placed
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def _error_bars(rows: pd.DataFrame, metric: str):
@@ -123,7 +217,7 @@ def _error_bars(rows: pd.DataFrame, metric: str):
             highs.append(ci[1] - value if ci else 0.0)
         return np.clip(np.array([lows, highs]), 0, None)
     if metric == "kl_divergence" and "kl_divergence_se" in rows:
-        return rows["kl_divergence_se"].fillna(0).to_numpy(float)
+        return pd.to_numeric(rows["kl_divergence_se"], errors="coerce").fillna(0).to_numpy(float)
     return None
 
 

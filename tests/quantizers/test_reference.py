@@ -61,9 +61,9 @@ def test_finer_scopes_and_more_bits_lose_less():
     weight = torch.randn(64, 256, generator=torch.Generator().manual_seed(0)) * 0.02
     weight[3, 5] = 0.5  # one outlier, as real LLM weights have
     err = {s.label: quantization_error(weight, fake_quantize(weight, s))["relative_error"] for s in TEACHING_SCHEMES}
-    assert err["int8-channel"] < err["int8-tensor"] < err["int4-tensor"]
-    assert err["int4-g32"] < err["int4-g128"] < err["int4-channel"] < err["int4-tensor"]
-    assert err["int8-channel"] < err["int4-g32"]
+    assert err["sym-int8-channel"] < err["sym-int8-tensor"] < err["sym-int4-tensor"]
+    assert err["sym-int4-b32"] < err["sym-int4-b128"] < err["sym-int4-channel"] < err["sym-int4-tensor"]
+    assert err["sym-int8-channel"] < err["sym-int4-b32"]
 
 
 def test_nf4_matches_bitsandbytes(weight):

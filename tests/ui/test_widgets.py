@@ -88,7 +88,7 @@ def test_quant_knobs_redraw_the_grid_of_the_scheme_they_describe():
     assert knobs.scheme() == Scheme(8, "group", 32)
     assert knobs.figures["relative_error"] < four["relative_error"] / 8  # 16x finer steps
     knobs.symmetric.value = False
-    assert knobs.figures["scheme"] == "int8-g32-asym"
+    assert knobs.figures["scheme"] == "asym-int8-b32"
     values, levels = group_grid(weight, Scheme(3, "group", 32))
     assert len(levels) == 7 and len(values) == 32 and float(values.abs().max()) == float(weight.abs().max())
     assert float(levels.max()) == pytest.approx(float(weight.abs().max()))  # symmetric: the top level is absmax
