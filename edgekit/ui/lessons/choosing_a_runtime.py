@@ -34,14 +34,16 @@ def apart(a, b) -> int:
 def _quality(base: str, rows: dict) -> str:
     order = ranking({v: r["kl"] for v, r in rows.items()})
     low, high = order[0], order[-1]
-    gap = {1: "lies wholly above", -1: "lies wholly below", 0: "overlaps"}[apart(rows[high]["kl_ci"], rows[low]["kl_ci"])]
+    words = {1: "lies wholly above", -1: "lies wholly below", 0: "overlaps"}
+    gap = words[apart(rows[high]["kl_ci"], rows[low]["kl_ci"])]
     readings = {v: delta_reading(*r["delta_ci"]) for v, r in rows.items()}
     counts = ", ".join(f"{plural(sum(x == word for x in readings.values()), 'variant')} {word}"
                        for word in ("worse", "within noise", "better") if word in readings.values())
+    why = ("KL and top-1 separate what perplexity cannot" if "within noise" in readings.values()
+           else "perplexity resolves every row here")
     return (f"Against the same `{base}` baseline on the same tokens, `{low}` has the lowest KL "
-            f"({sig(rows[low]['kl'])}, top-1 {sig(rows[low]['top1'])}) and `{high}` the highest ({sig(rows[high]['kl'])}); "
-            f"the highest's interval {gap} the lowest's. By perplexity: {counts} — "
-            f"{'KL and top-1 separate what perplexity cannot' if 'within noise' in readings.values() else 'perplexity resolves every row here'}.")
+            f"({sig(rows[low]['kl'])}, top-1 {sig(rows[low]['top1'])}) and `{high}` the highest "
+            f"({sig(rows[high]['kl'])}); the highest's interval {gap} the lowest's. By perplexity: {counts} — {why}.")
 
 
 def _speed(base: str, rows: dict) -> str:
@@ -60,7 +62,8 @@ def _threads(threads: dict) -> str:
 
 
 def _decision(d: dict, rows: dict) -> str:
-    limits = f"For `{d['device']}` with KL at most {d['max_kl']} (upper bound) and at least {sig(d['min_tps'])} tokens/s"
+    limits = (f"For `{d['device']}` with KL at most {d['max_kl']} (upper bound) and at least {sig(d['min_tps'])} "
+              f"tokens/s")
     if d["recommended"]:
         variant, runtime, size = d["recommended"]
         text = (f"{limits} (the lower bound of its speed interval, contended rows excluded), the decision is "

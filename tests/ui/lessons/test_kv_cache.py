@@ -11,7 +11,8 @@ def closing(figures: dict) -> str:
 def run() -> dict:
     return {"transformers_backend": False, "worst_mib": 0.006, "prompt": 960,
             "plan": {"model": "llama-2-7b", "variant": "gguf-q4_0", "mid": 32768, "weights_gib": 3.88,
-                     "kv_gib": {"f16": 16.0, "q8_0": 8.5, "q4_0": 4.5}, "fit_context": 8192, "fit_device": "laptop-16gb",
+                     "kv_gib": {"f16": 16.0, "q8_0": 8.5, "q4_0": 4.5}, "fit_context": 8192,
+                     "fit_device": "laptop-16gb",
                      "fits": {"f16": False, "q8_0": False, "q4_0": True},
                      "total_gib": {"f16": 14.3, "q8_0": 12.4, "q4_0": 11.4}, "budget_gib": 12.0},
             "rows": {"q8_0": {"kl": 0.00022, "kl_ci": [0.0002, 0.00024], "top1": 0.988, "ratio_ci": [0.2, 0.3],
