@@ -55,7 +55,7 @@ def _speed(base: str, rows: dict) -> str:
 
 
 def _threads(threads: dict) -> str:
-    parts = [f"`{v}` {speed_reading(t['ratio_ci'], t['contended'])} with the second thread "
+    parts = [f"`{v}` with a second thread: {speed_reading(t['ratio_ci'], t['contended'])} "
              f"(ratio [{sig(t['ratio_ci'][0])}, {sig(t['ratio_ci'][1])}])" if t["ratio_ci"] else
              f"`{v}` without a ratio interval" for v, t in threads.items()]
     return "The thread sweep, read from its intervals: " + "; ".join(parts) + "."

@@ -46,11 +46,13 @@ def test_speed_reads_each_ratio_and_keeps_contended_rows_out():
 
 def test_thread_sentence_follows_the_sweep():
     text = closing(run())
-    assert "`gguf-q4_0` slower with the second thread" in text
-    assert "`ov-int4-g32` no resolved difference with the second thread" in text
+    assert "`gguf-q4_0` with a second thread: slower" in text
+    assert "`ov-int4-g32` with a second thread: no resolved difference" in text
     faster = run()
     faster["threads"]["gguf-q4_0"]["ratio_ci"] = [1.3, 1.8]
-    assert "`gguf-q4_0` faster with the second thread" in closing(faster)
+    assert "`gguf-q4_0` with a second thread: faster" in closing(faster)
+    faster["threads"]["gguf-q4_0"]["contended"] = True
+    assert "`gguf-q4_0` with a second thread: not comparable: contended" in closing(faster)
     assert "how little a second thread buys" not in text
 
 
