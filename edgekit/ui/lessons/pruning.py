@@ -46,10 +46,14 @@ def closing(figures: dict) -> str:
     pruned = [name for name in front if name.startswith("prune-")]
     structured = "; ".join(f"`{name}` {sig(rows[name]['mb'])} MB at KL {kl[name]}, decoding {_speed(rows, name)} "
                            f"against fp32" for name in STRUCTURED)
+    why_wanda = (" (Wanda keeps small weights whose inputs are large)"
+                 if apart(rows[wanda]["kl_ci"], rows[magnitude]["kl_ci"]) == -1 else "")
+    why_two_four = (" (2:4 may not choose where in a row the zeros go)"
+                    if apart(rows[two_four]["kl_ci"], rows[wanda]["kl_ci"]) == 1 else "")
     return f"""
 - **Wanda against magnitude** at {p}%: KL {kl[wanda]} against {kl[magnitude]}; Wanda's interval
-  {kl_against(rows, wanda, magnitude)} (Wanda keeps small weights whose inputs are large). 2:4 cost KL {kl[two_four]},
-  and its interval {kl_against(rows, two_four, wanda)} (2:4 may not choose where in a row the zeros go).
+  {kl_against(rows, wanda, magnitude)}{why_wanda}. 2:4 cost KL {kl[two_four]}, and its interval
+  {kl_against(rows, two_four, wanda)}{why_two_four}.
 - **Unstructured zeros bought no bytes**: `{wanda}` holds {sig(rows[wanda]["mb"])} MB against fp32's
   {sig(rows["fp32"]["mb"])} MB, stored dense and multiplied by dense kernels; its decode rate against fp32:
   {_speed(rows, wanda)}.

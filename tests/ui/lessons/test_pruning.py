@@ -32,7 +32,9 @@ def test_wanda_against_magnitude_reads_their_intervals():
     assert "Wanda's interval lies wholly below `prune-magnitude-50%`'s" in text
     tie = run()
     tie["rows"]["prune-wanda-50%"]["kl_ci"] = [0.08, 0.12]
-    assert "Wanda's interval overlaps `prune-magnitude-50%`'s: no resolved difference" in closing(tie)
+    text_tie = closing(tie)
+    assert "Wanda's interval overlaps `prune-magnitude-50%`'s: no resolved difference." in text_tie
+    assert "Wanda keeps small weights" not in text_tie and "Wanda keeps small weights" in text
     assert "its interval lies wholly above `prune-wanda-50%`'s" in text          # 2:4
 
 
