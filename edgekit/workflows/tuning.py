@@ -138,7 +138,7 @@ def tune(factory: Factory, candidates: list[dict], prompt_ids: torch.Tensor, *, 
     if default is not None and default not in candidates:
         candidates.insert(0, default)
     threads = torch.get_num_threads()
-    rows = []
+    rows, timed = [], {}
     try:
         for settings in tqdm(candidates, desc="tuning sweep", disable=not progress):
             row = {"settings": settings, "label": settings_label(settings), "error": None}
@@ -148,6 +148,7 @@ def tune(factory: Factory, candidates: list[dict], prompt_ids: torch.Tensor, *, 
                 reps = measure_speed({row["label"]: runner}, prompt_ids, new_tokens, runs, warmup,
                                      progress=False)[row["label"]]
                 row.update(speed_figures(reps, interleaved=False))
+                timed[row["label"]] = reps
             except (EdgekitError, RuntimeError, ValueError) as exc:  # a setting the runtime refuses
                 row.update(error=f"{type(exc).__name__}: {exc}", latency_ms_p50=math.inf, latency_ms_p99=math.inf)
             finally:
@@ -163,7 +164,21 @@ def tune(factory: Factory, candidates: list[dict], prompt_ids: torch.Tensor, *, 
                                  status="error" if row["error"] else "ok", error=row["error"]))
     finally:
         torch.set_num_threads(threads)
+    add_ratios(rows, timed, default)
     return TuningReport(rank(pd.DataFrame(rows), default), default)
+
+
+def add_ratios(rows: list[dict], timed: dict, default: dict | None) -> None:
+    """Each timed candidate's decode-rate ratio to the default's, repetition by repetition (``speed_ratio`` and
+    ``speed_ratio_ci95``, the speed protocol's median interval; run back to back, so not paired against drift)."""
+    base = timed.get(settings_label(default)) if default is not None else None
+    if not base:
+        return
+    for row in rows:
+        reps = timed.get(row["label"])
+        if reps:
+            figures = speed_figures(reps, base, interleaved=False)
+            row.update(speed_ratio=figures["speed_ratio"], speed_ratio_ci95=figures["speed_ratio_ci95"])
 
 
 def ort_factory(artifact_dir: str | Path) -> Factory:

@@ -81,3 +81,12 @@ def test_onnx_winner_written_to_manifest_and_used(onnx_artifact, tmp_path):
     assert runner.settings["intra_op_threads"] == 1 and runner.settings["io_binding"] is False
     runner.close()
 
+
+
+def test_each_candidate_carries_its_ratio_to_the_default(default_model):
+    report = tune(torch_factory("fp32", default_model), [{"threads": 2}], torch.arange(5, 20)[None],
+                  default={"threads": 1}, new_tokens=4, runs=3, progress=False)
+    rows = {r["label"]: r for r in report.table.to_dict("records")}
+    assert rows["threads=1"]["speed_ratio"] == pytest.approx(1.0)
+    low, high = rows["threads=2"]["speed_ratio_ci95"]
+    assert 0 < low <= rows["threads=2"]["speed_ratio"] <= high
