@@ -151,3 +151,17 @@ def test_importing_the_library_leaves_logging_alone():
             "print(len(logging.getLogger().handlers))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert done.stdout.strip().splitlines()[-1] == "0", done.stderr[-2000:]
+
+
+def test_building_an_nbits_graph_leaves_logging_alone(default_model, tmp_path):
+    """Building a MatMulNBits graph imports onnxruntime's quantizer, which configures the root logger; the build
+    leaves the root logger as it found it."""
+    import subprocess
+    import sys
+
+    code = ("import logging\nfrom edgekit.runtimes.onnx.build import build_nbits_decoder\n"
+            f"build_nbits_decoder({str(default_model)!r}, {str(tmp_path / 'g')!r}, 4, 32, False, 0)\n"
+            "print(len(logging.getLogger().handlers), logging.getLogger().level)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == f"0 {30}", done.stdout[-500:]  # no handler, WARNING as Python's

@@ -14,6 +14,11 @@ call), never a global ``warnings.simplefilter("ignore")``.
   every input of the exported graph takes; :func:`edgekit.runtimes.onnx.export.parity`
   checks the graph against PyTorch instead of trusting the trace. Same for the opset-11
   "aten::index" note (negative indices never reach it).
+- Logging set up by a library on import: ONNX Runtime's MatMulNBits quantizer module calls
+  ``logging.basicConfig`` when imported, after which every library's INFO records (httpx's line per
+  request, for one) reach a notebook's output; :func:`root_logging_kept` puts the root logger back.
+  NNCF logs a bit-width statistics table at INFO for every compression: the variant's name and
+  ``edgekit inspect`` already say what it holds.
 - ONNX Runtime's "Please consider to run pre-processing before quantization": pre-processing
   (shape inference, graph fusion) helps activation quantization of convolutional graphs;
   edgekit quantizes MatMul weights of an exported decoder and measures the result (KL, top-1).
@@ -70,3 +75,30 @@ def onnx_export():
 def ort_quantization():
     """Around ONNX Runtime's quantizers: no pre-processing advice (logged on the root logger)."""
     return dropped("", "Please consider to run pre-processing before quantization")
+
+
+@contextmanager
+def root_logging_kept():
+    """Within the block, a library may configure the root logger (``logging.basicConfig`` at import); after it,
+    the root logger has the handlers and level it had before."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
+        root.setLevel(level)
+
+
+@contextmanager
+def nncf_statistics():
+    """Around an NNCF compression: its INFO statistics table kept out (warnings still show)."""
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with root_logging_kept():
+            yield
+    finally:
+        logger.setLevel(level)

@@ -37,6 +37,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from edgekit.core.errors import VariantError
 from edgekit.core.progress import tqdm
+from edgekit.core.quiet import root_logging_kept
 from edgekit.models.checkpoint import read_tensor, tensor_shards
 from edgekit.models.load import model_config, resolve_source
 from edgekit.runtimes.onnx.files import EXTERNAL_DATA_FILE, EXTERNAL_DATA_THRESHOLD, MODEL_FILE
@@ -80,10 +81,11 @@ class _Writer:
     """The graph under construction and the external data file its initializers point into."""
 
     def __init__(self, out_dir: Path, bits: int, block_size: int, symmetric: bool, accuracy_level: int) -> None:
-        from onnxruntime.quantization.matmul_nbits_quantizer import (  # configures the root logger when imported
-            DefaultWeightOnlyQuantConfig,
-            DefaultWeightOnlyQuantizer,
-        )
+        with root_logging_kept():  # the module configures the root logger when imported
+            from onnxruntime.quantization.matmul_nbits_quantizer import (
+                DefaultWeightOnlyQuantConfig,
+                DefaultWeightOnlyQuantizer,
+            )
 
 
         self.nodes: list[onnx.NodeProto] = []

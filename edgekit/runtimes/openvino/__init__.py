@@ -38,6 +38,7 @@ import torch
 from edgekit.artifacts.cache import artifact_name
 from edgekit.artifacts.manifest import Manifest, artifact_loader, copy_side_files, write_manifest
 from edgekit.core.paths import work_dir
+from edgekit.core.quiet import nncf_statistics
 from edgekit.memory.guard import admit, admit_artifact
 from edgekit.models.load import folder_tokenizer
 from edgekit.models.runner import Pick, choose
@@ -86,9 +87,10 @@ def compression_settings(variant: Variant) -> dict:
 
 def compress_int8(model, settings: dict):
     """Compress an ``openvino.Model``'s weights to int8 in place with NNCF; returns the model."""
-    import nncf
+    with nncf_statistics():
+        import nncf
 
-    return nncf.compress_weights(model, mode=getattr(nncf.CompressWeightsMode, settings["mode"].upper()))
+        return nncf.compress_weights(model, mode=getattr(nncf.CompressWeightsMode, settings["mode"].upper()))
 
 
 def export_artifact(variant: "str | Variant", source: str, out_dir) -> Manifest:
