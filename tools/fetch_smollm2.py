@@ -61,6 +61,9 @@ def convert(gguf_path: Path, out_dir: Path) -> None:
     """Dequantize the GGUF with transformers into a safetensors folder, tokenizer included."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the GGUF Llama tokenizer's "legacy behaviour" notice is expected here
 
     folder, name = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
