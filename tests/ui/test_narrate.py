@@ -41,8 +41,8 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("[0-
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_every_closing_is_rendered_from_its_run(path):
-    """Each notebook's "What you saw" is a heading and then a cell that fills its text from the run's figures
-    (edgekit.ui.narrate), so no closing claim is hand-written beside the outputs it describes."""
+    """Each notebook's "What you saw" is a heading and then the cell rendering its lesson from the run's figures
+    (edgekit.ui.lessons), so no closing claim is hand-written beside the outputs it describes."""
     cells = nbformat.read(path, as_version=4).cells
     heads = [i for i, c in enumerate(cells)
              if c.cell_type == "markdown" and c.source.lstrip().startswith("## What you saw")]
@@ -52,7 +52,7 @@ def test_every_closing_is_rendered_from_its_run(path):
     render_cell = cells[i + 1] if i + 1 < len(cells) else None
     assert render_cell is not None and render_cell.cell_type == "code" \
         and "from edgekit.ui import" in render_cell.source \
-        and "render(" in render_cell.source, f"{path.name}: follow 'What you saw' with a cell calling narrate.render"
+        and "closing(" in render_cell.source, f"{path.name}: follow 'What you saw' with a cell calling closing()"
 
 
 def test_predicates_read_both_sides_of_an_interval_alike():
