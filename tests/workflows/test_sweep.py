@@ -18,6 +18,7 @@ from edgekit.cli import main  # noqa: E402
 from edgekit.measure.quality import EvalSettings  # noqa: E402
 from edgekit.measure.store import ResultStore  # noqa: E402
 from edgekit.workflows.sweep import CELL_TASK_PREFIX, Node, plan_cell, run_sweep  # noqa: E402
+from edgekit.workflows.tasks import TaskRun  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from make_random_checkpoint import write_checkpoint  # noqa: E402
@@ -138,3 +139,34 @@ def test_cells_that_fit_nowhere_are_refused_before_they_start(cluster, tmp_path,
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("edgekit: error:")]
     assert len(errors) == 1 and "refusing to run default as fp32:context=50000000" in errors[0]
     assert ResultStore(store).results() == []
+
+
+TASKS = ("edgekit_lastword", "edgekit_nextline")
+
+
+def test_sweep_tasks_pair_each_cell_against_its_models_baseline(cluster, tmp_path, capsys):
+    """``sweep --tasks``: the rows carry compare's per-task columns, paired against the baseline's answers handed
+    over by Ray; a rerun with one more variant pairs it against the baseline's row in the store."""
+    store, out = tmp_path / "r.sqlite", tmp_path / "sweep.json"
+    args = ["sweep", "--variants", "fp32,int2-g64", *CLI_SETTINGS, "--tasks", ",".join(TASKS), "--task-limit", "16",
+            "--store", str(store), "--json", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    for task in TASKS:
+        assert f"{task} Δacc [95%]" in printed and f"{task} flips -/+" in printed
+        assert f"{task}: flip rate against KL: " in printed
+    rows = json.loads(out.read_text())
+    assert [r["variant"] for r in rows] == ["fp32", "int2-g64"]
+    base = rows[0]["tasks"]
+    assert all(m["task_accuracy_delta_ci95"] == [0.0, 0.0] and m["task_items"] == 16 for m in base.values())
+    results = run_sweep(["default"], ["fp32", "int2-g64", "int8"], ["eval"], SETTINGS, latency=None,
+                        store=ResultStore(store), progress=False, tasks=TaskRun(TASKS, 16))
+    assert len(ResultStore(store).results()) == 3  # only int8 measured; fp32 and int2-g64 came from the store
+    for row in rows[1:] + [{"tasks": results[2].metrics["tasks"]}]:
+        for task, m in row["tasks"].items():
+            assert m["task_items"] == 16 and m["prompt_fingerprint"] == base[task]["prompt_fingerprint"]
+            pairs = list(zip(base[task]["task_correct"], m["task_correct"]))
+            assert (m["flips_right_to_wrong"], m["flips_wrong_to_right"]) == (pairs.count(("1", "0")),
+                                                                               pairs.count(("0", "1")))
+            assert m["task_accuracy_delta"] == pytest.approx(m["task_accuracy"] - base[task]["task_accuracy"])
+    assert sum(m["flips_right_to_wrong"] + m["flips_wrong_to_right"] for m in rows[1]["tasks"].values()) > 0
