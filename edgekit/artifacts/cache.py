@@ -1,7 +1,7 @@
 """The artifact cache: a variant's artifact is exported once into the work folder and reused while intact.
 
 The one rule of which options change an artifact (:func:`artifact_name`) and the one way a cached artifact is
-made (:func:`cached_folder`: verified before reuse, rebuilt when damaged, written staged) serve every runtime,
+made (:func:`verified_cache`: verified before reuse, rebuilt when damaged, written staged) serve every runtime,
 through :func:`edgekit.runtimes.cached_artifact`.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from edgekit.artifacts.manifest import verify_artifact
+from edgekit.artifacts.manifest import Manifest, verify_artifact
 from edgekit.core.caches import enforce_cap, touch
 from edgekit.core.errors import ArtifactError
 from edgekit.core.paths import staged
@@ -24,22 +24,23 @@ def artifact_name(variant) -> str:
     return variant.name + (":" + ",".join(f"{k}={v}" for k, v in kept) if kept else "")
 
 
-def cached_folder(folder: str | Path, export: Callable[[Path], Any]) -> Path:
-    """``folder`` if it holds an intact artifact; otherwise build it with ``export(out_dir)``, staged
-    (then the work caches' size cap applies, :mod:`edgekit.core.caches`).
+def verified_cache(folder: str | Path, export: Callable[[Path], Any]) -> Manifest:
+    """The verified manifest of the artifact in ``folder`` if it is intact; otherwise the artifact is built with
+    ``export(out_dir)``, staged (then the work caches' size cap applies, :mod:`edgekit.core.caches`), and verified.
 
-    A damaged cached artifact is rebuilt rather than used. Every runtime's variant cache
-    (ONNX Runtime, OpenVINO, llama.cpp) goes through here.
+    A damaged cached artifact is rebuilt rather than used. Every runtime's variant cache (ONNX Runtime,
+    OpenVINO, llama.cpp) goes through here, and hands the manifest to ``load_artifact`` so the files are hashed
+    once per load, not twice.
     """
     folder = Path(folder)
     if folder.exists():
         try:
-            verify_artifact(folder)
+            manifest = verify_artifact(folder)
             touch(folder)
-            return folder
+            return manifest
         except ArtifactError:
             shutil.rmtree(folder)
     staged(folder, export)
-    verify_artifact(folder)
-    enforce_cap()
-    return folder
+    manifest = verify_artifact(folder)
+    enforce_cap()  # least recently used first: never the artifact just built
+    return manifest

@@ -1,12 +1,13 @@
 """The work caches under the work folder: what they hold, how big they are, and evicting them.
 
-Exports, artifacts, baselines (up to 2 GiB each), offload spills and the other caches under
-``edgekit-results/`` (:func:`edgekit.core.paths.work_dir`) are rebuilt on demand, so any of them may
-go. :func:`clean` (``edgekit clean``) removes them all, or with ``max_bytes`` the least recently
-used entries until the rest fits (``EDGEKIT_CACHE_MAX_GB`` applies that cap after every staged
-build). An entry's last use is its folder's modification time: a build sets it, and a cache hit
-refreshes it (:func:`touch`). Results (``results.sqlite``) and reports are never touched.
-Scratch folders a killed process left (``edgekit-*`` temporary folders) go too, once a day old.
+Exports,
+artifacts, baselines (up to 2 GiB each), offload spills and the other caches under ``edgekit-results/``
+(:func:`edgekit.core.paths.work_dir`) are rebuilt on demand, so any of them may go. :func:`clean` (``edgekit
+clean``) removes them all, or with ``max_bytes`` the least recently used entries until the rest fits
+(``EDGEKIT_CACHE_MAX_GB`` applies that cap after every cache entry is built: :func:`cache_build` is the one
+way an entry is written). An entry's last use is its folder's modification time: a build sets it, and a cache
+hit refreshes it (:func:`touch`). Results (``results.sqlite``) and reports are never touched. Scratch folders
+a killed process left (``edgekit-*`` temporary folders) go too, once a day old.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.core.errors import InputError
-from edgekit.core.paths import work_dir
+from edgekit.core.paths import staged, work_dir
 
 # cache folder -> how deep its entries sit (artifacts/<model key>/<variant>; the others one level down)
 CACHES = {"artifacts": 2, "onnx-exports": 1, "gguf-exports": 1, "baselines": 1, "offload": 1, "sensitivity": 1,
@@ -60,12 +61,22 @@ def touch(path: Path) -> None:
         pass
 
 
-def clean(max_bytes: int | None = None, root: Path | None = None) -> list[Entry]:
+def cache_build(folder: str | Path, build) -> Path:
+    """Build the cache entry ``folder`` with ``build(staging)`` (:func:`edgekit.core.paths.staged`), then hold the
+    work caches to ``EDGEKIT_CACHE_MAX_GB``, never evicting the entry just built."""
+    folder = staged(folder, build)
+    enforce_cap(keep=folder)
+    return folder
+
+
+def clean(max_bytes: int | None = None, root: Path | None = None, keep: Path | None = None) -> list[Entry]:
     """Remove every cache entry (``max_bytes`` None) or the least recently used ones until the rest holds
-    at most ``max_bytes``; also old scratch folders. Returns what was removed."""
+    at most ``max_bytes``; also old scratch folders. ``keep`` (an entry in use) is never removed. Returns what
+    was removed."""
     root = root or work_dir()
-    cached = entries(root)
-    total = sum(e.bytes for e in cached)
+    every = entries(root)
+    total = sum(e.bytes for e in every)
+    cached = [e for e in every if keep is None or e.path.resolve() != Path(keep).resolve()]
     removed = []
     for entry in cached:
         if max_bytes is not None and total <= max_bytes:
@@ -80,15 +91,15 @@ def clean(max_bytes: int | None = None, root: Path | None = None) -> list[Entry]
     return removed
 
 
-def enforce_cap(root: Path | None = None) -> None:
-    """Apply ``EDGEKIT_CACHE_MAX_GB`` (unset: no cap)."""
+def enforce_cap(root: Path | None = None, keep: Path | None = None) -> None:
+    """Apply ``EDGEKIT_CACHE_MAX_GB`` (unset: no cap), sparing ``keep``."""
     cap = os.environ.get("EDGEKIT_CACHE_MAX_GB")
     if cap:
         try:
             max_bytes = int(float(cap) * 2**30)
         except ValueError:
             raise InputError(f"EDGEKIT_CACHE_MAX_GB={cap[:20]!r} is not a number of GiB; set it like 20") from None
-        clean(max_bytes, root)
+        clean(max_bytes, root, keep)
 
 
 def _remove(path: Path) -> None:

@@ -18,10 +18,10 @@ evaluation scores a few to a few hundred windows, and with 15 windows a z-interv
 too narrow, with 3 windows less than half as wide as it should be (its coverage of a 95%
 claim falls to about 80%). :func:`paired_difference` compares two variants window by window
 on the same tokens (the paired test a reviewer asks for when two variants are ranked), and
-:func:`delta_reading` names what an interval allows one to say: a quantized variant whose
-perplexity lands *below* its baseline beyond its interval is a property of the text slice
-(the interval assumes windows independent; neighbouring windows of one text are not quite),
-not a better model.
+:func:`delta_reading` names what an interval allows one to say, reading both sides alike: a
+difference resolved on this text (the interval assumes windows independent; neighbouring windows
+of one text are not quite) is a claim about this text, whichever its sign; another split
+(``--eval-text``) tells whether it holds.
 
 Per-token figures (the KL, the top-1 agreement and the log-likelihood difference of each scored
 token) also get a circular block bootstrap interval (Politis & Romano 1992) beside the window
@@ -55,8 +55,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgekit.core.caches import cache_build
 from edgekit.core.errors import InputError
-from edgekit.core.paths import staged
 from edgekit.core.progress import tqdm
 from edgekit.measure.stats import block_bootstrap_interval, delta_reading, ratio_interval, ratio_stat, t_quantile
 
@@ -143,7 +143,7 @@ class Scores:
             np.savez(out / "sums.npz", tokens=np.array(self.tokens), **arrays)
             if self.logprobs is not None:
                 np.save(out / "logprobs.npy", self.logprobs)
-        return folder if (Path(folder) / "sums.npz").is_file() else staged(folder, write)
+        return folder if (Path(folder) / "sums.npz").is_file() else cache_build(folder, write)
 
     @classmethod
     def load(cls, folder: Path) -> "Scores":

@@ -26,18 +26,24 @@ def ratio_interval(numerators: np.ndarray, denominators: np.ndarray,
     return mean, mean - half, mean + half
 
 
-def delta_reading(low: float, high: float) -> str:
-    """What a perplexity delta's interval ``[low, high]`` (variant vs its baseline) allows one to say.
+def interval_side(low: float, high: float, value: float = 0.0) -> int:
+    """Where the interval ``[low, high]`` lies against ``value``: +1 wholly above, -1 wholly below, 0 when it
+    holds ``value`` or is not a number (one window, or nothing measured): the one reading every claim about an
+    interval is made from, so both sides are read alike."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return 0
+    return 1 if low > value else -1 if high < value else 0
 
-    "worse" when the whole interval is above zero, "within noise" when it holds zero, and
-    "below baseline: noise of the text" when the whole interval is below zero: rounding weights
-    does not make a model better; a slice of text on which it happens to score lower does not
-    generalize (score more text, or another split, and it moves)."""
-    if low > 0:
-        return "worse"
-    if high < 0:
-        return "below baseline: noise of the text"
-    return "within noise"
+
+def delta_reading(low: float, high: float) -> str:
+    """What a perplexity delta's interval ``[low, high]`` (variant vs its baseline) allows one to say on the
+    scored text: "worse" when it lies wholly above zero, "better" when wholly below, "within noise" when it holds
+    zero, "no interval" when there is none (a single window). Both sides are read alike: a resolved difference
+    below zero is as real on this text as one above it; whether it holds on other text is a question for
+    another split (``--eval-text``)."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return "no interval"
+    return {1: "worse", -1: "better", 0: "within noise"}[interval_side(low, high)]
 
 
 def ratio_stat(numerators: np.ndarray, denominators: np.ndarray) -> tuple[float, float]:

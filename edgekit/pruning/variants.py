@@ -56,7 +56,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgekit.core.paths import staged, variant_calibration_ids, work_dir
+from edgekit.core.caches import cache_build
+from edgekit.core.paths import variant_calibration_ids, work_dir
 from edgekit.memory.guard import admit, guarded_fp32_load, guarded_load
 from edgekit.models.layout import block_linears, split_block
 from edgekit.models.load import load_model, load_tokenizer, model_key, resolve_source
@@ -155,7 +156,7 @@ def pruned_checkpoint(model: str, variant: "str | Variant", tokenizer=None, prog
         tokenizer.save_pretrained(staging)
         (staging / "pruning.json").write_text(json.dumps(record, indent=1))
 
-    staged(folder, write)
+    cache_build(folder, write)
     return folder
 
 

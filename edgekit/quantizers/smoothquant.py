@@ -25,8 +25,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+from edgekit.core.caches import cache_build
 from edgekit.core.errors import VariantError
-from edgekit.core.paths import eval_token_ids, staged, work_dir
+from edgekit.core.paths import eval_token_ids, work_dir
 from edgekit.memory.guard import guarded_fp32_load
 from edgekit.models.layout import llama_layers
 from edgekit.models.load import load_tokenizer, model_key
@@ -120,5 +121,5 @@ def smoothed_folder(variant: Variant, source: str, device: str = "cpu") -> Path:
             smooth_quant(model, calibration_windows(tokenizer), alpha)
             model.save_pretrained(out, safe_serialization=True)
             tokenizer.save_pretrained(out)
-        staged(folder, build)
+        cache_build(folder, build)
     return folder

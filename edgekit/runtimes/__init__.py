@@ -14,7 +14,7 @@ import importlib
 from pathlib import Path
 from typing import Any, Callable
 
-from edgekit.artifacts.cache import artifact_name, cached_folder
+from edgekit.artifacts.cache import artifact_name, verified_cache
 from edgekit.artifacts.manifest import LOADERS, Manifest, check_compatible, read_manifest, verify_artifact
 from edgekit.core.errors import ArtifactError, VariantError
 from edgekit.core.paths import staged, work_dir
@@ -98,9 +98,15 @@ def load_artifact(folder: str | Path | Manifest, expect_checksum: str | None = N
     return runner
 
 
-def cached_artifact(variant: "str | Variant", source: str) -> Path:
-    """The artifact of an exportable ``variant`` of ``source`` under the work folder: exported on first use,
-    reused while intact, re-exported if damaged (one folder per model version and :func:`artifact_name`)."""
+def cached_manifest(variant: "str | Variant", source: str) -> Manifest:
+    """The verified manifest of an exportable ``variant`` of ``source`` under the work folder: exported on first
+    use, reused while intact, re-exported if damaged (one folder per model version and :func:`artifact_name`).
+    ``load_artifact`` takes it without hashing the files again."""
     variant = Variant.parse(variant)
     folder = work_dir() / "artifacts" / model_key(source) / artifact_name(variant).replace(":", "_")
-    return cached_folder(folder, lambda out: variant.entry.exporter(variant, source, out))
+    return verified_cache(folder, lambda out: variant.entry.exporter(variant, source, out))
+
+
+def cached_artifact(variant: "str | Variant", source: str) -> Path:
+    """The folder of :func:`cached_manifest`'s artifact (for tools that read its files)."""
+    return Path(cached_manifest(variant, source).path)

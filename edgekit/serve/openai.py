@@ -7,7 +7,8 @@ import json
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+from pydantic_core import PydanticCustomError
 
 from edgekit.serve.engine import Job
 from edgekit.serve.logprobs import MAX_TOP_LOGPROBS
@@ -23,10 +24,20 @@ class APIError(Exception):
 
 
 # ---------------------------------------------------------------- request bodies
+def not_empty(prompt):
+    """A prompt with something to continue: text, token ids, or a batch of token-id lists, none of them empty; one
+    message for every empty shape (pydantic's own differ by type and name none of them)."""
+    if not prompt or (isinstance(prompt, list) and any(isinstance(p, list) and not p for p in prompt)):
+        raise PydanticCustomError("empty_prompt", "the prompt is empty: send text or token ids to continue")
+    return prompt
+
+
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    prompt: StrictStr = Field(min_length=1, description="text to continue")
+    prompt: StrictStr = Field(description="text to continue")
     max_new_tokens: StrictInt = Field(32, ge=1, description="tokens to generate")
+
+    _prompt_not_empty = field_validator("prompt")(not_empty)
 
 
 class StreamOptions(BaseModel):
@@ -52,9 +63,11 @@ class OpenAIRequest(BaseModel):
 
 
 class CompletionRequest(OpenAIRequest):
-    prompt: StrictStr | list[StrictInt] | list[list[StrictInt]] = Field(min_length=1)
+    prompt: StrictStr | list[StrictInt] | list[list[StrictInt]]
     logprobs: StrictInt | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     echo: StrictBool = False
+
+    _prompt_not_empty = field_validator("prompt")(not_empty)
 
 
 class TextPart(BaseModel):

@@ -10,15 +10,30 @@ Templates use Python's format syntax (:class:`string.Formatter`): ``{name}``, ``
 ``{name[key]}``, ``{name.attr}``; ``{{`` for a literal brace. :func:`choose` picks a phrase
 from a condition of the run, so a sentence's direction (above/below, passes/fails) is computed
 too.
+
+The predicates below are the only grounds a closing may compare on, each decided by the run's figures:
+
+- :func:`side` / :func:`reads`: an interval wholly above, wholly below, or holding a value (zero for a
+  difference, one for a ratio), both sides read alike, and no interval read as no claim;
+- :func:`speed_reading`: a speed ratio resolved by the speed protocol's paired interval, and nothing
+  claimed from a contended row;
+- :func:`on_front`: Pareto membership on a size and a loss that never rewards noise (KL, or the bound of
+  ``|Δ|`` from :func:`loss_bound`);
+- :func:`trend` and :func:`ranking`: a monotone trend and an order, ties (within tolerance) kept as ties.
+
+:func:`sig`, :func:`mb` and :func:`gib` format numbers for reading (3 significant figures, 2 decimals).
 """
 from __future__ import annotations
 
+import math
 from string import Formatter
-from typing import Mapping
+from typing import Iterable, Mapping, Sequence
 
 from IPython.display import Markdown  # IPython comes with Jupyter; the library does not need it otherwise
 
 from edgekit.core.errors import InputError
+from edgekit.measure.stats import interval_side
+from edgekit.ui.plots import pareto_front
 
 
 class MissingFigureError(InputError, KeyError):
@@ -64,3 +79,102 @@ def render(template: str, figures: Mapping | None = None, **more):
 def choose(condition: bool, if_true: str, if_false: str) -> str:
     """The phrase a condition of the run calls for: ``choose(delta > 0, "above", "below")``."""
     return if_true if condition else if_false
+
+
+# ---------------------------------------------------------------- predicates a closing may compare on
+def side(interval: Sequence[float] | None, value: float = 0.0) -> int:
+    """+1 when ``interval`` ([low, high]) lies wholly above ``value``, -1 wholly below, 0 when it holds it or
+    there is no interval (None, NaN): the sign a comparative sentence may rest on."""
+    if interval is None or len(interval) != 2:
+        return 0
+    return interval_side(float(interval[0]), float(interval[1]), value)
+
+
+def reads(interval: Sequence[float] | None, above: str, below: str, within: str, value: float = 0.0) -> str:
+    """The phrase ``interval`` supports against ``value``: ``above``, ``below`` or ``within`` (holding it, or no
+    interval). Both sides are read by the same rule."""
+    return {1: above, -1: below, 0: within}[side(interval, value)]
+
+
+def speed_reading(ratio_interval: Sequence[float] | None, contended: bool = False) -> str:
+    """A speed ratio (variant / baseline, paired by round) read from its interval: "faster", "slower", "no
+    resolved difference" when the interval holds 1, "not comparable: contended" when the row's repetitions ran
+    while other work took its cores (the speed protocol keeps such rows out of claims)."""
+    if contended:
+        return "not comparable: contended"
+    return reads(ratio_interval, "faster", "slower", "no resolved difference", value=1.0)
+
+
+def loss_bound(interval: Sequence[float]) -> float:
+    """The largest ``|Δ|`` an interval allows: a loss for a Pareto front that never rewards a negative Δ within
+    noise (an interval [-1.6, +1.1] weighs 1.6, not -0.3)."""
+    return max(abs(float(interval[0])), abs(float(interval[1])))
+
+
+def on_front(points: Mapping[str, tuple[float, float]]) -> list[str]:
+    """Names on the Pareto front of ``{name: (size, loss)}``, smaller both being better (in the given order)."""
+    names = list(points)
+    mask = pareto_front([points[n][0] for n in names], [points[n][1] for n in names])
+    return [n for n, keep in zip(names, mask) if keep]
+
+
+def trend(values: Sequence[float], tolerance: float = 0.0) -> str:
+    """"rises", "falls" or "not monotone" for a sequence in its given order; steps no larger than ``tolerance``
+    count as flat, and a sequence that is all flat "holds level"."""
+    steps = [b - a for a, b in zip(values, values[1:])]
+    up = [d > tolerance for d in steps]
+    down = [d < -tolerance for d in steps]
+    if not any(up) and not any(down):
+        return "holds level"
+    if not any(down):
+        return "rises"
+    if not any(up):
+        return "falls"
+    return "not monotone"
+
+
+def ranking(values: Mapping[str, float], descending: bool = False) -> list[str]:
+    """Names ordered by value (ascending unless ``descending``); NaN last."""
+    def key(name):
+        v = values[name]
+        return (math.isnan(v), -v if descending else v)
+    return sorted(values, key=key)
+
+
+def listing(names: Iterable[str], empty: str = "none") -> str:
+    """``a``, ``a and b``, ``a, b and c``; ``empty`` for none."""
+    names = [str(n) for n in names]
+    if not names:
+        return empty
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def plural(count: int, one: str, many: str | None = None) -> str:
+    """``1 variant``, ``3 variants``."""
+    return f"{count} {one if count == 1 else (many or one + 's')}"
+
+
+# ---------------------------------------------------------------- numbers for reading
+def sig(value: float, digits: int = 3) -> str:
+    """``value`` to ``digits`` significant figures, without exponent for everyday magnitudes (0.00123, 49.6,
+    1230)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if value == 0:
+        return "0"
+    magnitude = math.floor(math.log10(abs(value)))
+    if magnitude >= digits - 1:
+        return f"{round(value, digits - 1 - magnitude):,.0f}"
+    if magnitude < -4:
+        return f"{value:.{digits - 1}e}"
+    return f"{value:.{digits - 1 - magnitude}f}"
+
+
+def mb(num_bytes: float) -> str:
+    """Bytes as megabytes with 2 decimals: ``10.91 MB``."""
+    return f"{num_bytes / 1e6:.2f} MB"
+
+
+def gib(num_bytes: float) -> str:
+    """Bytes as GiB with 2 decimals: ``5.36 GiB``."""
+    return f"{num_bytes / 2**30:.2f} GiB"

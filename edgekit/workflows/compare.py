@@ -352,8 +352,8 @@ SUMMARY_COLUMNS = {
 def summary_frame(results: list[Result]) -> pd.DataFrame:
     """The comparison table: quality with its uncertainty beside bytes and latency.
 
-    "Δppl reading" says what the interval allows (:func:`edgekit.measure.stats.delta_reading`): a variant
-    below its baseline beyond its interval is noise of the text, not a better model; "withheld" lists
+    "Δppl reading" says what the interval allows (:func:`edgekit.measure.stats.delta_reading`), both sides
+    read alike; "withheld" lists
     the latency percentiles too few samples pin down, withheld (:mod:`edgekit.measure.speed`); "contended" marks a row
     whose repetitions ran while other processes took its cores (its speed backs no claim)."""
     rows = []

@@ -37,7 +37,7 @@ from edgekit.core.progress import tqdm
 from edgekit.measure.peak_memory import release_memory
 from edgekit.measure.speed import measure_speed, speed_figures, trusted
 from edgekit.measure.store import Result, ResultStore
-from edgekit.runtimes import build_runner, cached_artifact, load_artifact
+from edgekit.runtimes import build_runner, cached_manifest, load_artifact
 
 Factory = Callable[[dict], object]
 # Manifest runtime_settings keys an ONNX artifact's loader accepts.
@@ -184,7 +184,7 @@ def onnx_variant_factory(variant: str, source: str = "default") -> Factory:
         runtime = {k: v for k, v in settings.items() if k != "accuracy_level"}
         level = settings.get("accuracy_level")
         name = f"{variant}:accuracy_level={level}" if level is not None else variant
-        return load_artifact(cached_artifact(name, source), **runtime)
+        return load_artifact(cached_manifest(name, source), **runtime)
     return build
 
 

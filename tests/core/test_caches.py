@@ -16,7 +16,7 @@ import pytest
 import edgekit.memory.plan
 from edgekit.artifacts.manifest import verify_artifact
 from edgekit.cli import main
-from edgekit.core.caches import clean, entries
+from edgekit.core.caches import cache_build, clean, entries
 from edgekit.core.errors import InputError, PlanError
 from edgekit.core.paths import staged
 from edgekit.measure.store import MIGRATIONS, Result, ResultStore
@@ -60,6 +60,17 @@ def test_clean_evicts_least_recently_used_first_and_keeps_results(tmp_path, caps
     assert main(["clean"]) == 0
     assert "removed 2 cache entries" in capsys.readouterr().out
     assert not mid.exists() and not new.exists() and (tmp_path / "results.sqlite").exists()
+
+
+def test_every_cache_build_applies_the_cap_and_spares_the_entry_it_built(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEKIT_HOME", str(tmp_path))
+    old = _entry(tmp_path, "baselines/old", 3000, 300)
+    monkeypatch.setenv("EDGEKIT_CACHE_MAX_GB", str(4000 / 2**30))
+    built = cache_build(tmp_path / "baselines" / "new", lambda out: (out / "sums.npz").write_bytes(b"x" * 3500))
+    assert built.exists() and not old.exists()  # the older entry went to make room
+    monkeypatch.setenv("EDGEKIT_CACHE_MAX_GB", str(1000 / 2**30))  # smaller than the new entry itself
+    again = cache_build(tmp_path / "offload" / "big", lambda out: (out / "spill").write_bytes(b"x" * 2000))
+    assert again.exists() and not built.exists()
 
 
 def test_a_killed_builders_staging_folder_is_removed_on_the_next_build(tmp_path):

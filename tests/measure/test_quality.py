@@ -271,10 +271,11 @@ def test_t_quantiles_match_the_table():
     assert (mean, hi - mean, mean - lo) == (2.0, pytest.approx(12.706, abs=1e-3), pytest.approx(12.706, abs=1e-3))
 
 
-def test_delta_reading_never_calls_a_variant_better():
+def test_delta_reading_reads_both_sides_alike():
     assert delta_reading(0.1, 0.5) == "worse"
     assert delta_reading(-0.2, 0.5) == "within noise"
-    assert delta_reading(-0.9, -0.1) == "below baseline: noise of the text"
+    assert delta_reading(-0.9, -0.1) == "better"
+    assert delta_reading(float("nan"), float("nan")) == "no interval"  # one window: nothing to read
 
 
 def test_paired_difference_between_two_variants(table, ids):

@@ -6,7 +6,7 @@ import torch
 
 from edgekit.core.errors import InputError
 from edgekit.measure.quality import EvalSettings, score
-from edgekit.runtimes import build_runner
+from edgekit.runtimes import build_runner, cached_manifest
 from edgekit.runtimes.onnx.export import parity
 from edgekit.runtimes.onnxruntime.runner import ORTRunner, compile_model, max_supported_opset, model_opset
 from edgekit.variants.registry import Variant
@@ -197,3 +197,13 @@ def test_streamed_nbits_graph_equals_the_quantized_optimum_export(bits, symmetri
     assert (a - b).abs().max() < 1e-3
     generated = list(ORTRunner(built).generate_stream(ids[:1, :16], 6))
     assert generated == list(ORTRunner(reference).generate_stream(ids[:1, :16], 6))
+
+
+def test_a_cached_artifact_is_hashed_once_per_load(default_model, monkeypatch):
+    import edgekit.artifacts.manifest as manifest_module
+
+    files = len(cached_manifest("onnx-int4-g32", default_model).data["files"])  # cached from here on
+    hashed, real = [], manifest_module._hash_fd
+    monkeypatch.setattr(manifest_module, "_hash_fd", lambda fd, *a, **k: hashed.append(fd) or real(fd, *a, **k))
+    build_runner("onnx-int4-g32", default_model).close()
+    assert len(hashed) == files  # one pass over the files: the cache's check is the load's

@@ -98,6 +98,9 @@ def test_openai_errors(served):
         client.completions.create(model=VARIANT, prompt=PROMPT, max_tokens=10_000)
     with pytest.raises(openai.BadRequestError, match="temperature"):
         client.completions.create(model=VARIANT, prompt=PROMPT, temperature=5)
+    for empty in ("", [], [[]]):  # every empty shape gets the one message, in one line
+        with pytest.raises(openai.BadRequestError, match="the prompt is empty: send text or token ids to continue"):
+            client.completions.create(model=VARIANT, prompt=empty, max_tokens=2)
     assert client.completions.create(model=VARIANT, prompt=PROMPT, max_tokens=2).choices[0].text
 
 

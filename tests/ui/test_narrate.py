@@ -53,3 +53,53 @@ def test_every_closing_is_rendered_from_its_run(path):
     assert render_cell is not None and render_cell.cell_type == "code" \
         and "from edgekit.ui import" in render_cell.source \
         and "render(" in render_cell.source, f"{path.name}: follow 'What you saw' with a cell calling narrate.render"
+
+
+def test_predicates_read_both_sides_of_an_interval_alike():
+    from edgekit.ui.narrate import reads, side
+    assert side([0.1, 0.5]) == 1 and side([-0.5, -0.1]) == -1 and side([-0.2, 0.3]) == 0
+    assert side([float("nan"), float("nan")]) == 0 and side(None) == 0  # no interval: no claim
+    assert reads([1.02, 1.3], "faster", "slower", "same", value=1.0) == "faster"
+    assert reads([0.7, 0.98], "faster", "slower", "same", value=1.0) == "slower"
+
+
+def test_speed_reading_claims_nothing_from_a_contended_row():
+    from edgekit.ui.narrate import speed_reading
+    assert speed_reading([1.2, 1.5]) == "faster"
+    assert speed_reading([0.9, 1.1]) == "no resolved difference"
+    assert speed_reading([1.2, 1.5], contended=True) == "not comparable: contended"
+
+
+def test_pareto_front_never_rewards_noise():
+    from edgekit.ui.narrate import loss_bound, on_front
+    # int4-g128 sits below zero within noise; its |Δ| bound weighs its noise, so the smaller, resolved int4-g32 is
+    # not pushed off the front by a negative mean
+    points = {"int8": (13.2, loss_bound([-0.24, 0.01])), "int4-g128": (10.9, loss_bound([-1.64, 1.11])),
+              "int4-g32": (11.35, loss_bound([0.33, 0.65]))}
+    assert on_front(points) == ["int8", "int4-g128", "int4-g32"]
+    points["mixed"] = (11.35, 1.7)
+    assert "mixed" not in on_front(points)
+
+
+def test_trend_ranking_and_formatting():
+    from edgekit.ui.narrate import gib, listing, mb, ranking, sig, trend
+    assert trend([1, 2, 3]) == "rises" and trend([3, 2, 1]) == "falls" and trend([1, 3, 2]) == "not monotone"
+    assert trend([1.0, 1.05, 0.98], tolerance=0.1) == "holds level"
+    assert ranking({"a": 2.0, "b": float("nan"), "c": 1.0}) == ["c", "a", "b"]
+    assert listing([]) == "none" and listing(["a", "b"]) == "a and b"
+    assert (sig(0.14606043696403503), sig(49.5623), sig(1234.5), sig(1.200113e-09)) == \
+        ("0.146", "49.6", "1,230", "1.20e-09")
+    assert mb(10_909_000) == "10.91 MB" and gib(5.36 * 2**30) == "5.36 GiB"
+
+
+def test_readable_tables_round_for_reading():
+    import pandas as pd
+
+    from edgekit.ui.tables import readable
+    frame = pd.DataFrame({"variant": ["fp32", "int4"], "KL": [0.0, 0.14606043696403503],
+                          "weights MB": [27.2834, 10.909], "Δppl 95% CI": [[0.0, 0.0], [0.3312, 0.6519]],
+                          "windows": [15, 15], "p99 ms": [None, 12.75]})
+    html = readable(frame).to_html()
+    for shown in ("0.146", "27.28", "10.91", "[0.331, 0.652]", "15", "12.8"):
+        assert shown in html
+    assert "0.14606" not in html and "27.2834" not in html

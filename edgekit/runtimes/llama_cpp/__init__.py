@@ -54,10 +54,11 @@ from gguf.quants import quantize
 from huggingface_hub import snapshot_download
 
 from edgekit.artifacts.manifest import Manifest, artifact_loader, copy_side_files, write_manifest
+from edgekit.core.caches import cache_build
 from edgekit.core.dtypes import config_dtype
 from edgekit.core.errors import ModelSourceError, VariantError
 from edgekit.core.native_build import CONVERTER, CONVERTER_PACKAGES, converter_dir, llama_cpp_version
-from edgekit.core.paths import read_split, staged, work_dir
+from edgekit.core.paths import read_split, work_dir
 from edgekit.memory.guard import admit, admit_artifact
 from edgekit.models.load import (
     folder_tokenizer,
@@ -69,7 +70,7 @@ from edgekit.models.load import (
 )
 from edgekit.models.names import original_gguf
 from edgekit.models.runner import Pick, choose
-from edgekit.runtimes import cached_artifact, load_artifact
+from edgekit.runtimes import cached_manifest, load_artifact
 from edgekit.variants.registry import Variant, register
 
 MODEL_FILE = "model.gguf"
@@ -167,7 +168,7 @@ def intermediate_gguf(source: str) -> Iterator[Path]:
         else:
             convert_to_gguf(source, path, outtype)
         if path.stat().st_size <= KEEP_INTERMEDIATE_BYTES:
-            staged(cached.parent, lambda out: shutil.copyfile(path, out / cached.name))
+            cache_build(cached.parent, lambda out: shutil.copyfile(path, out / cached.name))
             path = cached if cached.is_file() else path  # (a folder another version left keeps its own)
         yield path
 
@@ -401,5 +402,5 @@ def _gguf_bytes(variant: Variant, out_f: int, in_f: int, bias: bool, dense: str)
           dense=lambda variant, checkpoint: "fp16",
           exporter=export_artifact)
 def build_gguf(variant: Variant, source: str, tokenizer) -> LlamaCppRunner:
-    return load_artifact(cached_artifact(variant, source), threads=variant.option("threads"),
+    return load_artifact(cached_manifest(variant, source), threads=variant.option("threads"),
                          n_ctx=int(variant.option("n_ctx", 1024)), tokenizer=tokenizer, kv=variant.option("kv"))

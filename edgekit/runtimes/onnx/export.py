@@ -15,8 +15,9 @@ from pathlib import Path
 import onnx
 import torch
 
+from edgekit.core.caches import cache_build
 from edgekit.core.errors import ModelSourceError
-from edgekit.core.paths import staged, work_dir
+from edgekit.core.paths import work_dir
 from edgekit.core.quiet import onnx_export
 from edgekit.memory.guard import admit
 from edgekit.models.load import model_key, resolve_source
@@ -50,7 +51,7 @@ def cached_export(source: str) -> Path:
     folder = work_dir() / "onnx-exports" / model_key(source)
     if not (folder / MODEL_FILE).is_file():
         admit("onnx-fp32", source, what="export")  # optimum holds the fp32 model and the graph it writes
-        staged(folder, lambda out: export_onnx(source, out))
+        cache_build(folder, lambda out: export_onnx(source, out))
     return folder / MODEL_FILE
 
 

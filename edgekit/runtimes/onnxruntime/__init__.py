@@ -34,7 +34,7 @@ from edgekit.core.paths import eval_token_ids, work_dir
 from edgekit.memory.guard import admit
 from edgekit.models.load import load_tokenizer, model_key, resolve_source
 from edgekit.quantizers.smoothquant import smoothed_folder
-from edgekit.runtimes import build_runner, cached_artifact, load_artifact
+from edgekit.runtimes import build_runner, cached_manifest, load_artifact
 from edgekit.runtimes.onnx.build import build_nbits_decoder, check_matmul_nbits
 from edgekit.runtimes.onnx.export import cached_export, parity, parity_batch
 from edgekit.runtimes.onnx.files import MODEL_FILE
@@ -180,7 +180,7 @@ def export_artifact(variant: Variant, source: str, out_dir: str | Path) -> Manif
 
 
 def _build(variant: Variant, source: str, tokenizer):
-    return load_artifact(cached_artifact(variant, source))
+    return load_artifact(cached_manifest(variant, source))
 
 
 def _nbits_bytes(variant: Variant, out_f: int, in_f: int, bias: bool, dense: str) -> int:

@@ -41,7 +41,7 @@ from edgekit.core.paths import work_dir
 from edgekit.memory.guard import admit, admit_artifact
 from edgekit.models.load import folder_tokenizer
 from edgekit.models.runner import Pick, choose
-from edgekit.runtimes import cached_artifact, load_artifact
+from edgekit.runtimes import cached_manifest, load_artifact
 from edgekit.runtimes.onnx.build import build_nbits_decoder, check_matmul_nbits
 from edgekit.runtimes.onnx.export import cached_export
 from edgekit.variants.registry import Variant, group_codes_bytes, per_channel_int8_bytes, register
@@ -207,7 +207,7 @@ def _ov_bytes(variant: Variant, out_f: int, in_f: int, bias: bool, dense: str) -
           exporter=export_artifact)
 def build_openvino(variant: Variant, source: str, tokenizer) -> OpenVINORunner:
     compression_settings(variant)  # refuse a group size MatMulNBits does not take before exporting anything
-    return load_artifact(cached_artifact(variant, source), device=variant.option("device"),
+    return load_artifact(cached_manifest(variant, source), device=variant.option("device"),
                          threads=variant.option("threads", torch.get_num_threads()), tokenizer=tokenizer)
 
 
