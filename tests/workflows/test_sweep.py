@@ -144,12 +144,15 @@ def test_cells_that_fit_nowhere_are_refused_before_they_start(cluster, tmp_path,
 TASKS = ("edgekit_lastword", "edgekit_nextline")
 
 
-def test_sweep_tasks_pair_each_cell_against_its_models_baseline(cluster, tmp_path, capsys):
-    """``sweep --tasks``: the rows carry compare's per-task columns, paired against the baseline's answers handed
-    over by Ray; a rerun with one more variant pairs it against the baseline's row in the store."""
+def test_sweep_tasks_answer_as_compare_does_paired_against_the_baseline(cluster, task_compare, tmp_path, capsys):
+    """``sweep --tasks``: the rows carry compare's per-task columns, with the very answers ``compare --tasks`` gave
+    (tests/conftest.py), paired against the baseline's answers that Ray hands over; a rerun with one more variant
+    pairs it against the baseline's row in the store."""
+    _, compared, _ = task_compare
+    limit = compared[0]["settings"]["task_limit"]
     store, out = tmp_path / "r.sqlite", tmp_path / "sweep.json"
-    args = ["sweep", "--variants", "fp32,int2-g64", *CLI_SETTINGS, "--tasks", ",".join(TASKS), "--task-limit", "16",
-            "--store", str(store), "--json", str(out)]
+    args = ["sweep", "--variants", "fp32,int2-g64", *CLI_SETTINGS, "--tasks", ",".join(TASKS), "--task-limit",
+            str(limit), "--store", str(store), "--json", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
     for task in TASKS:
@@ -157,16 +160,14 @@ def test_sweep_tasks_pair_each_cell_against_its_models_baseline(cluster, tmp_pat
         assert f"{task}: flip rate against KL: " in printed
     rows = json.loads(out.read_text())
     assert [r["variant"] for r in rows] == ["fp32", "int2-g64"]
-    base = rows[0]["tasks"]
-    assert all(m["task_accuracy_delta_ci95"] == [0.0, 0.0] and m["task_items"] == 16 for m in base.values())
-    results = run_sweep(["default"], ["fp32", "int2-g64", "int8"], ["eval"], SETTINGS, latency=None,
-                        store=ResultStore(store), progress=False, tasks=TaskRun(TASKS, 16))
-    assert len(ResultStore(store).results()) == 3  # only int8 measured; fp32 and int2-g64 came from the store
-    for row in rows[1:] + [{"tasks": results[2].metrics["tasks"]}]:
-        for task, m in row["tasks"].items():
-            assert m["task_items"] == 16 and m["prompt_fingerprint"] == base[task]["prompt_fingerprint"]
-            pairs = list(zip(base[task]["task_correct"], m["task_correct"]))
-            assert (m["flips_right_to_wrong"], m["flips_wrong_to_right"]) == (pairs.count(("1", "0")),
-                                                                               pairs.count(("0", "1")))
-            assert m["task_accuracy_delta"] == pytest.approx(m["task_accuracy"] - base[task]["task_accuracy"])
-    assert sum(m["flips_right_to_wrong"] + m["flips_wrong_to_right"] for m in rows[1]["tasks"].values()) > 0
+    results = run_sweep(["default"], ["fp32", "int2-g64", "int8-g64"], ["eval"], SETTINGS, latency=None,
+                        store=ResultStore(store), progress=False, tasks=TaskRun(TASKS, limit))
+    assert len(ResultStore(store).results()) == 3  # only int8-g64 measured; fp32 and int2-g64 came from the store
+    swept = {**{r["variant"]: r["tasks"] for r in rows}, "int8-g64": results[2].metrics["tasks"]}
+    by_compare = {r["variant"]: r["tasks"] for r in compared}
+    keys = ("task_correct", "prompt_fingerprint", "task_accuracy", "flips_right_to_wrong", "flips_wrong_to_right",
+            "mcnemar_p", "task_items")
+    for variant, tasks in swept.items():
+        for task in TASKS:
+            assert {k: tasks[task][k] for k in keys} == {k: by_compare[variant][task][k] for k in keys}, variant
+    assert sum(m["flips_right_to_wrong"] + m["flips_wrong_to_right"] for m in swept["int2-g64"].values()) > 0
