@@ -2,7 +2,8 @@
 
 :func:`figures_from` gathers, from a comparison run with tasks (``compare(..., tasks=TaskRun(...))``), one row
 per (variant, task): accuracy, the baseline's, Δaccuracy with its paired bootstrap 95% interval, flips both
-ways, McNemar's exact p, the variant's KL; and per task how KL ranks the flip rates
+ways, McNemar's exact p, the variant's KL (± its standard error), the flip rate with its Wilson 95% interval;
+and per task how KL ranks the flip rates
 (:func:`edgekit.measure.paired.kl_flip_relation`). :func:`closing` writes the Markdown from them:
 
 - a change of accuracy is claimed only from its interval (:func:`edgekit.ui.narrate.reads`: wholly below zero
@@ -13,7 +14,7 @@ ways, McNemar's exact p, the variant's KL; and per task how KL ranks the flip ra
 """
 from __future__ import annotations
 
-from edgekit.measure.paired import kl_flip_relation
+from edgekit.measure.paired import kl_flip_relation, rate_interval
 from edgekit.ui.narrate import listing, plural, reads, side, sig
 
 ALPHA = 0.05  # the level below which McNemar's and Spearman's p support a claim
@@ -33,7 +34,8 @@ def figures_from(results: list, model: str | None = None) -> dict:
                          "delta": m["task_accuracy_delta"], "ci": list(m["task_accuracy_delta_ci95"]),
                          "right_to_wrong": m["flips_right_to_wrong"], "wrong_to_right": m["flips_wrong_to_right"],
                          "mcnemar_p": m["mcnemar_p"], "kl": r.metrics.get("kl_divergence"),
-                         "flip_rate": flips / m["task_items"]})
+                         "kl_se": r.metrics.get("kl_divergence_se"), "flip_rate": flips / m["task_items"],
+                         "flip_rate_ci": list(rate_interval(flips, m["task_items"]))})
             rates.setdefault(task, []).append((r.metrics.get("kl_divergence"), flips / m["task_items"]))
     return {"model": model or base.model, "baseline": base.variant, "rows": rows,
             "relation": {task: kl_flip_relation(pairs) for task, pairs in rates.items()}}
