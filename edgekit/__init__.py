@@ -49,6 +49,8 @@ _FACE = {
     "edgekit.runtimes.pytorch.streaming": ("StreamingRunner", "stream_device_map", "stream_summary"),
     "edgekit.workflows.compare": ("compare", "summary_frame", "LatencySettings"),
     "edgekit.workflows.sweep": ("run_sweep",),
+    "edgekit.workflows.tasks": ("TaskRun", "EdgekitLM", "evaluate_tasks", "load_tasks", "shipped_tasks"),
+    "edgekit.measure.paired": ("paired_accuracy", "kl_flip_relation"),
     "edgekit.workflows.decide": ("decide",),
     "edgekit.workflows.canary": ("canary", "CanaryThresholds", "manifest_frame"),
     "edgekit.workflows.tuning": ("tune", "grid", "ort_factory", "torch_factory", "write_best"),

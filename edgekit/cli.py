@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--store", type=Path, default=None, help="SQLite results file (default: "
                                                             "./edgekit-results/results.sqlite)")
     w.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
+    w.add_argument("--tasks", type=_name_list, default=None,
+                   help="comma-separated lm-eval tasks every cell answers, paired against its model's baseline "
+                        "(offline: edgekit_lastword, edgekit_nextline)")
+    w.add_argument("--task-limit", type=int, default=None, help="score the first N items of each task (default: all)")
 
     p = sub.add_parser("plan", help="memory plan for a model config, variant, context and device")
     p.add_argument("--config", required=True, help="known model short name, config.json path, model folder or hub id")
@@ -234,21 +238,27 @@ def print_comparison(frame) -> None:
 def run_sweep(args) -> None:
     from edgekit.measure.quality import EvalSettings
     from edgekit.measure.store import ResultStore
-    from edgekit.workflows.compare import DEFAULT_VARIANTS, LatencySettings, results_json, summary_frame
+    from edgekit.workflows.compare import DEFAULT_VARIANTS, LatencySettings, kl_flip_lines, results_json, summary_frame
     from edgekit.workflows.sweep import run_sweep as sweep
+    from edgekit.workflows.tasks import TaskRun, load_tasks
 
     settings = EvalSettings(context=args.context, stride=args.stride, max_tokens=args.max_tokens or None)
     latency = None if args.no_latency else LatencySettings(new_tokens=args.new_tokens, runs=args.runs)
+    tasks = TaskRun(tuple(args.tasks), args.task_limit) if args.tasks else None
+    if tasks:
+        load_tasks(list(tasks.names))  # an unknown task or unreachable data fails now, not in every cell
     store = ResultStore(args.store)
     results = sweep(args.models, args.variants or DEFAULT_VARIANTS, args.eval_texts, settings, latency,
                     baseline=args.baseline, store=store, address=args.address, num_cpus=args.num_cpus,
                     cpus_per_cell=args.cpus_per_cell,
-                    max_retries=args.max_retries, resume=not args.no_resume)
+                    max_retries=args.max_retries, resume=not args.no_resume, tasks=tasks)
     with _pandas_wide():
         for (model, text) in dict.fromkeys((r.model, r.settings.get("eval_text")) for r in results):
             print(f"{model} on {text}:")
             same = [r for r in results if r.model == model and r.settings.get("eval_text") == text]
             print(summary_frame(same).to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+            for line in kl_flip_lines(same) if tasks else []:
+                print(line)
     print(f"results stored in {store.path}", file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps([{"model": r.model, **row} for r, row in zip(results, results_json(results))],

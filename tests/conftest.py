@@ -106,3 +106,34 @@ def biased_checkpoint(tmp_path_factory, default_model):
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(f"{default_model}/{name}", folder / name)
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def task_compare(tmp_path_factory):
+    """``edgekit compare --tasks`` on the default model, run once for the session (the CLI in a child process):
+    ``(process, JSON rows, store)``. The compare tests read it; the sweep test checks its rows answer alike.
+    Packed RTN only (LLM.int8 scores slowly on a CPU); 30 items a task let int2-g64's flips set the rows' flip
+    rates apart, so the KL relation has a rank correlation to print."""
+    import json
+    import subprocess
+    import sys
+
+    from edgekit.measure.store import ResultStore
+
+    tmp = tmp_path_factory.mktemp("compare-tasks")
+    env = {**os.environ, "EDGEKIT_HOME": str(tmp)}
+    proc = subprocess.run([sys.executable, "-m", "edgekit", "compare", "--model", "default", "--variants",
+                           "fp32,int8-g64,int4-g32,int2-g64", "--max-tokens", "256", "--context", "128", "--stride",
+                           "64", "--no-latency", "--tasks", "edgekit_lastword,edgekit_nextline", "--task-limit",
+                           "30", "--json", str(tmp / "out.json")],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc, json.loads((tmp / "out.json").read_text()), ResultStore(tmp / "results.sqlite")
+
+
+@pytest.fixture(scope="session")
+def default_lm():
+    """edgekit's lm-eval model over the default model's fp32 Runner, built once for the session."""
+    from edgekit.workflows.tasks import EdgekitLM
+
+    return EdgekitLM(model="default", variant="fp32", batch_size=4)

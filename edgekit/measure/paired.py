@@ -103,3 +103,12 @@ def kl_flip_relation(rows: Iterable[tuple[float, float]]) -> dict:
         return {"rows": len(pairs), "spearman": None, "p": None}
     result = stats.spearmanr([p[0] for p in pairs], [p[1] for p in pairs])
     return {"rows": len(pairs), "spearman": float(result.statistic), "p": float(result.pvalue)}
+
+
+def rate_interval(count: int, items: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a rate ``count / items`` (a flip rate): sound near 0 and 1, where the normal
+    approximation's interval leaves [0, 1]."""
+    if items <= 0:
+        return float("nan"), float("nan")
+    ci = stats.binomtest(count, items).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)

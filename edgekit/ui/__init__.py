@@ -4,6 +4,7 @@ Notebooks import what they show from here (``from edgekit.ui import Dashboard, p
 everything else from :mod:`edgekit`; whatever a widget can do, a function of the library can do.
 """
 from edgekit.ui.lessons import closing
+from edgekit.ui.lessons.task_flips import figures_from as task_flip_figures
 from edgekit.ui.narrate import (
                               MissingFigureError,
                               choose,
@@ -30,6 +31,7 @@ from edgekit.ui.plots import (
                               pareto_front,
                               plot_activation_outliers,
                               plot_error_histograms,
+                              plot_flips_vs_kl,
                               plot_latency_percentiles,
                               plot_layer_errors,
                               plot_load_sweep,
@@ -60,6 +62,7 @@ __all__ = [
     "mb",
     "on_front", "plural", "ranking", "reads", "render", "side", "sig", "speed_reading", "text", "trend",
     "comparison_figure", "figure_png", "normalize", "pareto_front", "plot_activation_outliers",
+    "plot_flips_vs_kl", "task_flip_figures",
     "plot_error_histograms", "plot_latency_percentiles", "plot_layer_errors", "plot_load_sweep",
     "plot_memory_vs_device", "plot_quality_vs_size", "plot_quant_grid", "plot_sensitivity_heatmap",
     "plot_throughput_vs_p99", "plot_weight_histogram", "by_model", "comparison_frame", "device_memory_frame",

@@ -466,3 +466,29 @@ def plot_activation_outliers(maxima: dict, title: str = "", key: str = "attentio
     ax.set_title(title or f"activation maxima per channel, {len(values)} layers")
     ax.grid(alpha=0.3)
     return ax
+
+
+def plot_flips_vs_kl(rows: list[dict], ax: Axes | None = None) -> Axes:
+    """Each variant's flip rate (answers changed either way, per item) against its KL from the baseline, one
+    marker per task. ``rows``: :func:`edgekit.ui.lessons.task_flips.figures_from`'s rows (``kl``, ``kl_se``,
+    ``flip_rate``, ``flip_rate_ci``). Error bars: the flip rate's Wilson 95% interval over the items and KL's
+    ±1 standard error, as the legend says."""
+    ax = ax or plt.subplots(figsize=(7, 4))[1]
+    rows = [r for r in rows if r.get("kl") is not None]
+    if not rows:
+        return _empty(ax, "no paired rows with a KL")
+    for marker, task in zip(MARKERS, dict.fromkeys(r["task"] for r in rows)):
+        mine = [r for r in rows if r["task"] == task]
+        rate = np.array([r["flip_rate"] for r in mine])
+        low, high = np.array([r["flip_rate_ci"] for r in mine]).T
+        ax.errorbar([r["kl"] for r in mine], rate, yerr=[rate - low, high - rate],
+                    xerr=[r.get("kl_se") or 0 for r in mine], fmt=marker, capsize=3,
+                    label=f"{task} (bars: flip rate Wilson 95% CI, KL ±1 se)")
+        for r in mine:
+            ax.annotate(r["variant"], (r["kl"], r["flip_rate"]), textcoords="offset points", xytext=(4, 4),
+                        fontsize=8)
+    ax.set_xscale("symlog", linthresh=1e-3)
+    ax.set_xlabel("KL divergence vs baseline (nats/token)")
+    ax.set_ylabel("answers flipped (share of items, both ways)")
+    ax.legend(fontsize=8)
+    return ax

@@ -24,6 +24,7 @@ from edgekit.variants.registry import Variant, offered_variants
 from edgekit.workflows.compare import DEFAULT_VARIANTS, LatencySettings, compare
 from edgekit.workflows.side_by_side import SideBySide, side_by_side
 from edgekit.workflows.sweep import run_sweep
+from edgekit.workflows.tasks import TaskRun, shipped_tasks
 
 
 def error_html(exc: Exception) -> str:
@@ -80,9 +81,11 @@ class Dashboard:
     In **sweep** mode it measures several models (named models or folders) x the variants through
     :func:`edgekit.workflows.sweep.run_sweep` on a local Ray cluster of ``sweep_cpus`` CPUs (or the Ray this
     process already joined): the table (a ``model`` column first) and one figure per model fill in
-    as cells land, and the report gets a section per model. **Side by side** continues a prompt with
-    fp32 and with a chosen variant (:func:`edgekit.workflows.side_by_side.side_by_side`), the first differing
-    token marked.
+    as cells land, and the report gets a section per model. Tasks picked in **tasks** (lm-eval, the first
+    ``task limit`` items; 0: all) are answered by every variant in either mode and paired against the
+    baseline: each task's accuracy, Δ [interval], flips and McNemar p join the table. **Side by side**
+    continues a prompt with fp32 and with a chosen variant (:func:`edgekit.workflows.side_by_side.side_by_side`),
+    the first differing token marked.
     """
 
     def __init__(self, model: str = "default", variants=("fp32", "int8", "nf4", "int4-g128"),
@@ -90,7 +93,7 @@ class Dashboard:
                  latency_runs: int = 3, new_tokens: int = 16, device: str = "laptop-16gb",
                  plan_model: str = "compared model", store=None, resume: bool = False, mode: str = "compare",
                  models=("default",), sweep_cpus: int = 2, prompt: str = "HAMLET:\nTo be, or not to be,",
-                 generate_variant: str | None = None) -> None:
+                 generate_variant: str | None = None, tasks=(), task_limit: int = 50) -> None:
 
         self.store = store or ResultStore()
         self.results: list = []
@@ -119,6 +122,8 @@ class Dashboard:
                                      description="plan for")
         self.earlier = w.SelectMultiple(options=[], rows=4, description="earlier runs",
                                         layout=w.Layout(width="420px"))
+        self.tasks = w.SelectMultiple(options=shipped_tasks(), value=tuple(tasks), rows=2, description="tasks")
+        self.task_limit = w.BoundedIntText(task_limit, min=0, max=1 << 20, description="task limit")
         self.resume = w.Checkbox(value=resume, description="skip variants already measured", indent=False)
         self.run_button = w.Button(description="Run comparison", button_style="primary", icon="play")
         self.generate_model = model_source_picker(model)
@@ -142,7 +147,8 @@ class Dashboard:
         self._show_mode()
         self.pick(models, variants)
         self.refresh_runs()
-        settings = w.VBox([self.context, self.stride, self.max_tokens, self.latency_runs, self.new_tokens])
+        settings = w.VBox([self.context, self.stride, self.max_tokens, self.latency_runs, self.new_tokens,
+                           self.tasks, self.task_limit])
         for control in settings.children:
             control.style.description_width = "90px"
         compare_to = w.VBox([self.device, self.plan_model, self.earlier])
@@ -215,6 +221,7 @@ class Dashboard:
                 latency = (LatencySettings(new_tokens=self.new_tokens.value, runs=self.latency_runs.value)
                            if self.latency_runs.value else None)
                 variants = self.chosen_variants()
+                tasks = TaskRun(self.tasks.value, self.task_limit.value or None) if self.tasks.value else None
                 per_model = len(set(variants) | {"fp32"})
                 self.progress.value = 0
                 if self.mode.value == "sweep":
@@ -223,14 +230,15 @@ class Dashboard:
                     self.status.value = (f"measuring {self.progress.max} cells ({len(models)} models x {per_model} "
                                          f"variants) as Ray tasks…")
                     landed = run_sweep(models, variants, [self.eval_text.value], settings, latency, store=self.store,
-                                       num_cpus=self.sweep_cpus, resume=self.resume.value, on_result=self._on_result)
+                                       num_cpus=self.sweep_cpus, resume=self.resume.value, on_result=self._on_result,
+                                       tasks=tasks)
                     self.results = landed  # cell order (models as picked), not the order the cells landed in
                     self.refresh(stale=())
                 else:
                     self.progress.max, self.progress.description = per_model, "variants"
                     self.status.value = f"measuring {per_model} variants of {html.escape(self.model.value)}…"
                     compare(self.model.value, variants, self.eval_text.value, settings, latency,
-                            store=self.store, on_result=self._on_result, resume=self.resume.value)
+                            store=self.store, on_result=self._on_result, resume=self.resume.value, tasks=tasks)
                 finished = True
         finally:
             self.run_button.disabled = False

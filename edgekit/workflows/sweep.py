@@ -16,6 +16,10 @@ what the store already holds. Following Ray's guides ("Tasks", "Fault tolerance"
   every variant task of that model and text takes them as an argument, so KL and top-1 use
   one baseline that nobody recomputes. The driver also keeps them on its disk, where
   ``compare --resume`` and the next sweep find them.
+- **Tasks paired the same way.** With ``tasks`` (:class:`edgekit.workflows.tasks.TaskRun`) every cell also
+  answers the lm-eval tasks; each variant task takes the baseline's result as an argument (Ray hands it
+  over when the baseline lands, or the store's row on a resume) and pairs its answers against it, so the
+  rows carry the same per-task columns as ``compare --tasks``.
 - **Nothing lost, nothing twice.** Workers return results and never touch the driver's disk;
   the driver writes each finished cell to the store as it arrives. A worker that dies is
   retried by Ray (``max_retries``); a cell that still fails records its reason and the others
@@ -25,7 +29,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 import torch
@@ -47,6 +51,9 @@ from edgekit.workflows.compare import (
     measure_variant,
     run_inputs,
 )
+
+if TYPE_CHECKING:  # task scoring imports lm-eval; only a sweep that asks for tasks pays for it (in its workers)
+    from edgekit.workflows.tasks import TaskRun
 
 CELL_TASK_PREFIX = "edgekit-cell"  # a running cell's worker process is titled "ray::edgekit-cell <model> <variant>"
 
@@ -114,14 +121,19 @@ def plan_cell(model: str, variant: str, settings: EvalSettings, latency: Latency
 
 
 def _cell_task(model: str, variant: str, ids, prompt, settings: EvalSettings, latency: LatencySettings | None,
-               run_settings: dict, run_id: str, revision: str, base: Scores | None, is_baseline: bool):
-    """One cell on a Ray worker: resolve the model there, measure, return the result (and a baseline's scores)."""
+               run_settings: dict, run_id: str, revision: str, base: Scores | None, is_baseline: bool,
+               tasks: TaskRun | None = None, base_result: Result | None = None):
+    """One cell on a Ray worker: resolve the model there, measure, return the result (and a baseline's scores).
+    With ``tasks``, its answers are paired against those ``base_result`` (the baseline's row) holds."""
     import ray
 
     torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
     tokenizer = load_tokenizer(model)
+    if tasks is not None:  # a copy per cell: the baseline's answers, never another cell's
+        tasks = replace(tasks, baseline=tasks.answers_from(base_result.metrics) if base_result else {})
     result, scores = measure_variant(model, variant, resolve_source(model), tokenizer, ids, settings, latency,
-                                     prompt, base, is_baseline, run_settings, run_id, revision, progress=False)
+                                     prompt, base, is_baseline, run_settings, run_id, revision, progress=False,
+                                     tasks=tasks)
     result.environment = {**result.environment, "worker_pid": os.getpid(),
                           "ray_node_id": ray.get_runtime_context().get_node_id()}
     return (result, scores) if is_baseline else result
@@ -132,7 +144,7 @@ def run_sweep(models: Iterable[str] = ("default",), variants: Iterable[str] = DE
               latency: LatencySettings | None = LatencySettings(), baseline: str = "fp32",
               store: ResultStore | None = None, address: str | None = None, num_cpus: int | None = None,
               cpus_per_cell: float = 1, max_retries: int = 2, resume: bool = True, progress: bool = True,
-              on_result: Callable[[Result], None] | None = None) -> list[Result]:
+              on_result: Callable[[Result], None] | None = None, tasks: TaskRun | None = None) -> list[Result]:
     """Measure every (model, variant, text) cell as a Ray task; returns the results in cell order.
 
     ``address`` joins a running cluster ("auto", "ray://head:10001", "10.0.0.5:6379"); without it a
@@ -140,7 +152,8 @@ def run_sweep(models: Iterable[str] = ("default",), variants: Iterable[str] = DE
     and stops with the sweep. Each cell's row goes to ``store`` (default: the work folder's) as it
     arrives; with ``resume`` the cells the store already holds for the same weights, text and
     settings are not measured again. A cell Ray cannot finish after ``max_retries`` worker deaths
-    records why.
+    records why. ``tasks``: lm-eval tasks every cell also answers, paired against its model's baseline (as
+    :func:`edgekit.workflows.compare.compare` does with them).
     """
     ray = _ray()
     models, texts = [str(m) for m in models], [str(t) for t in eval_texts]
@@ -161,6 +174,8 @@ def run_sweep(models: Iterable[str] = ("default",), variants: Iterable[str] = DE
         revision = model_revision(model)
         for text in texts:
             ids, prompt, run_settings = run_inputs(tokenizer, text, settings, latency, base_name)
+            if tasks is not None:
+                run_settings = {**run_settings, **tasks.settings()}
             done = _measured(store, model, revision, run_settings) if resume else {}
             base_scores = _baseline_dir(resolve_source(model), revision, run_settings) / "sums.npz"
             if base_name in done and len(done) < len(names) and not base_scores.is_file():
@@ -186,13 +201,14 @@ def run_sweep(models: Iterable[str] = ("default",), variants: Iterable[str] = DE
                          "node prints it) or leave --address out for a local cluster") from None
     try:
         return _run(ray, groups, names, settings, latency, store, run_id, cpus_per_cell, max_retries,
-                    progress, on_result)
+                    progress, on_result, tasks)
     finally:
         if started:
             ray.shutdown()
 
 
-def _run(ray, groups, names, settings, latency, store, run_id, cpus_per_cell, max_retries, progress, on_result):
+def _run(ray, groups, names, settings, latency, store, run_id, cpus_per_cell, max_retries, progress, on_result,
+         tasks=None):
     nodes = cluster_nodes()
     plans = {}  # (model, variant) -> (memory, gpus, refusal); planned before any task starts
     for model, *_ in groups:
@@ -208,6 +224,7 @@ def _run(ray, groups, names, settings, latency, store, run_id, cpus_per_cell, ma
     for model, text, ids, prompt, run_settings, revision, done in groups:
         ids_ref = ray.put(ids)
         base_ref = None
+        base_result = done.get(names[0])  # the baseline's row (its task answers): the store's, or its task's result
         base_dir = _baseline_dir(resolve_source(model), revision, run_settings)
         for name in names:
             memory, gpus, refused = plans[model, name]
@@ -226,11 +243,13 @@ def _run(ray, groups, names, settings, latency, store, run_id, cpus_per_cell, ma
                            name=f"{CELL_TASK_PREFIX} {model} {name} {text}"[:200])
             if cell.is_baseline:
                 result_ref, base_ref = task.options(num_returns=2, **options).remote(
-                    model, name, ids_ref, prompt, settings, latency, run_settings, run_id, revision, None, True)
+                    model, name, ids_ref, prompt, settings, latency, run_settings, run_id, revision, None, True, tasks)
                 pending[result_ref] = (len(ordered), base_ref)
+                base_result = result_ref
             else:
                 result_ref = task.options(**options).remote(
-                    model, name, ids_ref, prompt, settings, latency, run_settings, run_id, revision, base_ref, False)
+                    model, name, ids_ref, prompt, settings, latency, run_settings, run_id, revision, base_ref, False,
+                    tasks, base_result)
                 pending[result_ref] = (len(ordered), None)
             ordered.append((cell, None))
 

@@ -147,3 +147,19 @@ def test_side_by_side_marks_where_the_variant_parts_from_fp32(tmp_path):
     assert html.escape(parted.variant.first) in page and not dash.generate_button.disabled
     dash.generate_variant.value = "int5-g7"
     assert dash.generate() is None and "VariantError" in dash.generation.outputs[0]["data"]["text/html"]
+
+
+def test_picked_tasks_reach_the_comparison_and_join_the_table(tmp_path):
+    dash = Dashboard(variants=("fp32", "int2-g64"), store=ResultStore(tmp_path / "r.sqlite"), **FAST)
+    assert set(dash.tasks.options) == {"edgekit_lastword", "edgekit_nextline"} and dash.tasks.value == ()
+    dash.tasks.value, dash.task_limit.value = ("edgekit_nextline",), 12
+    results = dash.run()
+    assert [r.status for r in results] == ["ok", "ok"]
+    assert [r.metrics["tasks"]["edgekit_nextline"]["task_items"] for r in results] == [12, 12]
+    assert results[0].settings["tasks"] == ["edgekit_nextline"] and results[0].settings["task_limit"] == 12
+    frame = dash.frame()
+    flips = [r.metrics["tasks"]["edgekit_nextline"] for r in results]
+    assert list(frame["edgekit_nextline flips -/+"]) == [f"{m['flips_right_to_wrong']}/{m['flips_wrong_to_right']}"
+                                                         for m in flips]
+    assert flips[0]["flips_right_to_wrong"] == flips[0]["flips_wrong_to_right"] == 0  # the baseline against itself
+    assert "edgekit_nextline McNemar p" in frame and "edgekit_lastword acc" not in frame

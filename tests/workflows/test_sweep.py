@@ -18,6 +18,7 @@ from edgekit.cli import main  # noqa: E402
 from edgekit.measure.quality import EvalSettings  # noqa: E402
 from edgekit.measure.store import ResultStore  # noqa: E402
 from edgekit.workflows.sweep import CELL_TASK_PREFIX, Node, plan_cell, run_sweep  # noqa: E402
+from edgekit.workflows.tasks import TaskRun  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from make_random_checkpoint import write_checkpoint  # noqa: E402
@@ -138,3 +139,35 @@ def test_cells_that_fit_nowhere_are_refused_before_they_start(cluster, tmp_path,
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("edgekit: error:")]
     assert len(errors) == 1 and "refusing to run default as fp32:context=50000000" in errors[0]
     assert ResultStore(store).results() == []
+
+
+TASKS = ("edgekit_lastword", "edgekit_nextline")
+
+
+def test_sweep_tasks_answer_as_compare_does_paired_against_the_baseline(cluster, task_compare, tmp_path, capsys):
+    """``sweep --tasks``: the rows carry compare's per-task columns, with the very answers ``compare --tasks`` gave
+    (tests/conftest.py), paired against the baseline's answers that Ray hands over; a rerun with one more variant
+    pairs it against the baseline's row in the store."""
+    _, compared, _ = task_compare
+    limit = compared[0]["settings"]["task_limit"]
+    store, out = tmp_path / "r.sqlite", tmp_path / "sweep.json"
+    args = ["sweep", "--variants", "fp32,int2-g64", *CLI_SETTINGS, "--tasks", ",".join(TASKS), "--task-limit",
+            str(limit), "--store", str(store), "--json", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    for task in TASKS:
+        assert f"{task} Δacc [95%]" in printed and f"{task} flips -/+" in printed
+        assert f"{task}: flip rate against KL: " in printed
+    rows = json.loads(out.read_text())
+    assert [r["variant"] for r in rows] == ["fp32", "int2-g64"]
+    results = run_sweep(["default"], ["fp32", "int2-g64", "int8-g64"], ["eval"], SETTINGS, latency=None,
+                        store=ResultStore(store), progress=False, tasks=TaskRun(TASKS, limit))
+    assert len(ResultStore(store).results()) == 3  # only int8-g64 measured; fp32 and int2-g64 came from the store
+    swept = {**{r["variant"]: r["tasks"] for r in rows}, "int8-g64": results[2].metrics["tasks"]}
+    by_compare = {r["variant"]: r["tasks"] for r in compared}
+    keys = ("task_correct", "prompt_fingerprint", "task_accuracy", "flips_right_to_wrong", "flips_wrong_to_right",
+            "mcnemar_p", "task_items")
+    for variant, tasks in swept.items():
+        for task in TASKS:
+            assert {k: tasks[task][k] for k in keys} == {k: by_compare[variant][task][k] for k in keys}, variant
+    assert sum(m["flips_right_to_wrong"] + m["flips_wrong_to_right"] for m in swept["int2-g64"].values()) > 0

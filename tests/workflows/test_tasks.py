@@ -19,13 +19,13 @@ from edgekit.workflows.tasks import EdgekitLM, evaluate_tasks, load_tasks, shipp
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ["edgekit_lastword", "edgekit_nextline"]
-# smollm2-135m fp32: the first LIMIT items of each shipped task (32 items matched too, in 17 minutes on the
-# shared 2-core CPU; 12 keeps the suite's share small)
-LIMIT = 12
+# smollm2-135m fp32: the first LIMIT items of each shipped task, item by item and request by request (every item
+# matched in benchmarks/task_agreement_hf.py; 8 keeps the suite's share small: one batch of each backend per task)
+LIMIT = 8
 
 
 def hf_backend(source: str) -> HFLM:
-    return HFLM(pretrained=source, dtype="float32", batch_size=8, device="cpu")
+    return HFLM(pretrained=source, dtype="float32", batch_size=LIMIT, device="cpu")
 
 
 def per_item(results: dict) -> dict:
@@ -38,7 +38,7 @@ def per_item(results: dict) -> dict:
 def test_same_per_item_answers_as_lm_evals_hf_backend_on_smollm2_fp32():
     source = resolve_source("smollm2-135m")
     tasks = load_tasks(SHIPPED)
-    ours = per_item(simple_evaluate(model=EdgekitLM(model="smollm2-135m", variant="fp32", batch_size=8),
+    ours = per_item(simple_evaluate(model=EdgekitLM(model="smollm2-135m", variant="fp32", batch_size=LIMIT),
                                     tasks=tasks, limit=LIMIT, bootstrap_iters=0))
     theirs = per_item(simple_evaluate(model=hf_backend(source), tasks=load_tasks(SHIPPED), limit=LIMIT,
                                       bootstrap_iters=0))
@@ -51,8 +51,14 @@ def test_same_per_item_answers_as_lm_evals_hf_backend_on_smollm2_fp32():
 
 
 @pytest.fixture(scope="module")
-def default_pair(default_model):
-    return EdgekitLM(model="default", variant="fp32", batch_size=4), hf_backend(default_model)
+def default_pair(default_lm, default_model):
+    return default_lm, hf_backend(default_model)
+
+
+@pytest.fixture(scope="module")
+def fp32_answers(default_lm):
+    """The default model's fp32 answers to the first 8 items of each shipped task."""
+    return evaluate_tasks(default_lm, SHIPPED, limit=8)
 
 
 def request(kind: str, args: tuple, doc_id: int = 0) -> Instance:
@@ -81,26 +87,25 @@ def test_loglikelihood_with_empty_context_and_truncation_matches(default_model):
     assert len(ours.prompt_tokens["t"][(1, 0)]) == 17  # what the model saw (16) and the last token it scored
 
 
-def test_an_onnx_artifact_answers_the_shipped_tasks_as_fp32_does():
-    fp32 = evaluate_tasks(EdgekitLM(model="default", variant="fp32"), SHIPPED, limit=12)
-    onnx = evaluate_tasks(EdgekitLM(model="default", variant="onnx-fp32"), SHIPPED, limit=12)
+def test_an_onnx_artifact_answers_the_shipped_tasks_as_fp32_does(fp32_answers):
+    onnx = evaluate_tasks(EdgekitLM(model="default", variant="onnx-fp32"), SHIPPED, limit=8)
     for task in SHIPPED:
-        assert onnx[task].fingerprint == fp32[task].fingerprint  # the same tokenizer, the same prompts
-        assert onnx[task].correct == fp32[task].correct
-        assert onnx[task].doc_ids == tuple(range(12))
+        assert onnx[task].fingerprint == fp32_answers[task].fingerprint  # the same tokenizer, the same prompts
+        assert onnx[task].correct == fp32_answers[task].correct
+        assert onnx[task].doc_ids == tuple(range(8))
 
 
-def test_a_tokenizer_that_adds_bos_changes_the_fingerprint_and_pairing_is_refused(default_model):
+def test_a_tokenizer_that_adds_bos_changes_the_fingerprint_and_pairing_is_refused(default_model, fp32_answers):
     """lm-eval #2676: the same task, one tokenizer adding BOS and one not, must not be paired."""
     bos = load_tokenizer(default_model)
     bos._tokenizer.post_processor = TemplateProcessing(single=f"{bos.bos_token} $A", pair=f"{bos.bos_token} $A $B",
                                                        special_tokens=[(bos.bos_token, bos.bos_token_id)])
-    plain = evaluate_tasks(EdgekitLM(model="default", variant="fp32"), ["edgekit_lastword"], limit=4)
+    plain = fp32_answers["edgekit_lastword"]
     with_bos = evaluate_tasks(EdgekitLM(model="default", runner=build_runner("fp32", default_model, bos)),
-                              ["edgekit_lastword"], limit=4)
-    assert plain["edgekit_lastword"].fingerprint != with_bos["edgekit_lastword"].fingerprint
+                              ["edgekit_lastword"], limit=8)["edgekit_lastword"]
+    assert with_bos.doc_ids == plain.doc_ids and plain.fingerprint != with_bos.fingerprint
     with pytest.raises(EdgekitError, match="token ids differ"):
-        paired_accuracy(plain["edgekit_lastword"], with_bos["edgekit_lastword"])
+        paired_accuracy(plain, with_bos)
 
 
 def test_unknown_and_unreachable_tasks_are_refused_in_one_line():
