@@ -34,7 +34,7 @@ import psutil
 import torch
 
 from edgekit.core.errors import EdgekitError, InputError
-from edgekit.core.paths import cache_key, eval_token_ids, work_dir
+from edgekit.core.paths import bos_token_id, cache_key, eval_token_ids, work_dir
 from edgekit.measure import roofline, speed
 from edgekit.measure.paired import kl_flip_relation
 from edgekit.measure.peak_memory import PeakMemory, release_memory
@@ -232,7 +232,8 @@ def _roofline(name: str, metrics: dict, config, latency: LatencySettings) -> dic
 def run_inputs(tokenizer, eval_text: str, settings: EvalSettings, latency: LatencySettings | None,
                baseline: str) -> tuple:
     """``(ids, prompt, run_settings)``: the eval tokens, the latency prompt and the settings every row of
-    one model's comparison on ``eval_text`` carries (the key its resume matches on)."""
+    one model's comparison on ``eval_text`` carries (the key its resume and its kept baseline match on; the BOS
+    rule among them, so scores taken without the model's BOS are never reused)."""
     ids = eval_token_ids(tokenizer, eval_text)
     if len(ids) < min(settings.max_tokens or settings.context, settings.context):
         raise InputError(f"the eval text has {len(ids)} tokens, fewer than the context ({settings.context}); "
@@ -241,7 +242,7 @@ def run_inputs(tokenizer, eval_text: str, settings: EvalSettings, latency: Laten
     run_settings = {**asdict(settings), **({f"latency_{k}": v for k, v in asdict(latency).items()} if latency else {}),
                     "eval_text": eval_text if len(eval_text) < 200 else f"<{len(eval_text)} characters>",
                     "eval_sha256": hashlib.sha256(ids.numpy().tobytes()).hexdigest()[:16],
-                    "baseline": baseline}
+                    "bos_token_id": bos_token_id(tokenizer), "baseline": baseline}
     return ids, prompt, run_settings
 
 
