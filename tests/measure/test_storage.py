@@ -39,3 +39,20 @@ def test_an_onnx_graph_reports_its_matmulnbits_and_embedding(default_model, onnx
     assert held["storage_types"][BLOCK_LINEARS] == {"MatMulNBits-int4-b32": 1.0}
     assert 4.5 <= held["bits_per_weight"] < 5.5
     assert held["bits_per_weight_embeddings"] is not None
+
+
+def test_an_openvino_ir_reports_its_codes_scales_and_embedding(default_model):
+    """ov-int4-g128 holds symmetric u4 codes with one fp32 scale per 128 weights in its block linears and head,
+    and an int8 embedding with a scale per row: read from the IR's constants, not from the variant's name."""
+    from edgekit.runtimes import cached_artifact, load_artifact
+
+    runner = load_artifact(cached_artifact("ov-int4-g128", default_model))
+    try:
+        held = held_storage(runner, default_model)
+    finally:
+        runner.close()
+    assert held["storage_types"][BLOCK_LINEARS] == {"u4-b128": 1.0}
+    assert held["bits_per_weight"] == 4 + 32 / 128
+    assert held["storage_types"][EMBEDDINGS] == {"i8-row": 0.5, "u4-b128": 0.5}  # the embedding and the head
+    assert held["bits_per_weight_embeddings"] == ((8 + 32 / 256) + (4 + 32 / 128)) / 2
+    assert held["grid_aligned"] is False
