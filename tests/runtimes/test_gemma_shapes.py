@@ -38,7 +38,8 @@ def test_a_gemma_shape_runs_through(gemma, variant):
         assert runner.weight_bytes() > 0
     finally:
         runner.close()
-    assert 0 <= against["kl_divergence"] < 0.5 and against["top1_agreement"] > 0.5, against
+    # a random model's next-token distributions are nearly flat: its top-1 is fragile, its KL is not
+    assert 0 <= against["kl_divergence"] < 0.1, against
 
 
 @pytest.mark.parametrize("variant", REFUSALS)
