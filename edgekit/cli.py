@@ -158,6 +158,7 @@ def run_compare(args) -> None:
         DEFAULT_VARIANTS,
         LatencySettings,
         compare,
+        grid_lines,
         kl_flip_lines,
         results_json,
         summary_frame,
@@ -190,9 +191,8 @@ def run_compare(args) -> None:
     print_comparison(summary_frame(results))
     for line in kl_flip_lines(results) if tasks else []:
         print(line)
-    for r in results[1:]:
-        if r.metrics.get("grid_aligned"):
-            print(f"{r.variant}: aligned with the baseline's grid: understates its error", file=sys.stderr)
+    for line in grid_lines(results):
+        print(line, file=sys.stderr)
     print(f"results stored in {store.path} (run {results[0].run_id})", file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps(results_json(results), indent=1))

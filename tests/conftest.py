@@ -137,3 +137,31 @@ def default_lm():
     from edgekit.workflows.tasks import EdgekitLM
 
     return EdgekitLM(model="default", variant="fp32", batch_size=4)
+
+
+@pytest.fixture(scope="session")
+def gemma_checkpoint(tmp_path_factory, default_model):
+    """A tiny random Gemma 3 shaped like the real one (head_dim 32 apart from hidden/heads = 16, one KV head, a
+    sliding window of 16 tokens on two of its three layers, tied head, q/k norms, embeddings scaled by
+    sqrt(hidden)) with the default model's vocabulary and a tokenizer that begins every text with BOS, as Gemma's
+    does; saved as safetensors."""
+    from tokenizers import processors
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from edgekit.models.load import load_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-gemma3")
+    tokenizer = load_tokenizer(default_model)
+    bos = tokenizer.bos_token
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tokenizer.bos_token_id)])
+    tokenizer.save_pretrained(folder)
+    config = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                              num_attention_heads=4, num_key_value_heads=1, head_dim=32, sliding_window=16,
+                              layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+                              max_position_embeddings=1024, tie_word_embeddings=True,
+                              bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                              pad_token_id=tokenizer.pad_token_id, architectures=["Gemma3ForCausalLM"])
+    torch.manual_seed(0)
+    Gemma3ForCausalLM(config).save_pretrained(folder)
+    return str(folder)

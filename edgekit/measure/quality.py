@@ -3,7 +3,10 @@
 Perplexity follows the Hugging Face guide "Perplexity of fixed-length models": windows of
 ``context`` tokens advance by ``stride``; each window scores only the tokens the previous
 window did not (the first window scores all but its first token), so every scored token
-sees at least ``context - stride`` tokens of history; the loss is token-weighted.
+sees at least ``context - stride`` tokens of history; the loss is token-weighted. For a model whose
+tokenizer begins every text with a BOS token (:func:`edgekit.core.paths.bos_token_id`, read from the
+runner's tokenizer), every window is fed that token first, as llama.cpp's ``perplexity`` feeds each
+chunk: the model sees ``context + 1`` positions and the scored tokens are the same.
 
 Against a baseline on the same windows and the same scored tokens, a variant also gets
 the KL divergence KL(baseline || variant) of the next-token distributions and the top-1
@@ -57,6 +60,7 @@ import torch
 
 from edgekit.core.caches import cache_build
 from edgekit.core.errors import InputError
+from edgekit.core.paths import bos_token_id
 from edgekit.core.progress import tqdm
 from edgekit.measure.stats import block_bootstrap_interval, delta_reading, ratio_interval, ratio_stat, t_quantile
 
@@ -96,11 +100,18 @@ def sliding_windows(n_tokens: int, context: int, stride: int) -> list[Window]:
     return windows
 
 
-def scored_positions(window: Window) -> np.ndarray:
-    """Positions inside the window whose logits predict a scored target (target = position + 1)."""
+def scored_positions(window: Window, bos: int | None = None) -> np.ndarray:
+    """Positions inside the window (after its ``bos`` when it has one) whose logits predict a scored target
+    (target = position + 1)."""
     length = window.end - window.begin
     first_target = max(1, length - window.target_len)
-    return np.arange(first_target - 1, length - 1)
+    return np.arange(first_target - 1, length - 1) + (bos is not None)
+
+
+def window_ids(ids: torch.Tensor, window: Window, bos: int | None = None) -> torch.Tensor:
+    """The token ids a runner is fed for ``window`` of ``ids``: the BOS rule's token first, when there is one."""
+    tokens = ids[window.begin : window.end]
+    return tokens if bos is None else torch.cat([tokens.new_tensor([bos]), tokens])
 
 
 @dataclass
@@ -238,7 +249,8 @@ def score(runner, token_ids: torch.Tensor, settings: EvalSettings = EvalSettings
     settings), KL divergence and top-1 agreement are computed on exactly its scored tokens.
     ``keep_logprobs`` stores this runner's log-probabilities in a temporary memory-mapped
     file, so a large vocabulary does not have to fit in RAM; with ``top_k`` only the k most
-    likely tokens' and the tail's (see the module docstring for what KL against them means).
+    likely tokens' and the tail's (see the module docstring for what KL against them means). Each window
+    begins with the BOS token when ``runner.tokenizer`` adds one (:func:`edgekit.core.paths.bos_token_id`).
     """
     if top_k is not None and not 1 <= top_k:
         raise InputError(f"top_k={top_k}; keep at least the most likely token (top_k >= 1), or None for all")
@@ -246,6 +258,7 @@ def score(runner, token_ids: torch.Tensor, settings: EvalSettings = EvalSettings
     if settings.max_tokens:
         ids = ids[: settings.max_tokens]
     windows = sliding_windows(len(ids), settings.context, settings.stride)
+    bos = bos_token_id(getattr(runner, "tokenizer", None))
     n_scored = sum(len(scored_positions(w)) for w in windows)
     if baseline is not None and baseline.scored_tokens != n_scored:
         raise InputError("the baseline was scored on other tokens or settings; score both on the same text and "
@@ -260,11 +273,11 @@ def score(runner, token_ids: torch.Tensor, settings: EvalSettings = EvalSettings
     offset = 0
     bar = tqdm(total=len(windows), desc=f"score {runner.name}", unit="win", disable=not progress, leave=False)
     for batch in _batches_of_equal_length(windows, settings.batch_size):
-        input_ids = torch.stack([ids[windows[i].begin : windows[i].end] for i in batch])
+        input_ids = torch.stack([window_ids(ids, windows[i], bos) for i in batch])
         logits = runner.logits(input_ids)
         logp_all = torch.log_softmax(logits.float(), dim=-1)
         for row, i in enumerate(batch):
-            pos = torch.from_numpy(scored_positions(windows[i]))
+            pos = torch.from_numpy(scored_positions(windows[i], bos))
             here = slice(offset, offset + len(pos))
             targets = input_ids[row, pos + 1]
             logp = logp_all[row, pos]

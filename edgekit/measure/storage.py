@@ -8,6 +8,8 @@ bits; a PyTorch row keeps an fp32 embedding beside its packed linears. :func:`he
   quantization state) over its weight's elements;
 - llama.cpp runners: the GGUF's tensor types (``gguf`` package) and llama.cpp's bytes per block;
 - ONNX Runtime runners: the initializers of the graph, block linears and embeddings told apart by name;
+- OpenVINO runners: the IR's constants (``openvino`` reads the model, nothing is compiled): integer codes
+  (u4/i4/u8/i8) are weights, the float scales and integer zero points that dequantize them add bits only;
 
 split into block linears (``bits_per_weight``) and embeddings/head (``bits_per_weight_embeddings``), with
 ``storage_types``: per part, the share of its weights held in each type. ``grid_aligned`` says whether
@@ -32,6 +34,7 @@ from edgekit.models.layout import BLOCK
 from edgekit.models.runner import module_weight_bytes
 
 BLOCK_LINEARS, EMBEDDINGS = "block linears", "embeddings/head"
+OPENVINO_XML = "openvino_model.xml"  # the IR an OpenVINO artifact holds (edgekit.runtimes.openvino.MODEL_XML)
 # llama.cpp's names for the block linears -> the checkpoint's (Llama, Gemma, Qwen...)
 GGUF_LINEARS = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
                 "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
@@ -161,6 +164,59 @@ def _onnx_storage(path: Path, tally: _Tally) -> None:
             tally.bits[part] += bits  # per-row scales of an int8 table, biases
 
 
+def _part(name: str) -> str | None:
+    """Which part a graph node named ``name`` belongs to (None: neither, e.g. rotary tables, shapes)."""
+    if re.search(r"layers\.\d+[./]", name):
+        return BLOCK_LINEARS
+    return EMBEDDINGS if "embed" in name or "lm_head" in name else None
+
+
+def _reached(op, depth: int = 6) -> tuple[object | None, bool]:
+    """The first MatMul or Gather downstream of ``op`` (within ``depth`` nodes), and whether ``op`` reaches it
+    unchanged (through type conversions only): a constant that does is a dense weight, not a scale."""
+    for target in op.output(0).get_target_inputs():
+        node = target.get_node()
+        if node.get_type_name() in ("MatMul", "Gather"):
+            return node, True
+        if depth > 1:
+            found, unchanged = _reached(node, depth - 1)
+            if found is not None:
+                return found, unchanged and node.get_type_name() == "Convert"
+    return None, False
+
+
+def _openvino_storage(xml: Path, tally: _Tally) -> None:
+    """The IR's constants, placed by their name or else by the MatMul/Gather they feed (an exporter's
+    ``onnx::MatMul_12`` by ``/model/layers.0/self_attn/q_proj/MatMul``): an integer constant of two or more
+    dimensions whose last is above 1 holds codes (per row, or per group when it has three dimensions); a float one
+    whose last is above 1 and that reaches a MatMul or Gather unchanged is a dense weight; the rest of a part's
+    constants of two or more dimensions (scales, zero points) add bits only. Norms, biases and scalar zero points
+    are left out."""
+    import openvino as ov
+
+    for op in ov.Core().read_model(str(xml)).get_ordered_ops():
+        if op.get_type_name() != "Constant":
+            continue
+        name, shape, kind = op.get_friendly_name(), list(op.get_output_shape(0)), op.get_element_type()
+        if len(shape) < 2:
+            continue
+        consumer, unchanged = _reached(op)
+        part = _part(name) or (_part(consumer.get_friendly_name()) if consumer is not None else None)
+        if part is None:
+            continue
+        count = 1
+        for d in shape:
+            count *= d
+        bits = count * float(kind.bitwidth)
+        if kind.is_integral() and shape[-1] > 1:
+            label = f"{kind.get_type_name()}-b{shape[-1]}" if len(shape) == 3 else f"{kind.get_type_name()}-row"
+            tally.add(part, label, count, bits, name)
+        elif kind.is_real() and shape[-1] > 1 and unchanged:
+            tally.add(part, kind.get_type_name(), count, bits, name)
+        else:
+            tally.bits[part] += bits
+
+
 def held_storage(runner, source: str | None = None) -> dict:
     """``bits_per_weight``, ``bits_per_weight_embeddings``, ``storage_types`` and ``grid_aligned`` (None when
     ``source``, the baseline's folder, is not given) of what ``runner`` holds; {} for a runner it cannot read."""
@@ -171,6 +227,8 @@ def held_storage(runner, source: str | None = None) -> dict:
         _gguf_storage(Path(runner.path), tally)
     elif getattr(runner, "model_path", None) is not None and str(runner.model_path).endswith(".onnx"):
         _onnx_storage(Path(runner.model_path), tally)
+    elif getattr(runner, "folder", None) is not None and (Path(runner.folder) / OPENVINO_XML).is_file():
+        _openvino_storage(Path(runner.folder) / OPENVINO_XML, tally)
     else:
         return {}
     return tally.result(source)

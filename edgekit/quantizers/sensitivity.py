@@ -29,7 +29,7 @@ import pandas as pd
 from torch import nn
 
 from edgekit.core.errors import VariantError
-from edgekit.core.paths import SAMPLES, SEQ_LEN, cache_key, calibration_ids, eval_token_ids, work_dir
+from edgekit.core.paths import SAMPLES, SEQ_LEN, bos_token_id, cache_key, calibration_ids, eval_token_ids, work_dir
 from edgekit.core.progress import tqdm
 from edgekit.measure.quality import EvalSettings, score
 from edgekit.measure.store import Result, ResultStore, new_run_id
@@ -95,7 +95,8 @@ def layer_sensitivity(model: str = "default", scheme: str = "int4-g128", by: str
     base = score(runner, ids, settings, keep_logprobs=True, progress=False)
     run_settings = {"scheme": scheme, "by": by, "eval_text": eval_text, "context": settings.context,
                     "stride": settings.stride, "max_tokens": settings.max_tokens,
-                    "calibration_samples": calibration_samples, "calibration_seq_len": calibration_seq_len}
+                    "calibration_samples": calibration_samples, "calibration_seq_len": calibration_seq_len,
+                    "bos_token_id": bos_token_id(tokenizer)}
     run_id = new_run_id()
     rows = []
     for target, names in tqdm(targets(net, by).items(), desc=f"sensitivity {scheme}", unit="target",
@@ -138,7 +139,7 @@ def ranking(model: str, scheme: str, tokens: int = 4096, progress: bool = True) 
     judged on.
     """
     source = resolve_source(model)
-    key = cache_key(model_key(source), scheme, tokens)
+    key = cache_key(model_key(source), scheme, tokens, bos_token_id(load_tokenizer(source)))  # windows' BOS rule
     cache = work_dir() / "sensitivity" / f"{key}.json"
     if cache.exists():
         return json.loads(cache.read_text())["ranking"]

@@ -7,7 +7,9 @@ and, when a device is named, the memory plan per variant on that device), every 
 with its reason and the settings it was measured with; then the environment. A sweep over
 several models gets a section per model, each against its own baseline: a Δppl or KL is only
 meaningful against the baseline of the same weights, so rows of different models never share
-a table or a Pareto front. Earlier runs from the :class:`~edgekit.measure.store.ResultStore` can be
+a table or a Pareto front. A row whose scheme reproduces the grid the baseline's weights already
+lie on is flagged under its table (:func:`edgekit.workflows.compare.grid_lines`): its error is
+understated. Earlier runs from the :class:`~edgekit.measure.store.ResultStore` can be
 laid beside the new one (each model's section takes that model's rows). The layout follows
 llama.cpp's ``perplexity --kl-divergence`` summary: each quality figure with its ± error.
 """
@@ -26,7 +28,7 @@ from edgekit.measure.store import Result
 from edgekit.memory.plan import plan_memory
 from edgekit.memory.profiles import load_profile
 from edgekit.ui.plots import comparison_figure, figure_png
-from edgekit.workflows.compare import summary_frame
+from edgekit.workflows.compare import grid_lines, summary_frame
 
 CURRENT_RUN = "this run"
 
@@ -144,7 +146,7 @@ def _section(heading: str, results: list[Result], table: pd.DataFrame, memory: p
     return {"heading": heading, "table": table, "figure": figure_name, "png": png,
             "about": f"baseline {first.settings.get('baseline', first.variant)}, weights revision "
                      f"{first.model_revision}, run {first.run_id}",
-            "failed": [(r.variant, r.error) for r in results if r.status != "ok"],
+            "failed": [(r.variant, r.error) for r in results if r.status != "ok"], "grid": grid_lines(results),
             "settings": dict(first.settings), "plan": plan_table, "plan_title": None if memory is None else
             f"Memory plan: {memory['model'].iloc[0]} on {memory['device'].iloc[0]}, context "
             f"{memory['context'].iloc[0]}"}
@@ -184,7 +186,8 @@ def _markdown(results: list[Result], sections: list[dict]) -> str:
     for s in sections:
         if several:
             lines += [f"## {s['heading']}", "", s["about"], ""]
-        lines += [f"{h} Results", "", _md_table(s["table"]), "", f"![comparison]({s['figure']})", ""]
+        lines += [f"{h} Results", "", _md_table(s["table"]), "", *[f"- {line}" for line in s["grid"]],
+                  *([""] if s["grid"] else []), f"![comparison]({s['figure']})", ""]
         if s["failed"]:
             lines += [f"{h} Failed variants", ""] + [f"- **{v}**: {e}" for v, e in s["failed"]] + [""]
         if s["plan"] is not None:
@@ -225,6 +228,7 @@ def _html(results: list[Result], sections: list[dict]) -> str:
             parts += [f"<section><h2>{e(s['heading'])}</h2><p>{e(s['about'])}</p>"]
         parts += [f"<{h}>Results</{h}>",
                   s["table"].to_html(index=False, na_rep="", float_format=lambda x: f"{x:.4g}", border=0),
+                  *([f"<ul>{''.join(f'<li>{e(line)}</li>' for line in s['grid'])}</ul>"] if s["grid"] else []),
                   f"<img alt='comparison' src='data:image/png;base64,{base64.b64encode(s['png']).decode()}'>"]
         if s["failed"]:
             parts += [f"<{h}>Failed variants</{h}><ul>"] + [f"<li class='error'><b>{e(v)}</b>: {e(str(err))}</li>"

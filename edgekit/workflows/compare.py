@@ -35,7 +35,7 @@ import torch
 
 from edgekit.core.errors import EdgekitError, InputError
 from edgekit.core.numbers import sig
-from edgekit.core.paths import cache_key, eval_token_ids, work_dir
+from edgekit.core.paths import bos_token_id, cache_key, eval_token_ids, work_dir
 from edgekit.measure import roofline, speed
 from edgekit.measure.paired import kl_flip_relation
 from edgekit.measure.peak_memory import PeakMemory, release_memory
@@ -233,7 +233,8 @@ def _roofline(name: str, metrics: dict, config, latency: LatencySettings) -> dic
 def run_inputs(tokenizer, eval_text: str, settings: EvalSettings, latency: LatencySettings | None,
                baseline: str) -> tuple:
     """``(ids, prompt, run_settings)``: the eval tokens, the latency prompt and the settings every row of
-    one model's comparison on ``eval_text`` carries (the key its resume matches on)."""
+    one model's comparison on ``eval_text`` carries (the key its resume and its kept baseline match on; the BOS
+    rule among them, so scores taken without the model's BOS are never reused)."""
     ids = eval_token_ids(tokenizer, eval_text)
     if len(ids) < min(settings.max_tokens or settings.context, settings.context):
         raise InputError(f"the eval text has {len(ids)} tokens, fewer than the context ({settings.context}); "
@@ -242,7 +243,7 @@ def run_inputs(tokenizer, eval_text: str, settings: EvalSettings, latency: Laten
     run_settings = {**asdict(settings), **({f"latency_{k}": v for k, v in asdict(latency).items()} if latency else {}),
                     "eval_text": eval_text if len(eval_text) < 200 else f"<{len(eval_text)} characters>",
                     "eval_sha256": hashlib.sha256(ids.numpy().tobytes()).hexdigest()[:16],
-                    "baseline": baseline}
+                    "bos_token_id": bos_token_id(tokenizer), "baseline": baseline}
     return ids, prompt, run_settings
 
 
@@ -342,12 +343,27 @@ SUMMARY_COLUMNS = {
     "delta_ppl_reading": "Δppl reading", "kl_divergence": "KL", "kl_divergence_se": "KL ±se",
     "top1_agreement": "top-1", "top1_agreement_se": "top-1 ±se",
     "weight_bytes": "weights MB", "bits_per_weight": "bits/w", "bits_per_weight_embeddings": "emb bits/w",
-    "grid_aligned": "on base grid", "peak_rss_bytes": "peak RSS MB", "cold_start_ms": "cold ms", "ttft_ms": "TTFT ms",
+    "grid_aligned": "baseline grid", "peak_rss_bytes": "peak RSS MB", "cold_start_ms": "cold ms", "ttft_ms": "TTFT ms",
     "decode_tokens_per_s": "tok/s", "decode_tokens_per_s_ci95": "tok/s 95% CI", "speed_ratio_ci95": "× base [95% CI]",
     "latency_ms_p50": "p50 ms", "latency_ms_p95": "p95 ms",
     "latency_ms_p99": "p99 ms", "latency_indicative": "withheld", "bandwidth_gbps": "GB/s",
     "bandwidth_fraction": "of peak", "bound": "bound", "contended": "contended", "error": "error",
 }
+
+
+GRID_NOTE = "aligned with the baseline's grid: understates its error"
+
+
+def _on_baseline_grid(result: Result) -> bool:
+    """A variant (not the baseline itself) whose block linears are held on the grid the baseline's weights already
+    lie on (``grid_aligned``, :mod:`edgekit.measure.storage`): its error against that baseline is smaller than
+    against the weights before they were put on that grid."""
+    return bool(result.metrics.get("grid_aligned")) and result.variant != result.settings.get("baseline")
+
+
+def grid_lines(results: list[Result]) -> list[str]:
+    """One line per row on the baseline's grid, saying so (the CLI, the report and the narration show them)."""
+    return [f"{r.variant}: {GRID_NOTE}" for r in results if _on_baseline_grid(r)]
 
 
 def summary_frame(results: list[Result]) -> pd.DataFrame:
@@ -356,7 +372,8 @@ def summary_frame(results: list[Result]) -> pd.DataFrame:
     "Δppl reading" says what the interval allows (:func:`edgekit.measure.stats.delta_reading`), both sides
     read alike; "withheld" lists
     the latency percentiles too few samples pin down, withheld (:mod:`edgekit.measure.speed`); "contended" marks a row
-    whose repetitions ran while other processes took its cores (its speed backs no claim)."""
+    whose repetitions ran while other processes took its cores (its speed backs no claim); "baseline grid" says
+    :data:`GRID_NOTE` of a row whose scheme reproduces the grid the baseline already lies on."""
     rows = []
     for r in results:
         row = {"variant": r.variant, **{k: v for k, v in r.metrics.items() if k in SUMMARY_COLUMNS}, "error": r.error}
@@ -370,8 +387,8 @@ def summary_frame(results: list[Result]) -> pd.DataFrame:
                 row["delta_ppl_reading"] = "baseline"
             else:  # rows stored before the reading existed get it from their interval
                 row.setdefault("delta_ppl_reading", delta_reading(lo, hi))
-        if row.get("grid_aligned") and r.metrics.get("delta_ppl_pct_ci95") != [0.0, 0.0]:
-            row["grid_aligned"] = "yes: understates its error"  # its scheme reproduces the baseline's grid
+        if "grid_aligned" in row:
+            row["grid_aligned"] = GRID_NOTE if _on_baseline_grid(r) else "-"
         if "latency_indicative" in row:
             row["latency_indicative"] = ", ".join(row["latency_indicative"]) or "-"
         if row.get("decode_tokens_per_s_ci95"):

@@ -44,8 +44,9 @@ from edgekit.memory.plan import plan_memory
 from edgekit.memory.profiles import GIB, DeviceProfile, load_profile
 from edgekit.variants.registry import Variant
 
-# the settings a row's quality figures depend on: rows that differ here were scored on other tokens
-QUALITY_SETTINGS = ("eval_sha256", "context", "stride", "max_tokens", "baseline")
+# the settings a row's quality figures depend on: rows that differ here were scored on other tokens (or windows
+# with another BOS rule)
+QUALITY_SETTINGS = ("eval_sha256", "context", "stride", "max_tokens", "baseline", "bos_token_id")
 
 
 @dataclass(frozen=True)

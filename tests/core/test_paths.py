@@ -31,3 +31,16 @@ def test_works_listing_names_each_work_once():
 def test_unknown_split_says_which_exist():
     with pytest.raises(EdgekitError, match="eval_milton"):
         corpus_path("test")
+
+
+def test_the_bos_rule_is_read_from_the_tokenizers_own_encoding(tokenizer, gemma_checkpoint):
+    """The default model's tokenizer adds nothing to a text (no BOS: its figures stay as they were); one whose
+    post-processor puts BOS first, as Gemma's does, gets that id."""
+    from edgekit.core.paths import bos_token_id
+    from edgekit.models.load import load_tokenizer
+
+    assert bos_token_id(tokenizer) is None
+    gemma = load_tokenizer(gemma_checkpoint)
+    assert gemma("a")["input_ids"][0] == gemma.bos_token_id != gemma("a", add_special_tokens=False)["input_ids"][0]
+    assert bos_token_id(gemma) == gemma.bos_token_id
+    assert bos_token_id(None) is None

@@ -65,18 +65,18 @@ def test_a_ragged_grid_is_measured_on_whole_blocks_only():
     assert error_ratio(weight[:, :16], GRID_BY_NAME["Q4_1"]) is None
 
 
-def tiny_checkpoint(folder, generator):
+def tiny_checkpoint(folder, generator, vocab: int = 256):
     """A tiny Llama saved as safetensors: block linears on Q4_1, the (untied) embedding on Q8_0, a continuous head."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
     model = LlamaForCausalLM(config)
     with torch.no_grad():
         for name, module in model.named_modules():
             if isinstance(module, torch.nn.Linear) and ".layers." in name:
                 module.weight.copy_(q4_1_weight(*module.weight.shape, generator))
-        model.model.embed_tokens.weight.copy_(q8_0_weight(256, 64, generator))
+        model.model.embed_tokens.weight.copy_(q8_0_weight(vocab, 64, generator))
     model.save_pretrained(folder)
     return folder
 

@@ -444,3 +444,34 @@ def test_top_k_baseline_on_the_default_model(default_model, tokenizer, eval_ids,
     assert approx["top1_agreement"] == exact["top1_agreement"]
     assert 0.9 * exact["kl_divergence"] <= approx["kl_divergence"] <= exact["kl_divergence"]
     assert 0 < approx["kl_base_tail_mass"] < 0.1
+
+
+def test_windows_of_a_model_whose_tokenizer_adds_bos_begin_with_it(gemma_checkpoint):
+    """On a (tiny) Gemma whose tokenizer begins every text with BOS, each window is fed BOS first and scores the
+    same tokens: its perplexity equals the guide's loop with BOS put before every window, and differs from the
+    loop without it."""
+    from edgekit.core.paths import eval_token_ids
+    from edgekit.models.load import load_tokenizer
+    from edgekit.runtimes import build_runner
+
+    tokenizer = load_tokenizer(gemma_checkpoint)
+    ids = eval_token_ids(tokenizer, "eval")[:300]
+    runner = build_runner("fp32", gemma_checkpoint, tokenizer)
+    scores = score(runner, ids, EvalSettings(context=64, stride=32, max_tokens=None, batch_size=4), progress=False)
+    bos = torch.tensor([[tokenizer.bos_token_id]])
+
+    def window_loss(with_bos):
+        def loss(input_ids, target_ids):
+            if with_bos:  # the window's first token stays unscored (its label was never used without BOS)
+                unscored = torch.full((1, 2), -100)
+                input_ids, target_ids = torch.cat([bos, input_ids], 1), torch.cat([unscored, target_ids[:, 1:]], 1)
+            return runner.model(input_ids=input_ids, labels=target_ids).loss
+        return loss
+
+    with torch.inference_mode():
+        with_bos, scored = hf_guide_perplexity(ids, 64, 32, window_loss(True))
+        without, _ = hf_guide_perplexity(ids, 64, 32, window_loss(False))
+    runner.close()
+    assert scores.scored_tokens == scored == len(ids) - 1
+    assert scores.perplexity()["perplexity"] == pytest.approx(with_bos, rel=2e-5)
+    assert abs(without / with_bos - 1) > 2e-4  # a random model barely uses BOS; Gemma 3 270M is 3x worse without

@@ -39,3 +39,46 @@ def test_an_onnx_graph_reports_its_matmulnbits_and_embedding(default_model, onnx
     assert held["storage_types"][BLOCK_LINEARS] == {"MatMulNBits-int4-b32": 1.0}
     assert 4.5 <= held["bits_per_weight"] < 5.5
     assert held["bits_per_weight_embeddings"] is not None
+
+
+def test_an_openvino_ir_reports_its_codes_scales_and_embedding(default_model):
+    """ov-int4-g128 holds symmetric u4 codes with one fp32 scale per 128 weights in its block linears and head,
+    and an int8 embedding with a scale per row: read from the IR's constants, not from the variant's name."""
+    from edgekit.runtimes import cached_artifact, load_artifact
+
+    runner = load_artifact(cached_artifact("ov-int4-g128", default_model))
+    try:
+        held = held_storage(runner, default_model)
+    finally:
+        runner.close()
+    assert held["storage_types"][BLOCK_LINEARS] == {"u4-b128": 1.0}
+    assert held["bits_per_weight"] == 4 + 32 / 128
+    assert held["storage_types"][EMBEDDINGS] == {"i8-row": 0.5, "u4-b128": 0.5}  # the embedding and the head
+    assert held["bits_per_weight_embeddings"] == ((8 + 32 / 256) + (4 + 32 / 128)) / 2
+    assert held["grid_aligned"] is False
+
+
+def test_a_row_on_the_baselines_grid_is_flagged_in_the_table_the_cli_and_the_report(tmp_path, capsys, default_model):
+    """A real comparison of the Q4_1 checkpoint (with the default model's vocabulary and tokenizer): kq4's row, on
+    the baseline's grid, is flagged in the CLI's table and its lines and in both reports; int4-g32's is not."""
+    import html
+    import shutil
+
+    from edgekit.cli import main
+
+    folder = tiny_checkpoint(tmp_path / "ckpt", torch.Generator().manual_seed(4), vocab=4096)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(f"{default_model}/{name}", folder / name)
+    assert main(["compare", "--model", str(folder), "--variants", "fp32,kq4:sensitive=4,int4-g32", "--no-latency",
+                 "--max-tokens", "256", "--context", "128", "--stride", "64", "--store", str(tmp_path / "r.sqlite"),
+                 "--report", str(tmp_path / "report")]) == 0
+    out, err = capsys.readouterr()
+    note = "aligned with the baseline's grid: understates its error"
+    rows = {line.split()[0]: line for line in out.splitlines() if line.split()[:1] in (["kq4:sensitive=4"],
+                                                                                      ["int4-g32"], ["fp32"])}
+    assert note in rows["kq4:sensitive=4"] and note not in rows["int4-g32"] and note not in rows["fp32"]
+    assert f"kq4:sensitive=4: {note}" in err and f"int4-g32: {note}" not in err
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert f"- kq4:sensitive=4: {note}" in markdown and f"int4-g32: {note}" not in markdown
+    assert html.escape(f"kq4:sensitive=4: {note}") in page and html.escape(f"int4-g32: {note}") not in page

@@ -156,14 +156,17 @@ def _rope_tables(config, positions: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_nbits_decoder(source: str, out_dir: str | Path, bits: int, block_size: int, symmetric: bool,
-                        accuracy_level: int, int8_embeddings: bool = False) -> Path:
+                        accuracy_level: int, int8_embeddings: bool = False, family: str = "onnx",
+                        fallback: str = "onnx-int8 or onnx-fp32") -> Path:
     """Write ``out_dir/model.onnx`` (+ ``model.onnx_data``): the decoder of ``source`` with ``bits``-bit
-    (4 or 8) MatMulNBits linears, streaming the checkpoint tensor by tensor. Returns the model path."""
+    (4 or 8) MatMulNBits linears, streaming the checkpoint tensor by tensor. Returns the model path.
+    ``family`` (the variants' prefix) and ``fallback`` (its variants that take any architecture) name the
+    caller's variants in the refusal of a model that is not of the Llama family."""
     folder = Path(resolve_source(source))
     config = model_config(source)
     if not supports(config):
-        raise VariantError(f"onnx-int{bits}-g<N> builds Llama-family graphs ({', '.join(SUPPORTED_TYPES)}); {source} "
-                           f"is a {config.model_type}: use onnx-int8 or onnx-fp32 for it")
+        raise VariantError(f"{family}-int{bits}-g<N> builds Llama-family graphs ({', '.join(SUPPORTED_TYPES)}); "
+                           f"{source} is a {config.model_type}: use {fallback} for it")
     if not folder.is_dir():
         raise VariantError(f"onnx-int{bits}-g<N> reads a local folder of safetensors shards; download {source} first")
     out_dir = Path(out_dir)

@@ -108,7 +108,8 @@ def export_artifact(variant: "str | Variant", source: str, out_dir) -> Manifest:
     else:
         with tempfile.TemporaryDirectory(prefix="edgekit-ov-build-", dir=work_dir()) as work:
             graph = build_nbits_decoder(source, work, bits=settings["bits"], block_size=settings["group_size"],
-                                        symmetric=settings["symmetric"], accuracy_level=0, int8_embeddings=True)
+                                        symmetric=settings["symmetric"], accuracy_level=0, int8_embeddings=True,
+                                        family="ov", fallback="ov-int8")
             model = _core().read_model(str(graph))
             ov.save_model(model, str(out_dir / MODEL_XML), compress_to_fp16=False)
     copy_side_files(source, out_dir)
