@@ -17,6 +17,11 @@ import os
 
 from tqdm.auto import tqdm as _auto_tqdm
 
+
+def silenced() -> bool:
+    """Whether ``TQDM_DISABLE`` asks for no progress bars at all (a stored notebook run sets it)."""
+    return os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")
+
 try:
     from tqdm.notebook import tqdm_notebook as _notebook_tqdm
 except ImportError:  # no ipywidgets: tqdm.auto is the terminal bar
@@ -29,7 +34,7 @@ if _notebook_tqdm is not None and issubclass(_auto_tqdm, _notebook_tqdm):
         """tqdm.auto's notebook bar, displayed under a display id so that closing it rewrites its stored output."""
 
         def __init__(self, *args, **kwargs):
-            if os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
+            if silenced():
                 kwargs["disable"] = True  # no bar at all: a hidden one would leave an empty stored output
             show = kwargs.pop("display", True) and kwargs.get("delay", 0) <= 0
             super().__init__(*args, display=False, **kwargs)

@@ -19,6 +19,8 @@ call), never a global ``warnings.simplefilter("ignore")``.
   request, for one) reach a notebook's output; :func:`root_logging_kept` puts the root logger back.
   NNCF logs a bit-width statistics table at INFO for every compression: the variant's name and
   ``edgekit inspect`` already say what it holds.
+- lm-eval's "<task>: Custom kwargs can be passed to `--metadata`" on every load of a task whose documents
+  come from a function: edgekit's shipped tasks read their local JSONL that way and take no kwargs.
 - ONNX Runtime's "Please consider to run pre-processing before quantization": pre-processing
   (shape inference, graph fusion) helps activation quantization of convolutional graphs;
   edgekit quantizes MatMul weights of an exported decoder and measures the result (KL, top-1).
@@ -31,14 +33,18 @@ from contextlib import contextmanager
 
 
 class DropMessages(logging.Filter):
-    """A logging filter that drops records whose message starts with one of ``prefixes``."""
+    """A logging filter that drops records whose message starts with one of ``prefixes`` (or, with ``anywhere``,
+    contains one)."""
 
-    def __init__(self, *prefixes: str) -> None:
+    def __init__(self, *prefixes: str, anywhere: bool = False) -> None:
         super().__init__()
-        self.prefixes = prefixes
+        self.prefixes, self.anywhere = prefixes, anywhere
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.prefixes)
+        message = record.getMessage()
+        if self.anywhere:
+            return not any(p in message for p in self.prefixes)
+        return not message.startswith(self.prefixes)
 
 
 @contextmanager
@@ -102,3 +108,14 @@ def nncf_statistics():
             yield
     finally:
         logger.setLevel(level)
+
+
+@contextmanager
+def lm_eval_task_loading():
+    """Around loading lm-eval tasks: no custom-dataset kwargs advice (see the module docstring)."""
+    logger, rule = logging.getLogger("lm_eval.api.task"), DropMessages("Custom kwargs can be passed", anywhere=True)
+    logger.addFilter(rule)
+    try:
+        yield
+    finally:
+        logger.removeFilter(rule)

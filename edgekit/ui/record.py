@@ -1,8 +1,9 @@
 """The first output of every notebook: which code, on which machine, under what load it ran.
 
 A stored notebook is evidence only if a reader can tell what produced it. The line names edgekit's
-version and git revision (and whether the tracked code was clean: the notebooks' own files are left
-out, as executing a notebook rewrites it), the CPU and its cores, the 1-minute load average when the
+version and the revision of what produces the figures (the last commit that changed the library, its data
+or its pinned dependencies: a commit of tests, docs or the notebooks themselves changes no output), whether
+those files were unchanged in the working tree, the CPU and its cores, the 1-minute load average when the
 notebook started, and the time. ``tests/test_stored_notebooks.py`` reads it back from every stored
 notebook: one revision across them all, a clean tree, a load no higher than 1.5 per core.
 """
@@ -23,19 +24,22 @@ PATTERN = re.compile(r"revision `(?P<revision>[0-9a-f]+|unknown)` \((?P<tree>cle
                      r"load (?P<load>[0-9.]+) on (?P<cores>\d+) cores")
 
 
+CODE_PATHS = ("edgekit", "data", "pyproject.toml")  # what the figures depend on, relative to the checkout
+
+
 def code_revision(root: Path | None = None) -> tuple[str, bool]:
-    """The short git revision of the checkout holding edgekit and whether its tracked files other than notebooks
-    are unchanged; ("unknown", False) outside a git checkout."""
-    root = root or Path(__file__).resolve().parent
+    """The short git revision of the last commit that changed :data:`CODE_PATHS` and whether they are unchanged
+    in the working tree; ("unknown", False) outside a git checkout."""
+    root = root or Path(__file__).resolve().parent.parent.parent
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=root)
-        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                  ":(exclude,glob)**/*.ipynb"], capture_output=True, text=True, timeout=5,
-                                 cwd=root).stdout.strip()
+        rev = subprocess.run(["git", "log", "-1", "--format=%h", "--", *CODE_PATHS], capture_output=True,
+                             text=True, timeout=5, cwd=root)
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS],
+                                 capture_output=True, text=True, timeout=5, cwd=root).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown", False
-    return (rev.stdout.strip(), not changed) if rev.returncode == 0 else ("unknown", False)
+    revision = rev.stdout.strip()
+    return (revision, not changed) if rev.returncode == 0 and revision else ("unknown", False)
 
 
 def run_record() -> Markdown:

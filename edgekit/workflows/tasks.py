@@ -49,6 +49,8 @@ from lm_eval.tasks import TaskManager
 
 from edgekit.core.errors import InputError
 from edgekit.core.paths import data_dir
+from edgekit.core.progress import silenced
+from edgekit.core.quiet import lm_eval_task_loading
 from edgekit.measure.paired import TaskAnswers, paired_accuracy, prompt_fingerprint
 from edgekit.memory.guard import admit
 from edgekit.models.load import load_tokenizer, model_config, resolve_source
@@ -133,7 +135,7 @@ class EdgekitLM(HFLM):
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
         self._encoded = {}
-        out = super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+        out = super().loglikelihood(requests, disable_tqdm=disable_tqdm or silenced())
         for request in requests:
             self._note(request, self._encoded[tuple(request.args)])
         return out
@@ -141,12 +143,12 @@ class EdgekitLM(HFLM):
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
         for request in requests:
             self._note(request, [self.prefix_token_id] + self.tok_encode(request.args[0]))
-        return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+        return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm or silenced())
 
     def generate_until(self, requests, disable_tqdm: bool = False):
         for request in requests:
             self._note(request, self.tok_encode(request.args[0]))
-        return super().generate_until(requests, disable_tqdm=disable_tqdm)
+        return super().generate_until(requests, disable_tqdm=disable_tqdm or silenced())
 
     def get_model_info(self) -> dict:
         return {"edgekit_model": self.edgekit_model, "edgekit_variant": self.edgekit_variant,
@@ -169,7 +171,8 @@ def load_tasks(names: list[str], manager: TaskManager | None = None) -> list:
             raise InputError(f"unknown task {name!r}; shipped offline tasks: {', '.join(shipped_tasks())} "
                              "(`lm-eval ls tasks` lists lm-eval's)")
         try:
-            tasks.extend(manager.load([name])["tasks"].values())
+            with lm_eval_task_loading():
+                tasks.extend(manager.load([name])["tasks"].values())
         except Exception as exc:  # datasets raises many kinds (ConnectionError, OSError, DatasetNotFoundError)
             first = (str(exc).strip().splitlines() or [""])[0][:160]
             raise InputError(f"task {name}: its data could not be read ({type(exc).__name__}: {first}); run it where "
