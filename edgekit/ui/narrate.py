@@ -29,12 +29,12 @@ import math
 from string import Formatter
 from typing import Iterable, Mapping, Sequence
 
+import numpy as np
 from IPython.display import Markdown  # IPython comes with Jupyter; the library does not need it otherwise
 
 from edgekit.core.errors import InputError
 from edgekit.core.numbers import gib, mb, sig  # noqa: F401  (a closing's formats, one home in core)
 from edgekit.measure.stats import interval_side
-from edgekit.ui.plots import pareto_front
 
 
 class MissingFigureError(InputError, KeyError):
@@ -83,6 +83,17 @@ def choose(condition: bool, if_true: str, if_false: str) -> str:
 
 
 # ---------------------------------------------------------------- predicates a closing may compare on
+def pareto_front(sizes, losses) -> np.ndarray:
+    """Boolean mask of the points no other point beats: smaller-or-equal size and
+    smaller-or-equal loss, strictly better in one."""
+    sizes, losses = np.asarray(sizes, float), np.asarray(losses, float)
+    on_front = np.ones(len(sizes), bool)
+    for i in range(len(sizes)):
+        beaten = (sizes <= sizes[i]) & (losses <= losses[i]) & ((sizes < sizes[i]) | (losses < losses[i]))
+        on_front[i] = not beaten.any()
+    return on_front
+
+
 def side(interval: Sequence[float] | None, value: float = 0.0) -> int:
     """+1 when ``interval`` ([low, high]) lies wholly above ``value``, -1 wholly below, 0 when it holds it or
     there is no interval (None, NaN): the sign a comparative sentence may rest on."""

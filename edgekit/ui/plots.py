@@ -27,7 +27,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import ScalarFormatter
 
-from edgekit.ui import narrate  # narrate imports pareto_front from here: used at call time only
+from edgekit.ui.narrate import loss_bound, pareto_front
 
 # raw metric key -> the label summary_frame gives it
 LABELS = {"variant": "variant", "delta_ppl_pct": "Δppl %", "delta_ppl_pct_ci95": "Δppl 95% CI",
@@ -70,17 +70,6 @@ def _interval(value) -> tuple[float, float] | None:
     return None
 
 
-def pareto_front(sizes, losses) -> np.ndarray:
-    """Boolean mask of the points no other point beats: smaller-or-equal size and
-    smaller-or-equal loss, strictly better in one."""
-    sizes, losses = np.asarray(sizes, float), np.asarray(losses, float)
-    on_front = np.ones(len(sizes), bool)
-    for i in range(len(sizes)):
-        beaten = (sizes <= sizes[i]) & (losses <= losses[i]) & ((sizes < sizes[i]) | (losses < losses[i]))
-        on_front[i] = not beaten.any()
-    return on_front
-
-
 def _runs(frame: pd.DataFrame):
     for i, (run, rows) in enumerate(frame.groupby("run", sort=False)):
         yield MARKERS[i % len(MARKERS)], run, rows
@@ -94,7 +83,7 @@ def quality_losses(data: pd.DataFrame, metric: str) -> np.ndarray:
     if metric != "delta_ppl_pct":
         return values
     intervals = data["delta_ppl_pct_ci95"] if "delta_ppl_pct_ci95" in data else [None] * len(data)
-    return np.array([narrate.loss_bound(ci) if ci is not None else abs(v) for v, ci in zip(values, intervals)])
+    return np.array([loss_bound(ci) if ci is not None else abs(v) for v, ci in zip(values, intervals)])
 
 
 ERROR_BARS = {"delta_ppl_pct": "error bars: 95% interval of Δppl", "kl_divergence": "error bars: ±1 SE of KL"}

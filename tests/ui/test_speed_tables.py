@@ -22,7 +22,7 @@ RESULTS = [_result("fp32", False, 15.0), _result("int4-g32", True, None)]
 
 def test_table_shows_intervals_blank_withheld_and_flags_contention():
     frame = summary_frame(RESULTS).set_index("variant")
-    assert (frame.loc["fp32", "tok/s 95% CI"] == "[90, 110]"
+    assert (frame.loc["fp32", "tok/s 95% CI"] == "[90.0, 110]"
             and frame.loc["fp32", "× base [95% CI]"] == "1.20 [1.10, 1.30]")
     assert frame.loc["int4-g32", "p99 ms"] == "-" and frame.loc["int4-g32", "withheld"] == "p99"
     assert frame.loc["int4-g32", "contended"] == "CONTENDED" and frame.loc["fp32", "contended"] == "-"
