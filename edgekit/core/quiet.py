@@ -48,9 +48,10 @@ class DropMessages(logging.Filter):
 
 
 @contextmanager
-def dropped(logger_name: str, *prefixes: str):
-    """Within the block, drop ``logger_name``'s records starting with ``prefixes`` ("" is the root logger)."""
-    logger, rule = logging.getLogger(logger_name or None), DropMessages(*prefixes)
+def dropped(logger_name: str, *prefixes: str, anywhere: bool = False):
+    """Within the block, drop ``logger_name``'s records starting with ``prefixes`` (containing one, with
+    ``anywhere``); "" is the root logger."""
+    logger, rule = logging.getLogger(logger_name or None), DropMessages(*prefixes, anywhere=anywhere)
     logger.addFilter(rule)
     try:
         yield
@@ -98,24 +99,24 @@ def root_logging_kept():
 
 
 @contextmanager
-def nncf_statistics():
-    """Around an NNCF compression: its INFO statistics table kept out (warnings still show)."""
-    logger = logging.getLogger("nncf")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        with root_logging_kept():
-            yield
-    finally:
-        logger.setLevel(level)
-
-
-@contextmanager
-def lm_eval_task_loading():
-    """Around loading lm-eval tasks: no custom-dataset kwargs advice (see the module docstring)."""
-    logger, rule = logging.getLogger("lm_eval.api.task"), DropMessages("Custom kwargs can be passed", anywhere=True)
-    logger.addFilter(rule)
+def at_level(logger_name: str, level: int):
+    """Within the block, ``logger_name`` ("" is the root logger) at ``level``; after it, at the level it had."""
+    logger = logging.getLogger(logger_name or None)
+    before = logger.level
+    logger.setLevel(level)
     try:
         yield
     finally:
-        logger.removeFilter(rule)
+        logger.setLevel(before)
+
+
+@contextmanager
+def nncf_statistics():
+    """Around an NNCF compression: its INFO statistics table kept out (warnings still show)."""
+    with at_level("nncf", logging.WARNING), root_logging_kept():
+        yield
+
+
+def lm_eval_task_loading():
+    """Around loading lm-eval tasks: no custom-dataset kwargs advice (see the module docstring)."""
+    return dropped("lm_eval.api.task", "Custom kwargs can be passed", anywhere=True)

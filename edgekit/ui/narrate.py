@@ -102,6 +102,14 @@ def side(interval: Sequence[float] | None, value: float = 0.0) -> int:
     return interval_side(float(interval[0]), float(interval[1]), value)
 
 
+def apart(a: Sequence[float] | None, b: Sequence[float] | None) -> int:
+    """+1 when interval ``a`` lies wholly above interval ``b``, -1 wholly below, 0 when they overlap or either is
+    missing: two measured intervals compared by the rule ``tuning.winner`` uses."""
+    if not a or not b:
+        return 0
+    return 1 if a[0] > b[1] else -1 if a[1] < b[0] else 0
+
+
 def reads(interval: Sequence[float] | None, above: str, below: str, within: str, value: float = 0.0) -> str:
     """The phrase ``interval`` supports against ``value``: ``above``, ``below`` or ``within`` (holding it, or no
     interval). Both sides are read by the same rule."""

@@ -29,7 +29,7 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 
 from edgekit.core.errors import VariantError
 from edgekit.core.progress import tqdm
-from edgekit.core.quiet import ort_quantization
+from edgekit.core.quiet import at_level, ort_quantization
 from edgekit.runtimes.onnx.files import EXTERNAL_DATA_THRESHOLD
 
 
@@ -37,14 +37,8 @@ from edgekit.runtimes.onnx.files import EXTERNAL_DATA_THRESHOLD
 def _quiet_quantizer_logs():
     """ONNX Runtime's quantizers log every tensor at INFO on the root logger; keep warnings only
     (less the pre-processing advice, see edgekit.core.quiet)."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.WARNING)
-    try:
-        with ort_quantization():
-            yield
-    finally:
-        root.setLevel(level)
+    with at_level("", logging.WARNING), ort_quantization():
+        yield
 
 
 def _is_large(model_path: Path) -> bool:

@@ -16,19 +16,12 @@
 from __future__ import annotations
 
 from edgekit.measure.stats import delta_reading
-from edgekit.ui.narrate import listing, mb, plural, ranking, sig, speed_reading
+from edgekit.ui.narrate import apart, listing, mb, plural, ranking, sig, speed_reading
 
 # Measured elsewhere and kept as the record (data/models/smollm2-135m/README.md, "Evaluation in edgekit").
 SMOLLM2_ONNX_INT8 = ("on `smollm2-135m` the same dynamic `onnx-int8` costs +83.6% perplexity (KL 0.581 ± 0.026, "
                      "top-1 0.557): it quantizes the activations too, and SmolLM2 has activation outlier channels "
                      "(notebook 04; the record in `data/models/smollm2-135m/README.md`)")
-
-
-def apart(a, b) -> int:
-    """+1 when interval ``a`` lies wholly above ``b``, -1 wholly below, 0 when they overlap (or one is missing)."""
-    if not a or not b:
-        return 0
-    return 1 if a[0] > b[1] else -1 if a[1] < b[0] else 0
 
 
 def _quality(base: str, rows: dict) -> str:

@@ -12,14 +12,7 @@
 """
 from __future__ import annotations
 
-from edgekit.ui.narrate import listing, sig, speed_reading
-
-
-def apart(a, b) -> int:
-    """+1 when interval ``a`` lies wholly above ``b``, -1 wholly below, 0 when they overlap (or one is missing)."""
-    if not a or not b:
-        return 0
-    return 1 if a[0] > b[1] else -1 if a[1] < b[0] else 0
+from edgekit.ui.narrate import apart, listing, sig, speed_reading
 
 
 def _fits(fits: bool) -> str:

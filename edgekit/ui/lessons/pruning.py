@@ -13,16 +13,9 @@
 """
 from __future__ import annotations
 
-from edgekit.ui.narrate import listing, on_front, sig, speed_reading
+from edgekit.ui.narrate import apart, listing, on_front, sig, speed_reading
 
 STRUCTURED = ("prune-mlp-25%", "prune-heads-50%", "prune-depth-33%")
-
-
-def apart(a, b) -> int:
-    """+1 when interval ``a`` lies wholly above ``b``, -1 wholly below, 0 when they overlap (or one is missing)."""
-    if not a or not b:
-        return 0
-    return 1 if a[0] > b[1] else -1 if a[1] < b[0] else 0
 
 
 def kl_against(rows: dict, a: str, b: str) -> str:

@@ -18,15 +18,7 @@
 from __future__ import annotations
 
 from edgekit.measure.speed import median_interval
-from edgekit.ui.narrate import reads, sig, speed_reading
-
-
-def apart(a, b) -> int:
-    """+1 when interval ``a`` lies wholly above interval ``b``, -1 wholly below, 0 when they overlap (or one is
-    missing): two measured intervals compared by the rule ``tuning.winner`` uses."""
-    if not a or not b:
-        return 0
-    return 1 if a[0] > b[1] else -1 if a[1] < b[0] else 0
+from edgekit.ui.narrate import apart, reads, sig, speed_reading
 
 
 def interval(pair, unit: str = "") -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 
 from edgekit.ui.lessons import runtime_patterns
-from edgekit.ui.lessons.runtime_patterns import apart
+from edgekit.ui.narrate import apart
 
 
 def closing(figures: dict) -> str:
