@@ -14,19 +14,13 @@ same table. A runner offers three things:
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable, Iterator, Protocol, runtime_checkable
+from typing import Iterator, Protocol, runtime_checkable
 
 import torch
 from transformers import DynamicCache, StaticCache
 
 from edgekit.core.errors import InputError
-
-Pick = Callable[[torch.Tensor], int]  # next-token logits [vocab] (float, CPU) -> the chosen token id
-
-
-def choose(logits: torch.Tensor, pick: Pick | None) -> int:
-    """The next token from one position's logits: ``pick``'s choice, or the argmax."""
-    return int(logits.argmax()) if pick is None else pick(logits.float().cpu())
+from edgekit.models.sampling import Pick, choose, choose_rows
 
 
 @runtime_checkable
@@ -172,9 +166,9 @@ class TorchRunner:
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                              use_cache=True, logits_to_keep=1)
             cache = out.past_key_values
-            ids = out.logits[:, -1].argmax(-1, keepdim=True)
-            if picks is not None and any(picks):
-                ids = torch.tensor([[choose(row, p)] for row, p in zip(out.logits[:, -1], picks)], device=self.device)
+            last = out.logits[:, -1]
+            ids = (torch.from_numpy(choose_rows(last, picks))[:, None].to(self.device) if picks and any(picks)
+                   else last.argmax(-1, keepdim=True))
             out_tokens.append(ids.cpu())
             mask = torch.cat([mask, torch.ones_like(ids)], dim=1)
         return torch.cat(out_tokens, dim=1).tolist() if out_tokens else [[] for _ in rows]

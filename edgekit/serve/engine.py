@@ -15,11 +15,10 @@ Each request is a :class:`Job`. The worker
 - decodes every other job alone, one token at a time, and stops between two tokens as soon as
   the job is cancelled, a stop string appears or the end-of-text token comes.
 
-Sampling (``temperature`` > 0 with nucleus ``top_p``: Holtzman et al., "The Curious Case of Neural
-Text Degeneration", ICLR 2020) is a ``pick`` the runner's KV-cache loop calls with each step's
-last logits (:func:`nucleus_pick`), so a sampled token costs one forward pass as a greedy one
-does. A temperature below :data:`MIN_TEMPERATURE` is greedy (dividing logits by it would
-overflow), as in vLLM.
+Sampling (``temperature`` > 0 with nucleus ``top_p``) is a :class:`~edgekit.models.sampling.Nucleus`
+the runner's KV-cache loop applies to each step's last logits, so a sampled token costs one forward
+pass as a greedy one does, and the sampled rows of a batch are drawn together. A temperature below
+:data:`MIN_TEMPERATURE` is greedy (dividing logits by it would overflow), as in vLLM.
 
 Events go back to whoever waits through the job's ``deliver`` callback (the HTTP handler passes
 one that hands them to its asyncio loop); each job ends with exactly one ``done``, ``error`` or
@@ -32,10 +31,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-import numpy as np
 import torch
 
 from edgekit.core.errors import EdgekitError, InputError
+from edgekit.models.sampling import Nucleus
 from edgekit.serve.batching import DynamicBatcher
 
 MIN_TEMPERATURE = 1e-5  # below it sampling is greedy (vLLM's _SAMPLING_EPS)
@@ -130,7 +129,7 @@ class Job:
             generator.seed()
         else:
             generator.manual_seed(self.seed)
-        return nucleus_pick(self.temperature, self.top_p, generator)
+        return Nucleus(self.temperature, self.top_p, generator)
 
     @property
     def new_tokens(self) -> int:
@@ -145,34 +144,6 @@ class Job:
             self._ended = True
             self.finished_at = time.perf_counter()
             self.deliver((kind, value))
-
-
-NUCLEUS_HEAD = 256  # tokens partitioned out first: the nucleus is almost always among them
-
-
-def nucleus_pick(temperature: float, top_p: float, generator: torch.Generator) -> Callable[[torch.Tensor], int]:
-    """Temperature and nucleus (top-p) sampling of one position's logits, drawn from ``generator``.
-
-    Inverse-CDF sampling with one uniform draw, in NumPy: the head of :data:`NUCLEUS_HEAD` tokens
-    is partitioned out and sorted (the whole vocabulary only when the head holds less than
-    ``top_p`` of the mass), so a step costs microseconds beside the forward pass it follows."""
-    def pick(logits: torch.Tensor) -> int:
-        z = logits.double().numpy() / temperature
-        p = np.exp(z - z.max())
-        total = p.sum()
-        u = float(torch.rand(1, generator=generator, dtype=torch.float64))
-        if top_p >= 1.0:
-            cdf = np.cumsum(p)
-            return int(min(len(p) - 1, np.searchsorted(cdf, u * cdf[-1], side="right")))
-        head = np.argpartition(-p, NUCLEUS_HEAD - 1)[:NUCLEUS_HEAD] if len(p) > NUCLEUS_HEAD else np.arange(len(p))
-        if p[head].sum() < top_p * total:
-            head = np.arange(len(p))
-        order = head[np.argsort(-p[head], kind="stable")]
-        cdf = np.cumsum(p[order]) / total
-        kept = min(len(order), int(np.searchsorted(cdf, top_p, side="left")) + 1)  # smallest head reaching top_p
-        return int(order[min(kept - 1, int(np.searchsorted(cdf[:kept], u * cdf[kept - 1], side="right")))])
-
-    return pick
 
 
 class Engine:

@@ -8,8 +8,9 @@ import torch
 
 from edgekit.models.load import load_model, load_tokenizer
 from edgekit.models.runner import TorchRunner
+from edgekit.models.sampling import Nucleus, choose_rows
 from edgekit.runtimes import load_artifact
-from edgekit.serve.engine import Engine, Job, TextStream, nucleus_pick
+from edgekit.serve.engine import Engine, Job, TextStream
 
 NEW = 128
 
@@ -74,7 +75,7 @@ def test_sampled_jobs_batch_with_greedy_ones(runner, counted):
 
 def test_a_seed_repeats_and_tiny_temperatures_are_greedy(runner):
     ids = _prompt(runner)
-    draws = [list(runner.generate_stream(ids, 24, pick=nucleus_pick(0.9, 0.95, torch.Generator().manual_seed(5))))
+    draws = [list(runner.generate_stream(ids, 24, pick=Nucleus(0.9, 0.95, torch.Generator().manual_seed(5))))
              for _ in range(2)]
     assert draws[0] == draws[1]
     job = Job(ids, 4, TextStream(runner.tokenizer), deliver=print, temperature=1e-320)
@@ -103,16 +104,39 @@ def test_onnx_runtime_samples_through_its_cache(onnx_artifact):
     ort_runner = load_artifact(onnx_artifact("onnx-int4-g32"))
     ort_runner.session = _CountingSession(ort_runner.session)
     ids = _prompt(ort_runner)
-    tokens = list(ort_runner.generate_stream(ids, 32, pick=nucleus_pick(0.8, 1.0, torch.Generator().manual_seed(0))))
+    tokens = list(ort_runner.generate_stream(ids, 32, pick=Nucleus(0.8, 1.0, torch.Generator().manual_seed(0))))
     assert len(tokens) == 32 and len(ort_runner.session.fed) == 32
     assert sum(shape[1] for shape in ort_runner.session.fed) == ids.shape[1] + 31
 
 
-def test_nucleus_pick_draws_from_the_nucleus_in_proportion():
+def test_a_nucleus_draws_from_the_nucleus_in_proportion():
     logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()
-    pick = nucleus_pick(1.0, 0.8, torch.Generator().manual_seed(0))  # nucleus {0, 1}: 0.5 + 0.3 reaches 0.8
+    pick = Nucleus(1.0, 0.8, torch.Generator().manual_seed(0))  # nucleus {0, 1}: 0.5 + 0.3 reaches 0.8
     draws = [pick(logits) for _ in range(4000)]
     assert set(draws) == {0, 1}
     assert abs(draws.count(0) / len(draws) - 0.5 / 0.8) < 0.03
-    everything = nucleus_pick(1.0, 1.0, torch.Generator().manual_seed(0))
+    everything = Nucleus(1.0, 1.0, torch.Generator().manual_seed(0))
     assert set(everything(logits) for _ in range(400)) == {0, 1, 2, 3}
+
+
+def test_a_batch_samples_each_row_as_it_would_alone():
+    """Nucleus rows drawn together equal each row drawn alone from the same seed; greedy rows stay argmax."""
+    logits = torch.randn(5, 300, generator=torch.Generator().manual_seed(1)) * 4
+    settings = [(0.8, 0.95), None, (1.0, 1.0), (0.5, 0.5), (1.3, 0.99)]
+
+    def picks():
+        return [None if s is None else Nucleus(*s, torch.Generator().manual_seed(i)) for i, s in enumerate(settings)]
+
+    batched, alone = picks(), picks()
+    for _ in range(20):
+        together = choose_rows(logits, batched)
+        assert together.tolist() == [int(row.argmax()) if p is None else p(row) for row, p in zip(logits, alone)]
+
+
+def test_a_nucleus_rarely_drawn_falls_back_to_sorting():
+    """A tiny top_p over a flat distribution: the nucleus is the argmax alone, which a draw from the whole
+    softmax almost never hits, so rows meet MAX_DRAWS rejections and are drawn from the sorted nucleus."""
+    logits = torch.zeros(4, 1000)
+    logits[:, 7] = 0.01
+    picks = [Nucleus(1.0, 1e-4, torch.Generator().manual_seed(i)) for i in range(4)]
+    assert all(choose_rows(logits, picks).tolist() == [7] * 4 for _ in range(10))

@@ -69,7 +69,7 @@ from edgekit.models.load import (
     resolve_source,
 )
 from edgekit.models.names import original_gguf
-from edgekit.models.runner import Pick, choose
+from edgekit.models.sampling import Pick, choose
 from edgekit.runtimes import cached_manifest, load_artifact
 from edgekit.variants.registry import Variant, register
 

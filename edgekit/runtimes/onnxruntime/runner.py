@@ -32,7 +32,7 @@ from edgekit.artifacts.manifest import Manifest, artifact_loader
 from edgekit.core.errors import ArtifactError, InputError
 from edgekit.memory.guard import admit_artifact
 from edgekit.models.load import folder_tokenizer
-from edgekit.models.runner import Pick, choose
+from edgekit.models.sampling import Pick, choose_rows
 from edgekit.runtimes.onnx.files import EXTERNAL_DATA_FILE, EXTERNAL_DATA_THRESHOLD, MODEL_FILE
 
 OPT_LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -208,9 +208,7 @@ class ORTRunner:
             else:
                 outputs = self.session.run(["logits"] + self.present_names, {**feeds, **past})
                 logits, past = outputs[0], dict(zip(self.past_names, outputs[1:]))
-            tokens = logits[:, -1].argmax(-1)
-            if picks is not None and any(picks):
-                tokens = np.array([choose(torch.from_numpy(row), p) for row, p in zip(logits[:, -1], picks)])
+            tokens = choose_rows(logits[:, -1], picks) if picks and any(picks) else logits[:, -1].argmax(-1)
             yield tokens
             ids = tokens[:, None]
             mask = np.concatenate([mask, np.ones((batch, 1), dtype=mask.dtype)], axis=1)

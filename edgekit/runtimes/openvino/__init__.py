@@ -41,7 +41,7 @@ from edgekit.core.paths import work_dir
 from edgekit.core.quiet import nncf_statistics
 from edgekit.memory.guard import admit, admit_artifact
 from edgekit.models.load import folder_tokenizer
-from edgekit.models.runner import Pick, choose
+from edgekit.models.sampling import Pick, choose
 from edgekit.runtimes import cached_manifest, load_artifact
 from edgekit.runtimes.onnx.build import build_nbits_decoder, check_matmul_nbits
 from edgekit.runtimes.onnx.export import cached_export

@@ -44,7 +44,7 @@ from edgekit.models.checkpoint import index_weight_map
 from edgekit.models.config import load_config
 from edgekit.models.layout import block_index, decoder_blocks
 from edgekit.models.load import load_tokenizer, model_config, resolve_source
-from edgekit.models.runner import Pick, choose
+from edgekit.models.sampling import Pick, choose
 
 
 @dataclass
