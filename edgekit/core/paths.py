@@ -83,6 +83,18 @@ def bos_token_id(tokenizer) -> int | None:
     return bos if special[:1] == [bos] and plain[:1] != [bos] else None
 
 
+def begin_with_bos(windows: torch.Tensor, tokenizer) -> torch.Tensor:
+    """``windows`` [n, length] as the model sees text under the BOS rule (:func:`bos_token_id`): when the
+    tokenizer adds BOS, each window becomes BOS followed by its first ``length - 1`` tokens; otherwise it is
+    unchanged. Calibration and training windows follow the rule the scored windows follow, so a model
+    trained always to see BOS is calibrated and tuned on the activations it has in use (without it,
+    Gemma's first positions see inputs it never met in training)."""
+    bos = bos_token_id(tokenizer)
+    if bos is None:
+        return windows
+    return torch.cat([torch.full_like(windows[:, :1], bos), windows[:, :-1]], dim=1)
+
+
 def cache_key(*parts: Any) -> str:
     """The one key of a work cache (baselines, rankings, QAT runs, self-test verdicts): a short sha256 of
     ``parts`` as canonical JSON, so equal settings give equal keys however a dict was ordered."""
@@ -96,13 +108,14 @@ BATCH_SIZE = 8  # windows run through the model at once
 
 
 def calibration_ids(tokenizer, samples: int = SAMPLES, seq_len: int = SEQ_LEN, seed: int = 0) -> torch.Tensor:
-    """``samples`` random windows of ``seq_len`` tokens from the calibration split (seeded), [samples, seq_len]."""
+    """``samples`` random windows of ``seq_len`` tokens from the calibration split (seeded), [samples, seq_len],
+    each beginning with BOS where the model's tokenizer adds one (:func:`begin_with_bos`)."""
     ids = tokenizer(read_split("calibration"), return_tensors="pt", add_special_tokens=False,
                     verbose=False)["input_ids"][0]
     if len(ids) <= seq_len:
         raise VariantError(f"the calibration split has {len(ids)} tokens; use seq_len below that")
     starts = np.random.default_rng(seed).integers(0, len(ids) - seq_len, size=samples)
-    return torch.stack([ids[s : s + seq_len] for s in starts])
+    return begin_with_bos(torch.stack([ids[s : s + seq_len] for s in starts]), tokenizer)
 
 
 def variant_calibration_ids(variant, tokenizer):

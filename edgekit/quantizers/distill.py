@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from edgekit.core.errors import InputError
-from edgekit.core.paths import read_split
+from edgekit.core.paths import begin_with_bos, read_split
 from edgekit.core.progress import tqdm
 from edgekit.measure.quality import EvalSettings, score
 from edgekit.models.runner import TorchRunner
@@ -86,7 +86,7 @@ def kl_distill(teacher: nn.Module, student: nn.Module, trainable: Iterable[torch
     for step in tqdm(range(1, settings.steps + 1), desc=desc, disable=not progress):
         start = time.perf_counter()
         offsets = rng.integers(0, len(stream) - settings.seq_len, size=settings.batch_size)
-        batch = torch.stack([stream[o : o + settings.seq_len] for o in offsets])
+        batch = begin_with_bos(torch.stack([stream[o : o + settings.seq_len] for o in offsets]), tokenizer)
         with torch.no_grad():
             target = F.log_softmax(teacher(input_ids=batch, use_cache=False).logits.float(), -1)
         logp = F.log_softmax(student(input_ids=batch, use_cache=False).logits.float(), -1)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from edgekit.core.paths import cache_key, work_dir
+from edgekit.core.paths import bos_token_id, cache_key, work_dir
 from edgekit.memory.guard import admit, guarded_fp32_load, guarded_load
 from edgekit.models.layout import block_linears, replace_module, split_block
 from edgekit.models.load import load_model, load_tokenizer, model_key, resolve_source
@@ -110,7 +110,7 @@ def qat_finetune(model: str = "default", settings: QATSettings = QATSettings(), 
 
 
 def _checkpoint_dir(source: str, settings: QATSettings) -> Path:
-    key = cache_key(model_key(source), asdict(settings))
+    key = cache_key(model_key(source), asdict(settings), bos_token_id(load_tokenizer(source)))  # windows' BOS rule
     return work_dir() / "qat" / key
 
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from edgekit.core.caches import cache_build
 from edgekit.core.errors import VariantError
-from edgekit.core.paths import eval_token_ids, work_dir
+from edgekit.core.paths import begin_with_bos, eval_token_ids, work_dir
 from edgekit.memory.guard import guarded_fp32_load
 from edgekit.models.layout import llama_layers
 from edgekit.models.load import load_tokenizer, model_key
@@ -37,11 +37,12 @@ INPUTS = {"attention": "self_attn.q_proj", "mlp": "mlp.gate_proj", "down_proj": 
 
 
 def calibration_windows(tokenizer, windows: int = 8, length: int = 256) -> torch.Tensor:
-    """``windows`` consecutive windows of ``length`` tokens of the calibration split."""
+    """``windows`` consecutive windows of ``length`` tokens of the calibration split (BOS first where the
+    tokenizer adds one)."""
     ids = eval_token_ids(tokenizer, "calibration")
     if len(ids) < windows * length:
         raise VariantError(f"the calibration split has {len(ids)} tokens, fewer than {windows} x {length}")
-    return ids[: windows * length].view(windows, length)
+    return begin_with_bos(ids[: windows * length].view(windows, length), tokenizer)
 
 
 @torch.no_grad()

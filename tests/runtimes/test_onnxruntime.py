@@ -207,3 +207,19 @@ def test_a_cached_artifact_is_hashed_once_per_load(default_model, monkeypatch):
     monkeypatch.setattr(manifest_module, "_hash_fd", lambda fd, *a, **k: hashed.append(fd) or real(fd, *a, **k))
     build_runner("onnx-int4-g32", default_model).close()
     assert len(hashed) == files  # one pass over the files: the cache's check is the load's
+
+
+def test_static_calibration_windows_begin_with_bos_when_asked(default_model):
+    """Static int8's calibration reader follows the BOS rule (edgekit.core.paths.begin_with_bos): with a BOS
+    id, each window is BOS then its first length - 1 tokens; without one, the text as it comes."""
+    import numpy as np
+
+    from edgekit.runtimes.onnx.export import cached_export
+    from edgekit.runtimes.onnxruntime.quantize import CalibrationWindows
+
+    ids = np.arange(10, 42)
+    plain = CalibrationWindows(cached_export(default_model), ids, windows=2, length=16)
+    first = CalibrationWindows(cached_export(default_model), ids, windows=2, length=16, bos=1)
+    assert [f["input_ids"][0, 0] for f in plain.feeds] == [10, 26]
+    for p, b in zip(plain.feeds, first.feeds):
+        assert b["input_ids"][0, 0] == 1 and (b["input_ids"][0, 1:] == p["input_ids"][0, :-1]).all()

@@ -59,7 +59,8 @@ def quantize_int8_dynamic(source: str | Path, target: str | Path, per_channel: b
 class CalibrationWindows:
     """An ONNX Runtime ``CalibrationDataReader`` feeding windows of the calibration split (empty KV cache)."""
 
-    def __init__(self, model_path: Path, token_ids, windows: int = 16, length: int = 128) -> None:
+    def __init__(self, model_path: Path, token_ids, windows: int = 16, length: int = 128,
+                 bos: int | None = None) -> None:
 
         session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
         inputs = {i.name: i for i in session.get_inputs()}
@@ -74,6 +75,8 @@ class CalibrationWindows:
         self.feeds = []
         for w in range(count):
             chunk = ids[w * length:(w + 1) * length][None, :]
+            if bos is not None:  # the BOS rule of edgekit.core.paths.begin_with_bos
+                chunk = np.concatenate([[[bos]], chunk[:, :-1]], axis=1)
             feed = {"input_ids": chunk, "attention_mask": np.ones_like(chunk)}
             if "position_ids" in inputs:
                 feed["position_ids"] = np.arange(length, dtype=np.int64)[None, :]
@@ -89,11 +92,11 @@ class CalibrationWindows:
 
 
 def quantize_int8_static(source: str | Path, target: str | Path, calibration_ids, per_channel: bool = True,
-                         windows: int = 16, length: int = 128) -> Path:
+                         windows: int = 16, length: int = 128, bos: int | None = None) -> Path:
     """Static int8 QDQ: MinMax activation ranges from ``calibration_ids``; uint8 activations, int8 weights."""
 
     source, target = Path(source), Path(target)
-    reader = CalibrationWindows(source, calibration_ids, windows, length)
+    reader = CalibrationWindows(source, calibration_ids, windows, length, bos)
     with _quiet_quantizer_logs():
         quantize_static(source, target, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
                         per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
