@@ -21,9 +21,27 @@ block layout with ``bits=8``, the int8 graph that fits a 7B), and the token embe
 fp32 or, with ``int8_embeddings`` (OpenVINO's int4 recipe: NNCF keeps them at int8 too), int8
 codes with one scale per row, dequantized after the lookup in standard ops.
 
-Supported: the Llama block layout (``llama``, ``mistral``, ``qwen2``: RMSNorm, rotary, SiLU-gated
-MLP, optional q/k/v bias). Attention is full causal: a sliding window (Mistral/Qwen2 option) is not
-applied, which only matters past the window.
+Supported, because each is written here as transformers computes it (and the graph is checked against
+transformers' own model: tests/runtimes/test_onnx_gemma.py):
+
+- the Llama block layout (``llama``, ``mistral``, ``qwen2``): RMSNorm, rotary, SiLU-gated MLP, optional
+  q/k/v bias. Attention is full causal: a sliding window (Mistral/Qwen2 option) is not applied, which
+  only matters past the window;
+- Gemma 3 text models (``gemma3_text``): token embeddings times sqrt(hidden) (fp32), RMSNorm scaling
+  by (1 + w), norms on the attention and MLP outputs before each residual add and a separate pre-MLP
+  norm, RMSNorm over head_dim on every query and key head before rotary, a GELU-tanh gated MLP
+  (spelled in standard ops: opset 17 has no Gelu), scores scaled by ``query_pre_attn_scalar ** -0.5``,
+  and per layer (``layer_types``) either full causal attention with rotary from ``rope_theta`` and
+  ``rope_scaling`` or a sliding window of ``sliding_window`` tokens with rotary from
+  ``rope_local_base_freq``; ``final_logit_softcapping`` when set. ``attn_logit_softcapping`` is not
+  applied because transformers' Gemma 3 does not apply it (q/k norms replaced Gemma 2's capping), and
+  the graph computes what the PyTorch baseline does. The KV cache stays full length on sliding
+  layers too: the window is a mask, which is exact but saves no memory. A bidirectional Gemma 3
+  (``use_bidirectional_attention``, an embedding-model option) or another activation is refused.
+
+Other families (Gemma 2, Phi, GPT-2...) differ in block layout, and writing one without a parity
+test against transformers would only move the error; they are refused with the variants that export
+any architecture.
 """
 from __future__ import annotations
 
