@@ -23,9 +23,13 @@ from edgekit.core.errors import VariantError
 
 PROMPT = 64  # tokens; the window is 16
 EXACT = 1e-4  # max |logit difference| against the same weights in transformers (logits' std is about 0.5)
-CONFIGS = {"as saved": {},
-           "softcapped": {"attn_logit_softcapping": 0.5, "final_logit_softcapping": 0.3},
-           "scaled rope": {"rope_scaling": {"rope_type": "linear", "factor": 8.0}, "rope_local_base_freq": 100.0}}
+# config edits of the checkpoint, and whether the graph holds int8 embeddings (the OpenVINO variants' recipe);
+# transformers' Gemma 3 ignores attn_logit_softcapping (q/k norms replaced it), so the graph must too
+CASES = {"as saved": ({}, False),
+         "softcapped": ({"attn_logit_softcapping": 0.5, "final_logit_softcapping": 0.3}, False),
+         "scaled rope": ({"rope_scaling": {"rope_type": "linear", "factor": 8.0}, "rope_local_base_freq": 100.0},
+                         False),
+         "int8 embeddings": ({}, True)}
 
 
 def _variant(source: str, folder, edits: dict) -> str:
@@ -46,7 +50,8 @@ def _variant(source: str, folder, edits: dict) -> str:
 
 def _transformers(folder: str, graph: str | None = None):
     """transformers' eager Gemma 3 in fp32; with ``graph``, every linear holds the weight that graph's MatMulNBits
-    node decodes to, (code - zero point) * scale per block (the head untied from the fp32 embedding)."""
+    node decodes to, (code - zero point) * scale per block (the head untied from the embedding), and the
+    embedding the graph's int8 codes times their row scales where it holds those."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
@@ -73,10 +78,13 @@ def _transformers(folder: str, graph: str | None = None):
             params[name].data.copy_(weight)
         decoded += 1
     assert decoded == 7 * model.config.num_hidden_layers + 1
+    if "embed_tokens_int8" in initializers:
+        table = initializers["embed_tokens_int8"].astype(np.float32) * initializers["embed_tokens_scales"]
+        model.model.embed_tokens.weight.data.copy_(torch.from_numpy(table))
     return model
 
 
-@pytest.fixture(scope="module", params=list(CONFIGS))
+@pytest.fixture(scope="module", params=list(CASES))
 def built(request, gemma_checkpoint, tmp_path_factory):
     """(checkpoint variant, its 8-bit graph's runner, transformers on the graph's weights, on the checkpoint's)."""
     from edgekit.artifacts.manifest import copy_side_files
@@ -84,8 +92,10 @@ def built(request, gemma_checkpoint, tmp_path_factory):
     from edgekit.runtimes.onnxruntime.runner import ORTRunner
 
     tmp = tmp_path_factory.mktemp("onnx-gemma")
-    folder = _variant(gemma_checkpoint, tmp / "checkpoint", CONFIGS[request.param])
-    graph = build_nbits_decoder(folder, tmp / "graph", bits=8, block_size=32, symmetric=False, accuracy_level=1)
+    edits, int8_embeddings = CASES[request.param]
+    folder = _variant(gemma_checkpoint, tmp / "checkpoint", edits)
+    graph = build_nbits_decoder(folder, tmp / "graph", bits=8, block_size=32, symmetric=False, accuracy_level=1,
+                                int8_embeddings=int8_embeddings)
     copy_side_files(folder, tmp / "graph")
     return folder, ORTRunner(tmp / "graph"), _transformers(folder, str(graph)), _transformers(folder)
 
