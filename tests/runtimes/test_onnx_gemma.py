@@ -22,7 +22,8 @@ from onnx import numpy_helper
 from edgekit.core.errors import VariantError
 
 PROMPT = 64  # tokens; the window is 16
-EXACT = 1e-4  # max |logit difference| against the same weights in transformers (logits' std is about 0.5)
+EXACT = 1e-4  # max |logit difference| against the same weights in transformers (measured below 1e-6; logits'
+# std is about 0.2, and a graph without the window mask or the (1 + w) norms is off by 0.5 or more)
 # config edits of the checkpoint, and whether the graph holds int8 embeddings (the OpenVINO variants' recipe);
 # transformers' Gemma 3 ignores attn_logit_softcapping (q/k norms replaced it), so the graph must too
 CASES = {"as saved": ({}, False),
@@ -152,7 +153,9 @@ def test_8_bit_blocks_are_near_lossless_against_the_fp32_checkpoint(built, promp
         reference = checkpoint(prompt).logits.log_softmax(-1)
     logits = runner.logits(prompt).log_softmax(-1)
     kl = (reference.exp() * (reference - logits)).sum(-1)
-    assert kl.mean() < 1e-3 and kl.max() < 1e-2, (kl.mean(), kl.max())
+    # measured: mean about 5e-6, max 2e-5; a graph without the window mask or the (1 + w) norms: mean 0.009 or more
+    assert kl.mean() < 1e-4 and kl.max() < 1e-3, (kl.mean(), kl.max())
+    # a random model's near-ties flip under any rounding (0.94 measured): top-1 only checks nothing gross is off
     assert (logits.argmax(-1) == reference.argmax(-1)).float().mean() >= 0.9
 
 
