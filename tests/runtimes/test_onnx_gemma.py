@@ -168,3 +168,21 @@ def test_a_gemma3_option_the_graph_does_not_compute_is_refused_in_one_line(edits
     with pytest.raises(VariantError, match=match) as refused:
         build_nbits_decoder(folder, tmp_path / "graph", bits=4, block_size=32, symmetric=False, accuracy_level=0)
     assert "\n" not in str(refused.value) and "use onnx-int8 or onnx-fp32" in str(refused.value)
+
+
+def test_another_family_is_refused_in_one_line_naming_what_runs_it(tmp_path):
+    """Gemma 2 looks close (norms around attention and MLP, (1 + w)) but caps its attention scores and has no q/k
+    norms: the builder writes only the blocks it is tested on and says which variants take any architecture."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from edgekit.runtimes.onnx.build import build_nbits_decoder
+
+    config = Gemma2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                          num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                          architectures=["Gemma2ForCausalLM"])
+    Gemma2ForCausalLM(config).save_pretrained(tmp_path / "gemma2")
+    with pytest.raises(VariantError, match=r"^ov-int4-g<N> builds Llama-family and Gemma 3 graphs \(.*gemma3_text\); "
+                                           r".* is a gemma2: use ov-int8 for it$") as refused:
+        build_nbits_decoder(str(tmp_path / "gemma2"), tmp_path / "graph", bits=4, block_size=128, symmetric=True,
+                            accuracy_level=0, family="ov", fallback="ov-int8")
+    assert "\n" not in str(refused.value)
