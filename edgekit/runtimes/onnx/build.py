@@ -195,16 +195,17 @@ class _Block:
 
 
 def _block(config, head_dim: int) -> _Block:
-    layers = config.num_hidden_layers
     if config.model_type in LLAMA_TYPES:
-        return _Block(0.0, None, head_dim ** -0.5, False, False, False, None, ("full_attention",) * layers,
-                      {"full_attention": None}, {"full_attention": config})
+        return _Block(norm_offset=0.0, embed_scale=None, attn_scale=head_dim ** -0.5, qk_norm=False, sandwich=False,
+                      gelu_tanh=False, final_softcap=None, kinds=("full_attention",) * config.num_hidden_layers,
+                      windows={"full_attention": None}, ropes={"full_attention": config})
     local = copy.deepcopy(config)  # transformers' Gemma3TextModel builds its local rotary the same way
     local.rope_theta, local.rope_scaling = config.rope_local_base_freq, {"rope_type": "default"}
-    return _Block(1.0, config.hidden_size ** 0.5, config.query_pre_attn_scalar ** -0.5, True, True,
-                  True, config.final_logit_softcapping, tuple(config.layer_types),
-                  {"full_attention": None, "sliding_attention": int(config.sliding_window)},
-                  {"full_attention": config, "sliding_attention": local})
+    return _Block(norm_offset=1.0, embed_scale=config.hidden_size ** 0.5,
+                  attn_scale=config.query_pre_attn_scalar ** -0.5, qk_norm=True, sandwich=True, gelu_tanh=True,
+                  final_softcap=config.final_logit_softcapping, kinds=tuple(config.layer_types),
+                  windows={"full_attention": None, "sliding_attention": int(config.sliding_window)},
+                  ropes={"full_attention": config, "sliding_attention": local})
 
 
 def _refusal(config) -> str | None:
