@@ -11,9 +11,8 @@ SETTINGS = EvalSettings(context=64, stride=32, max_tokens=256, batch_size=4)
 CALIBRATION = "samples=4,seq_len=64"
 RUNS = ["int8", "nf4", "int4-g32", "int4-g128", f"gptq-int4-g128:{CALIBRATION}", "kq4",
         f"mixed-int4-g128-k4:rank_tokens=256,{CALIBRATION}", f"prune-wanda-50%:{CALIBRATION}",
-        f"prune-wanda-50%+int4-g128:{CALIBRATION}", "gguf-q8_0", "onnx-int8"]
-REFUSALS = {"prune-heads-50%": "single key/value head", "onnx-int4-g32": "use onnx-int8 or onnx-fp32",
-            "ov-int4-g128": "use ov-int8"}
+        f"prune-wanda-50%+int4-g128:{CALIBRATION}", "gguf-q8_0", "onnx-int8", "onnx-int4-g32", "ov-int4-g128"]
+REFUSALS = {"prune-heads-50%": "single key/value head"}
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +49,18 @@ def test_a_gemma_shape_is_refused_in_one_line(gemma, variant):
     assert "\n" not in str(refused.value)
 
 
-def test_the_cli_refuses_a_graph_it_cannot_build_with_exit_2(gemma, tmp_path, capsys):
+def test_the_cli_refuses_a_graph_it_cannot_build_with_exit_2(gemma_checkpoint, tmp_path, capsys):
+    """A Gemma 3 that attends both ways (an embedding-model option) is no causal decoder: the graph is refused."""
+    import json
+    import shutil
+
     from edgekit.cli import main
 
-    assert main(["export", "--model", gemma[0], "--variant", "ov-int4-g128", "--out", str(tmp_path / "ov")]) == 2
+    folder = tmp_path / "bidirectional"
+    shutil.copytree(gemma_checkpoint, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "use_bidirectional_attention": True}))
+    assert main(["export", "--model", str(folder), "--variant", "ov-int4-g128", "--out", str(tmp_path / "ov")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("edgekit: error: ov-int4-g<N> builds Llama-family graphs") and "\n" not in err
+    assert err.startswith("edgekit: error: ov-int4-g<N>: ") and "bidirectional attention" in err
+    assert err.endswith("use ov-int8 for it") and "\n" not in err

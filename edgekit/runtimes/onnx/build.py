@@ -21,12 +21,32 @@ block layout with ``bits=8``, the int8 graph that fits a 7B), and the token embe
 fp32 or, with ``int8_embeddings`` (OpenVINO's int4 recipe: NNCF keeps them at int8 too), int8
 codes with one scale per row, dequantized after the lookup in standard ops.
 
-Supported: the Llama block layout (``llama``, ``mistral``, ``qwen2``: RMSNorm, rotary, SiLU-gated
-MLP, optional q/k/v bias). Attention is full causal: a sliding window (Mistral/Qwen2 option) is not
-applied, which only matters past the window.
+Supported, because each is written here as transformers computes it (and the graph is checked against
+transformers' own model: tests/runtimes/test_onnx_gemma.py):
+
+- the Llama block layout (``llama``, ``mistral``, ``qwen2``): RMSNorm, rotary, SiLU-gated MLP, optional
+  q/k/v bias. Attention is full causal: a sliding window (Mistral/Qwen2 option) is not applied, which
+  only matters past the window;
+- Gemma 3 text models (``gemma3_text``): token embeddings times sqrt(hidden) (fp32), RMSNorm scaling
+  by (1 + w), norms on the attention and MLP outputs before each residual add and a separate pre-MLP
+  norm, RMSNorm over head_dim on every query and key head before rotary, a GELU-tanh gated MLP
+  (spelled in standard ops: opset 17 has no Gelu), scores scaled by ``query_pre_attn_scalar ** -0.5``,
+  and per layer (``layer_types``) either full causal attention with rotary from ``rope_theta`` and
+  ``rope_scaling`` or a sliding window of ``sliding_window`` tokens with rotary from
+  ``rope_local_base_freq``; ``final_logit_softcapping`` when set. ``attn_logit_softcapping`` is not
+  applied because transformers' Gemma 3 does not apply it (q/k norms replaced Gemma 2's capping), and
+  the graph computes what the PyTorch baseline does. The KV cache stays full length on sliding
+  layers too: the window is a mask, which is exact but saves no memory. A bidirectional Gemma 3
+  (``use_bidirectional_attention``, an embedding-model option) or another activation is refused.
+
+Other families (Gemma 2, Phi, GPT-2...) differ in block layout, and writing one without a parity
+test against transformers would only move the error; they are refused with the variants that export
+any architecture.
 """
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +62,10 @@ from edgekit.models.checkpoint import read_tensor, tensor_shards
 from edgekit.models.load import model_config, resolve_source
 from edgekit.runtimes.onnx.files import EXTERNAL_DATA_FILE, EXTERNAL_DATA_THRESHOLD, MODEL_FILE
 
-SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
+LLAMA_TYPES = ("llama", "mistral", "qwen2")
+GEMMA3_TYPES = ("gemma3_text",)
+SUPPORTED_TYPES = LLAMA_TYPES + GEMMA3_TYPES
+GELU_TANH = ("gelu_pytorch_tanh", "gelu_python_tanh")  # Gemma 3's hidden_activation, one formula
 OPSET = 17
 ALIGN = 4096  # external tensors start on page boundaries, so ONNX Runtime can map them
 
@@ -145,14 +168,57 @@ class _Writer:
 
 
 def _rope_tables(config, positions: int) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin ``[positions, head_dim]`` as transformers' Llama rotary embedding computes them."""
+    """cos and sin ``[positions, head_dim / 2]`` as transformers' rotary embedding computes them (the graph
+    repeats them over the second half of the head, as its ``cat([freqs, freqs])`` does)."""
 
     scaling = getattr(config, "rope_scaling", None) or {}
     rope_type = scaling.get("rope_type", scaling.get("type", "default"))
     inv_freq, attention_scaling = ROPE_INIT_FUNCTIONS[rope_type](config, "cpu")
     freqs = torch.outer(torch.arange(positions, dtype=torch.float32), inv_freq.float())
-    emb = torch.cat([freqs, freqs], dim=-1)
-    return ((emb.cos() * attention_scaling).numpy(), (emb.sin() * attention_scaling).numpy())
+    return ((freqs.cos() * attention_scaling).numpy(), (freqs.sin() * attention_scaling).numpy())
+
+
+@dataclass(frozen=True)
+class _Block:
+    """What one family's decoder computes beyond the shared skeleton, read from its config."""
+
+    norm_offset: float  # RMSNorm scales by (offset + w): Gemma stores w around 0, Llama around 1
+    embed_scale: float | None  # token embeddings times this (Gemma: sqrt(hidden))
+    attn_scale: float  # scores times this before the softmax
+    qk_norm: bool  # RMSNorm over head_dim on each query and key head before rotary (Gemma 3)
+    sandwich: bool  # norms on the attention and MLP outputs too, and a separate pre-MLP norm (Gemma)
+    gelu_tanh: bool  # MLP gate through GELU's tanh approximation, else SiLU
+    final_softcap: float | None  # logits capped as cap * tanh(logits / cap)
+    kinds: tuple[str, ...]  # per layer: "full_attention" or "sliding_attention"
+    windows: dict  # kind -> sliding window in tokens (None: full causal)
+    ropes: dict  # kind -> the config its rotary tables are computed from
+
+
+def _block(config, head_dim: int) -> _Block:
+    if config.model_type in LLAMA_TYPES:
+        return _Block(norm_offset=0.0, embed_scale=None, attn_scale=head_dim ** -0.5, qk_norm=False, sandwich=False,
+                      gelu_tanh=False, final_softcap=None, kinds=("full_attention",) * config.num_hidden_layers,
+                      windows={"full_attention": None}, ropes={"full_attention": config})
+    local = copy.deepcopy(config)  # transformers' Gemma3TextModel builds its local rotary the same way
+    local.rope_theta, local.rope_scaling = config.rope_local_base_freq, {"rope_type": "default"}
+    return _Block(norm_offset=1.0, embed_scale=config.hidden_size ** 0.5,
+                  attn_scale=config.query_pre_attn_scalar ** -0.5, qk_norm=True, sandwich=True, gelu_tanh=True,
+                  final_softcap=config.final_logit_softcapping, kinds=tuple(config.layer_types),
+                  windows={"full_attention": None, "sliding_attention": int(config.sliding_window)},
+                  ropes={"full_attention": config, "sliding_attention": local})
+
+
+def _refusal(config) -> str | None:
+    """Why a Gemma 3 config asks for something this graph does not compute (None: it does not)."""
+    if config.model_type not in GEMMA3_TYPES:
+        return None
+    if getattr(config, "use_bidirectional_attention", False):
+        return "uses bidirectional attention, which this causal graph does not compute"
+    if config.hidden_activation not in GELU_TANH:
+        return f"uses the {config.hidden_activation} activation; the graph writes {' or '.join(GELU_TANH)}"
+    if set(config.layer_types) - {"full_attention", "sliding_attention"}:
+        return f"has layer types {sorted(set(config.layer_types))}; the graph writes full and sliding attention"
+    return None
 
 
 def build_nbits_decoder(source: str, out_dir: str | Path, bits: int, block_size: int, symmetric: bool,
@@ -161,12 +227,14 @@ def build_nbits_decoder(source: str, out_dir: str | Path, bits: int, block_size:
     """Write ``out_dir/model.onnx`` (+ ``model.onnx_data``): the decoder of ``source`` with ``bits``-bit
     (4 or 8) MatMulNBits linears, streaming the checkpoint tensor by tensor. Returns the model path.
     ``family`` (the variants' prefix) and ``fallback`` (its variants that take any architecture) name the
-    caller's variants in the refusal of a model that is not of the Llama family."""
+    caller's variants in the refusal of a model whose block the builder does not write."""
     folder = Path(resolve_source(source))
     config = model_config(source)
     if not supports(config):
-        raise VariantError(f"{family}-int{bits}-g<N> builds Llama-family graphs ({', '.join(SUPPORTED_TYPES)}); "
-                           f"{source} is a {config.model_type}: use {fallback} for it")
+        raise VariantError(f"{family}-int{bits}-g<N> builds Llama-family and Gemma 3 graphs "
+                           f"({', '.join(SUPPORTED_TYPES)}); {source} is a {config.model_type}: use {fallback} for it")
+    if (why := _refusal(config)) is not None:
+        raise VariantError(f"{family}-int{bits}-g<N>: {source} {why}; use {fallback} for it")
     if not folder.is_dir():
         raise VariantError(f"onnx-int{bits}-g<N> reads a local folder of safetensors shards; download {source} first")
     out_dir = Path(out_dir)
@@ -206,6 +274,7 @@ def _decoder_graph(w: _Writer, weights: _Weights, config, int8_embeddings: bool)
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or hidden // heads
     layers, eps = config.num_hidden_layers, float(config.rms_norm_eps)
+    block = _block(config, head_dim)
     prefix = "model."
     f32 = TensorProto.FLOAT
 
@@ -223,17 +292,23 @@ def _decoder_graph(w: _Writer, weights: _Weights, config, int8_embeddings: bool)
 
     one = w.const("one_i64", np.array([1], np.int64))
     eps_c = w.const("rms_eps", np.array(eps, np.float32))
-    scale_c = w.const("attn_scale", np.array(head_dim ** -0.5, np.float32))
+    scale_c = w.const("attn_scale", np.array(block.attn_scale, np.float32))
     neg = w.const("mask_min", np.array(np.finfo(np.float32).min, np.float32))
     zero_f = w.const("zero_f", np.array(0.0, np.float32))
     half = head_dim // 2
-    cos, sin = _rope_tables(config, config.max_position_embeddings)
-    cos_c, sin_c = w.external("rope_cos", cos), w.external("rope_sin", sin)
 
     def rms_norm(x: str, name: str) -> str:
+        weight = weights.get(name).float() + block.norm_offset  # in fp32, as transformers does
         var = w.node("ReduceMean", [w.node("Mul", [x, x])], axes=[-1], keepdims=1)
         inv = w.node("Reciprocal", [w.node("Sqrt", [w.node("Add", [var, eps_c])])])
-        return w.node("Mul", [w.node("Mul", [x, inv]), w.external(name, weights.get(name).float().numpy())])
+        return w.node("Mul", [w.node("Mul", [x, inv]), w.external(name, weight.numpy())])
+
+    def gelu_tanh(x: str) -> str:  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); opset 17 has no Gelu
+        cube = w.node("Mul", [w.node("Mul", [x, x]), x])
+        inner = w.node("Add", [x, w.node("Mul", [cube, w.const(w.name("c"), np.array(0.044715, np.float32))])])
+        t = w.node("Tanh", [w.node("Mul", [inner, w.const(w.name("c"), np.array((2 / np.pi) ** 0.5, np.float32))])])
+        return w.node("Mul", [w.node("Mul", [x, w.node("Add", [t, w.const(w.name("c"), np.array(1, np.float32))])]),
+                              w.const(w.name("c"), np.array(0.5, np.float32))])
 
     def rotate(x: str, cos_b: str, sin_b: str) -> str:
         first = w.node("Slice", [x, w.const(w.name("s0"), np.array([0])), w.const(w.name("s1"), np.array([half])),
@@ -254,7 +329,8 @@ def _decoder_graph(w: _Writer, weights: _Weights, config, int8_embeddings: bool)
                                      w.const(w.name("rep"), np.array([1, 1, heads // kv_heads, 1, 1], np.int64))])
         return w.node("Reshape", [expanded, w.const(w.name("shape"), np.array([0, heads, -1, head_dim], np.int64))])
 
-    # the additive mask [B, 1, S, T]: key j is visible to query i when j <= past + i and attention_mask[j] = 1
+    # the additive masks [B, 1, S, T]: key j is visible to query i when j <= past + i and attention_mask[j] = 1,
+    # and on a sliding layer also j > past + i - window (transformers' sliding_window_overlay)
     past_len = w.node("Gather", [w.node("Shape", ["past_key_values.0.key"]), w.const("dim2", np.array(2, np.int64))])
     total = w.node("Gather", [w.node("Shape", ["attention_mask"]), w.const("dim1", np.array(1, np.int64))])
     step = w.const("step", np.array(1, np.int64))
@@ -264,13 +340,22 @@ def _decoder_graph(w: _Writer, weights: _Weights, config, int8_embeddings: bool)
     causal = w.node("LessOrEqual", [keys, queries])  # [S, T]
     padding = w.node("Unsqueeze", [w.node("Cast", ["attention_mask"], to=TensorProto.BOOL),
                                    w.const("ax12", np.array([1, 2], np.int64))])  # [B, 1, 1, T]
-    mask = w.node("Where", [w.node("And", [causal, padding]), zero_f, neg])
-
-    cos_b = w.node("Unsqueeze", [w.node("Gather", [cos_c, "position_ids"]), one])  # [B, 1, S, D]
-    sin_b = w.node("Unsqueeze", [w.node("Gather", [sin_c, "position_ids"]), one])
+    masks, rotary = {}, {}
+    for kind in dict.fromkeys(block.kinds):  # in layer order, so the graph is the same every build
+        visible = causal
+        if (window := block.windows[kind]) is not None:
+            oldest = w.node("Sub", [queries, w.const(w.name("window"), np.array(window, np.int64))])
+            visible = w.node("And", [visible, w.node("Greater", [keys, oldest])])
+        masks[kind] = w.node("Where", [w.node("And", [visible, padding]), zero_f, neg])
+        cos, sin = _rope_tables(block.ropes[kind], config.max_position_embeddings)
+        rotary[kind] = [w.node("Unsqueeze", [w.node("Concat", [gathered, gathered], axis=-1), one])  # [B, 1, S, D]
+                        for gathered in (w.node("Gather", [w.external(w.name(f"rope_{part}"), table), "position_ids"])
+                                         for part, table in (("cos", cos), ("sin", sin)))]
 
     embed = weights.get(prefix + "embed_tokens.weight")
     x = _embedding(w, embed, int8_embeddings)
+    if block.embed_scale is not None:
+        x = w.node("Mul", [x, w.const("embed_scale", np.array(block.embed_scale, np.float32))])
     tied_head = embed if getattr(config, "tie_word_embeddings", False) or "lm_head.weight" not in weights else None
     del embed
 
@@ -278,32 +363,42 @@ def _decoder_graph(w: _Writer, weights: _Weights, config, int8_embeddings: bool)
         return weights.get(name) if name in weights else None
 
     for i in tqdm(range(layers), desc=f"build onnx-int{w.bits}", unit="layer", leave=False):
-        p = f"{prefix}layers.{i}."
+        p, kind = f"{prefix}layers.{i}.", block.kinds[i]
         h = rms_norm(x, p + "input_layernorm.weight")
         proj = {n: w.linear(h, weights.get(f"{p}self_attn.{n}.weight"), f"{p}self_attn.{n}",
                             maybe(f"{p}self_attn.{n}.bias")) for n in ("q_proj", "k_proj", "v_proj")}
-        q = rotate(heads_first(proj["q_proj"], heads), cos_b, sin_b)
-        k = rotate(heads_first(proj["k_proj"], kv_heads), cos_b, sin_b)
+        q, k = heads_first(proj["q_proj"], heads), heads_first(proj["k_proj"], kv_heads)
+        if block.qk_norm:
+            q, k = rms_norm(q, p + "self_attn.q_norm.weight"), rms_norm(k, p + "self_attn.k_norm.weight")
+        q, k = rotate(q, *rotary[kind]), rotate(k, *rotary[kind])
         v = heads_first(proj["v_proj"], kv_heads)
         k_all = w.node("Concat", [f"past_key_values.{i}.key", k], axis=2)
         v_all = w.node("Concat", [f"past_key_values.{i}.value", v], axis=2)
         w.nodes.append(helper.make_node("Identity", [k_all], [f"present.{i}.key"], name=f"present_{i}_key"))
         w.nodes.append(helper.make_node("Identity", [v_all], [f"present.{i}.value"], name=f"present_{i}_value"))
         scores = w.node("MatMul", [q, w.node("Transpose", [repeat_kv(k_all)], perm=[0, 1, 3, 2])])
-        probs = w.node("Softmax", [w.node("Add", [w.node("Mul", [scores, scale_c]), mask])], axis=-1)
+        probs = w.node("Softmax", [w.node("Add", [w.node("Mul", [scores, scale_c]), masks[kind]])], axis=-1)
         context = w.node("Transpose", [w.node("MatMul", [probs, repeat_kv(v_all)])], perm=[0, 2, 1, 3])
         context = w.node("Reshape", [context, w.const(w.name("shape"), np.array([0, 0, heads * head_dim], np.int64))])
-        x = w.node("Add", [x, w.linear(context, weights.get(p + "self_attn.o_proj.weight"), p + "self_attn.o_proj",
-                                       maybe(p + "self_attn.o_proj.bias"))])
-        h = rms_norm(x, p + "post_attention_layernorm.weight")
+        attn = w.linear(context, weights.get(p + "self_attn.o_proj.weight"), p + "self_attn.o_proj",
+                        maybe(p + "self_attn.o_proj.bias"))
+        if block.sandwich:
+            attn = rms_norm(attn, p + "post_attention_layernorm.weight")
+        x = w.node("Add", [x, attn])
+        h = rms_norm(x, p + ("pre_feedforward" if block.sandwich else "post_attention") + "_layernorm.weight")
         gate = w.linear(h, weights.get(p + "mlp.gate_proj.weight"), p + "mlp.gate_proj")
         up = w.linear(h, weights.get(p + "mlp.up_proj.weight"), p + "mlp.up_proj")
-        act = w.node("Mul", [w.node("Mul", [gate, w.node("Sigmoid", [gate])]), up])
-        x = w.node("Add", [x, w.linear(act, weights.get(p + "mlp.down_proj.weight"), p + "mlp.down_proj")])
+        act = gelu_tanh(gate) if block.gelu_tanh else w.node("Mul", [gate, w.node("Sigmoid", [gate])])
+        mlp = w.linear(w.node("Mul", [act, up]), weights.get(p + "mlp.down_proj.weight"), p + "mlp.down_proj")
+        if block.sandwich:
+            mlp = rms_norm(mlp, p + "post_feedforward_layernorm.weight")
+        x = w.node("Add", [x, mlp])
 
     x = rms_norm(x, prefix + "norm.weight")
     head = tied_head if tied_head is not None else weights.get("lm_head.weight")
     logits = w.linear(x, head, "lm_head")
+    if block.final_softcap is not None:
+        cap = w.const("final_softcap", np.array(block.final_softcap, np.float32))
+        logits = w.node("Mul", [w.node("Tanh", [w.node("Div", [logits, cap])]), cap])
     w.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits_out"))
     return helper.make_graph(w.nodes, f"edgekit-int{w.bits}-decoder", inputs, outputs, w.initializers)
-
