@@ -30,7 +30,7 @@ import onnxruntime as ort
 
 from edgekit.artifacts.manifest import Manifest, copy_side_files, write_manifest
 from edgekit.core.errors import PlanError
-from edgekit.core.paths import bos_token_id, eval_token_ids, work_dir
+from edgekit.core.paths import begin_with_bos, bos_token_id, eval_token_ids, work_dir
 from edgekit.memory.guard import admit
 from edgekit.models.load import load_tokenizer, model_key, resolve_source
 from edgekit.quantizers.smoothquant import smoothed_folder
@@ -131,7 +131,8 @@ def _pytorch_reference(key: str, source: str):
     """Eval token ids and PyTorch fp32 logits on them, computed once per model version and process."""
     reference = build_runner("fp32", source)
     try:
-        ids = parity_batch(eval_token_ids(reference.tokenizer, "eval")[:PARITY_TOKENS])
+        ids = begin_with_bos(parity_batch(eval_token_ids(reference.tokenizer, "eval")[:PARITY_TOKENS]),
+                             reference.tokenizer)  # rows as the model sees text (Gemma: <bos> first)
         return ids, reference.logits(ids)
     finally:
         reference.close()
