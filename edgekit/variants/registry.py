@@ -145,6 +145,10 @@ class Entry:
     # (variant, rows, cols, dense dtype) -> bytes of the token embedding / LM head table as held, for a method
     # that quantizes them too (kquant); None: they stay dense at ``dense``
     table_bytes: Callable[["Variant", int, int, str], int] | None = None
+    # (variant, held config) -> bytes per top-level module of the graph its runtime writes from the config, for a
+    # variant whose graph stores what the model's parameters do not list (a tied head's second copy, rotary
+    # tables); the planner prices that instead of the parameters. None: the parameters, as above.
+    graph_bytes: Callable[["Variant", Any], dict[str, int]] | None = None
 
     @property
     def default_options(self) -> dict[str, Any]:
@@ -166,12 +170,13 @@ def register(pattern: str, family: str, summary: str, examples: tuple[str, ...] 
              offered: bool = True, exporter: Callable[..., Any] | None = None,
              held_config: Callable[[Variant, Any], Any] | None = None, defaults: dict[str, Any] | None = None,
              runtime_options: tuple[str, ...] = (), table_bytes: Callable[[Variant, int, int, str], int]
-             | None = None):
+             | None = None, graph_bytes: Callable[[Variant, Any], dict[str, int]] | None = None):
     """Decorator: the one entry for the variant names matching ``pattern`` (see :class:`Entry`)."""
     def wrap(builder: Builder) -> Builder:
         REGISTRY.append(Entry(re.compile(pattern), family, builder, summary, linear_bytes, examples or (pattern,),
                               tuple(options), load, dense, compute or dense, offered, exporter, held_config,
-                              tuple(sorted((defaults or {}).items())), tuple(runtime_options), table_bytes))
+                              tuple(sorted((defaults or {}).items())), tuple(runtime_options), table_bytes,
+                              graph_bytes))
         REGISTRY.sort(key=_module_rank)  # stable: entries of one module keep their order
         _FOUND.clear()
         return builder
