@@ -9,7 +9,7 @@ from edgekit.memory.bytes import module_bytes, weight_bytes
 from edgekit.models.load import model_config
 from edgekit.runtimes import build_runner
 
-VARIANTS = ["onnx-int4-g32", "onnx-int8-g128", "ov-int4-g128"]
+VARIANTS = ["onnx-int4-g32", "onnx-int8-g128", "onnx-int4-g64:symmetric=true", "ov-int4-g128", "ov-int8-g128"]
 
 
 @pytest.fixture(scope="module", params=["default_model", "gemma_checkpoint"])
