@@ -3,9 +3,10 @@
 A variant name parses into a small immutable :class:`Variant`; options follow a colon,
 ``nf4:double_quant=true,compute_dtype=bf16``. **The registry entry is the variant**: the entry
 that ``@register`` adds carries the builder (name -> Runner), the runtime that runs it
-(``family``), the options it accepts, how the planner prices one linear layer under it, what
-dtype it leaves unquantized, how its load peaks (a load kind: its meaning and arithmetic live together
-in :data:`edgekit.memory.peak.LOAD_KINDS`), and the example names pickers offer. The planner, the load guard, the
+(``family``), the options it accepts, how the planner prices one linear layer under it (or the whole graph
+its runtime writes, where that stores more than the model's parameters), what dtype it leaves unquantized,
+how its load peaks (a load kind: its meaning and arithmetic live together in
+:data:`edgekit.memory.peak.LOAD_KINDS`), and the example names pickers offer. The planner, the load guard, the
 widgets, the CLI and the docs all read these entries, so adding a variant is adding one entry
 in one module, found by walking the rooms of :data:`METHOD_ROOMS` and imported on first lookup (so
 importing edgekit stays fast and a missing optional runtime only matters when its variant is asked for).
