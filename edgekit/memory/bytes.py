@@ -1,5 +1,6 @@
 """Bytes from a config alone: weights under a variant (each registry entry prices its linears; the rest at
-the dtype the entry leaves unquantized), the KV cache (dense or llama.cpp block types, from gguf's own table)
+the dtype the entry leaves unquantized; an entry whose runtime writes its own graph prices that graph, which
+can store more than the model's parameters), the KV cache (dense or llama.cpp block types, from gguf's own table)
 and one forward pass's activations.
 """
 from __future__ import annotations
@@ -37,8 +38,24 @@ def held_config(config, variant: "str | Variant"):
 
 def module_bytes(config, variant: str, layer_schemes: dict[str, str] | None = None) -> dict[str, int]:
     """Weight bytes per top-level module in load order (embeddings, each decoder block, norm, head),
-    at the shapes the variant holds (:func:`held_config`)."""
+    at the shapes the variant holds (:func:`held_config`); a variant whose runtime writes its own graph
+    prices that graph (its registry entry's ``graph_bytes``: tensors the model's parameters do not list)."""
     config = held_config(config, variant)
+    variant = Variant.parse(variant)
+    if variant.entry.graph_bytes:
+        if layer_schemes:
+            raise VariantError(f"{variant.name} writes every linear alike; layer_schemes cannot mix schemes in it")
+        sizes = variant.entry.graph_bytes(variant, config)
+    else:
+        sizes = _parameter_bytes(config, variant, layer_schemes)
+    order = lambda key: (0 if "embed" in key or key.endswith("wte") else 2 if not re.search(r"\.\d+$", key) else 1,
+                         int(key.rsplit(".", 1)[-1]) if re.search(r"\.\d+$", key) else 0, "head" in key)
+    return dict(sorted(sizes.items(), key=lambda kv: order(kv[0])))
+
+
+def _parameter_bytes(config, variant: Variant, layer_schemes: dict[str, str] | None) -> dict[str, int]:
+    """Weight bytes per top-level module of the model's own parameters: each linear as its scheme holds it
+    (``layer_schemes`` or the variant's), the rest at the variant's dense dtype or its ``table_bytes``."""
     _, linears, others = config_layout(config)
     dense = dense_dtype(config, variant)
     layer_schemes = dict(layer_schemes or {})
@@ -47,7 +64,6 @@ def module_bytes(config, variant: str, layer_schemes: dict[str, str] | None = No
         raise VariantError(f"layer_schemes names layers this model does not have: {sorted(unknown)[:3]}; "
                            f"names look like {linears[0][0]}")
     sizes: dict[str, int] = {}
-    variant = Variant.parse(variant)
     table_bytes, width = variant.entry.table_bytes, getattr(config, "hidden_size", 0)
     for top, numel in others:
         table = ("embed" in top or top.endswith("wte") or "head" in top) and width and numel % width == 0
@@ -57,9 +73,7 @@ def module_bytes(config, variant: str, layer_schemes: dict[str, str] | None = No
     for name, out_f, in_f, bias in linears:
         top = top_module(name + ".weight")
         sizes[top] = sizes.get(top, 0) + linear_bytes(out_f, in_f, bias, layer_schemes.get(name, variant), dense)
-    order = lambda key: (0 if "embed" in key or key.endswith("wte") else 2 if not re.search(r"\.\d+$", key) else 1,
-                         int(key.rsplit(".", 1)[-1]) if re.search(r"\.\d+$", key) else 0, "head" in key)
-    return dict(sorted(sizes.items(), key=lambda kv: order(kv[0])))
+    return sizes
 
 
 def weight_bytes(config, variant: str, layer_schemes: dict[str, str] | None = None) -> int:

@@ -3,9 +3,10 @@
 A variant name parses into a small immutable :class:`Variant`; options follow a colon,
 ``nf4:double_quant=true,compute_dtype=bf16``. **The registry entry is the variant**: the entry
 that ``@register`` adds carries the builder (name -> Runner), the runtime that runs it
-(``family``), the options it accepts, how the planner prices one linear layer under it, what
-dtype it leaves unquantized, how its load peaks (a load kind: its meaning and arithmetic live together
-in :data:`edgekit.memory.peak.LOAD_KINDS`), and the example names pickers offer. The planner, the load guard, the
+(``family``), the options it accepts, how the planner prices one linear layer under it (or the whole graph
+its runtime writes, where that stores more than the model's parameters), what dtype it leaves unquantized,
+how its load peaks (a load kind: its meaning and arithmetic live together in
+:data:`edgekit.memory.peak.LOAD_KINDS`), and the example names pickers offer. The planner, the load guard, the
 widgets, the CLI and the docs all read these entries, so adding a variant is adding one entry
 in one module, found by walking the rooms of :data:`METHOD_ROOMS` and imported on first lookup (so
 importing edgekit stays fast and a missing optional runtime only matters when its variant is asked for).
@@ -145,6 +146,10 @@ class Entry:
     # (variant, rows, cols, dense dtype) -> bytes of the token embedding / LM head table as held, for a method
     # that quantizes them too (kquant); None: they stay dense at ``dense``
     table_bytes: Callable[["Variant", int, int, str], int] | None = None
+    # (variant, held config) -> bytes per top-level module of the graph its runtime writes from the config, for a
+    # variant whose graph stores what the model's parameters do not list (a tied head's second copy, rotary
+    # tables); the planner prices that instead of the parameters. None: the parameters, as above.
+    graph_bytes: Callable[["Variant", Any], dict[str, int]] | None = None
 
     @property
     def default_options(self) -> dict[str, Any]:
@@ -166,12 +171,13 @@ def register(pattern: str, family: str, summary: str, examples: tuple[str, ...] 
              offered: bool = True, exporter: Callable[..., Any] | None = None,
              held_config: Callable[[Variant, Any], Any] | None = None, defaults: dict[str, Any] | None = None,
              runtime_options: tuple[str, ...] = (), table_bytes: Callable[[Variant, int, int, str], int]
-             | None = None):
+             | None = None, graph_bytes: Callable[[Variant, Any], dict[str, int]] | None = None):
     """Decorator: the one entry for the variant names matching ``pattern`` (see :class:`Entry`)."""
     def wrap(builder: Builder) -> Builder:
         REGISTRY.append(Entry(re.compile(pattern), family, builder, summary, linear_bytes, examples or (pattern,),
                               tuple(options), load, dense, compute or dense, offered, exporter, held_config,
-                              tuple(sorted((defaults or {}).items())), tuple(runtime_options), table_bytes))
+                              tuple(sorted((defaults or {}).items())), tuple(runtime_options), table_bytes,
+                              graph_bytes))
         REGISTRY.sort(key=_module_rank)  # stable: entries of one module keep their order
         _FOUND.clear()
         return builder

@@ -21,6 +21,12 @@ block layout with ``bits=8``, the int8 graph that fits a 7B), and the token embe
 fp32 or, with ``int8_embeddings`` (OpenVINO's int4 recipe: NNCF keeps them at int8 too), int8
 codes with one scale per row, dequantized after the lookup in standard ops.
 
+:func:`graph_bytes` prices that graph from the config alone, tensor kind by tensor kind as the builder writes
+them (the planner calls it through the variants' registry entries): a tied head is stored twice (the
+embedding for the Gather, a MatMulNBits copy for the logits), and each rotary set's cos and sin tables
+(:func:`rope_table_shape`) are stored too: 64 MiB for Gemma 3's two sets over 32k positions, as much as
+its 4-bit decoder blocks.
+
 Supported, because each is written here as transformers computes it (and the graph is checked against
 transformers' own model: tests/runtimes/test_onnx_gemma.py):
 
@@ -59,6 +65,8 @@ from edgekit.core.errors import VariantError
 from edgekit.core.progress import tqdm
 from edgekit.core.quiet import root_logging_kept
 from edgekit.models.checkpoint import read_tensor, tensor_shards
+from edgekit.models.config import config_layout
+from edgekit.models.layout import top_module
 from edgekit.models.load import model_config, resolve_source
 from edgekit.runtimes.onnx.files import EXTERNAL_DATA_FILE, EXTERNAL_DATA_THRESHOLD, MODEL_FILE
 
@@ -85,6 +93,44 @@ def check_matmul_nbits(block_size: int, accuracy_level: int) -> None:
 
 def supports(config) -> bool:
     return getattr(config, "model_type", None) in SUPPORTED_TYPES
+
+
+def _head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def rope_table_shape(config) -> tuple[int, int]:
+    """(positions, width) of each cos or sin table the graph stores: every position the config allows, half
+    the head (the graph repeats it over the second half)."""
+    return int(config.max_position_embeddings), _head_dim(config) // 2
+
+
+def matmul_nbits_bytes(out_f: int, in_f: int, bias: bool, bits: int, block_size: int, symmetric: bool) -> int:
+    """Bytes of one linear as :meth:`_Writer.linear` stores it, the layout of ONNX Runtime's
+    ``qbits_block_quant``: per output row, ``in_f`` padded to whole blocks of b-bit codes, an fp32 scale per block
+    and (asymmetric) a b-bit zero point per block packed into bytes; an fp32 bias."""
+    blocks = -(-in_f // block_size)
+    zeros = 0 if symmetric else -(-blocks * bits // 8)
+    return out_f * (blocks * block_size * bits // 8 + 4 * blocks + zeros) + (4 * out_f if bias else 0)
+
+
+def graph_bytes(config, bits: int, block_size: int, symmetric: bool, int8_embeddings: bool = False) -> dict[str, int]:
+    """Bytes per top-level module of the graph :func:`build_nbits_decoder` writes for ``config`` (a
+    transformers config; nothing read but it): every decoder linear as MatMulNBits, norms fp32, the token
+    embedding fp32 (or int8 codes and an fp32 scale per row), the LM head as MatMulNBits whether or not it is
+    tied (a tied head is stored a second time), and fp32 cos and sin tables per rotary set (``model.rotary_emb``)."""
+    _, linears, others = config_layout(config)
+    vocab, hidden = config.vocab_size, config.hidden_size
+    sizes = {top: vocab * hidden + 4 * vocab if int8_embeddings and top.endswith("embed_tokens") else 4 * numel
+             for top, numel in others if top != "lm_head"}
+    for name, out_f, in_f, bias in linears:
+        top = top_module(name + ".weight")
+        sizes[top] = sizes.get(top, 0) + matmul_nbits_bytes(out_f, in_f, bias, bits, block_size, symmetric)
+    kinds = _block(config, _head_dim(config)).kinds if config.model_type in GEMMA3_TYPES else ("full_attention",)
+    positions, width = rope_table_shape(config)
+    sizes["model.rotary_emb"] = len(set(kinds)) * 2 * positions * width * 4
+    sizes["lm_head"] = matmul_nbits_bytes(vocab, hidden, False, bits, block_size, symmetric)
+    return sizes
 
 
 class _Weights:
@@ -270,9 +316,9 @@ def _embedding(w: _Writer, table: torch.Tensor, int8: bool) -> str:
 
 
 def _decoder_graph(w: _Writer, weights: _Weights, config, int8_embeddings: bool) -> onnx.GraphProto:
-    hidden, heads = config.hidden_size, config.num_attention_heads
+    heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    head_dim = _head_dim(config)
     layers, eps = config.num_hidden_layers, float(config.rms_norm_eps)
     block = _block(config, head_dim)
     prefix = "model."
@@ -295,7 +341,7 @@ def _decoder_graph(w: _Writer, weights: _Weights, config, int8_embeddings: bool)
     scale_c = w.const("attn_scale", np.array(block.attn_scale, np.float32))
     neg = w.const("mask_min", np.array(np.finfo(np.float32).min, np.float32))
     zero_f = w.const("zero_f", np.array(0.0, np.float32))
-    half = head_dim // 2
+    positions, half = rope_table_shape(config)
 
     def rms_norm(x: str, name: str) -> str:
         weight = weights.get(name).float() + block.norm_offset  # in fp32, as transformers does
@@ -347,7 +393,7 @@ def _decoder_graph(w: _Writer, weights: _Weights, config, int8_embeddings: bool)
             oldest = w.node("Sub", [queries, w.const(w.name("window"), np.array(window, np.int64))])
             visible = w.node("And", [visible, w.node("Greater", [keys, oldest])])
         masks[kind] = w.node("Where", [w.node("And", [visible, padding]), zero_f, neg])
-        cos, sin = _rope_tables(block.ropes[kind], config.max_position_embeddings)
+        cos, sin = _rope_tables(block.ropes[kind], positions)
         rotary[kind] = [w.node("Unsqueeze", [w.node("Concat", [gathered, gathered], axis=-1), one])  # [B, 1, S, D]
                         for gathered in (w.node("Gather", [w.external(w.name(f"rope_{part}"), table), "position_ids"])
                                          for part, table in (("cos", cos), ("sin", sin)))]

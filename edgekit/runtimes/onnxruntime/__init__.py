@@ -35,7 +35,7 @@ from edgekit.memory.guard import admit
 from edgekit.models.load import load_tokenizer, model_key, resolve_source
 from edgekit.quantizers.smoothquant import smoothed_folder
 from edgekit.runtimes import build_runner, cached_manifest, load_artifact
-from edgekit.runtimes.onnx.build import build_nbits_decoder, check_matmul_nbits
+from edgekit.runtimes.onnx.build import build_nbits_decoder, check_matmul_nbits, graph_bytes, matmul_nbits_bytes
 from edgekit.runtimes.onnx.export import cached_export, parity, parity_batch
 from edgekit.runtimes.onnx.files import MODEL_FILE
 from edgekit.runtimes.onnxruntime.quantize import quantize_int8_dynamic, quantize_int8_static
@@ -47,7 +47,7 @@ from edgekit.runtimes.onnxruntime.runner import (
     self_test,
     session_options,
 )
-from edgekit.variants.registry import Variant, dense_linear_bytes, group_codes_bytes, per_channel_int8_bytes, register
+from edgekit.variants.registry import Variant, dense_linear_bytes, per_channel_int8_bytes, register
 
 COMMON_OPTIONS = ("opt_level", "provider")
 PARITY_TOKENS = 512
@@ -185,7 +185,13 @@ def _build(variant: Variant, source: str, tokenizer):
 
 
 def _nbits_bytes(variant: Variant, out_f: int, in_f: int, bias: bool, dense: str) -> int:
-    return group_codes_bytes(out_f, in_f, bias, variant.bits, variant.group_size)
+    settings = quantization_settings(variant)
+    return matmul_nbits_bytes(out_f, in_f, bias, variant.bits, variant.group_size, settings["symmetric"])
+
+
+def _nbits_graph_bytes(variant: Variant, config) -> dict[str, int]:
+    """The MatMulNBits graph as :func:`build_nbits_decoder` writes it (fp32 embeddings), priced per module."""
+    return graph_bytes(config, variant.bits, variant.group_size, quantization_settings(variant)["symmetric"])
 
 
 _ENTRY = dict(load="export", dense=lambda variant, checkpoint: "fp32", exporter=export_artifact)
@@ -199,7 +205,7 @@ register(r"onnx-int8-static", "onnxruntime", "ONNX Runtime static int8 QDQ calib
 register(r"onnx-int(?P<bits>[48])-g(?P<group_size>\d+)", "onnxruntime",
          "ONNX Runtime MatMulNBits 4- or 8-bit weight-only, built from the checkpoint tensor by tensor (options "
          "symmetric=false, accuracy_level=4)", ("onnx-int4-g32", "onnx-int4-g64", "onnx-int4-g128", "onnx-int8-g128"),
-         linear_bytes=_nbits_bytes,
+         linear_bytes=_nbits_bytes, graph_bytes=_nbits_graph_bytes,
          options=("symmetric", "accuracy_level", *COMMON_OPTIONS), **{**_ENTRY, "load": "streamed-export"})(_build)
 
 

@@ -43,9 +43,9 @@ from edgekit.memory.guard import admit, admit_artifact
 from edgekit.models.load import folder_tokenizer
 from edgekit.models.sampling import Pick, choose
 from edgekit.runtimes import cached_manifest, load_artifact
-from edgekit.runtimes.onnx.build import build_nbits_decoder, check_matmul_nbits
+from edgekit.runtimes.onnx.build import build_nbits_decoder, check_matmul_nbits, graph_bytes, matmul_nbits_bytes
 from edgekit.runtimes.onnx.export import cached_export
-from edgekit.variants.registry import Variant, group_codes_bytes, per_channel_int8_bytes, register
+from edgekit.variants.registry import Variant, per_channel_int8_bytes, register
 
 MODEL_XML = "openvino_model.xml"
 MODEL_BIN = "openvino_model.bin"
@@ -193,13 +193,21 @@ def load_openvino_artifact(manifest: Manifest, device: str | None = None, thread
 def _ov_bytes(variant: Variant, out_f: int, in_f: int, bias: bool, dense: str) -> int:
     if not variant.group_size:
         return per_channel_int8_bytes(variant, out_f, in_f, bias, dense)
-    return group_codes_bytes(out_f, in_f, bias, variant.bits, variant.group_size)
+    return matmul_nbits_bytes(out_f, in_f, bias, variant.bits, variant.group_size,
+                              compression_settings(variant)["symmetric"])
+
+
+def _ov_graph_bytes(variant: Variant, config) -> dict[str, int]:
+    """The MatMulNBits graph OpenVINO reads (int8 embeddings, as :func:`export_artifact` builds it), priced per
+    module: its reader keeps each tensor's bytes (b-bit codes, fp32 scales, zero points) in the IR."""
+    return graph_bytes(config, variant.bits, variant.group_size, compression_settings(variant)["symmetric"],
+                       int8_embeddings=True)
 
 
 @register(r"ov-int(?P<bits>[48])-g(?P<group_size>\d+)", "openvino",
           "OpenVINO IR of the 4- or 8-bit graph built from the checkpoint tensor by tensor (options sym, device, "
           "threads)", ("ov-int4-g32", "ov-int4-g128", "ov-int8-g128"), linear_bytes=_ov_bytes,
-          options=("sym", "device", "threads"),
+          graph_bytes=_ov_graph_bytes, options=("sym", "device", "threads"),
           runtime_options=("device", "threads"), load="streamed-export", dense=lambda variant, checkpoint: "fp16",
           exporter=export_artifact)
 @register(r"ov-int(?P<bits>8)", "openvino",
