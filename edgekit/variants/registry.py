@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import math
 import pkgutil
 import re
 from dataclasses import dataclass
@@ -250,13 +249,6 @@ def offered_variants(families: tuple[str, ...] | None = None, per_entry: int | N
 def dense_linear_bytes(dtype: str) -> LinearBytes:
     """An unquantized linear at ``dtype`` (its bias too)."""
     return lambda variant, out_f, in_f, bias, dense: (out_f * in_f + (out_f if bias else 0)) * DTYPE_BYTES[dtype]
-
-
-def group_codes_bytes(out_f: int, in_f: int, bias: bool, bits: int, group_size: int) -> int:
-    """b-bit codes plus an fp16 scale and a uint8 zero point per group of ``group_size`` inputs
-    (a last, shorter group where the width is not a multiple), fp32 bias."""
-    groups = out_f * math.ceil(in_f / group_size)
-    return math.ceil(out_f * in_f * bits / 8) + 3 * groups + (4 * out_f if bias else 0)
 
 
 def per_channel_int8_bytes(variant: Variant, out_f: int, in_f: int, bias: bool, dense: str) -> int:

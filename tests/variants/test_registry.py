@@ -8,10 +8,10 @@ from edgekit.core.errors import VariantError
 from edgekit.memory.bytes import weight_bytes
 from edgekit.memory.guard import torch_runner
 from edgekit.memory.plan import plan_memory
-from edgekit.quantizers.packed import quantize_rtn
+from edgekit.quantizers.packed import packed_bytes, quantize_rtn
 from edgekit.runtimes import build_runner
 from edgekit.ui.widgets import Dashboard, MemoryPlanner, variant_picker
-from edgekit.variants.registry import Variant, group_codes_bytes, register, unregister
+from edgekit.variants.registry import Variant, register, unregister
 
 PATTERN = r"throwaway-int(?P<bits>[48])-g(?P<group_size>\d+)"
 
@@ -19,11 +19,8 @@ PATTERN = r"throwaway-int(?P<bits>[48])-g(?P<group_size>\d+)"
 @pytest.fixture
 def throwaway():
     """A new variant family added the way a contributor would: one entry, in one place."""
-    def price(variant, out_f, in_f, bias, dense):
-        return group_codes_bytes(out_f, in_f, bias, variant.bits, variant.group_size)
-
     @register(PATTERN, "pytorch", "a throwaway RTN variant for the registry test", ("throwaway-int8-g64",),
-              linear_bytes=price, options=("note",))
+              linear_bytes=packed_bytes, options=("note",))
     def build(variant, source, tokenizer):
         runner = torch_runner(variant, source, tokenizer, dtype=torch.float32)
         quantize_rtn(runner.model, variant.bits, variant.group_size)
