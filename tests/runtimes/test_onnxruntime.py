@@ -209,17 +209,22 @@ def test_a_cached_artifact_is_hashed_once_per_load(default_model, monkeypatch):
     assert len(hashed) == files  # one pass over the files: the cache's check is the load's
 
 
-def test_static_calibration_windows_begin_with_bos_when_asked(default_model):
-    """Static int8's calibration reader follows the BOS rule (edgekit.core.paths.begin_with_bos): with a BOS
-    id, each window is BOS then its first length - 1 tokens; without one, the text as it comes."""
+def test_static_calibration_windows_follow_the_bos_rule(default_model, gemma_checkpoint):
+    """Static int8's calibration reader follows the BOS rule (edgekit.core.paths.begin_with_bos): for a tokenizer
+    that adds BOS, each window is BOS then its first length - 1 tokens; for one that adds none (or no tokenizer),
+    the text as it comes."""
     import numpy as np
 
+    from edgekit.models.load import load_tokenizer
     from edgekit.runtimes.onnx.export import cached_export
     from edgekit.runtimes.onnxruntime.quantize import CalibrationWindows
 
-    ids = np.arange(10, 42)
+    ids, gemma = np.arange(10, 42), load_tokenizer(gemma_checkpoint)
     plain = CalibrationWindows(cached_export(default_model), ids, windows=2, length=16)
-    first = CalibrationWindows(cached_export(default_model), ids, windows=2, length=16, bos=1)
+    default = CalibrationWindows(cached_export(default_model), ids, windows=2, length=16,
+                                 tokenizer=load_tokenizer(default_model))
+    first = CalibrationWindows(cached_export(default_model), ids, windows=2, length=16, tokenizer=gemma)
     assert [f["input_ids"][0, 0] for f in plain.feeds] == [10, 26]
-    for p, b in zip(plain.feeds, first.feeds):
-        assert b["input_ids"][0, 0] == 1 and (b["input_ids"][0, 1:] == p["input_ids"][0, :-1]).all()
+    for p, d, b in zip(plain.feeds, default.feeds, first.feeds):
+        assert (d["input_ids"] == p["input_ids"]).all()
+        assert b["input_ids"][0, 0] == gemma.bos_token_id and (b["input_ids"][0, 1:] == p["input_ids"][0, :-1]).all()

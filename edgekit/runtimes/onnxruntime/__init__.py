@@ -30,7 +30,7 @@ import onnxruntime as ort
 
 from edgekit.artifacts.manifest import Manifest, copy_side_files, write_manifest
 from edgekit.core.errors import PlanError
-from edgekit.core.paths import begin_with_bos, bos_token_id, eval_token_ids, work_dir
+from edgekit.core.paths import begin_with_bos, eval_token_ids, work_dir
 from edgekit.memory.guard import admit
 from edgekit.models.load import load_tokenizer, model_key, resolve_source
 from edgekit.quantizers.smoothquant import smoothed_folder
@@ -93,7 +93,7 @@ def _quantized_model(variant: Variant, settings: dict, source: str, work: Path) 
     tokenizer = load_tokenizer(source)
     cal = settings["calibration"]
     return quantize_int8_static(raw, target, eval_token_ids(tokenizer, "calibration").numpy(), settings["per_channel"],
-                                  cal["windows"], cal["tokens_per_window"], bos_token_id(tokenizer))
+                                  cal["windows"], cal["tokens_per_window"], tokenizer)
 
 
 def model_signature(path: Path) -> dict:

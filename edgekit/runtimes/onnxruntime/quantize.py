@@ -25,9 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import torch
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
 from edgekit.core.errors import VariantError
+from edgekit.core.paths import begin_with_bos
 from edgekit.core.progress import tqdm
 from edgekit.core.quiet import at_level, ort_quantization
 from edgekit.runtimes.onnx.files import EXTERNAL_DATA_THRESHOLD
@@ -57,10 +59,10 @@ def quantize_int8_dynamic(source: str | Path, target: str | Path, per_channel: b
 
 
 class CalibrationWindows:
-    """An ONNX Runtime ``CalibrationDataReader`` feeding windows of the calibration split (empty KV cache)."""
+    """An ONNX Runtime ``CalibrationDataReader`` feeding windows of the calibration split (empty KV cache),
+    each under the BOS rule of ``tokenizer`` (:func:`edgekit.core.paths.begin_with_bos`; None: as they come)."""
 
-    def __init__(self, model_path: Path, token_ids, windows: int = 16, length: int = 128,
-                 bos: int | None = None) -> None:
+    def __init__(self, model_path: Path, token_ids, windows: int = 16, length: int = 128, tokenizer=None) -> None:
 
         session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
         inputs = {i.name: i for i in session.get_inputs()}
@@ -73,10 +75,9 @@ class CalibrationWindows:
         shape = inputs[past[0]].shape
         empty = np.zeros((1, int(shape[1]), 0, int(shape[3])), dtype=np.float32)
         self.feeds = []
-        for w in range(count):
-            chunk = ids[w * length:(w + 1) * length][None, :]
-            if bos is not None:  # the BOS rule of edgekit.core.paths.begin_with_bos
-                chunk = np.concatenate([[[bos]], chunk[:, :-1]], axis=1)
+        rows = begin_with_bos(torch.from_numpy(ids[:count * length].reshape(count, length)), tokenizer).numpy()
+        for row in rows:
+            chunk = row[None, :]
             feed = {"input_ids": chunk, "attention_mask": np.ones_like(chunk)}
             if "position_ids" in inputs:
                 feed["position_ids"] = np.arange(length, dtype=np.int64)[None, :]
@@ -92,11 +93,11 @@ class CalibrationWindows:
 
 
 def quantize_int8_static(source: str | Path, target: str | Path, calibration_ids, per_channel: bool = True,
-                         windows: int = 16, length: int = 128, bos: int | None = None) -> Path:
+                         windows: int = 16, length: int = 128, tokenizer=None) -> Path:
     """Static int8 QDQ: MinMax activation ranges from ``calibration_ids``; uint8 activations, int8 weights."""
 
     source, target = Path(source), Path(target)
-    reader = CalibrationWindows(source, calibration_ids, windows, length, bos)
+    reader = CalibrationWindows(source, calibration_ids, windows, length, tokenizer)
     with _quiet_quantizer_logs():
         quantize_static(source, target, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
                         per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
