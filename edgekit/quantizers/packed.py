@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from edgekit.core.dtypes import DTYPES
+from edgekit.core.dtypes import DTYPE_BYTES, DTYPES
 from edgekit.core.errors import VariantError
 from edgekit.memory.guard import admit
 from edgekit.memory.peak import streamed_load
@@ -43,6 +43,8 @@ from edgekit.models.checkpoint import meta_model, stream_into
 from edgekit.models.layout import block_linears, replace_module
 from edgekit.models.load import load_model, model_config
 from edgekit.models.runner import TorchRunner
+from edgekit.quantizers.int8_table import TABLE_BITS, int8_table_bytes, quantize_table_int8
+from edgekit.quantizers.packed_decode import FusedDecoder, fusion_refusal
 from edgekit.variants.registry import Variant, compute_dtype, device_of, register
 
 KERNEL_GROUPS = (32, 64, 128, 256)  # the group sizes torch's int4 kernels take
@@ -350,6 +352,51 @@ def cast_unpacked(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     return model
 
 
+# ---------------------------------------------------------------- the runner
+CACHE_STEP = 128  # the fused decoder's cache grows in steps of this many positions (each size compiles once)
+
+
+class PackedRunner(TorchRunner):
+    """A packed model's runner. With ``compile=true`` on a CPU, a llama-family model on the int4 kernel
+    decodes greedily on :class:`~edgekit.quantizers.packed_decode.FusedDecoder`; any other model, and
+    sampled decoding, as :class:`TorchRunner` does. :attr:`decode_path` says which."""
+
+    def __init__(self, name: str, model: nn.Module, tokenizer) -> None:
+        super().__init__(name, model, tokenizer)
+        self._fused: FusedDecoder | None = None
+        self.decode_path = "eager"
+
+    def compile_decoding(self, cache_tokens: int = 1024) -> None:
+        refusal = (fusion_refusal(self.model, CPU_KERNEL, _cpu_block_rows()) if self.device.type == "cpu"
+                   else f"a {self.device.type} device (the fused decoder runs the CPU int4 kernel)")
+        if refusal:
+            super().compile_decoding(cache_tokens)
+            self.decode_path = f"compiled transformers step (no fused decoder: {refusal})"
+        else:
+            self._fused = FusedDecoder(self.model)
+            self.decode_path = "fused int4 decoder, compiled step"
+
+    def generate_stream(self, input_ids: torch.Tensor, max_new_tokens: int, pick=None):
+        if self._fused is None or pick is not None:
+            yield from super().generate_stream(input_ids, max_new_tokens, pick)
+            return
+        ids = input_ids.reshape(-1)
+        if max_new_tokens < 1:
+            return
+        capacity = -(-(ids.numel() + max_new_tokens) // CACHE_STEP) * CACHE_STEP
+        if capacity > self._fused.capacity:
+            self._fused.reset(capacity)
+            self._fused.compile()
+        token = self._fused.prefill(ids)
+        for i in range(max_new_tokens):
+            yield int(token)
+            if i + 1 < max_new_tokens:
+                token = self._fused.step(token, ids.numel() + i)
+
+    def weight_bytes(self) -> int:
+        return super().weight_bytes() + (self._fused.extra_bytes if self._fused is not None else 0)
+
+
 # ---------------------------------------------------------------- loading and the registry entry
 def load_packed_quantized(source: str, bits: int, group_size: int, device: str = "cpu",
                           dtype: torch.dtype = torch.float32):
@@ -402,11 +449,29 @@ def packed_rest_dtype(variant: Variant, checkpoint: str = "fp32") -> str:
     return compute_dtype(variant)
 
 
+def packed_table_bytes(variant: Variant, rows: int, cols: int, dense: str) -> int:
+    """The token embedding (and an untied LM head) as int8 rows with option ``embed=8``, else dense."""
+    return int8_table_bytes(rows, cols) if _table_bits(variant) else rows * cols * DTYPE_BYTES[dense]
+
+
+def _table_bits(variant: Variant) -> int:
+    """The ``embed`` option: 8 holds the embedding and head as int8 rows, 0 (the default) keeps them dense."""
+    bits = int(variant.option("embed"))
+    if bits not in (0, TABLE_BITS):
+        raise VariantError(f"embed={bits} is not offered for {variant.name}; use embed=8 (int8 rows, as llama.cpp's "
+                           "Q8_0 table) or embed=0 (dense)")
+    return bits
+
+
 @register(r"int(?P<bits>[2348])-g(?P<group_size>\d+)", "pytorch",
           "group-wise RTN weight-only, real packed codes (edgekit.quantizers.packed); packed while loading over 1 GiB "
-          "(option compute_dtype=fp32|bf16|fp16)",
-          ("int4-g32", "int4-g64", "int4-g128", "int3-g64", "int3-g128", "int2-g32", "int2-g64"),
-          linear_bytes=packed_bytes, options=("compute_dtype",), load="packed", dense=packed_rest_dtype)
+          "(options compute_dtype=fp32|bf16|fp16, embed=8: embedding and head as int8 rows)",
+          ("int4-g32", "int4-g64", "int4-g128", "int3-g64", "int3-g128", "int2-g32", "int2-g64", "int4-g32:embed=8"),
+          linear_bytes=packed_bytes, options=("compute_dtype", "embed"), load="packed", dense=packed_rest_dtype,
+          table_bytes=packed_table_bytes, defaults={"embed": 0})
 def build_packed(variant: Variant, source: str, tokenizer):
     dtype = DTYPES[packed_rest_dtype(variant)]
-    return TorchRunner(str(variant), guarded_packed_load(variant, source, device_of(variant), dtype), tokenizer)
+    model = guarded_packed_load(variant, source, device_of(variant), dtype)
+    if _table_bits(variant):
+        quantize_table_int8(model, dtype)
+    return PackedRunner(str(variant), model, tokenizer)

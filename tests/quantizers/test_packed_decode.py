@@ -1,0 +1,67 @@
+"""Issue 28 item 7: the fused decoder behind ``compile=true`` for packed int4 llama-family models, and the
+``embed=8`` table, checked against transformers' own forward on the same packed weights."""
+import pytest
+import torch
+
+from edgekit.core.errors import VariantError
+from edgekit.memory.bytes import weight_bytes
+from edgekit.quantizers.packed import CPU_KERNEL, _cpu_block_rows
+from edgekit.quantizers.packed_decode import FusedDecoder, fusion_refusal
+from edgekit.runtimes import build_runner
+
+pytestmark = pytest.mark.skipif(_cpu_block_rows() is None, reason="the CPU int4 kernel's layout is not known here")
+
+
+def test_fused_decoder_gives_transformers_logits_and_leaves_the_model_as_it_was(default_model, tokenizer,
+                                                                                 eval_ids):
+    runner = build_runner("int4-g32", default_model, tokenizer)
+    ids = eval_ids[:96].view(1, -1)
+    before = runner.logits(ids)
+    decoder = FusedDecoder(runner.model)  # the model's q/k/v and gate/up now read views of the fused codes
+    torch.testing.assert_close(runner.logits(ids), before, rtol=0, atol=0)
+    decoder.reset(128)
+    torch.testing.assert_close(decoder.logits(ids[0]), before[:, -1], rtol=1e-4, atol=1e-4)
+    assert runner.model.model.layers[0].self_attn.k_proj.qweight.data_ptr() != \
+        runner.model.model.layers[0].self_attn.q_proj.qweight.data_ptr()  # rows of one tensor, not one view
+
+
+def test_compiled_fused_decoding_gives_the_eager_tokens(default_model, tokenizer, eval_ids):
+    eager = build_runner("int4-g32", default_model, tokenizer)
+    fused = build_runner("int4-g32:compile=true", default_model, tokenizer)
+    assert fused.decode_path == "fused int4 decoder, compiled step"
+    prompt = eval_ids[:40].view(1, -1)
+    want = list(eager.generate_stream(prompt, 24))
+    assert len(set(want)) > 3  # a continuation worth comparing
+    assert list(fused.generate_stream(prompt, 24)) == want
+    longer = eval_ids[:150].view(1, -1)  # outgrows the first cache: re-made and re-compiled
+    assert list(fused.generate_stream(longer, 8)) == list(eager.generate_stream(longer, 8))
+    assert fused._fused.capacity == 256
+    assert fused.weight_bytes() == eager.weight_bytes() + fused._fused.extra_bytes > eager.weight_bytes()
+
+
+def test_models_the_fused_decoder_does_not_run_decode_as_before(default_model, tokenizer, biased_checkpoint,
+                                                                gemma_checkpoint):
+    block = _cpu_block_rows()
+    gemma = build_runner("int4-g32:compile=true", gemma_checkpoint)
+    assert "gemma3_text decoder" in gemma.decode_path and gemma._fused is None
+    qwen = build_runner("int4-g32", biased_checkpoint)
+    assert "bias-free" in fusion_refusal(qwen.model, CPU_KERNEL, block)
+    dequantized = build_runner("int4-g48", default_model, tokenizer)  # no kernel takes groups of 48
+    assert "not a bias-free layer on" in fusion_refusal(dequantized.model, CPU_KERNEL, block)
+    assert fusion_refusal(build_runner("int4-g32", default_model, tokenizer).model, CPU_KERNEL, block) is None
+
+
+def test_int8_table_is_priced_as_held_and_close_to_the_dense_head(default_model, tokenizer, eval_ids,
+                                                                   gemma_checkpoint):
+    ids = eval_ids[:128].view(2, 64)
+    dense = build_runner("int4-g32", default_model, tokenizer)
+    table = build_runner("int4-g32:embed=8", default_model, tokenizer)
+    assert table.weight_bytes() == weight_bytes(default_model, "int4-g32:embed=8") < dense.weight_bytes()
+    assert "int8 kernel" in table.compute_path
+    agree = (dense.logits(ids).argmax(-1) == table.logits(ids).argmax(-1)).float().mean()
+    assert agree > 0.9
+    tied = build_runner("int4-g32:embed=8", gemma_checkpoint)  # one table for the embedding and the head
+    assert tied.model.get_input_embeddings().table is tied.model.get_output_embeddings().table
+    assert tied.weight_bytes() == weight_bytes(gemma_checkpoint, "int4-g32:embed=8")
+    with pytest.raises(VariantError, match="embed=8"):
+        build_runner("int4-g32:embed=4", default_model, tokenizer)
