@@ -466,7 +466,7 @@ def _table_bits(variant: Variant) -> int:
 @register(r"int(?P<bits>[2348])-g(?P<group_size>\d+)", "pytorch",
           "group-wise RTN weight-only, real packed codes (edgekit.quantizers.packed); packed while loading over 1 GiB "
           "(options compute_dtype=fp32|bf16|fp16, embed=8: embedding and head as int8 rows)",
-          ("int4-g32", "int4-g64", "int4-g128", "int3-g64", "int3-g128", "int2-g32", "int2-g64", "int4-g32:embed=8"),
+          ("int4-g32", "int4-g64", "int4-g128", "int3-g64", "int3-g128", "int2-g32", "int2-g64"),
           linear_bytes=packed_bytes, options=("compute_dtype", "embed"), load="packed", dense=packed_rest_dtype,
           table_bytes=packed_table_bytes, defaults={"embed": 0})
 def build_packed(variant: Variant, source: str, tokenizer):

@@ -30,6 +30,9 @@ FAMILIES = ("llama", "mistral", "qwen2")  # decoder layers of one shape: pre-nor
 FUSED = {"qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
          "gate_up": ("mlp.gate_proj", "mlp.up_proj")}
 SINGLE = {"o": "self_attn.o_proj", "down": "mlp.down_proj"}
+# The compiled step's Python wrapper checks every tensor's size and stride per call unless told not to:
+# about 8 checks a layer, each a Python call
+COMPILE_OPTIONS = {"size_asserts": False}
 
 
 def fusion_refusal(model: nn.Module, kernel: str, block_rows: int | None) -> str | None:
@@ -57,30 +60,20 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-second, first], -1)
 
 
-class _FusedLayer(nn.Module):
-    """One decoder layer's fused weights; the layer's own norms and activation (not registered here:
-    they stay the model's)."""
-
-    def __init__(self, layer: nn.Module) -> None:
-        super().__init__()
-        self.norms = (layer.input_layernorm, layer.post_attention_layernorm)
-        self.act = layer.mlp.act_fn
-        for key, names in FUSED.items():
-            parts = [layer.get_submodule(n) for n in names]
-            codes = torch.cat([p.qweight for p in parts])
-            start = 0
-            for part in parts:  # the model's layers now read their rows of the fused codes
-                part.qweight = codes[start:start + part.out_features]
-                start += part.out_features
-            self.register_buffer(f"{key}_codes", codes)
-            self.register_buffer(f"{key}_scale_zero", torch.cat([p.scale_zero for p in parts], 1).contiguous())
-        self.o, self.down = layer.self_attn.o_proj, layer.mlp.down_proj
-        self.group_size = self.o.group_size
+def _stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """One [layers, ...] tensor holding ``tensors``, filled layer by layer (each copied once)."""
+    out = torch.empty(len(tensors), *tensors[0].shape, dtype=tensors[0].dtype)
+    for i, t in enumerate(tensors):
+        out[i] = t
+    return out
 
 
 class FusedDecoder(nn.Module):
     """Greedy decoding of a packed int4 llama-family model on a KV cache of :attr:`capacity` positions.
 
+    Each weight kind of every layer lives in one stacked tensor ([layers, ...]): the model's own layers
+    keep views into them, and the compiled step reads a dozen tensors instead of 400 (Dynamo checks each
+    tensor it reads on every call; on SmolLM2 per-layer tensors cost about 0.9 ms a token in those checks).
     :meth:`prefill` runs a prompt eagerly and returns the next token; :meth:`step` (compiled by
     :meth:`compile`) takes one token at a position and returns the next. Both give the tokens the
     transformers forward gives for the same weights (tested on the default model).
@@ -88,48 +81,73 @@ class FusedDecoder(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        config = model.config
-        self.model = model  # its embedding, norms, rotary table and head are used as they are
+        config, layers = model.config, list(model.model.layers)
+        self.model = model  # its embedding, final norm, rotary table and head are used as they are
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
-        self.layers = [_FusedLayer(layer) for layer in model.model.layers]
+        self.eps, self.act = config.rms_norm_eps, layers[0].mlp.act_fn
+        for key, names in {**FUSED, **{k: (n,) for k, n in SINGLE.items()}}.items():
+            parts = [[layer.get_submodule(n) for n in names] for layer in layers]
+            codes = _stacked([torch.cat([p.qweight for p in row]) for row in parts])
+            scale_zero = _stacked([torch.cat([p.scale_zero for p in row], 1) for row in parts])
+            for i, row in enumerate(parts):  # the model's layers now read their rows of the stacked codes
+                start = 0
+                for part in row:
+                    part.qweight = codes[i, start:start + part.out_features]
+                    if len(row) == 1:
+                        part.scale_zero = scale_zero[i]
+                    start += part.out_features
+            self.register_buffer(f"{key}_codes", codes)
+            self.register_buffer(f"{key}_scale_zero", scale_zero)
+        norms = [(layer.input_layernorm, layer.post_attention_layernorm) for layer in layers]
+        self.register_buffer("norms", _stacked([torch.stack([a.weight.data, b.weight.data]) for a, b in norms]))
+        for i, (a, b) in enumerate(norms):
+            a.weight.data, b.weight.data = self.norms[i, 0], self.norms[i, 1]
+        self.group_size = layers[0].self_attn.o_proj.group_size  # one group size a packed model
         self.dtype = model.get_input_embeddings()(torch.zeros(1, dtype=torch.long)).dtype
         self.capacity = 0
         self._compiled = None
 
     @property
     def extra_bytes(self) -> int:
-        """Memory held beyond the model's own weights: the fused scale/zero tensors."""
-        return sum(t.numel() * t.element_size() for layer in self.layers
-                   for key in FUSED for t in [getattr(layer, f"{key}_scale_zero")])
+        """Memory held beyond the model's own weights: the fused projections' scale/zero (their parts keep
+        their own, as the kernel reads them whole)."""
+        return sum(getattr(self, f"{key}_scale_zero").nbytes for key in FUSED)
 
     def reset(self, capacity: int) -> None:
         """An empty cache of at least ``capacity`` positions (re-made, and so re-compiled, only when it grows)."""
         if capacity > self.capacity:
-            shape = (self.kv_heads, capacity, self.head_dim)
-            self.keys = [torch.zeros(shape, dtype=self.dtype) for _ in self.layers]
-            self.values = [torch.zeros(shape, dtype=self.dtype) for _ in self.layers]
+            shape = (self.kv_heads, capacity, self.head_dim)  # a tensor a layer: the step writes them in place,
+            self.keys = [torch.zeros(shape, dtype=self.dtype) for _ in self.norms]  # and a write into a view
+            self.values = [torch.zeros(shape, dtype=self.dtype) for _ in self.norms]  # of one compiles to a copy
             positions = torch.arange(capacity)
             cos, sin = self.model.model.rotary_emb(self.keys[0], positions[None])
-            self.cos, self.sin, self.positions = cos[0].to(self.dtype), sin[0].to(self.dtype), positions
+            self.register_buffer("cos", cos[0].to(self.dtype))
+            self.register_buffer("sin", sin[0].to(self.dtype))
+            self.register_buffer("positions", positions)
             self.capacity, self._compiled = capacity, None
 
     def compile(self) -> None:
         """Compile :meth:`step` for this capacity (the first call pays the compilation)."""
-        self._compiled = torch.compile(self._step, fullgraph=True, dynamic=False)
+        self._compiled = torch.compile(self._step, fullgraph=True, dynamic=False, options=COMPILE_OPTIONS)
 
-    def _mm(self, x: torch.Tensor, codes: torch.Tensor, scale_zero: torch.Tensor, layer: _FusedLayer) -> torch.Tensor:
+    def _mm(self, x: torch.Tensor, codes: torch.Tensor, scale_zero: torch.Tensor) -> torch.Tensor:
         x2 = x.to(torch.bfloat16)
         padded_in = 2 * codes.shape[1]  # [out, in/2] bytes, the width padded to whole groups
         if padded_in != x2.shape[-1]:  # a ragged last group: zero activations meet its padding
             x2 = F.pad(x2, (0, padded_in - x2.shape[-1]))
-        return torch.ops.aten._weight_int4pack_mm_for_cpu(x2, codes, layer.group_size, scale_zero).to(self.dtype)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x2, codes, self.group_size, scale_zero).to(self.dtype)
+
+    def _norm(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """transformers' RMSNorm of these families: in fp32, scaled by the weight in the input's dtype."""
+        h32 = h.float()
+        return weight * (h32 * torch.rsqrt(h32.pow(2).mean(-1, keepdim=True) + self.eps)).to(h.dtype)
 
     def _layer(self, i: int, h: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """h [tokens, hidden] at ``positions`` -> the layer's output; writes the cache at ``positions``."""
-        layer, tokens = self.layers[i], h.shape[0]
-        heads, kv, d = self.heads, self.kv_heads, self.head_dim
-        qkv = self._mm(layer.norms[0](h), layer.qkv_codes, layer.qkv_scale_zero, layer).view(tokens, heads + 2 * kv, d)
+        """h [tokens, hidden] at ``positions`` -> layer ``i``'s output; writes its cache at ``positions``."""
+        tokens, heads, kv, d = h.shape[0], self.heads, self.kv_heads, self.head_dim
+        qkv = self._mm(self._norm(h, self.norms[i, 0]), self.qkv_codes[i], self.qkv_scale_zero[i])
+        qkv = qkv.view(tokens, heads + 2 * kv, d)
         cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
         qk = qkv[:, : heads + kv] * cos + _rotate_half(qkv[:, : heads + kv]) * sin
         self.keys[i].index_copy_(1, positions, qk[:, heads:].transpose(0, 1))
@@ -146,14 +164,14 @@ class FusedDecoder(nn.Module):
             out = F.scaled_dot_product_attention(q, keys[:, None].expand(shape), values[:, None].expand(shape),
                                                  attn_mask=visible)
         out = out.reshape(heads, tokens, d).transpose(0, 1).reshape(tokens, heads * d).to(self.dtype)
-        h = h + self._mm(out, layer.o.qweight, layer.o.scale_zero, layer)
-        gate, up = self._mm(layer.norms[1](h), layer.gate_up_codes, layer.gate_up_scale_zero,
-                            layer).chunk(2, -1)
-        return h + self._mm(layer.act(gate) * up, layer.down.qweight, layer.down.scale_zero, layer)
+        h = h + self._mm(out, self.o_codes[i], self.o_scale_zero[i])
+        gate, up = self._mm(self._norm(h, self.norms[i, 1]), self.gate_up_codes[i],
+                            self.gate_up_scale_zero[i]).chunk(2, -1)
+        return h + self._mm(self.act(gate) * up, self.down_codes[i], self.down_scale_zero[i])
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         h = self.model.get_input_embeddings()(ids)
-        for i in range(len(self.layers)):
+        for i in range(len(self.norms)):
             h = self._layer(i, h, positions)
         logits = self.model.get_output_embeddings()(self.model.model.norm(h[-1:]))
         return logits.float()
