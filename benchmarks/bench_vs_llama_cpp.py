@@ -1,8 +1,11 @@
 """edgekit's packed int4-g32 decode against llama.cpp's Q4_0 token generation on the same model, with intervals.
 
-The question of issue 28 item 7: on ``smollm2-135m`` (``--model``), does packed ``int4-g32`` decode at
-least 0.8x as fast as llama.cpp decodes the same model's Q4_0 GGUF (edgekit's ``gguf-q4_0`` artifact),
-on the same threads? PyTorch fp32 is timed beside them as the usual baseline.
+The question of issue 28 item 7: on ``smollm2-135m`` (``--model``), does packed int4 decode at least
+0.8x as fast as llama.cpp decodes the same model's Q4_0 GGUF (edgekit's ``gguf-q4_0`` artifact), on the
+same threads? The row held to it is ``int4-g32:embed=8,compile=true``: 4-bit groups of 32 in the block
+linears and 8-bit rows in the embedding/head table, as that file holds them, decoded on the fused
+compiled step (:mod:`edgekit.quantizers.packed_decode`). Eager ``int4-g32`` (fp32 table, transformers'
+forward) and PyTorch fp32 are timed beside them.
 
 The llama.cpp figure: ``tools/build_llama_cpp.py`` builds llama-cpp-python, not the ``llama-bench``
 binary, so llama.cpp is timed through llama-cpp-python's bindings: one ``llama_decode`` a token, fed its
