@@ -18,6 +18,19 @@ def _name_list(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
+def _variant_list(text: str) -> list[str]:
+    """Comma-separated variant names, where a variant's own options are comma-separated too: a ``key=value``
+    item (no colon before its ``=``) continues the variant before it ("int4-g32:embed=8,compile=true,fp32"
+    is two)."""
+    names: list[str] = []
+    for item in _name_list(text):
+        if names and "=" in item and ":" not in item.partition("=")[0] and ":" in names[-1]:
+            names[-1] += f",{item}"
+        else:
+            names.append(item)
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgekit", description="Quantize a causal LM, measure what it costs, ship "
                                                                  "it.")
@@ -26,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="measure quantization variants side by side")
     c.add_argument("--model", default="default", help='a named model ("default", "smollm2-135m", "gemma3-270m"), a '
                                                       'local model folder or a hub id')
-    c.add_argument("--variants", type=_name_list, default=None,
+    c.add_argument("--variants", type=_variant_list, default=None,
                    help="comma-separated variant names, options after a colon (`edgekit variants` lists them)")
     c.add_argument("--eval-text", default="eval", help="a corpus split (eval, eval_milton) or a text file")
     c.add_argument("--baseline", default="fp32",
@@ -56,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("sweep", help="models x variants x eval texts as Ray tasks, on this machine or a Ray cluster")
     w.add_argument("--models", type=_name_list, default=["default"],
                    help='comma-separated models: "default", local folders (on every node) or hub ids')
-    w.add_argument("--variants", type=_name_list, default=None, help="comma-separated variant names, as for compare")
+    w.add_argument("--variants", type=_variant_list, default=None, help="comma-separated variant names, as for compare")
     w.add_argument("--baseline", default="fp32", help="the variant every other is measured against")
     w.add_argument("--eval-texts", type=_name_list, default=["eval"],
                    help="comma-separated corpus splits or text files (read here, on the driver)")

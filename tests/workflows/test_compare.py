@@ -89,3 +89,12 @@ def test_compare_keeps_a_top_k_baseline_on_disk(tmp_path, monkeypatch):
     assert more[2].metrics["kl_base_top_k"] == 64 and more[2].metrics["kl_divergence"] > 0
     with pytest.raises(EdgekitError, match="baseline_top_k"):
         compare("default", ["fp32"], settings=settings, latency=None, baseline_top_k="all")
+
+
+def test_a_variant_list_keeps_each_variants_own_options():
+    """Options are comma-separated inside a comma-separated list: a key=value item continues the variant before it."""
+    from edgekit.cli import build_parser
+
+    args = build_parser().parse_args(["compare", "--variants",
+                                      "fp32,int4-g32:embed=8,compile=true,kq4:sensitive=6,nf4:device=cuda:1,int8"])
+    assert args.variants == ["fp32", "int4-g32:embed=8,compile=true", "kq4:sensitive=6", "nf4:device=cuda:1", "int8"]
