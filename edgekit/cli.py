@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("sweep", help="models x variants x eval texts as Ray tasks, on this machine or a Ray cluster")
     w.add_argument("--models", type=_name_list, default=["default"],
                    help='comma-separated models: "default", local folders (on every node) or hub ids')
-    w.add_argument("--variants", type=_variant_list, default=None, help="comma-separated variant names, as for compare")
+    w.add_argument("--variants", type=_variant_list, default=None,
+                   help="comma-separated variant names, as for compare")
     w.add_argument("--baseline", default="fp32", help="the variant every other is measured against")
     w.add_argument("--eval-texts", type=_name_list, default=["eval"],
                    help="comma-separated corpus splits or text files (read here, on the driver)")
