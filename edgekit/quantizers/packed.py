@@ -43,13 +43,18 @@ from edgekit.models.checkpoint import meta_model, stream_into
 from edgekit.models.layout import block_linears, replace_module
 from edgekit.models.load import load_model, model_config
 from edgekit.models.runner import TorchRunner
+from edgekit.quantizers.int4_kernel import (
+    CPU_KERNEL,
+    KERNEL_GROUPS,
+    codes_from_cpu_kernel,
+    cpu_block_rows,
+    int4_kernel_for,
+    kernel_scale_and_zero,
+    to_kernel_layout,
+)
 from edgekit.quantizers.int8_table import TABLE_BITS, int8_table_bytes, quantize_table_int8
 from edgekit.quantizers.packed_decode import FusedDecoder, fusion_refusal
 from edgekit.variants.registry import Variant, compute_dtype, device_of, register
-
-KERNEL_GROUPS = (32, 64, 128, 256)  # the group sizes torch's int4 kernels take
-CPU_KERNEL = "aten._weight_int4pack_mm_for_cpu"
-CUDA_KERNEL = "aten._weight_int4pack_mm"
 
 
 def _codes_per_word(bits: int) -> int:
@@ -130,69 +135,6 @@ def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, gro
     return w.reshape(out_features, groups * group_size)[:, :in_features]
 
 
-# ---------------------------------------------------------------- torch's int4 weight-only kernels
-def int4_kernel_for(device: torch.device | str, bits: int, group_size: int, out_features: int) -> str | None:
-    """The name of the fused int4 kernel that can run a layer of this shape on ``device``, or None.
-
-    Both kernels take 4-bit codes in groups of 32-256 columns; the CPU one wants 16 output rows
-    a block (at least), the CUDA one 8 and an sm80+ GPU (its tensor-core path is bf16).
-    """
-    device = torch.device(device)
-    if bits != 4 or group_size not in KERNEL_GROUPS:
-        return None
-    if device.type == "cpu" and out_features % 16 == 0 and _cpu_block_rows() is not None:
-        return CPU_KERNEL
-    if device.type == "cuda" and out_features % 8 == 0 and torch.cuda.get_device_capability(device) >= (8, 0):
-        return CUDA_KERNEL
-    return None
-
-
-def _cpu_block_rows() -> int | None:
-    """Rows a block of the CPU kernel's packing, or None where its layout is not one read here.
-
-    ``_convert_weight_to_int4pack_for_cpu`` lays codes out for the ISA its build dispatches to
-    (aten/src/ATen/native/cpu/int4mm_kernel.cpp): blocks of 64 rows on AVX-512 and 32 on AVX2,
-    each [K, block/2] bytes, a byte pairing rows r and r + block/2 (neighbour rows in a
-    shorter last block). Other ISAs are not described here, so they keep the dequantize path.
-    Every packed layer is checked against its codes (see :meth:`PackedLinear.from_codes`).
-    """
-    return {"AVX512": 64, "AVX2": 32}.get(torch.backends.cpu.get_cpu_capability())
-
-
-def _codes_from_cpu_kernel(packed: torch.Tensor, out_features: int, in_features: int) -> torch.Tensor:
-    """Unpack the CPU kernel's layout back to codes [out, in] (uint8): the check of each packed layer, and its
-    weight."""
-    block = _cpu_block_rows()
-    flat = packed.reshape(-1)
-    full = out_features // block
-    parts = []
-    if full:
-        b = flat[: full * in_features * block // 2].view(full, in_features, block // 2)
-        rows = torch.cat([b & 0xF, b >> 4], dim=-1)  # low nibbles: rows 0..block/2-1, high: the rest
-        parts.append(rows.transpose(1, 2).reshape(full * block, in_features))
-    rest = out_features - full * block
-    if rest:  # a shorter last block pairs neighbouring rows
-        b = flat[full * in_features * block // 2:].view(in_features, rest // 2)
-        parts.append(torch.stack([b & 0xF, b >> 4], dim=-1).reshape(in_features, rest).T)
-    return torch.cat(parts)
-
-
-def _scale_and_zero(scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-    """[groups, out, 2] bf16 (scale, zero) for the kernels: (q - z) * s == (q - 8) * s + (8 - z) * s."""
-    s = scale.float()
-    return torch.stack([s, (8 - zero.float()) * s], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
-
-
-def _to_kernel_layout(codes: torch.Tensor, kernel: str, padded_in: int) -> torch.Tensor:
-    """Codes [out, in] -> the packed weight ``kernel`` reads (ragged width padded with zero codes)."""
-    codes = F.pad(codes, (0, padded_in - codes.shape[1]))
-    if kernel == CPU_KERNEL:
-        return torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
-    tiles = next(t for t in (8, 4, 2) if padded_in % (16 * t) == 0)
-    pairs = (codes[:, ::2] << 4 | codes[:, 1::2]).to(torch.uint8)  # the CUDA packer wants even columns high
-    return torch.ops.aten._convert_weight_to_int4pack(pairs.contiguous(), tiles)
-
-
 class PackedLinear(nn.Module):
     """A linear layer whose weight is b-bit codes with per-group scale and zero, run by the int4 kernel or dequantized.
 
@@ -249,8 +191,8 @@ class PackedLinear(nn.Module):
             layer.scale.copy_(scale.to(torch.float16))
             layer.zero.copy_(zero)
         else:
-            layer.qweight = _to_kernel_layout(codes, name, layer.padded_in)
-            layer.scale_zero.copy_(_scale_and_zero(scale.to(torch.float16), zero))
+            layer.qweight = to_kernel_layout(codes, name, layer.padded_in)
+            layer.scale_zero.copy_(kernel_scale_and_zero(scale.to(torch.float16), zero))
             if name == CPU_KERNEL and not torch.equal(layer._kernel_codes()[:, :in_features], codes.to(torch.uint8)):
                 return cls.from_codes(codes, scale, zero, bits, group_size, bias, kernel=False)  # an unknown layout
         if bias is not None:
@@ -264,7 +206,7 @@ class PackedLinear(nn.Module):
 
     def _kernel_codes(self) -> torch.Tensor:
         """The codes [out, padded in] the CPU kernel's layout holds."""
-        return _codes_from_cpu_kernel(self.qweight, self.out_features, self.padded_in)
+        return codes_from_cpu_kernel(self.qweight, self.out_features, self.padded_in)
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The weight [out, in] this layer computes with."""
@@ -367,7 +309,7 @@ class PackedRunner(TorchRunner):
         self.decode_path = "eager"
 
     def compile_decoding(self, cache_tokens: int = 1024) -> None:
-        refusal = (fusion_refusal(self.model, CPU_KERNEL, _cpu_block_rows()) if self.device.type == "cpu"
+        refusal = (fusion_refusal(self.model, CPU_KERNEL, cpu_block_rows()) if self.device.type == "cpu"
                    else f"a {self.device.type} device (the fused decoder runs the CPU int4 kernel)")
         if refusal:
             super().compile_decoding(cache_tokens)

@@ -5,11 +5,11 @@ import torch
 
 from edgekit.core.errors import VariantError
 from edgekit.memory.bytes import weight_bytes
-from edgekit.quantizers.packed import CPU_KERNEL, _cpu_block_rows
+from edgekit.quantizers.int4_kernel import CPU_KERNEL, cpu_block_rows
 from edgekit.quantizers.packed_decode import FusedDecoder, fusion_refusal
 from edgekit.runtimes import build_runner
 
-pytestmark = pytest.mark.skipif(_cpu_block_rows() is None, reason="the CPU int4 kernel's layout is not known here")
+pytestmark = pytest.mark.skipif(cpu_block_rows() is None, reason="the CPU int4 kernel's layout is not known here")
 
 
 def test_fused_decoder_gives_transformers_logits_and_leaves_the_model_as_it_was(default_model, tokenizer,
@@ -39,9 +39,23 @@ def test_compiled_fused_decoding_gives_the_eager_tokens(default_model, tokenizer
     assert fused.weight_bytes() == eager.weight_bytes() + fused._fused.extra_bytes > eager.weight_bytes()
 
 
+def test_compiled_fused_decoding_reads_the_int8_table(default_model, tokenizer, eval_ids):
+    """embed=8 under the compiled step: the lookup reads rows out of the planes' layout inside the graph."""
+    prompt = eval_ids[:40].view(1, -1)
+    eager = build_runner("int4-g32:embed=8", default_model, tokenizer)
+    fused = build_runner("int4-g32:embed=8,compile=true", default_model, tokenizer)
+    assert len(list(fused.generate_stream(prompt, 6))) == 6
+    want = eager.logits(prompt)[0, -1]
+    # the head's bf16 activations: a last-bit difference in the hidden state moves a logit by a bf16 step
+    torch.testing.assert_close(fused._fused.logits(prompt[0])[0], want, rtol=0, atol=0.1)
+    step = fused._fused.step(prompt[0, -1:], prompt.shape[1] - 1)  # the compiled step redoes the last position
+    top2 = want.topk(2).values
+    assert step.item() == want.argmax().item() or top2[0] - top2[1] < 0.2
+
+
 def test_models_the_fused_decoder_does_not_run_decode_as_before(default_model, tokenizer, biased_checkpoint,
                                                                 gemma_checkpoint):
-    block = _cpu_block_rows()
+    block = cpu_block_rows()
     gemma = build_runner("int4-g32:compile=true", gemma_checkpoint)
     assert "gemma3_text decoder" in gemma.decode_path and gemma._fused is None
     qwen = build_runner("int4-g32", biased_checkpoint)
@@ -57,7 +71,7 @@ def test_int8_table_is_priced_as_held_and_close_to_the_dense_head(default_model,
     dense = build_runner("int4-g32", default_model, tokenizer)
     table = build_runner("int4-g32:embed=8", default_model, tokenizer)
     assert table.weight_bytes() == weight_bytes(default_model, "int4-g32:embed=8") < dense.weight_bytes()
-    assert "int8 kernel" in table.compute_path
+    assert "int8 table as two int4 planes" in table.compute_path
     agree = (dense.logits(ids).argmax(-1) == table.logits(ids).argmax(-1)).float().mean()
     assert agree > 0.9
     tied = build_runner("int4-g32:embed=8", gemma_checkpoint)  # one table for the embedding and the head
@@ -65,3 +79,23 @@ def test_int8_table_is_priced_as_held_and_close_to_the_dense_head(default_model,
     assert tied.weight_bytes() == weight_bytes(gemma_checkpoint, "int4-g32:embed=8")
     with pytest.raises(VariantError, match="embed=8"):
         build_runner("int4-g32:embed=4", default_model, tokenizer)
+
+
+def test_int8_table_planes_hold_the_int8_codes_exactly():
+    """The two 4-bit planes are the int8 codes: the lookup gives codes x scale exactly, the head their product."""
+    from edgekit.quantizers.int8_table import Int8Table, int8_rows
+
+    torch.manual_seed(0)
+    weight = torch.randn(256, 96) * torch.linspace(0.1, 3, 96)
+    table = Int8Table(weight)
+    assert table.group == 32 and not hasattr(table, "codes")
+    codes, scale = int8_rows(weight)
+    reference = codes.float() * scale.float()[:, None]
+    ids = torch.tensor([[0, 31, 32, 63], [64, 200, 255, 7]])
+    torch.testing.assert_close(table.lookup(ids, torch.float32), reference[ids], rtol=0, atol=0)
+    x = torch.randn(3, 96).to(torch.bfloat16)
+    exact = x.float() @ reference.T
+    planes = (table.matmul(x) - exact).abs()
+    # as close as the int8 kernel gets on the same codes (both round bf16 products)
+    int8_kernel = (torch.ops.aten._weight_int8pack_mm(x, codes, scale).float() - exact).abs()
+    assert planes.mean() <= 1.5 * int8_kernel.mean() and planes.max() <= 1.5 * int8_kernel.max()
