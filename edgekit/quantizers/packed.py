@@ -329,11 +329,11 @@ class PackedRunner(TorchRunner):
         if capacity > self._fused.capacity:
             self._fused.reset(capacity)
             self._fused.compile()
-        token = self._fused.prefill(ids)
+        token = int(self._fused.prefill(ids))
         for i in range(max_new_tokens):
-            yield int(token)
+            yield token
             if i + 1 < max_new_tokens:
-                token = self._fused.step(token, ids.numel() + i)
+                token = int(self._fused.step(token, ids.numel() + i))
 
     def weight_bytes(self) -> int:
         return super().weight_bytes() + (self._fused.extra_bytes if self._fused is not None else 0)

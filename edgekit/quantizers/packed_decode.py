@@ -191,6 +191,8 @@ class FusedDecoder(nn.Module):
         return self._forward(ids, torch.arange(ids.numel()))
 
     @torch.inference_mode()
-    def step(self, token: torch.Tensor, position: int) -> torch.Tensor:
-        """One token ([1] int64) at ``position`` -> the next token ([1] int64)."""
-        return (self._compiled or self._step)(token, torch.tensor([position]))
+    def step(self, token: int, position: int) -> torch.Tensor:
+        """One token at ``position`` -> the next token ([1] int64). Both go in as new tensors of one kind
+        every call, so one compiled graph serves them all (a token tensor straight from the eager prefill
+        and one from the compiled step differ enough to need two)."""
+        return (self._compiled or self._step)(torch.tensor([int(token)]), torch.tensor([position]))
