@@ -15,8 +15,9 @@ attention. This module runs the same weights with less around them:
 - the one-token step compiled once (``fullgraph``, static shapes), the prompt run eagerly through the same
   code with matmul attention.
 
-Norms, activation, embedding and head are the model's own modules, so a variant's int8 table
-(``embed=8``) and a bf16 rest run as they do in transformers. :func:`fusion_refusal` says why a model
+The activation, embedding, final norm and head are the model's own modules, so a variant's int8 table
+(``embed=8``) and a bf16 rest run as they do in transformers; the layers' RMSNorms are transformers'
+arithmetic on the same (stacked) weights. :func:`fusion_refusal` says why a model
 cannot take this path (another architecture, a bias, a layer off the int4 kernel); it then decodes as
 every other PyTorch model does (:meth:`edgekit.models.runner.TorchRunner.compile_decoding`).
 """
@@ -60,11 +61,18 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-second, first], -1)
 
 
-def _stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """One [layers, ...] tensor holding ``tensors``, filled layer by layer (each copied once)."""
-    out = torch.empty(len(tensors), *tensors[0].shape, dtype=tensors[0].dtype)
-    for i, t in enumerate(tensors):
-        out[i] = t
+def _stack_into_views(rows: list[list[nn.Module]], name: str, dim: int) -> torch.Tensor:
+    """One [layers, ...] tensor of each row's ``name`` tensors concatenated along ``dim``, filled layer by
+    layer. Each module then holds a view of its part where that view is contiguous (a part's rows along
+    dim 0, or a whole slice), so its own tensor is freed as the copy goes and the peak stays a layer over
+    the model. (The kernel reads scale/zero whole: fused parts keep their own.)"""
+    first = torch.cat([getattr(m, name) for m in rows[0]], dim)
+    out = torch.empty(len(rows), *first.shape, dtype=first.dtype)
+    for i, row in enumerate(rows):
+        out[i] = torch.cat([getattr(m, name) for m in row], dim) if i else first
+        if dim == 0 or len(row) == 1:
+            for module, view in zip(row, out[i].split([getattr(m, name).shape[dim] for m in row], dim)):
+                setattr(module, name, view)
     return out
 
 
@@ -88,20 +96,11 @@ class FusedDecoder(nn.Module):
         self.eps, self.act = config.rms_norm_eps, layers[0].mlp.act_fn
         for key, names in {**FUSED, **{k: (n,) for k, n in SINGLE.items()}}.items():
             parts = [[layer.get_submodule(n) for n in names] for layer in layers]
-            codes = _stacked([torch.cat([p.qweight for p in row]) for row in parts])
-            scale_zero = _stacked([torch.cat([p.scale_zero for p in row], 1) for row in parts])
-            for i, row in enumerate(parts):  # the model's layers now read their rows of the stacked codes
-                start = 0
-                for part in row:
-                    part.qweight = codes[i, start:start + part.out_features]
-                    if len(row) == 1:
-                        part.scale_zero = scale_zero[i]
-                    start += part.out_features
-            self.register_buffer(f"{key}_codes", codes)
-            self.register_buffer(f"{key}_scale_zero", scale_zero)
+            self.register_buffer(f"{key}_codes", _stack_into_views(parts, "qweight", 0))
+            self.register_buffer(f"{key}_scale_zero", _stack_into_views(parts, "scale_zero", 1))
         norms = [(layer.input_layernorm, layer.post_attention_layernorm) for layer in layers]
-        self.register_buffer("norms", _stacked([torch.stack([a.weight.data, b.weight.data]) for a, b in norms]))
-        for i, (a, b) in enumerate(norms):
+        self.register_buffer("norms", torch.stack([torch.stack([a.weight.data, b.weight.data]) for a, b in norms]))
+        for i, (a, b) in enumerate(norms):  # the layers' norms read the stacked weights
             a.weight.data, b.weight.data = self.norms[i, 0], self.norms[i, 1]
         self.group_size = layers[0].self_attn.o_proj.group_size  # one group size a packed model
         self.dtype = model.get_input_embeddings()(torch.zeros(1, dtype=torch.long)).dtype
