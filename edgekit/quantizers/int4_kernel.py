@@ -61,6 +61,17 @@ def codes_from_cpu_kernel(packed: torch.Tensor, out_features: int, in_features: 
     return torch.cat(parts)
 
 
+def int4_matmul(x2: torch.Tensor, codes: torch.Tensor, group_size: int, scale_zero: torch.Tensor, padded_in: int,
+                kernel: str = CPU_KERNEL) -> torch.Tensor:
+    """[rows, in] activations times packed ``codes`` -> [rows, out] bf16 through ``kernel``: the activations
+    cast to bf16, a ragged last group met by zero activations in its padding up to ``padded_in`` columns."""
+    x2 = x2.to(torch.bfloat16)
+    if padded_in != x2.shape[-1]:
+        x2 = F.pad(x2, (0, padded_in - x2.shape[-1]))
+    op = torch.ops.aten._weight_int4pack_mm_for_cpu if kernel == CPU_KERNEL else torch.ops.aten._weight_int4pack_mm
+    return op(x2, codes, group_size, scale_zero)
+
+
 def rows_from_cpu_kernel(packed: torch.Tensor, rows: torch.Tensor, in_features: int, block: int) -> torch.Tensor:
     """Codes [len(rows), in] (uint8) of some rows of the CPU kernel's layout of ``block``-row blocks
     (:func:`cpu_block_rows`; whole blocks only), read in place: row r is in block r // block, the low nibbles

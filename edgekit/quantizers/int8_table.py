@@ -25,6 +25,7 @@ from edgekit.quantizers.int4_kernel import (
     CPU_KERNEL,
     KERNEL_GROUPS,
     cpu_block_rows,
+    int4_matmul,
     rows_from_cpu_kernel,
     to_kernel_layout,
 )
@@ -94,7 +95,7 @@ class Int8Table(nn.Module):
         """[m, cols] bf16 activations times the table's rows: [m, rows] fp32."""
         if self.group is None:
             return torch.ops.aten._weight_int8pack_mm(x2, self.codes, self.scale).float()
-        both = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.planes, self.group, self.plane_scale_zero)
+        both = int4_matmul(x2, self.planes, self.group, self.plane_scale_zero, self.cols)
         return both[:, : self.rows].float() + both[:, self.rows:].float()
 
 

@@ -49,6 +49,7 @@ from edgekit.quantizers.int4_kernel import (
     codes_from_cpu_kernel,
     cpu_block_rows,
     int4_kernel_for,
+    int4_matmul,
     kernel_scale_and_zero,
     to_kernel_layout,
 )
@@ -224,10 +225,8 @@ class PackedLinear(nn.Module):
         return self._kernel_mm(eye).T[:, : self.in_features].to(dtype)
 
     def _kernel_mm(self, x2: torch.Tensor) -> torch.Tensor:
-        """[rows, padded in] bf16 -> [rows, out] bf16 through the fused kernel."""
-        op = (torch.ops.aten._weight_int4pack_mm_for_cpu if self.kernel == CPU_KERNEL
-              else torch.ops.aten._weight_int4pack_mm)
-        return op(x2, self.qweight, self.group_size, self.scale_zero)
+        """[rows, in] -> [rows, out] bf16 through the fused kernel."""
+        return int4_matmul(x2, self.qweight, self.group_size, self.scale_zero, self.padded_in, self.kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
@@ -236,10 +235,7 @@ class PackedLinear(nn.Module):
         if x.device.type != self.qweight.device.type:
             raise VariantError(f"this layer was packed for {self.kernel} on {self.qweight.device.type} but got input "
                                f"on {x.device.type}; quantize the model on the device it runs on")
-        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        if self.padded_in != self.in_features:  # a ragged last group: zero activations meet its padding
-            x2 = F.pad(x2, (0, self.padded_in - self.in_features))
-        y = self._kernel_mm(x2).to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        y = self._kernel_mm(x.reshape(-1, self.in_features)).to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         return y if bias is None else y + bias
 
     def extra_repr(self) -> str:

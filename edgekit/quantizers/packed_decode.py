@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from edgekit.quantizers.int4_kernel import int4_matmul
+
 FAMILIES = ("llama", "mistral", "qwen2")  # decoder layers of one shape: pre-norm, q/k/v/o, gated MLP, RoPE
 FUSED = {"qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
          "gate_up": ("mlp.gate_proj", "mlp.up_proj")}
@@ -131,11 +133,8 @@ class FusedDecoder(nn.Module):
         self._compiled = torch.compile(self._step, fullgraph=True, dynamic=False, options=COMPILE_OPTIONS)
 
     def _mm(self, x: torch.Tensor, codes: torch.Tensor, scale_zero: torch.Tensor) -> torch.Tensor:
-        x2 = x.to(torch.bfloat16)
-        padded_in = 2 * codes.shape[1]  # [out, in/2] bytes, the width padded to whole groups
-        if padded_in != x2.shape[-1]:  # a ragged last group: zero activations meet its padding
-            x2 = F.pad(x2, (0, padded_in - x2.shape[-1]))
-        return torch.ops.aten._weight_int4pack_mm_for_cpu(x2, codes, self.group_size, scale_zero).to(self.dtype)
+        # codes are [out, in/2] bytes: the width padded to whole groups is twice their columns
+        return int4_matmul(x, codes, self.group_size, scale_zero, 2 * codes.shape[1]).to(self.dtype)
 
     def _norm(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """transformers' RMSNorm of these families: in fp32, scaled by the weight in the input's dtype."""
@@ -179,15 +178,14 @@ class FusedDecoder(nn.Module):
         return self._forward(token, position).argmax(-1)
 
     @torch.inference_mode()
-    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
-        """A prompt (1-D token ids) from position 0, eagerly; the next token ([1] int64)."""
-        return self._forward(ids, torch.arange(ids.numel())).argmax(-1)
-
-    @torch.inference_mode()
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
-        """The last position's logits [1, vocab] (fp32) of a prompt from position 0: the check against
-        transformers."""
+        """The last position's logits [1, vocab] (fp32) of a prompt (1-D token ids) from position 0, eagerly;
+        it fills the cache for :meth:`step`."""
         return self._forward(ids, torch.arange(ids.numel()))
+
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        """A prompt from position 0, eagerly; the next token ([1] int64)."""
+        return self.logits(ids).argmax(-1)
 
     @torch.inference_mode()
     def step(self, token: int, position: int) -> torch.Tensor:
