@@ -96,7 +96,8 @@ def main() -> None:
     width = max(map(len, reps))
     for name, mine in reps.items():
         f = speed_figures(mine, reps["fp32"])
-        print(f"  {name:{width}s} {f['decode_tokens_per_s']:8.1f} tok/s  95% CI [{f['decode_tokens_per_s_ci95'][0]:.1f}, "
+        print(f"  {name:{width}s} {f['decode_tokens_per_s']:8.1f} tok/s  "
+              f"95% CI [{f['decode_tokens_per_s_ci95'][0]:.1f}, "
               f"{f['decode_tokens_per_s_ci95'][1]:.1f}]  x fp32 {f['speed_ratio']:.2f} "
               f"[{f['speed_ratio_ci95'][0]:.2f}, "
               f"{f['speed_ratio_ci95'][1]:.2f}]  contended {f['contended_repetitions']}/{f['repetitions']}")

@@ -17,7 +17,7 @@ from lm_eval import simple_evaluate
 from lm_eval.models.huggingface import HFLM
 
 from edgekit.models.load import resolve_source
-from edgekit.workflows.tasks import EdgekitLM, load_tasks, shipped_tasks
+from edgekit.workflows.tasks import EdgekitLM, load_tasks, shipped_tasks, task_manager
 
 
 def per_item(results: dict) -> dict:
@@ -39,10 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     ours = per_item(simple_evaluate(model=EdgekitLM(model=args.model, variant=args.variant,
                                                     batch_size=args.batch_size),
-                                    tasks=load_tasks(names), limit=args.limit, bootstrap_iters=0, log_samples=True))
+                                    tasks=load_tasks(names), limit=args.limit, bootstrap_iters=0,
+                                    task_manager=task_manager(), log_samples=True))
     hf = HFLM(pretrained=resolve_source(args.model), dtype="float32", batch_size=args.batch_size, device="cpu")
     theirs = per_item(simple_evaluate(model=hf, tasks=load_tasks(names), limit=args.limit, bootstrap_iters=0,
-                                      log_samples=True))
+                                      task_manager=task_manager(), log_samples=True))
     differing_total = 0
     print(f"{args.model}: edgekit {args.variant} vs lm-eval hf fp32")
     print(f"{'task':<20} {'compared':>9} {'differing':>10} {'acc edgekit':>12} {'acc hf':>7} {'max |Δ loglik|':>15}")

@@ -189,7 +189,9 @@ def evaluate_tasks(lm: EdgekitLM, names: list[str], limit: int | None = None) ->
     """Each task's per-item answers (right or wrong, in document order) and prompt fingerprint, scored by ``lm``."""
     tasks = load_tasks(names)
     lm.prompt_tokens = {}
-    out = simple_evaluate(model=lm, tasks=tasks, limit=limit, log_samples=True, bootstrap_iters=0)
+    # the index built once (left to itself, lm-eval re-reads every task YAML it ships each call: 5-8 s)
+    out = simple_evaluate(model=lm, tasks=tasks, limit=limit, log_samples=True, bootstrap_iters=0,
+                          task_manager=task_manager())
     answers = {}
     for task, samples in out["samples"].items():
         by_doc = {s["doc_id"]: s for s in samples}  # one entry per filter; the tasks here have one

@@ -15,7 +15,7 @@ from edgekit.measure.paired import paired_accuracy
 from edgekit.models.load import load_tokenizer, resolve_source
 from edgekit.models.names import named_model
 from edgekit.runtimes import build_runner
-from edgekit.workflows.tasks import EdgekitLM, evaluate_tasks, load_tasks, shipped_tasks
+from edgekit.workflows.tasks import EdgekitLM, evaluate_tasks, load_tasks, shipped_tasks, task_manager
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ["edgekit_lastword", "edgekit_nextline"]
@@ -39,9 +39,9 @@ def test_same_per_item_answers_as_lm_evals_hf_backend_on_smollm2_fp32():
     source = resolve_source("smollm2-135m")
     tasks = load_tasks(SHIPPED)
     ours = per_item(simple_evaluate(model=EdgekitLM(model="smollm2-135m", variant="fp32", batch_size=LIMIT),
-                                    tasks=tasks, limit=LIMIT, bootstrap_iters=0))
+                                    tasks=tasks, limit=LIMIT, bootstrap_iters=0, task_manager=task_manager()))
     theirs = per_item(simple_evaluate(model=hf_backend(source), tasks=load_tasks(SHIPPED), limit=LIMIT,
-                                      bootstrap_iters=0))
+                                      bootstrap_iters=0, task_manager=task_manager()))
     assert set(ours) == set(SHIPPED) and set(theirs) == set(SHIPPED)
     for task in SHIPPED:
         assert len(ours[task]) == LIMIT
