@@ -32,10 +32,17 @@ from torch import nn
 from edgekit.core.errors import VariantError
 from edgekit.core.paths import SAMPLES, SEQ_LEN, variant_calibration_ids
 from edgekit.models.layout import replace_module
-from edgekit.models.runner import TorchRunner
 from edgekit.quantizers.calibration import quantize_blockwise, single_thread
 from edgekit.quantizers.layerwise import calibrated_model
-from edgekit.quantizers.packed import PackedLinear, dequantize, group_count, held_in_fp32, packed_bytes, rtn_quantize
+from edgekit.quantizers.packed import (
+    PackedLinear,
+    PackedRunner,
+    dequantize,
+    group_count,
+    held_in_fp32,
+    packed_bytes,
+    rtn_quantize,
+)
 from edgekit.variants.registry import Variant, device_of, register
 
 
@@ -229,4 +236,4 @@ def build_calibrated(variant: Variant, source: str, tokenizer):
     model = calibrated_model(variant, source, lambda model, load_block: apply_scheme(model, variant, tokenizer,
                                                                                      load_block=load_block),
                              device_of(variant))
-    return TorchRunner(str(variant), model, tokenizer)
+    return PackedRunner(str(variant), model, tokenizer)

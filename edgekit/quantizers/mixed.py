@@ -17,10 +17,9 @@ from edgekit.core.errors import VariantError
 from edgekit.memory.guard import admit
 from edgekit.models.config import decoder_linears
 from edgekit.models.layout import replace_module, split_block
-from edgekit.models.runner import TorchRunner
 from edgekit.quantizers.calibrated import CALIBRATION_DEFAULTS, apply_scheme
 from edgekit.quantizers.layerwise import calibrated_model
-from edgekit.quantizers.packed import PackedLinear, held_in_fp32, packed_bytes
+from edgekit.quantizers.packed import PackedLinear, PackedRunner, held_in_fp32, packed_bytes
 from edgekit.quantizers.sensitivity import ranking
 from edgekit.variants.registry import Variant, device_of, register
 
@@ -96,4 +95,4 @@ def build_mixed(variant: Variant, source: str, tokenizer):
                                                                      scheme.group_size))
         apply_scheme(model, scheme, tokenizer, skip=frozenset(kept), calib_from=variant, load_block=load_and_keep)
 
-    return TorchRunner(str(variant), calibrated_model(variant, source, quantize, device), tokenizer)
+    return PackedRunner(str(variant), calibrated_model(variant, source, quantize, device), tokenizer)

@@ -49,11 +49,14 @@ def fusion_refusal(model: nn.Module, kernel: str, block_rows: int | None) -> str
         return "a sliding attention window"
     if block_rows is None:
         return "a CPU whose int4 kernel layout is not known here"
+    group_size = getattr(model.model.layers[0].self_attn.o_proj, "group_size", None)
     for layer in model.model.layers:
         for name in [*SINGLE.values(), *(n for names in FUSED.values() for n in names)]:
             linear = layer.get_submodule(name)
             if getattr(linear, "kernel", None) != kernel or linear.bias is not None:
                 return f"{name} is not a bias-free layer on {kernel}"
+            if linear.group_size != group_size:  # the decoder runs every projection with one group size
+                return f"{name} has groups of {linear.group_size}, o_proj of layer 0 of {group_size}"
             if name not in SINGLE.values() and linear.out_features % block_rows:
                 return f"{name} has {linear.out_features} outputs, not whole blocks of {block_rows} rows to fuse"
     return None

@@ -32,10 +32,9 @@ from edgekit.core.paths import bos_token_id, cache_key, work_dir
 from edgekit.memory.guard import admit, guarded_fp32_load, guarded_load
 from edgekit.models.layout import block_linears, replace_module, split_block
 from edgekit.models.load import load_model, load_tokenizer, model_key, resolve_source
-from edgekit.models.runner import TorchRunner
 from edgekit.quantizers.calibrated import rtn_dequantized
 from edgekit.quantizers.distill import DistillSettings, kl_distill
-from edgekit.quantizers.packed import check_group, held_in_fp32, packed_bytes, quantize_rtn
+from edgekit.quantizers.packed import PackedRunner, check_group, held_in_fp32, packed_bytes, quantize_rtn
 from edgekit.variants.registry import Variant, device_of, register
 
 
@@ -146,4 +145,4 @@ def build_qat(variant: Variant, source: str, tokenizer):
     folder = qat_checkpoint(source, settings, tokenizer)
     model = guarded_load(Variant.parse("fp32"), str(folder), device_of(variant), dtype=torch.float32)
     quantize_rtn(model, variant.bits, variant.group_size)
-    return TorchRunner(str(variant), model, tokenizer)
+    return PackedRunner(str(variant), model, tokenizer)

@@ -63,6 +63,19 @@ def test_models_the_fused_decoder_does_not_run_decode_as_before(default_model, t
     dequantized = build_runner("int4-g48", default_model, tokenizer)  # no kernel takes groups of 48
     assert "not a bias-free layer on" in fusion_refusal(dequantized.model, CPU_KERNEL, block)
     assert fusion_refusal(build_runner("int4-g32", default_model, tokenizer).model, CPU_KERNEL, block) is None
+    two_sizes = build_runner("int4-g64", default_model, tokenizer).model  # one layer's groups of 32 among 64s
+    two_sizes.model.layers[1].mlp.down_proj = build_runner("int4-g32", default_model, tokenizer).model \
+        .model.layers[1].mlp.down_proj
+    assert "mlp.down_proj has groups of 32" in fusion_refusal(two_sizes, CPU_KERNEL, block)
+
+
+def test_calibrated_packed_variants_decode_on_the_fused_decoder(default_model, tokenizer, eval_ids):
+    """GPTQ writes the same packed layers as RTN: ``compile=true`` takes the fused step, with eager's tokens."""
+    prompt = eval_ids[:40].view(1, -1)
+    fused = build_runner("gptq-int4-g64:compile=true", default_model, tokenizer)
+    assert fused.decode_path == "fused int4 decoder, compiled step"
+    want = list(build_runner("gptq-int4-g64", default_model, tokenizer).generate_stream(prompt, 16))
+    assert len(set(want)) > 3 and list(fused.generate_stream(prompt, 16)) == want
 
 
 def test_int8_table_is_priced_as_held_and_close_to_the_dense_head(default_model, tokenizer, eval_ids,
