@@ -219,7 +219,7 @@ def run_compare(args) -> None:
 
 
 QUALITY_COLUMNS = ("ppl", "Δppl %", "Δppl 95% CI", "Δppl reading", "KL", "KL ±se", "top-1", "top-1 ±se",
-                   "weights MB", "bits/w", "emb bits/w", "on base grid", "error")
+                   "weights MB", "bits/w", "emb bits/w", "baseline grid", "error")
 SPEED_COLUMNS = ("peak RSS MB", "cold ms", "TTFT ms", "tok/s", "tok/s 95% CI", "× base [95% CI]", "p50 ms", "p95 ms",
                  "p99 ms", "withheld", "GB/s", "of peak", "bound", "contended")
 
