@@ -15,6 +15,15 @@ of the device's copy bandwidth (:func:`edgekit.measure.latency.measure_latency`)
 decode on a static KV cache with a compiled step, as gpt-fast does. Then: the int4 kernel
 against the dequantize path on one model (logits, bytes, speed), a ragged layer (576 columns,
 groups of 128) on the kernel, and layer streaming. Figures are printed, never asserted.
+
+The compiled section (``--speed-variants``, on the big checkpoint) follows the speed protocol of
+:mod:`edgekit.measure.speed`: every variant loaded at once, warmed up, then timed in interleaved
+rounds (order shuffled per round); median decode tok/s with its 95% interval, each variant's
+ratio to the first with an interval paired by round, and the roofline columns of
+:mod:`edgekit.measure.roofline` against the device's copy bandwidth and its measured bf16 matrix
+rate. The issue's targets for the 7B shape are printed beside them: ``fp16:compile=true`` at
+>= 0.75 of copy bandwidth, packed ``int4-g128:compile=true`` (bf16 rest) at >= 1.8x it. A
+profile of a few compiled decode steps lists where each one's time goes on the device.
 """
 from __future__ import annotations
 
@@ -23,6 +32,7 @@ import json
 import sys
 import time
 import traceback
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -31,20 +41,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_random_checkpoint import PRESETS, write_checkpoint  # noqa: E402
 
 from edgekit.core.paths import data_dir, eval_token_ids  # noqa: E402
+from edgekit.measure import roofline, speed  # noqa: E402
 from edgekit.measure.latency import device_bandwidth, measure_latency  # noqa: E402
 from edgekit.measure.peak_memory import PeakMemory, release_memory  # noqa: E402
 from edgekit.measure.quality import EvalSettings, score  # noqa: E402
+from edgekit.memory.bytes import kv_cache_bytes  # noqa: E402
 from edgekit.memory.bytes import weight_bytes as planned_bytes  # noqa: E402
-from edgekit.models.load import load_model, load_tokenizer, resolve_source  # noqa: E402
+from edgekit.models.config import parameter_count  # noqa: E402
+from edgekit.models.load import load_model, load_tokenizer, model_config, resolve_source  # noqa: E402
 from edgekit.models.runner import TorchRunner  # noqa: E402
 from edgekit.quantizers.packed import PackedLinear, compute_paths, quantize_rtn  # noqa: E402
 from edgekit.runtimes import build_runner  # noqa: E402
 
 SMALL_VARIANTS = ("fp32,fp16,bf16,int8,nf4,fp4,int4-g32,int4-g128,int3-g128,int2-g64,gptq-int4-g128,"
                   "awq-int4-g128,mixed-int4-g128-k4,qat-int2-g64:steps=8")
-BIG_VARIANTS = "fp16,nf4,int8,int4-g128,int4-g32,fp16:compile=true,int4-g128:compile=true"
+BIG_VARIANTS = "fp16,nf4,int8,int4-g128,int4-g32"
+SPEED_VARIANTS = "fp16:compile=true,int4-g128:compile=true"
+COPY_TARGET, INT4_TARGET = 0.75, 1.8  # issue 28's targets for the 7B shape
 COLUMNS = ("variant", "path", "plan MB", "held MB", "held/plan", "load peak MB", "load peak/plan", "peak MB", "KL",
-           "top-1", "tok/s", "GB/s", "of copy", "warm-ups", "load s")
+           "top-1", "tok/s", "GB/s", "of copy", "bound", "warm-ups", "load s")
 
 
 def with_device(variant: str, device: str) -> str:
@@ -81,8 +96,12 @@ def measure_row(variant: str, source: str, tokenizer, ids, settings, prompt, dev
     if base is not None:
         quality = scores.against(base)
         row.update({"KL": quality["kl_divergence"], "top-1": quality["top1_agreement"]})
-    row.update({"tok/s": lat["decode_tokens_per_s"], "GB/s": lat["achieved_bandwidth_gb_s"],
-                "of copy": lat["bandwidth_fraction"],
+    config = model_config(source)
+    kv = kv_cache_bytes(config, int(prompt.numel()) + new_tokens // 2, dtype="fp32" if "fp32" in variant else "bf16")
+    figures = roofline.roofline_figures(held, kv, parameter_count(config), lat["decode_tokens_per_s"],
+                                        device_bandwidth(device), matmul_rate(device))
+    row.update({"tok/s": lat["decode_tokens_per_s"], "GB/s": figures["bandwidth_gbps"],
+                "of copy": figures["bandwidth_fraction"], "bound": figures["bound"],
                 "warm-ups": f"{lat['warmup_runs']}{'' if lat['steady'] else '!'}"})
     return row, scores
 
@@ -111,6 +130,104 @@ def check_variants(title, source, variants, device, settings, new_tokens, runs) 
             print(f"{variant} | ERROR {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                   flush=True)
             traceback.print_exc(limit=3, file=sys.stdout)
+
+
+@lru_cache(maxsize=None)
+def matmul_rate(device: str, size: int = 8192) -> float:
+    """FLOP/s of a ``size``-cubed bf16 matrix product on a GPU (the best of 5 after a warm-up); on a CPU, the
+    float32 rate the roofline module measures."""
+    if device != "cuda":
+        return roofline.matmul_throughput()
+    x = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    torch.mm(x, x)
+    best = float("inf")
+    for _ in range(5):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        torch.mm(x, x)
+        end.record()
+        end.synchronize()
+        best = min(best, start.elapsed_time(end) / 1000)
+    return 2 * size ** 3 / best
+
+
+def profile_steps(runner, prompt, tokens: int = 8, top: int = 8) -> None:
+    """The device kernels that take a compiled decode's time, over ``tokens`` tokens (after its warm-up), and
+    how much of the wall time the device was busy: the rest is gaps between kernels or host work."""
+    from torch.profiler import DeviceType, ProfilerActivity, profile
+
+    cuda = runner.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        list(runner.generate_stream(prompt, tokens))
+    wall = time.perf_counter() - start
+    events = prof.key_averages()
+    print(f"### where {runner.name}'s {tokens} tokens go ({wall * 1000 / tokens:.2f} ms a token, profiled)",
+          flush=True)
+    if cuda:
+        kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+        busy = sum(e.self_device_time_total for e in kernels) / 1e6
+        print(f"device busy {busy * 1000 / tokens:.2f} ms a token ({busy / wall:.0%} of the wall time), "
+              f"{sum(e.count for e in kernels) / tokens:.0f} kernels a token", flush=True)
+    print(events.table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=top,
+                       max_name_column_width=70), flush=True)
+
+
+def check_compiled_speed(source, variants, device, new_tokens, repetitions) -> None:
+    """The compiled rows on the speed protocol: interleaved rounds, intervals, paired ratios, roofline, targets."""
+    print(f"\n## compiled decoding, interleaved: {source} on {device}", flush=True)
+    tokenizer = load_tokenizer(source)
+    prompt = eval_token_ids(tokenizer, "eval")[:32].reshape(1, -1)
+    runners, paths = {}, {}
+    for variant in variants:
+        start = time.perf_counter()
+        runners[variant] = build_runner(with_device(variant, device), source, tokenizer)
+        paths[variant] = getattr(runners[variant], "decode_path", None) or runners[variant].compute_path
+        print(f"{variant}: loaded in {time.perf_counter() - start:.0f} s, {runners[variant].weight_bytes() / 1e9:.2f}"
+              f" GB held; {paths[variant]}", flush=True)
+    start = time.perf_counter()
+    reps = speed.measure_speed(runners, prompt, new_tokens, repetitions, warmup=3, progress=False)
+    print(f"warm-up (compilation, graph capture) and {repetitions} rounds: {time.perf_counter() - start:.0f} s",
+          flush=True)
+    copy, flops = device_bandwidth(device), matmul_rate(device)
+    config = model_config(source)
+    kv = kv_cache_bytes(config, prompt.shape[1] + new_tokens // 2, dtype="bf16")
+    base = variants[0]
+    print(f"copy bandwidth {copy / 1e9:.0f} GB/s, matrix rate {flops / 1e12:.0f} TFLOP/s; KV read at the mean "
+          f"context {kv / 1e6:.1f} MB a token\nvariant | tok/s | tok/s 95% CI | x {base} [95% CI] | MB/token | GB/s "
+          f"| of copy [95% CI] | bound | path", flush=True)
+    fractions = {}
+    for variant, runner in runners.items():
+        figures = speed.speed_figures(reps[variant], reps[base] if variant != base else None)
+        low, high = figures["decode_tokens_per_s_ci95"] or (None, None)
+        ratio = figures.get("speed_ratio_ci95") or [1.0, 1.0]
+        row = roofline.roofline_figures(runner.weight_bytes(), kv, parameter_count(config),
+                                        figures["decode_tokens_per_s"], copy, flops,
+                                        slower_than_baseline=ratio[1] < 1)
+        per_token = row["bytes_per_token"]
+        fractions[variant] = (row["bandwidth_fraction"], per_token * low / copy, per_token * high / copy, ratio,
+                              figures.get("speed_ratio", 1.0))
+        print(f"{variant} | {figures['decode_tokens_per_s']:.1f} | [{low:.1f}, {high:.1f}] | "
+              f"{figures.get('speed_ratio', 1.0):.2f} [{ratio[0]:.2f}, {ratio[1]:.2f}] | {per_token / 1e6:.0f} | "
+              f"{row['bandwidth_gbps']:.0f} | {row['bandwidth_fraction']:.2f} [{fractions[variant][1]:.2f}, "
+              f"{fractions[variant][2]:.2f}] | {row['bound']} | {paths[variant]}", flush=True)
+    if "fp16:compile=true" in fractions:
+        got, low, high = fractions["fp16:compile=true"][:3]
+        print(f"target: fp16:compile=true at >= {COPY_TARGET} of copy bandwidth: {got:.2f} [{low:.2f}, {high:.2f}] "
+              f"-> {'meets' if low >= COPY_TARGET else 'misses' if high < COPY_TARGET else 'undecided'}", flush=True)
+    if base == "fp16:compile=true" and "int4-g128:compile=true" in fractions:
+        (low, high), got = fractions["int4-g128:compile=true"][3], fractions["int4-g128:compile=true"][4]
+        print(f"target: int4-g128:compile=true at >= {INT4_TARGET}x fp16:compile=true: {got:.2f}x [{low:.2f}, "
+              f"{high:.2f}] -> {'meets' if low >= INT4_TARGET else 'misses' if high < INT4_TARGET else 'undecided'}",
+              flush=True)
+    for runner in runners.values():
+        try:
+            profile_steps(runner, prompt)
+        except Exception as exc:  # a profiler the device lacks is a finding, not a crash
+            print(f"no profile of {runner.name}: {type(exc).__name__}: {exc}", flush=True)
+        runner.close()
+    release_memory()
 
 
 def check_kernel_against_dequantize(source, device, new_tokens, runs) -> None:
@@ -183,7 +300,10 @@ def main() -> None:
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     p.add_argument("--variants", default=SMALL_VARIANTS, help="variants on the default model (first = baseline)")
     p.add_argument("--big-preset", default="llama-2-7b", help="a make_random_checkpoint preset, or 'none'")
-    p.add_argument("--big-variants", default=BIG_VARIANTS)
+    p.add_argument("--big-variants", default=BIG_VARIANTS, help="eager rows on the big checkpoint ('none': skip)")
+    p.add_argument("--speed-variants", default=SPEED_VARIANTS, help="compiled rows on the big checkpoint, timed "
+                                                                     "interleaved (first = baseline; 'none': skip)")
+    p.add_argument("--repetitions", type=int, default=speed.REPETITIONS, help="interleaved rounds (compiled rows)")
     p.add_argument("--big-dir", type=Path, default=Path("/tmp/edgekit-gpu-check"))
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--runs", type=int, default=3)
@@ -199,7 +319,7 @@ def main() -> None:
           f"{device_bandwidth(args.device) / 1e9:.0f} GB/s", flush=True)
     settings = EvalSettings(context=128, stride=64, max_tokens=args.eval_tokens, batch_size=4)
     source = resolve_source("default")
-    sections = [
+    sections = [] if args.variants == "none" else [
         lambda: check_variants("every family", source, args.variants.split(","), args.device, settings,
                                args.new_tokens, args.runs),
         lambda: check_kernel_against_dequantize(source, args.device, args.new_tokens, args.runs),
@@ -207,11 +327,15 @@ def main() -> None:
     ]
     if args.big_preset != "none":
         big = lambda: big_checkpoint(args.big_preset, args.big_dir / args.big_preset)  # noqa: E731
-        sections.append(lambda: check_variants(f"{args.big_preset}-shaped", big(), args.big_variants.split(","),
-                                               args.device, EvalSettings(128, 128, 256, 2), args.new_tokens,
-                                               args.runs))
-        if args.big_first:
-            sections.insert(0, sections.pop())
+        big_sections = []
+        if args.speed_variants != "none":
+            big_sections.append(lambda: check_compiled_speed(big(), args.speed_variants.split(","), args.device,
+                                                             args.new_tokens, args.repetitions))
+        if args.big_variants != "none":
+            big_sections.append(lambda: check_variants(f"{args.big_preset}-shaped", big(),
+                                                       args.big_variants.split(","), args.device,
+                                                       EvalSettings(128, 128, 256, 2), args.new_tokens, args.runs))
+        sections = big_sections + sections if args.big_first else sections + big_sections
     sections.append(lambda: check_streaming(source, args.device, 8))
     for section in sections:
         try:

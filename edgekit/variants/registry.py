@@ -162,6 +162,7 @@ class Entry:
 REGISTRY: list[Entry] = []
 _FOUND: dict[str, tuple[Entry, re.Match]] = {}  # lookup's memory, forgotten whenever the registry changes
 _modules_loaded = False
+_UNLOADED: dict[str, str] = {}  # a method module -> the third-party library it could not import
 
 
 def register(pattern: str, family: str, summary: str, examples: tuple[str, ...] = (), *,
@@ -225,7 +226,9 @@ def lookup(name: str) -> tuple[Entry, re.Match]:
         if match:
             _FOUND[name] = entry, match
             return entry, match
-    raise VariantError(f"unknown variant {name!r}; valid variants: {', '.join(known_variants())}")
+    missing = "".join(f"; {module}'s variants need {library} (pip install {library.split('.')[0]})"
+                      for module, library in _UNLOADED.items())
+    raise VariantError(f"unknown variant {name!r}; valid variants: {', '.join(known_variants())}{missing}")
 
 
 def entries() -> list[Entry]:
@@ -257,6 +260,9 @@ def per_channel_int8_bytes(variant: Variant, out_f: int, in_f: int, bias: bool, 
 
 
 def _load_modules() -> None:
+    """Import every method module once. A module whose third-party library is not installed (bitsandbytes
+    on a machine without it) is left out and named in lookup's refusal; the other methods stay available.
+    A missing edgekit module is a bug, and raises."""
     global _modules_loaded
     if _modules_loaded:
         return
@@ -265,8 +271,12 @@ def _load_modules() -> None:
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            if exc.name != module:  # the module exists but one of its imports is missing
+            if exc.name == module:
+                continue
+            if not exc.name or exc.name.split(".")[0] == __name__.split(".")[0]:
+                _modules_loaded = False
                 raise
+            _UNLOADED[module] = exc.name
 
 
 def _coerce(value: str) -> Any:

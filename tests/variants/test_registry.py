@@ -89,3 +89,35 @@ def test_a_new_method_is_one_file_in_its_room(tmp_path, monkeypatch):
         unregister("tern-test")
         registry.method_modules.cache_clear()
         sys.modules.pop("throwaway_room.tern", None)
+
+
+def test_a_method_whose_library_is_missing_is_left_out_and_named(tmp_path, monkeypatch):
+    """A method module that imports a library this machine lacks does not take the registry down: every
+    other variant still parses, and asking for one of its variants names the library to install."""
+    import sys
+
+    from edgekit.variants import registry
+
+    room = tmp_path / "throwaway_room_missing"
+    room.mkdir()
+    (room / "__init__.py").write_text("")
+    (room / "needs_lib.py").write_text(
+        "import edgekit_no_such_library\n"
+        "from edgekit.variants.registry import dense_linear_bytes, register\n"
+        "@register(r'needs-lib', 'pytorch', 'a method on a missing library',\n"
+        "          linear_bytes=dense_linear_bytes('fp32'))\n"
+        "def build(variant, source, tokenizer):\n"
+        "    raise NotImplementedError\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "METHOD_ROOMS", ("throwaway_room_missing", *registry.METHOD_ROOMS))
+    monkeypatch.setattr(registry, "_modules_loaded", False)
+    monkeypatch.setattr(registry, "_UNLOADED", {})
+    registry.method_modules.cache_clear()
+    try:
+        assert Variant.parse("int4-g128").entry.family == "pytorch"  # the rooms after it still load
+        with pytest.raises(VariantError, match="throwaway_room_missing.needs_lib's variants need "
+                                               "edgekit_no_such_library"):
+            Variant.parse("needs-lib")
+    finally:
+        registry.method_modules.cache_clear()
+        sys.modules.pop("throwaway_room_missing.needs_lib", None)
