@@ -109,7 +109,7 @@ def grid_sentence(aligned: list[str]) -> str:
         return ("No compared variant reproduces the baseline's own quantization grid, so every KL here is "
                 "measured against weights the scheme did not come from.")
     return (f"{listing(f'`{n}`' for n in aligned)} reproduce the baseline's own quantization grid (the table's "
-            "`on base grid`): their KL understates what the scheme costs a model that was never quantized.")
+            "`baseline grid`): their KL understates what the scheme costs a model that was never quantized.")
 
 
 def closing(figures: dict) -> str:
