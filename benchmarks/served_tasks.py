@@ -66,13 +66,13 @@ def main(argv: list[str] | None = None) -> int:
         served_lm = LocalCompletionsAPI(base_url=url + "/v1/completions", model=args.variant,
                                         tokenizer_backend="huggingface", tokenizer=source, max_length=2048)
         served = correctness(simple_evaluate(model=served_lm, tasks=load_tasks(names), limit=args.limit,
-                                             bootstrap_iters=0, task_manager=task_manager(), log_samples=True))
+                                             bootstrap_iters=0, task_manager=task_manager(names), log_samples=True))
     finally:
         server.terminate()
         server.wait(timeout=60)
     direct_lm = EdgekitLM(model=args.model, runner=load_artifact(args.out))
     direct = correctness(simple_evaluate(model=direct_lm, tasks=load_tasks(names), limit=args.limit,
-                                         bootstrap_iters=0, task_manager=task_manager(), log_samples=True))
+                                         bootstrap_iters=0, task_manager=task_manager(names), log_samples=True))
     print(f"{args.model} {args.variant}: lm-eval local-completions against `edgekit serve` vs --model edgekit")
     print(f"{'task':<20} {'items':>6} {'differing':>10} {'acc served':>11} {'acc direct':>11}")
     worst = 0

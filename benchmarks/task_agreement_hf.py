@@ -40,10 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     ours = per_item(simple_evaluate(model=EdgekitLM(model=args.model, variant=args.variant,
                                                     batch_size=args.batch_size),
                                     tasks=load_tasks(names), limit=args.limit, bootstrap_iters=0,
-                                    task_manager=task_manager(), log_samples=True))
+                                    task_manager=task_manager(names), log_samples=True))
     hf = HFLM(pretrained=resolve_source(args.model), dtype="float32", batch_size=args.batch_size, device="cpu")
     theirs = per_item(simple_evaluate(model=hf, tasks=load_tasks(names), limit=args.limit, bootstrap_iters=0,
-                                      task_manager=task_manager(), log_samples=True))
+                                      task_manager=task_manager(names), log_samples=True))
     differing_total = 0
     print(f"{args.model}: edgekit {args.variant} vs lm-eval hf fp32")
     print(f"{'task':<20} {'compared':>9} {'differing':>10} {'acc edgekit':>12} {'acc hf':>7} {'max |Δ loglik|':>15}")

@@ -36,7 +36,10 @@ def test_papermill_runs_the_dashboard_with_other_parameters(tmp_path, monkeypatc
     papermill.execute_notebook(
         str(next(p for p in NOTEBOOKS if p.name == "07_compare_dashboard.ipynb")), str(out),
         parameters={"VARIANTS": ["fp32", "int2-g64"], "MAX_TOKENS": 256, "CONTEXT": 128, "STRIDE": 64,
-                    "LATENCY_RUNS": 0, "PLAN_FOR": "compared model", "DEVICE": "raspberry-pi-5-8gb"},
+                    "LATENCY_RUNS": 0, "PLAN_FOR": "compared model", "DEVICE": "raspberry-pi-5-8gb",
+                    # the sweep cells over what the compare cells measured: every cell comes from the store, so
+                    # the sweep section runs (tables, figures, report) without starting Ray a second time here
+                    "SWEEP_MODELS": ["default"], "SWEEP_VARIANTS": ["fp32", "int2-g64"]},
         kernel_name="python3", progress_bar=False, cwd=str(tmp_path))
     nb = nbformat.read(out, as_version=4)
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
@@ -44,3 +47,4 @@ def test_papermill_runs_the_dashboard_with_other_parameters(tmp_path, monkeypatc
     printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "[('fp32', 'ok'), ('int2-g64', 'ok')]" in printed
     assert "report.html" in printed
+    assert "[('default', 'fp32', 'ok'), ('default', 'int2-g64', 'ok')]" in printed

@@ -36,7 +36,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from lm_eval import simple_evaluate
@@ -155,16 +155,24 @@ class EdgekitLM(HFLM):
                 "weight_bytes": self.runner.weight_bytes()}
 
 
-@lru_cache(maxsize=1)
-def task_manager() -> TaskManager:
-    """lm-eval's task index with the shipped tasks on its include path (built once: it reads every YAML)."""
-    return TaskManager(include_path=str(tasks_dir()))
+def task_manager(names: Iterable[str] = ()) -> TaskManager:
+    """lm-eval's task index with the shipped tasks on its include path: the shipped tasks' own (built in
+    milliseconds) when every one of ``names`` is shipped, else the full index (built once a process: it reads
+    every task YAML lm-eval ships, 6-8 s here). Hand it to ``simple_evaluate`` too, which otherwise builds the
+    full one on each call."""
+    names = set(names)
+    return _task_index(shipped_only=bool(names) and names <= set(shipped_tasks()))
+
+
+@lru_cache(maxsize=2)
+def _task_index(shipped_only: bool) -> TaskManager:
+    return TaskManager(include_path=str(tasks_dir()), include_defaults=not shipped_only)
 
 
 def load_tasks(names: list[str], manager: TaskManager | None = None) -> list:
     """lm-eval's Task objects for ``names``; a task lm-eval does not know, or whose data cannot be read
     (a hub dataset offline), is refused in one line."""
-    manager = manager or task_manager()
+    manager = manager or task_manager(names)
     tasks = []
     for name in names:
         if name not in manager.all_tasks and not name.endswith(".yaml"):
@@ -189,9 +197,8 @@ def evaluate_tasks(lm: EdgekitLM, names: list[str], limit: int | None = None) ->
     """Each task's per-item answers (right or wrong, in document order) and prompt fingerprint, scored by ``lm``."""
     tasks = load_tasks(names)
     lm.prompt_tokens = {}
-    # the index built once (left to itself, lm-eval re-reads every task YAML it ships each call: 5-8 s)
     out = simple_evaluate(model=lm, tasks=tasks, limit=limit, log_samples=True, bootstrap_iters=0,
-                          task_manager=task_manager())
+                          task_manager=task_manager(names))
     answers = {}
     for task, samples in out["samples"].items():
         by_doc = {s["doc_id"]: s for s in samples}  # one entry per filter; the tasks here have one

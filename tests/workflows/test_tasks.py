@@ -39,9 +39,9 @@ def test_same_per_item_answers_as_lm_evals_hf_backend_on_smollm2_fp32():
     source = resolve_source("smollm2-135m")
     tasks = load_tasks(SHIPPED)
     ours = per_item(simple_evaluate(model=EdgekitLM(model="smollm2-135m", variant="fp32", batch_size=LIMIT),
-                                    tasks=tasks, limit=LIMIT, bootstrap_iters=0, task_manager=task_manager()))
+                                    tasks=tasks, limit=LIMIT, bootstrap_iters=0, task_manager=task_manager(SHIPPED)))
     theirs = per_item(simple_evaluate(model=hf_backend(source), tasks=load_tasks(SHIPPED), limit=LIMIT,
-                                      bootstrap_iters=0, task_manager=task_manager()))
+                                      bootstrap_iters=0, task_manager=task_manager(SHIPPED)))
     assert set(ours) == set(SHIPPED) and set(theirs) == set(SHIPPED)
     for task in SHIPPED:
         assert len(ours[task]) == LIMIT
