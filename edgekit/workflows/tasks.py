@@ -57,7 +57,10 @@ from edgekit.models.load import load_tokenizer, model_config, resolve_source
 from edgekit.runtimes import build_runner
 from edgekit.variants.registry import Variant
 
-DEFAULT_BATCH = 16
+# lm-eval pads each batch to its longest prompt, and the shipped tasks' prompts run from 20 to 470 tokens: on a CPU the
+# padding is compute spent for nothing. 4 scored the shipped tasks 25% faster than 16 on smollm2-135m (32 s against
+# 43 s for 20 items each), with the same answers
+DEFAULT_BATCH = 4
 # the per-item metric that says right or wrong, by preference (loglikelihood and multiple choice: acc)
 CORRECTNESS_METRICS = ("acc", "exact_match")
 
