@@ -45,7 +45,7 @@ from edgekit.measure import roofline, speed  # noqa: E402
 from edgekit.measure.latency import device_bandwidth, measure_latency  # noqa: E402
 from edgekit.measure.peak_memory import PeakMemory, release_memory  # noqa: E402
 from edgekit.measure.quality import EvalSettings, score  # noqa: E402
-from edgekit.memory.bytes import kv_cache_bytes  # noqa: E402
+from edgekit.memory.bytes import kv_cache_bytes, kv_cache_dtype  # noqa: E402
 from edgekit.memory.bytes import weight_bytes as planned_bytes  # noqa: E402
 from edgekit.models.config import parameter_count  # noqa: E402
 from edgekit.models.load import load_model, load_tokenizer, model_config, resolve_source  # noqa: E402
@@ -97,7 +97,8 @@ def measure_row(variant: str, source: str, tokenizer, ids, settings, prompt, dev
         quality = scores.against(base)
         row.update({"KL": quality["kl_divergence"], "top-1": quality["top1_agreement"]})
     config = model_config(source)
-    kv = kv_cache_bytes(config, int(prompt.numel()) + new_tokens // 2, dtype="fp32" if "fp32" in variant else "bf16")
+    kv = kv_cache_bytes(config, int(prompt.numel()) + new_tokens // 2,
+                        dtype=kv_cache_dtype(config, with_device(variant, device)))
     figures = roofline.roofline_figures(held, kv, parameter_count(config), lat["decode_tokens_per_s"],
                                         device_bandwidth(device), matmul_rate(device))
     row.update({"tok/s": lat["decode_tokens_per_s"], "GB/s": figures["bandwidth_gbps"],
@@ -174,6 +175,17 @@ def profile_steps(runner, prompt, tokens: int = 8, top: int = 8) -> None:
                        max_name_column_width=70), flush=True)
 
 
+def interval(value: float, low: float, high: float) -> str:
+    return f"{value:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def target_reading(figure: tuple[float, float, float], target: float) -> str:
+    """``value [low, high] -> meets | misses | undecided``: a target is met or missed only by the whole interval."""
+    value, low, high = figure
+    verdict = "meets" if low >= target else "misses" if high < target else "undecided"
+    return f"{interval(value, low, high)} -> {verdict}"
+
+
 def check_compiled_speed(source, variants, device, new_tokens, repetitions) -> None:
     """The compiled rows on the speed protocol: interleaved rounds, intervals, paired ratios, roofline, targets."""
     print(f"\n## compiled decoding, interleaved: {source} on {device}", flush=True)
@@ -192,35 +204,31 @@ def check_compiled_speed(source, variants, device, new_tokens, repetitions) -> N
           flush=True)
     copy, flops = device_bandwidth(device), matmul_rate(device)
     config = model_config(source)
-    kv = kv_cache_bytes(config, prompt.shape[1] + new_tokens // 2, dtype="bf16")
+    context = prompt.shape[1] + new_tokens // 2
     base = variants[0]
-    print(f"copy bandwidth {copy / 1e9:.0f} GB/s, matrix rate {flops / 1e12:.0f} TFLOP/s; KV read at the mean "
-          f"context {kv / 1e6:.1f} MB a token\nvariant | tok/s | tok/s 95% CI | x {base} [95% CI] | MB/token | GB/s "
+    print(f"copy bandwidth {copy / 1e9:.0f} GB/s, matrix rate {flops / 1e12:.1f} TFLOP/s; KV cache read at the mean "
+          f"context of {context} tokens\nvariant | tok/s | tok/s 95% CI | x {base} [95% CI] | MB/token | GB/s "
           f"| of copy [95% CI] | bound | path", flush=True)
-    fractions = {}
+    copy_fraction, ratio = {}, {}  # variant -> (value, low, high)
     for variant, runner in runners.items():
         figures = speed.speed_figures(reps[variant], reps[base] if variant != base else None)
-        low, high = figures["decode_tokens_per_s_ci95"] or (None, None)
-        ratio = figures.get("speed_ratio_ci95") or [1.0, 1.0]
+        low, high = figures["decode_tokens_per_s_ci95"]
+        ratio[variant] = (figures.get("speed_ratio", 1.0), *(figures.get("speed_ratio_ci95") or [1.0, 1.0]))
+        kv = kv_cache_bytes(config, context, dtype=kv_cache_dtype(config, with_device(variant, device)))
         row = roofline.roofline_figures(runner.weight_bytes(), kv, parameter_count(config),
                                         figures["decode_tokens_per_s"], copy, flops,
-                                        slower_than_baseline=ratio[1] < 1)
+                                        slower_than_baseline=ratio[variant][2] < 1)
         per_token = row["bytes_per_token"]
-        fractions[variant] = (row["bandwidth_fraction"], per_token * low / copy, per_token * high / copy, ratio,
-                              figures.get("speed_ratio", 1.0))
+        copy_fraction[variant] = (row["bandwidth_fraction"], per_token * low / copy, per_token * high / copy)
         print(f"{variant} | {figures['decode_tokens_per_s']:.1f} | [{low:.1f}, {high:.1f}] | "
-              f"{figures.get('speed_ratio', 1.0):.2f} [{ratio[0]:.2f}, {ratio[1]:.2f}] | {per_token / 1e6:.0f} | "
-              f"{row['bandwidth_gbps']:.0f} | {row['bandwidth_fraction']:.2f} [{fractions[variant][1]:.2f}, "
-              f"{fractions[variant][2]:.2f}] | {row['bound']} | {paths[variant]}", flush=True)
-    if "fp16:compile=true" in fractions:
-        got, low, high = fractions["fp16:compile=true"][:3]
-        print(f"target: fp16:compile=true at >= {COPY_TARGET} of copy bandwidth: {got:.2f} [{low:.2f}, {high:.2f}] "
-              f"-> {'meets' if low >= COPY_TARGET else 'misses' if high < COPY_TARGET else 'undecided'}", flush=True)
-    if base == "fp16:compile=true" and "int4-g128:compile=true" in fractions:
-        (low, high), got = fractions["int4-g128:compile=true"][3], fractions["int4-g128:compile=true"][4]
-        print(f"target: int4-g128:compile=true at >= {INT4_TARGET}x fp16:compile=true: {got:.2f}x [{low:.2f}, "
-              f"{high:.2f}] -> {'meets' if low >= INT4_TARGET else 'misses' if high < INT4_TARGET else 'undecided'}",
-              flush=True)
+              f"{interval(*ratio[variant])} | {per_token / 1e6:.0f} | {row['bandwidth_gbps']:.0f} | "
+              f"{interval(*copy_fraction[variant])} | {row['bound']} | {paths[variant]}", flush=True)
+    if "fp16:compile=true" in copy_fraction:
+        print(f"target: fp16:compile=true at >= {COPY_TARGET} of copy bandwidth: "
+              f"{target_reading(copy_fraction['fp16:compile=true'], COPY_TARGET)}", flush=True)
+    if base == "fp16:compile=true" and "int4-g128:compile=true" in ratio:
+        print(f"target: int4-g128:compile=true at >= {INT4_TARGET}x fp16:compile=true: "
+              f"{target_reading(ratio['int4-g128:compile=true'], INT4_TARGET)}", flush=True)
     for runner in runners.values():
         try:
             profile_steps(runner, prompt)
