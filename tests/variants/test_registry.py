@@ -61,8 +61,10 @@ def test_unregistered_names_are_unknown(throwaway):
         Variant.parse(throwaway)
 
 
-def test_a_new_method_is_one_file_in_its_room(tmp_path, monkeypatch):
-    """Discovery, not a list: a module dropped into a method room registers its variant on first lookup."""
+@pytest.fixture
+def method_room(tmp_path, monkeypatch):
+    """``add(module, source, first=False)``: a throwaway method room holding ``module`` (its ``source``), placed
+    after the rooms (or before them, ``first``), with the registry set to walk the rooms afresh; taken back after."""
     import sys
 
     from edgekit.variants import registry
@@ -70,16 +72,32 @@ def test_a_new_method_is_one_file_in_its_room(tmp_path, monkeypatch):
     room = tmp_path / "throwaway_room"
     room.mkdir()
     (room / "__init__.py").write_text("")
-    (room / "tern.py").write_text(
-        "from edgekit.variants.registry import dense_linear_bytes, register\n"
-        "@register(r'tern-test', 'pytorch', 'a throwaway method', linear_bytes=dense_linear_bytes('fp32'),\n"
-        "          defaults={'levels': 3})\n"
-        "def build(variant, source, tokenizer):\n"
-        "    raise NotImplementedError\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry, "METHOD_ROOMS", (*registry.METHOD_ROOMS, "throwaway_room"))
     monkeypatch.setattr(registry, "_modules_loaded", False)
+    monkeypatch.setattr(registry, "_UNLOADED", {})
+
+    def add(module: str, source: str, first: bool = False) -> None:
+        (room / f"{module}.py").write_text(source)
+        rooms = ("throwaway_room", *registry.METHOD_ROOMS) if first else (*registry.METHOD_ROOMS, "throwaway_room")
+        monkeypatch.setattr(registry, "METHOD_ROOMS", rooms)
+        registry.method_modules.cache_clear()
+
+    yield add
     registry.method_modules.cache_clear()
+    for name in [m for m in sys.modules if m == "throwaway_room" or m.startswith("throwaway_room.")]:
+        sys.modules.pop(name)
+
+
+def test_a_new_method_is_one_file_in_its_room(method_room):
+    """Discovery, not a list: a module dropped into a method room registers its variant on first lookup."""
+    from edgekit.variants import registry
+
+    method_room("tern",
+                "from edgekit.variants.registry import dense_linear_bytes, register\n"
+                "@register(r'tern-test', 'pytorch', 'a throwaway method', linear_bytes=dense_linear_bytes('fp32'),\n"
+                "          defaults={'levels': 3})\n"
+                "def build(variant, source, tokenizer):\n"
+                "    raise NotImplementedError\n")
     try:
         variant = Variant.parse("tern-test")
         assert variant.entry.summary == "a throwaway method"
@@ -87,37 +105,18 @@ def test_a_new_method_is_one_file_in_its_room(tmp_path, monkeypatch):
         assert "throwaway_room.tern" in registry.method_modules()
     finally:
         unregister("tern-test")
-        registry.method_modules.cache_clear()
-        sys.modules.pop("throwaway_room.tern", None)
 
 
-def test_a_method_whose_library_is_missing_is_left_out_and_named(tmp_path, monkeypatch):
+def test_a_method_whose_library_is_missing_is_left_out_and_named(method_room):
     """A method module that imports a library this machine lacks does not take the registry down: every
     other variant still parses, and asking for one of its variants names the library to install."""
-    import sys
-
-    from edgekit.variants import registry
-
-    room = tmp_path / "throwaway_room_missing"
-    room.mkdir()
-    (room / "__init__.py").write_text("")
-    (room / "needs_lib.py").write_text(
-        "import edgekit_no_such_library\n"
-        "from edgekit.variants.registry import dense_linear_bytes, register\n"
-        "@register(r'needs-lib', 'pytorch', 'a method on a missing library',\n"
-        "          linear_bytes=dense_linear_bytes('fp32'))\n"
-        "def build(variant, source, tokenizer):\n"
-        "    raise NotImplementedError\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry, "METHOD_ROOMS", ("throwaway_room_missing", *registry.METHOD_ROOMS))
-    monkeypatch.setattr(registry, "_modules_loaded", False)
-    monkeypatch.setattr(registry, "_UNLOADED", {})
-    registry.method_modules.cache_clear()
-    try:
-        assert Variant.parse("int4-g128").entry.family == "pytorch"  # the rooms after it still load
-        with pytest.raises(VariantError, match="throwaway_room_missing.needs_lib's variants need "
-                                               "edgekit_no_such_library"):
-            Variant.parse("needs-lib")
-    finally:
-        registry.method_modules.cache_clear()
-        sys.modules.pop("throwaway_room_missing.needs_lib", None)
+    method_room("needs_lib",
+                "import edgekit_no_such_library\n"
+                "from edgekit.variants.registry import dense_linear_bytes, register\n"
+                "@register(r'needs-lib', 'pytorch', 'a method on a missing library',\n"
+                "          linear_bytes=dense_linear_bytes('fp32'))\n"
+                "def build(variant, source, tokenizer):\n"
+                "    raise NotImplementedError\n", first=True)
+    assert Variant.parse("int4-g128").entry.family == "pytorch"  # the rooms after it still load
+    with pytest.raises(VariantError, match="throwaway_room.needs_lib's variants need edgekit_no_such_library"):
+        Variant.parse("needs-lib")
